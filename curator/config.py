@@ -1,0 +1,274 @@
+"""Run configuration: one dataclass per component, one TOML file per run.
+
+CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and
+a config field are always the same thing, and the reference in the README is generated
+from the same field metadata (``curator config --reference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class EmbedderConfig:
+    kind: str = _f("clip", "embedder: 'clip' (open_clip) or 'precomputed' (use the input's embedding column)",
+                   choices=("clip", "precomputed"))
+    model: str = _f("ViT-B-32", "open_clip model name, 'hf-hub:ORG/REPO', or a model config JSON path")
+    pretrained: str = _f("laion2b_s34b_b79k",
+                         "open_clip pretrained tag, a local checkpoint path, or '' for random init (tests only)")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
+    precision: str = _f("auto", "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', 'bf16'")
+    batch_size: int = _f(64, "items per embedding forward pass")
+    cache_dir: str = _f("", "where open_clip looks for / stores weights ('' = its default)")
+
+
+@dataclass
+class IndexConfig:
+    kind: str = _f("flat", "FAISS index of accepted items: 'flat' (exact), 'ivf', 'hnsw'",
+                   choices=("flat", "ivf", "hnsw"))
+    ivf_nlist: int = _f(1024, "IVF: number of coarse clusters")
+    ivf_nprobe: int = _f(16, "IVF: clusters probed per search")
+    ivf_train_size: int = _f(40_000, "IVF: items held exactly (flat) before the IVF quantizer is trained on them")
+    hnsw_m: int = _f(32, "HNSW: graph degree")
+    hnsw_ef_construction: int = _f(80, "HNSW: build-time beam width")
+    hnsw_ef_search: int = _f(64, "HNSW: search-time beam width")
+    gpu: str = _f("auto", "FAISS GPU: 'auto' (use when present, flat/ivf only), 'off', 'on'",
+                  choices=("auto", "off", "on"))
+
+
+@dataclass
+class SelectorConfig:
+    seed: int = _f(0, "seed of the selector's own RNG (budget sampling); decisions are deterministic given it")
+    k_gain: int = _f(4, "neighbours averaged for the gain (the paper's best: 4)")
+    k_label: int = _f(10, "neighbours that vote on a label")
+    tau_noise: float = _f(0.5, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
+    tau_relabel: float = _f(0.6, "a noisy label is corrected when the neighbours' majority share is at least this, "
+                                 "else the item is dropped")
+    label_action: str = _f("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
+                           choices=("relabel", "discard"))
+    min_trusted: int = _f(20, "accepted items needed before label / adaptive-alignment cleaning judges; "
+                              "earlier items are accepted unjudged (reason says so)")
+    align_mode: str = _f("fixed", "caption cleaning: 'fixed' threshold, 'adaptive' (drop the bottom quantile "
+                                  "seen so far), or 'off'", choices=("fixed", "adaptive", "off"))
+    align_threshold: float = _f(0.25, "fixed threshold on cos(image, text); per model "
+                                      "(DataComp keeps ViT-B/32 pairs at 0.25-0.28)")
+    align_drop_quantile: float = _f(0.2, "adaptive mode: drop pairs below this quantile of alignments seen so far")
+    align_warmup: int = _f(100, "adaptive mode: pairs seen before the quantile replaces the fixed threshold")
+    recaption_hook: str = _f("", "'module:function' called with noisy captions' items to propose new captions")
+    eps_dup: float = _f(0.02, "near-duplicate when cos to an accepted item >= 1 - eps_dup")
+    dedup_on: str = _f("auto", "modality compared for near-duplicates: 'auto' (image when present), "
+                               "'image', 'text'", choices=("auto", "image", "text"))
+    gain_quantile: float = _f(0.99, "gain is normalised by this streaming quantile of gains")
+    keep_rate: float = _f(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
+                               "(0 = keep every clean non-duplicate item)")
+
+
+@dataclass
+class StoreConfig:
+    out: str = _f("runs/latest", "run directory for the curated set, decisions, quarantine and manifest")
+    commit_every: int = _f(2048, "items per committed part (a checkpoint is written at each commit)")
+    store_images: bool = _f(True, "keep image bytes in the curated set (else only the URI / id)")
+
+
+@dataclass
+class SourceConfig:
+    paths: list = _f([], "input files or folders (Parquet, JSONL, image folders)")
+    format: str = _f("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images'",
+                     choices=("auto", "parquet", "jsonl", "images"))
+    bootstrap: list = _f([], "trusted bootstrap files, inserted into the index unjudged before the stream")
+    batch_size: int = _f(256, "records read and selected per batch")
+    limit: int = _f(0, "stop after this many records (0 = all)")
+
+
+@dataclass
+class RunConfig:
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes decisions (not where output goes)."""
+        d = self.to_dict()
+        d.pop("store", None)
+        d["source"] = {"bootstrap": d["source"]["bootstrap"]}
+        d["embedder"] = {k: d["embedder"][k] for k in ("kind", "model", "pretrained")}
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is wrong; the message says which and how to fix it."""
+
+
+def _section_cls(name: str) -> type:
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(RunConfig)}[name]  # type: ignore[misc]
+
+
+def _field_type(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    t = hints[name]
+    if isinstance(t, types.GenericAlias) or typing.get_origin(t) is not None:
+        return typing.get_origin(t) or t
+    return t
+
+
+def _coerce(section: str, cls: type, name: str, value: Any) -> Any:
+    t = _field_type(cls, name)
+    where = f"{section}.{name}"
+    try:
+        if t is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if t is list:
+            if isinstance(value, str):
+                return [v for v in value.split(",") if v]
+            return list(value)
+        if t is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return t(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {t.__name__}, got {value!r}") from None
+
+
+def apply_overrides(cfg: RunConfig, values: dict[str, dict[str, Any]], origin: str) -> RunConfig:
+    for section, fields_ in values.items():
+        sec_names = [f.name for f in dataclasses.fields(RunConfig)]
+        if section not in sec_names:
+            raise ConfigError(f"{origin}: unknown section [{section}]; sections are {', '.join(sec_names)}")
+        obj = getattr(cfg, section)
+        cls = type(obj)
+        if not isinstance(fields_, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in fields_.items():
+            if name not in known:
+                raise ConfigError(
+                    f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}"
+                )
+            value = _coerce(section, cls, name, value)
+            choices = known[name].metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
+            setattr(obj, name, value)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then explicit overrides (CLI flags)."""
+    cfg = RunConfig()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass a TOML file (see `curator config --reference`)")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        apply_overrides(cfg, data, str(p))
+    if overrides:
+        apply_overrides(cfg, overrides, "command line")
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: RunConfig) -> None:
+    s = cfg.selector
+    checks = [
+        (s.k_gain >= 1, "selector.k_gain must be >= 1"),
+        (s.k_label >= 1, "selector.k_label must be >= 1"),
+        (0.0 <= s.tau_noise <= 1.0, "selector.tau_noise must be in [0, 1]"),
+        (0.0 <= s.tau_relabel <= 1.0, "selector.tau_relabel must be in [0, 1]"),
+        (0.0 <= s.eps_dup < 1.0, "selector.eps_dup must be in [0, 1)"),
+        (0.0 < s.gain_quantile <= 1.0, "selector.gain_quantile must be in (0, 1]"),
+        (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),
+        (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
+        (cfg.store.commit_every >= 1, "store.commit_every must be >= 1"),
+        (cfg.source.batch_size >= 1, "source.batch_size must be >= 1"),
+        (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """One flag per config field: --SECTION.FIELD-NAME VALUE (default: from the config file or built-in)."""
+    defaults = RunConfig()
+    for sec in dataclasses.fields(RunConfig):
+        if sections and sec.name not in sections:
+            continue
+        group = parser.add_argument_group(f"[{sec.name}] settings (TOML section [{sec.name}])")
+        obj = getattr(defaults, sec.name)
+        for f in dataclasses.fields(obj):
+            flag = f"--{sec.name}.{f.name.replace('_', '-')}"
+            kw: dict[str, Any] = {"dest": f"cfg__{sec.name}__{f.name}", "default": None}
+            t = _field_type(type(obj), f.name)
+            help_ = f.metadata.get("help", "")
+            if t is list:
+                kw["metavar"] = "A,B,..."
+            elif "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            else:
+                kw["metavar"] = t.__name__.upper()
+            group.add_argument(flag, help=f"{help_} (default: {getattr(obj, f.name)!r})", **kw)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, sec, name = key.split("__", 2)
+            out.setdefault(sec, {})[name] = value
+    return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference, generated from the dataclasses."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    cfg = RunConfig()
+    for sec in dataclasses.fields(RunConfig):
+        obj = getattr(cfg, sec.name)
+        for f in dataclasses.fields(obj):
+            lines.append(f"| `{sec.name}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |")
+    return "\n".join(lines)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Render a config as TOML (for `curator config --dump` and run directories)."""
+    out = []
+    for sec, values in cfg.to_dict().items():
+        out.append(f"[{sec}]")
+        for k, v in values.items():
+            out.append(f"{k} = {json.dumps(v)}")
+        out.append("")
+    return "\n".join(out)
