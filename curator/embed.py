@@ -1,0 +1,666 @@
+"""Embedding: turn a batch of samples into L2-normalised image and text vectors.
+
+One front door, `build_embedder(cfg)`, whatever the source of the vectors: an open_clip
+model (a built-in name, ``hf-hub:ORG/REPO``, ``local-dir:PATH``, or a model config JSON
+file, with weights from a pretrained tag, a local checkpoint, or random init for tests),
+or embeddings the input already carries (``kind = "precomputed"``).
+
+An embedder is a plain object: construct it anywhere, call `setup()` once in the
+process that will use it (a Ray actor, a test), then `embed(table)` per batch. Items
+that cannot be embedded (an undecodable image, a NaN vector) are reported in
+`Embeddings.errors` rather than raised, so one bad item never fails a batch.
+
+torch and open_clip are imported lazily: the precomputed path and the `Embeddings`
+container must stay cheap to import for the selector and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from curator.config import EmbedderConfig
+from curator.images import decode_image, load_image_uri
+from curator.records import InvalidRecord, Limits
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("curator.embed")
+
+#: Model config JSON files shipped with curator (``curator-tiny``), registered with open_clip on first use.
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+class EmbedderError(RuntimeError):
+    """The embedder cannot do what was asked; the message says why and what to do."""
+
+
+class ModelLoadError(EmbedderError):
+    """The model or its weights could not be loaded (offline, bad path, wrong checkpoint)."""
+
+
+# --------------------------------------------------------------------------------------
+# Embeddings: the batch-out container
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    """Per-row embeddings of one batch, in the batch's row order.
+
+    ``image`` / ``text`` are (n, d) float32 with unit-norm rows where ``has_image`` /
+    ``has_text`` is true and zero rows elsewhere; a field is None when no row of the
+    batch has that modality (or the embedder has none, like ``text`` for precomputed).
+    Rows in ``errors`` could not be embedded: they are zero, flagged false, and the
+    caller must reject them with the given reason.
+    """
+
+    image: np.ndarray | None
+    text: np.ndarray | None
+    has_image: np.ndarray
+    has_text: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.has_image)
+        if len(self.has_text) != n:
+            raise ValueError(f"has_image has {n} rows but has_text has {len(self.has_text)}")
+        for name in ("image", "text"):
+            x = getattr(self, name)
+            if x is not None and (x.ndim != 2 or x.shape[0] != n):
+                raise ValueError(f"Embeddings.{name} must be ({n}, d), got {x.shape}")
+
+    def __len__(self) -> int:
+        return len(self.has_image)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Bool mask of rows that were embedded (not in ``errors``)."""
+        mask = np.ones(len(self), dtype=bool)
+        if self.errors:
+            mask[list(self.errors)] = False
+        return mask
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Embeddings:
+        """The given rows (indices or a bool mask), in that order; errors are renumbered."""
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if len(idx) != len(self):
+                raise ValueError(f"mask has {len(idx)} entries for {len(self)} rows")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64, copy=False).reshape(-1)
+        errors = {new: self.errors[int(old)] for new, old in enumerate(idx) if int(old) in self.errors}
+        return Embeddings(
+            image=None if self.image is None else self.image[idx],
+            text=None if self.text is None else self.text[idx],
+            has_image=self.has_image[idx],
+            has_text=self.has_text[idx],
+            errors=errors,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embeddings]) -> Embeddings:
+        """Stack batches in order (e.g. to rebuild stream order after parallel embedding)."""
+        if not parts:
+            raise ValueError("Embeddings.concat needs at least one part")
+        sizes = [len(p) for p in parts]
+        starts = np.cumsum([0, *sizes[:-1]])
+
+        def stack(name: str) -> np.ndarray | None:
+            xs = [getattr(p, name) for p in parts]
+            dims = {x.shape[1] for x in xs if x is not None}
+            if not dims:
+                return None
+            if len(dims) > 1:
+                raise ValueError(f"cannot concatenate {name} embeddings of different dimensions {sorted(dims)}")
+            d = dims.pop()
+            return np.concatenate(
+                [x if x is not None else np.zeros((n, d), np.float32) for x, n in zip(xs, sizes, strict=True)]
+            )
+
+        errors = {int(s) + r: why for s, p in zip(starts, parts, strict=True) for r, why in p.errors.items()}
+        return cls(
+            image=stack("image"),
+            text=stack("text"),
+            has_image=np.concatenate([p.has_image for p in parts]),
+            has_text=np.concatenate([p.has_text for p in parts]),
+            errors=errors,
+        )
+
+
+def _normalise_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalise rows in float32; returns (normalised, rows that were finite and non-zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    x = np.where(finite[:, None], x, 0.0).astype(np.float32, copy=False)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    good = finite & (norms > 0)
+    out = np.zeros_like(x)
+    out[good] = (x[good] / norms[good, None]).astype(np.float32)
+    return out, good
+
+
+def _column(samples: pa.Table, name: str) -> list[Any]:
+    if name in samples.column_names:
+        return samples.column(name).to_pylist()
+    return [None] * samples.num_rows
+
+
+# --------------------------------------------------------------------------------------
+# The protocol
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the pipeline needs from an embedder (see `build_embedder`)."""
+
+    image_dim: int | None
+    text_dim: int | None
+
+    @property
+    def model_id(self) -> str:
+        """Recorded with every decision, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``precomputed:512``."""
+        ...
+
+    def setup(self) -> None:
+        """Load the model (once; calling again is a no-op)."""
+        ...
+
+    def embed(self, samples: pa.Table) -> Embeddings:
+        """Embed a batch with `curator.records.SAMPLE_SCHEMA` columns."""
+        ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm text embeddings (n, text_dim), e.g. to score a proposed recaption."""
+        ...
+
+
+def build_embedder(cfg: EmbedderConfig, limits: Limits | None = None) -> Embedder:
+    """The one way to get an embedder from configuration. The model loads on `setup()`."""
+    if cfg.kind == "clip":
+        return ClipEmbedder(cfg, limits)
+    if cfg.kind == "precomputed":
+        return PrecomputedEmbedder(cfg, limits)
+    raise EmbedderError(f"unknown embedder kind {cfg.kind!r}; use 'clip' (open_clip) or 'precomputed'")
+
+
+# --------------------------------------------------------------------------------------
+# Precomputed embeddings
+# --------------------------------------------------------------------------------------
+
+
+class PrecomputedEmbedder:
+    """Uses the input's ``embedding`` column as the (image / primary) modality.
+
+    The dimension is fixed by ``setup(dim=...)`` or else by the first valid vector seen.
+    When several embedders run in parallel (an actor pool), pass ``dim`` so they cannot
+    disagree about which rows are the wrong size.
+    """
+
+    text_dim: int | None = None
+
+    def __init__(self, cfg: EmbedderConfig | None = None, limits: Limits | None = None) -> None:
+        self.cfg = cfg or EmbedderConfig(kind="precomputed")
+        self.limits = limits or Limits()
+        self.image_dim: int | None = self.limits.embedding_dim
+        self._dim_source = "Limits.embedding_dim" if self.image_dim else ""
+
+    @property
+    def model_id(self) -> str:
+        return f"precomputed:{self.image_dim}" if self.image_dim else "precomputed"
+
+    def setup(self, dim: int | None = None) -> None:
+        """Nothing to load; optionally fix the dimension up front."""
+        if dim is None:
+            return
+        if dim < 1:
+            raise EmbedderError(f"precomputed embedding dimension must be >= 1, got {dim}")
+        if self.image_dim is not None and self.image_dim != dim:
+            raise EmbedderError(
+                f"precomputed embedding dimension already fixed at {self.image_dim} (by {self._dim_source}), "
+                f"cannot change it to {dim}"
+            )
+        self.image_dim, self._dim_source = dim, "setup(dim=...)"
+
+    def embed(self, samples: pa.Table) -> Embeddings:
+        n = samples.num_rows
+        errors: dict[int, str] = {}
+        vecs: list[np.ndarray | None] = [None] * n
+        if "embedding" not in samples.column_names:
+            raw: Sequence[Any] = [None] * n
+        else:
+            raw = samples.column("embedding").to_numpy(zero_copy_only=False)
+        for i, v in enumerate(raw):
+            if v is None:
+                errors[i] = ("no precomputed embedding in this record; the precomputed embedder needs an "
+                             "'embedding' list (or use --embedder.kind clip to embed images and text)")
+                continue
+            a = np.asarray(v, dtype=np.float32).reshape(-1)
+            if a.size == 0:
+                errors[i] = "embedding is empty"
+            elif not np.isfinite(a).all():
+                errors[i] = "embedding contains NaN or infinite values"
+            elif not np.any(a):
+                errors[i] = "embedding is all zeros (it has no direction to normalise)"
+            elif self.image_dim is None:
+                self.image_dim, self._dim_source = int(a.size), "the first embedding seen"
+                vecs[i] = a
+            elif a.size != self.image_dim:
+                errors[i] = f"embedding has {a.size} values, expected {self.image_dim} (fixed by {self._dim_source})"
+            else:
+                vecs[i] = a
+        has = np.array([v is not None for v in vecs], dtype=bool)
+        image = None
+        if has.any():
+            assert self.image_dim is not None
+            mat = np.zeros((n, self.image_dim), np.float32)
+            mat[has] = np.stack([v for v in vecs if v is not None])
+            image, good = _normalise_rows(mat)
+            for j in np.flatnonzero(has & ~good):  # overflowed to inf in float32
+                errors[int(j)] = "embedding norm is not finite in float32"
+            has &= good
+        return Embeddings(image=image, text=None, has_image=has, has_text=np.zeros(n, bool), errors=errors)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        raise EmbedderError(
+            "the precomputed embedder has no text model, so it cannot embed new captions (recaption scoring); "
+            "use --embedder.kind clip, or turn the recaption hook off"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# open_clip
+# --------------------------------------------------------------------------------------
+
+_registered_config_paths: set[Path] = set()
+
+
+def _register_config_path(path: Path) -> None:
+    """Make open_clip's registry know the model configs at ``path`` (a file or folder), once."""
+    import open_clip
+
+    path = path.resolve()
+    if path not in _registered_config_paths:
+        open_clip.add_model_config(path)
+        _registered_config_paths.add(path)
+
+
+def tiny_model_config(
+    path: str | Path,
+    embed_dim: int = 32,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    context_length: int = 32,
+) -> Path:
+    """Write a very small open_clip model config (a ViT and a text transformer) to ``path``.
+
+    For tests and benchmarks: with ``pretrained=""`` it runs offline in milliseconds on a CPU.
+    Pass the returned path as ``EmbedderConfig.model``; the model's name is the file's stem.
+    The defaults are the shipped ``curator-tiny`` config.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+    if width % heads:
+        raise ValueError(f"width {width} must be a multiple of heads {heads}")
+    cfg = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": layers,
+            "width": width,
+            "head_width": width // heads,
+            "patch_size": patch_size,
+        },
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": 49408,  # fixed by open_clip's BPE tokenizer
+            "width": width,
+            "heads": heads,
+            "layers": layers,
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=4) + "\n")
+    return path
+
+
+def _offline_advice() -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "")
+    where = f" (HF_HUB_OFFLINE={offline})" if offline else ""
+    return (
+        f"The weights could not be downloaded or found in the local cache{where}. Either pass a local "
+        "checkpoint file with --embedder.pretrained /path/to/open_clip_pytorch_model.bin, or point "
+        "--embedder.model at local-dir:/path (a folder with open_clip_config.json and weights), or "
+        "pre-populate the cache (--embedder.cache-dir DIR, filled by running once where the network is "
+        "reachable), or use --embedder.kind precomputed with embeddings in the input."
+    )
+
+
+def _resolve_device(spec: str) -> str:
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"embedder.device {spec!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"embedder.device is {spec!r} but torch sees no CUDA device; use --embedder.device cpu (or auto)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"embedder.device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return spec
+
+
+def _resolve_precision(spec: str, device: str) -> str:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if spec not in ("fp32", "fp16", "bf16"):
+        raise ModelLoadError(f"embedder.precision {spec!r} is not supported; use 'auto', 'fp32', 'fp16' or 'bf16'")
+    return spec
+
+
+class ClipEmbedder:
+    """Image and text embeddings from an open_clip model.
+
+    ``cfg.model`` is an open_clip model name (``ViT-B-32``), ``hf-hub:ORG/REPO``,
+    ``local-dir:PATH`` or the path of a model config JSON (registered under its stem);
+    ``cfg.pretrained`` is a pretrained tag, a local checkpoint file, or ``""`` for random
+    init (tests only). Images are decoded with `curator.images` (bytes, else URI).
+    """
+
+    def __init__(self, cfg: EmbedderConfig, limits: Limits | None = None) -> None:
+        self.cfg = cfg
+        self.limits = limits or Limits()
+        self.image_dim: int | None = None
+        self.text_dim: int | None = None
+        self.device: str | None = None
+        self.precision: str | None = None
+        self._model: Any = None
+        self._preprocess: Any = None
+        self._tokenizer: Any = None
+        self._dtype: torch.dtype | None = None
+        self._name, self._pretrained, self._schema = self._parse_spec()
+
+    # --- spec -----------------------------------------------------------------------------
+    def _parse_spec(self) -> tuple[str, str | None, str | None]:
+        model = (self.cfg.model or "").strip()
+        if not model:
+            raise ModelLoadError("embedder.model is empty; give an open_clip model name such as ViT-B-32")
+        pretrained = (self.cfg.pretrained or "").strip() or None
+        if model.startswith(("hf-hub:", "local-dir:")):
+            return model, None, model.split(":", 1)[0]  # these carry their own weights
+        return model, pretrained, None
+
+    @property
+    def model_id(self) -> str:
+        if self._schema:
+            return f"open_clip:{self._name}"
+        name = Path(self._name).stem if self._name.endswith(".json") else self._name
+        return f"open_clip:{name}/{self._pretrained or 'random-init'}"
+
+    def _fail(self, reason: str, advice: str = "") -> ModelLoadError:
+        what = f"open_clip model {self.cfg.model!r}"
+        if not self._schema:
+            what += f" with pretrained {self.cfg.pretrained!r}"
+        return ModelLoadError(f"could not load {what}: {reason}" + (f". {advice}" if advice else ""))
+
+    def _model_name(self) -> str:
+        """The name open_clip should look up, registering config files as needed."""
+        import open_clip
+
+        _register_config_path(MODEL_CONFIG_DIR)
+        if self._schema == "local-dir":
+            # open_clip warns and falls back to random weights when the folder has none.
+            folder = Path(self._name.split(":", 1)[1])
+            if not (folder / "open_clip_config.json").is_file():
+                raise self._fail(f"{str(folder)!r} has no open_clip_config.json",
+                                 "A local-dir: model is a folder with open_clip_config.json and its weights")
+            if not any(folder.glob(f"*{ext}") for ext in (".safetensors", ".bin", ".pth")):
+                raise self._fail(f"{str(folder)!r} has no weights (*.safetensors, *.bin or *.pth)")
+        if self._schema:
+            return self._name
+        if not self._name.endswith(".json"):
+            name = self._name.replace("/", "-")  # as open_clip does: ViT-B/32 -> ViT-B-32
+            if name not in open_clip.list_models():
+                raise self._fail(
+                    "unknown model name",
+                    "Use an open_clip name (`python -c 'import open_clip; print(open_clip.list_models())'`), "
+                    "'hf-hub:ORG/REPO', 'local-dir:PATH', or the path of a model config JSON file",
+                )
+            return name
+        path = Path(self._name)
+        if not path.is_file():
+            raise self._fail(f"model config file {str(path)!r} does not exist")
+        try:
+            mcfg = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._fail(f"model config file {str(path)!r} is not readable JSON ({exc})") from None
+        missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(mcfg, dict) or k not in mcfg]
+        if missing:
+            raise self._fail(f"model config file {str(path)!r} lacks {', '.join(missing)} "
+                             "(an open_clip model config has embed_dim, vision_cfg and text_cfg)")
+        name = path.stem
+        known = open_clip.get_model_config(name)
+        if known is None or known == mcfg:
+            _register_config_path(path)
+        elif path.resolve() in _registered_config_paths:
+            open_clip.add_model_config(path.resolve())  # the file changed since it was registered: rescan
+        else:
+            raise self._fail(
+                f"model config file {str(path)!r} would replace the different {name!r} config already known "
+                "to open_clip",
+                "Rename the file: a model config is registered under its file name (stem)",
+            )
+        return name
+
+    def _checkpoint_or_tag(self, name: str) -> str | None:
+        """Check ``pretrained`` before open_clip does, to fail with a useful message."""
+        import open_clip
+
+        pre = self._pretrained
+        if self._schema or pre is None:
+            return pre
+        if open_clip.get_pretrained_cfg(name, pre):
+            return pre
+        if os.path.isfile(pre):
+            return pre
+        if os.sep in pre or pre.endswith(_CHECKPOINT_SUFFIXES) or os.path.exists(pre):
+            raise self._fail(f"checkpoint {pre!r} is not a file", "Pass the path of a saved state_dict "
+                             "(.pt/.bin/.safetensors) or an open_clip pretrained tag")
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise self._fail(
+            "not a known pretrained tag for this model nor an existing file",
+            f"Known tags for {name}: {', '.join(tags) if tags else 'none (pass a checkpoint path)'}",
+        )
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The loaded open_clip model (after `setup`), e.g. to save a checkpoint."""
+        if self._model is None:
+            raise EmbedderError("the model is not loaded yet; call setup() first")
+        return self._model
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load model, preprocessing and tokenizer on the configured device (once)."""
+        if self._model is not None:
+            return
+        import open_clip
+        import torch
+
+        self.device = _resolve_device(self.cfg.device)
+        self.precision = _resolve_precision(self.cfg.precision, self.device)
+        self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        name = self._model_name()
+        pretrained = self._checkpoint_or_tag(name)
+        cache_dir = self.cfg.cache_dir or None
+        if self._schema == "hf-hub":
+            # open_clip falls back to random weights (with only a log line) when an hf-hub repo's
+            # config is cached but its weights are not; resolve the weights first so that fails.
+            from open_clip.pretrained import download_pretrained_from_hf
+
+            try:
+                download_pretrained_from_hf(name.split(":", 1)[1], cache_dir=cache_dir)
+            except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+                raise self._fail(f"{type(exc).__name__}: {exc}", _offline_advice()) from None
+        try:
+            # Seeded inside a forked RNG: a random-init model (tests, benchmarks) is the same in
+            # every process and after a restart, and the caller's global RNG is left untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name,
+                    pretrained=pretrained,
+                    precision=self.precision,
+                    device=self.device,
+                    cache_dir=cache_dir,
+                    pretrained_text=False,  # random init means random: no surprise download of a text tower
+                )
+            tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - open_clip raises RuntimeError for most things
+            msg = f"{type(exc).__name__}: {exc}"
+            low = msg.lower()
+            if "download" in low or "hub" in low or "connection" in low or "cache" in low:
+                raise self._fail(msg, _offline_advice()) from None
+            if pretrained is not None and os.path.isfile(pretrained):
+                raise self._fail(msg, "The checkpoint does not match this model architecture, or is not an "
+                                      "open_clip state_dict; check --embedder.model") from None
+            raise self._fail(msg) from None
+        model.eval()
+        self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        # Dimensions from a real forward pass: also proves the model runs before any data arrives.
+        from PIL import Image
+
+        with torch.inference_mode():
+            img = self._preprocess(Image.new("RGB", (8, 8))).unsqueeze(0)
+            self.image_dim = int(self._encode_images(img).shape[1])
+            self.text_dim = int(self._encode_tokens(self._tokenizer([""])).shape[1])
+        log.info("loaded %s on %s (%s), image dim %d, text dim %d", self.model_id, self.device,
+                 self.precision, self.image_dim, self.text_dim)
+
+    def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
+        feats = self._model.encode_image(batch.to(self.device, dtype=self._dtype))
+        return feats.float().cpu().numpy()
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        feats = self._model.encode_text(tokens.to(self.device))
+        return feats.float().cpu().numpy()
+
+    # --- embedding --------------------------------------------------------------------------
+    def _image_tensor(self, data: bytes | None, uri: str | None) -> torch.Tensor:
+        im = decode_image(data, self.limits) if data is not None else load_image_uri(uri or "", self.limits)
+        try:
+            return self._preprocess(im)
+        finally:
+            im.close()
+
+    def embed(self, samples: pa.Table) -> Embeddings:
+        import torch
+
+        self.setup()
+        assert self.image_dim is not None and self.text_dim is not None
+        n = samples.num_rows
+        bs = max(1, int(self.cfg.batch_size))
+        errors: dict[int, str] = {}
+        images, uris, texts = _column(samples, "image"), _column(samples, "image_uri"), _column(samples, "text")
+        img_out = np.zeros((n, self.image_dim), np.float32)
+        txt_out = np.zeros((n, self.text_dim), np.float32)
+        has_img = np.zeros(n, bool)
+        has_txt = np.zeros(n, bool)
+
+        def flush_images(rows: list[int], tensors: list[torch.Tensor]) -> None:
+            if rows:
+                img_out[rows] = self._encode_images(torch.stack(tensors))
+                has_img[rows] = True
+                rows.clear()
+                tensors.clear()
+
+        with torch.inference_mode():
+            # Decode and preprocess one image at a time, so memory holds at most a batch of
+            # model-sized tensors, never a batch of full-resolution decoded images.
+            rows: list[int] = []
+            tensors: list[torch.Tensor] = []
+            for i in range(n):
+                if images[i] is None and not uris[i]:
+                    continue
+                try:
+                    tensors.append(self._image_tensor(images[i], uris[i]))
+                    rows.append(i)
+                except InvalidRecord as exc:
+                    errors[i] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
+                    errors[i] = f"image could not be preprocessed ({type(exc).__name__}: {exc})"
+                if len(rows) >= bs:
+                    flush_images(rows, tensors)
+            flush_images(rows, tensors)
+
+            text_rows = [i for i in range(n) if isinstance(texts[i], str) and texts[i].strip() and i not in errors]
+            for s in range(0, len(text_rows), bs):
+                chunk = text_rows[s:s + bs]
+                txt_out[chunk] = self._encode_tokens(self._tokenizer([texts[i] for i in chunk]))
+                has_txt[chunk] = True
+
+        for i in range(n):
+            if i not in errors and not has_img[i] and not has_txt[i]:
+                errors[i] = ("nothing for the CLIP embedder to embed: the record has no image, image_uri or "
+                             "caption (records with only an 'embedding' need --embedder.kind precomputed)")
+        img_out, img_ok = _normalise_rows(img_out)
+        txt_out, txt_ok = _normalise_rows(txt_out)
+        for j in np.flatnonzero((has_img & ~img_ok) | (has_txt & ~txt_ok)):
+            errors[int(j)] = (f"the model produced a non-finite or zero embedding ({self.precision} overflow?); "
+                              "try --embedder.precision fp32")
+        if errors:
+            bad = np.fromiter(errors, dtype=np.int64)
+            has_img[bad] = has_txt[bad] = False
+            img_out[bad] = 0.0
+            txt_out[bad] = 0.0
+        return Embeddings(
+            image=img_out if has_img.any() else None,
+            text=txt_out if has_txt.any() else None,
+            has_image=has_img,
+            has_text=has_txt,
+            errors=errors,
+        )
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm text embeddings (len(texts), text_dim); an empty list gives (0, text_dim)."""
+        import torch
+
+        self.setup()
+        assert self.text_dim is not None
+        out = np.zeros((len(texts), self.text_dim), np.float32)
+        bs = max(1, int(self.cfg.batch_size))
+        with torch.inference_mode():
+            for s in range(0, len(texts), bs):
+                out[s:s + bs] = self._encode_tokens(self._tokenizer([str(t) for t in texts[s:s + bs]]))
+        normed, good = _normalise_rows(out)
+        if not good.all():
+            raise EmbedderError(
+                f"the model produced non-finite text embeddings for {int((~good).sum())} text(s) "
+                f"({self.precision} overflow?); try --embedder.precision fp32"
+            )
+        return normed
