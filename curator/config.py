@@ -11,12 +11,13 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -57,9 +58,10 @@ class SelectorConfig:
     seed: int = _f(0, "seed of the selector's own RNG (budget sampling); decisions are deterministic given it")
     k_gain: int = _f(4, "neighbours averaged for the gain (the paper's best: 4)")
     k_label: int = _f(10, "neighbours that vote on a label")
-    tau_noise: float = _f(0.5, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
-    tau_relabel: float = _f(0.6, "a noisy label is corrected when the neighbours' majority share is at least this, "
+    tau_noise: float = _f(0.3, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
+    tau_relabel: float = _f(0.5, "a noisy label is corrected when the neighbours' majority share is at least this, "
                                  "else the item is dropped")
+    vote_temperature: float = _f(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
     label_action: str = _f("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
                            choices=("relabel", "discard"))
     min_trusted: int = _f(20, "accepted items needed before label / adaptive-alignment cleaning judges; "

@@ -1,0 +1,105 @@
+"""Read-only DuckDB over a run directory: views `kept`, `decisions`, `quarantine`.
+
+The views name only the parts the manifest commits, so a query never sees a half-written
+run. The connection is sandboxed: file access is limited to the run directory, the
+configuration is locked, and only SELECT-like statements are accepted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from curator.records import DECISION_SCHEMA, QUARANTINE_SCHEMA
+from curator.store import TABLES, committed_parts
+
+READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+EMPTY_SCHEMAS = {"decisions": DECISION_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
+
+
+class QueryError(ValueError):
+    """The SQL is not allowed or failed; the message says why."""
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """A sandboxed in-memory connection with the run's views defined."""
+    run = Path(run_dir).resolve()
+    parts = committed_parts(run)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"SET allowed_directories=[{_sql_str(str(run) + '/')}]")
+    con.execute("SET enable_external_access=false")
+    for t in TABLES:
+        files = [str(p) for p in parts[t]]
+        if files:
+            lst = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet({lst}, hive_partitioning=true, "
+                        "union_by_name=true)")
+        else:
+            schema = EMPTY_SCHEMAS.get(t, pa.schema([pa.field("id", pa.string())]))
+            con.register(f"_empty_{t}", schema.empty_table())
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM _empty_{t}")
+    con.execute("SET lock_configuration=true")
+    return con
+
+
+def check_read_only(sql: str) -> None:
+    try:
+        stmts = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {exc}") from None
+    if len(stmts) != 1:
+        raise QueryError(f"give exactly one statement, got {len(stmts)}")
+    if stmts[0].type not in READ_ONLY_TYPES:
+        raise QueryError(f"only SELECT / EXPLAIN queries are allowed (read-only), got {stmts[0].type.name}")
+
+
+def query(run_dir: str | Path, sql: str) -> pa.Table:
+    """Run one read-only statement over the run's views and return Arrow."""
+    check_read_only(sql)
+    con = connect(run_dir)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(f"query failed: {exc}\nviews: kept, decisions, quarantine "
+                         "(see README 'Curated-set schema')") from None
+    finally:
+        con.close()
+
+
+def format_table(tbl: pa.Table, fmt: str = "table", max_rows: int = 50) -> str:
+    """Render a result: a box table for people, CSV or JSON for programs."""
+    if fmt == "csv":
+        buf = io.BytesIO()
+        pacsv.write_csv(tbl, buf)
+        return buf.getvalue().decode()
+    if fmt == "json":
+        return json.dumps(tbl.to_pylist(), default=_json_default, indent=1)
+    if fmt != "table":
+        raise QueryError(f"--format must be table, csv or json, got {fmt!r}")
+    con = duckdb.connect()
+    con.register("result", tbl)
+    out = io.StringIO()
+    old, sys.stdout = sys.stdout, out
+    try:
+        con.sql("SELECT * FROM result").show(max_rows=max_rows, max_width=160)
+    finally:
+        sys.stdout = old
+        con.close()
+    return out.getvalue()
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    return str(v)
