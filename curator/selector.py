@@ -180,6 +180,8 @@ class InfoGrowthSelector:
         n = samples.num_rows
         if emb.errors:
             raise ValueError("selector got rows that failed embedding; drop emb.errors rows first")
+        if len(emb) != n:
+            raise ValueError(f"selector got {n} samples but {len(emb)} embeddings")
         self._ensure_indexes(emb)
         c = self.cfg
         K = max(c.k_gain, c.k_label)

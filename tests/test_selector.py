@@ -1,0 +1,150 @@
+"""InfoGrowth selection on real data (digits pixels) and on constructed geometry."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curator.config import SelectorConfig
+from curator.demo_data import digits_stream
+from curator.embed import Embeddings
+from curator.records import Position, validate_records
+from curator.selector import InfoGrowthSelector, kept_table
+
+
+def _batch(records, start=0):
+    tbl, rej = validate_records(records, [Position("s", 0, start + i) for i in range(len(records))])
+    assert not rej
+    return tbl
+
+
+def _emb(img=None, txt=None):
+    n = len(img if img is not None else txt)
+    def norm(x):
+        return None if x is None else (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return Embeddings(norm(img), norm(txt), np.full(n, img is not None), np.full(n, txt is not None))
+
+
+def _digits(seed=0):
+    ds = digits_stream(seed)
+    return ds, np.array([r["embedding"] for r in ds.stream]), np.array([r["embedding"] for r in ds.bootstrap])
+
+
+def _run(cfg, ds, x, xb, batch):
+    sel = InfoGrowthSelector(cfg)
+    sel.bootstrap(_batch(ds.bootstrap), _emb(xb))
+    out = []
+    for s in range(0, len(x), batch):
+        recs = ds.stream[s:s + batch]
+        out.append(sel.select(_batch(recs, s), _emb(x[s:s + batch])).decisions)
+    return sel, pa.concat_tables(out)
+
+
+def test_decisions_do_not_depend_on_batch_boundaries():
+    ds, x, xb = _digits()
+    cfg = SelectorConfig(eps_dup=0.004, k_label=5)
+    ds.stream = ds.stream[:600]
+    _, a = _run(cfg, ds, x[:600], xb, 1)
+    _, b = _run(cfg, ds, x[:600], xb, 97)
+    for col in ("id", "decision", "label_out", "dup_of", "seq"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+
+
+def test_one_decision_per_item_and_cleaning_finds_flips():
+    ds, x, xb = _digits()
+    sel, dec = _run(SelectorConfig(eps_dup=0.004, k_label=5), ds, x, xb, 128)
+    assert dec.num_rows == len(ds.stream) and len(set(dec.column("id").to_pylist())) == len(ds.stream)
+    truth = dict(zip(ds.truth.column("id").to_pylist(), ds.truth.column("flipped").to_pylist(), strict=True))
+    flagged = [bool(f) for f in dec.column("label_noisy").to_pylist()]
+    flipped = [truth[i] for i in dec.column("id").to_pylist()]
+    tp = sum(f and t for f, t in zip(flagged, flipped, strict=True))
+    assert tp / sum(flipped) > 0.95 and tp / sum(flagged) > 0.85
+    # every copy whose original was kept is dropped as its duplicate
+    d = dict(zip(dec.column("id").to_pylist(), dec.column("decision").to_pylist(), strict=True))
+    dup_of = dict(zip(dec.column("id").to_pylist(), dec.column("dup_of").to_pylist(), strict=True))
+    pairs = [(i[:-5], i) for i in d if i.endswith("-copy")]
+    both_kept = [p for p in pairs if d[p[0]] in ("kept", "relabelled") and d[p[1]] in ("kept", "relabelled")]
+    assert len(both_kept) <= 2
+    # a dropped copy names its own original (or the original names the copy that came first)
+    dups = [(o, c) for o, c in pairs if "dropped-duplicate" in (d[o], d[c])]
+    named = [dup_of[c] == o or dup_of[o] == c for o, c in dups]
+    assert len(dups) > 250 and sum(named) / len(named) > 0.99
+    assert sum(sel.counts.values()) == len(ds.stream) + len(ds.bootstrap)
+
+
+def test_gain_is_mean_cosine_distance_to_k_nearest_and_shrinks():
+    sel = InfoGrowthSelector(SelectorConfig(k_gain=2, eps_dup=1e-4))
+    base = np.eye(4, dtype=np.float32)
+    sel.bootstrap(_batch([{"id": f"b{i}", "embedding": base[i].tolist()} for i in range(3)]), _emb(base[:3]))
+    q = np.array([[1.0, 1.0, 0.0, 0.0]], np.float32)
+    r = sel.select(_batch([{"id": "q", "embedding": q[0].tolist()}]), _emb(q))
+    want = 1 - np.sqrt(0.5)  # two nearest at cos 0.7071
+    assert r.gain[0] == pytest.approx(want, abs=1e-5)
+    r2 = sel.select(_batch([{"id": "q2", "embedding": q[0].tolist()}]), _emb(q))
+    assert r2.decisions.column("decision").to_pylist() == ["dropped-duplicate"]
+    assert r2.decisions.column("dup_of").to_pylist() == ["q"]
+
+
+def test_items_of_one_batch_see_each_other():
+    sel = InfoGrowthSelector(SelectorConfig(eps_dup=0.01))
+    v = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]], np.float32)
+    r = sel.select(_batch([{"id": str(i), "embedding": v[i].tolist()} for i in range(3)]), _emb(v))
+    assert r.decisions.column("decision").to_pylist() == ["kept", "dropped-duplicate", "kept"]
+    assert "unjudged" in r.decisions.column("reason")[0].as_py()
+
+
+def test_alignment_cleaning_and_recaption_hook(monkeypatch):
+    import sys
+    import types
+
+    hook_mod = types.ModuleType("fake_recaption_hooks")
+    hook_mod.fix = lambda items: ["good caption" for _ in items]
+    monkeypatch.setitem(sys.modules, "fake_recaption_hooks", hook_mod)
+    img = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], np.float32)
+    txt = np.array([[0.9, 0.1, 0], [0, 0, 1.0], [0.0, 0.1, 0.0]], np.float32)
+    recs = [{"id": str(i), "text": f"caption {i}", "image": b"png"} for i in range(3)]
+
+    def text_embed(texts):
+        return np.array([[0.0, 0.0, 1.0]], np.float32)  # the proposal aligns with item 2's image only
+
+    sel = InfoGrowthSelector(SelectorConfig(align_threshold=0.5, recaption_hook="fake_recaption_hooks:fix"),
+                             text_embed=text_embed)
+    r = sel.select(_batch(recs), _emb(img, txt))
+    dec = r.decisions.column("decision").to_pylist()
+    assert dec == ["kept", "dropped-noisy", "recaptioned"]
+    assert r.text_out[2] == "good caption" and r.decisions.column("align")[1].as_py() == pytest.approx(0.0)
+    assert "recaption scores" in r.decisions.column("reason")[1].as_py()
+    kept = kept_table(_batch(recs), _emb(img, txt), r)
+    assert kept.column("text").to_pylist() == ["caption 0", "good caption"]
+    assert kept.schema.field("text_embedding").type.list_size == 3
+
+
+def test_budget_keeps_about_the_target_rate_deterministically():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16))
+    recs = [{"id": str(i), "embedding": x[i].tolist()} for i in range(2000)]
+
+    def run():
+        sel = InfoGrowthSelector(SelectorConfig(keep_rate=0.3, seed=7, eps_dup=0.0))
+        return sel.select(_batch(recs), _emb(x)).decisions.column("decision").to_pylist()
+
+    a, b = run(), run()
+    assert a == b
+    rate = a.count("kept") / len(a)
+    assert 0.25 < rate < 0.35 and a.count("dropped-by-budget") == len(a) - a.count("kept")
+
+
+def test_state_round_trip_continues_identically(tmp_path):
+    ds, x, xb = _digits(1)
+    cfg = SelectorConfig(eps_dup=0.004, keep_rate=0.8)
+    full, _ = _run(cfg, ds, x, xb, 100)
+    ref = InfoGrowthSelector(cfg)
+    ref.bootstrap(_batch(ds.bootstrap), _emb(xb))
+    ref.select(_batch(ds.stream[:500]), _emb(x[:500]))
+    ref.save_indexes(tmp_path)
+    back = InfoGrowthSelector(cfg)
+    back.load_state_dict(ref.state_dict())
+    back.load_indexes(tmp_path, ref.state_dict()["modalities"])
+    a = ref.select(_batch(ds.stream[500:], 500), _emb(x[500:])).decisions
+    b = back.select(_batch(ds.stream[500:], 500), _emb(x[500:])).decisions
+    assert a.column("decision").to_pylist() == b.column("decision").to_pylist()
+    assert a.column("keep_prob").to_pylist() == b.column("keep_prob").to_pylist()
