@@ -192,6 +192,7 @@ class InfoGrowthSelector:
             mods["text"] = text_vecs
         prim, dmod = self.primary, self._dedup_modality()
         search = {m: self.indexes[m].search(x, K) for m, x in mods.items()}
+        gram = {m: x @ x.T for m, x in mods.items()}  # in-batch similarities, once per batch
         labels_in = pc.fill_null(samples.column("label"), -1).to_numpy().astype(np.int64)
         ids = samples.column("id").to_pylist()
         label_out = labels_in.copy()
@@ -218,8 +219,7 @@ class InfoGrowthSelector:
                 nid = [index.ids[j] for j in rr]
                 if acc[m]:
                     a = np.asarray(acc[m])
-                    bs = x[a] @ x[i]
-                    s = np.concatenate([s, bs.astype(np.float32)])
+                    s = np.concatenate([s, gram[m][i, a]])
                     lab = np.concatenate([lab, vote_label[a]])
                     nid = nid + [ids[j] for j in a]
                 order = np.argsort(-s, kind="stable")[:K]
@@ -242,6 +242,9 @@ class InfoGrowthSelector:
                         r.align_out = float(emb.image[i] @ tv)
                         if r.align_out >= thr:
                             text_vecs[i] = tv
+                            g = text_vecs @ tv
+                            gram["text"][i, :] = g
+                            gram["text"][:, i] = g
                             text_out[i] = r.text_out = new
                             r.decision = Decision.RECAPTIONED
                             notes.append(f"caption misaligned (cos {a_:.3f} < {thr:.3f}); recaption scores "
