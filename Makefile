@@ -9,7 +9,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: setup run test test-long lint bench clean
+.PHONY: setup run test test-long lint docs clean
 
 setup: $(STAMP)
 
@@ -38,3 +38,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+## Regenerate the README's configuration reference from the config dataclasses.
+docs: $(STAMP)
+	$(PY) tools/update_readme.py
