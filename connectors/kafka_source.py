@@ -23,11 +23,11 @@ seeks past them; otherwise it reads from the group's committed offset. So the ef
 ``max(start, committed)``: the manifest wins after a crash between manifest and commit, and the
 group's commit wins when another member has moved the partition on since.
 
-Rebalances (kafka-python >= 3 runs rebalance listeners on its IO thread, where blocking consumer
-calls such as ``commit()`` are refused): ``on_revoke(partitions)`` is a short, synchronous hook that
-returns the positions made durable for those partitions (or None); the source commits them before
-the partitions move. Records not yet handed out for revoked partitions are dropped (the next owner
-reads them).
+Rebalances: ``on_revoke(partitions)`` runs before partitions move away, so the pipeline can flush
+and commit. kafka-python >= 3 runs it on its IO thread, where blocking consumer calls are refused;
+so a ``commit()`` made inside the hook (or positions the hook returns) is collected and committed
+by the source, awaited, before the partitions move. Records not yet handed out for revoked
+partitions are dropped (the next owner reads them).
 """
 
 from __future__ import annotations
@@ -150,11 +150,12 @@ class KafkaSource:
     """A Kafka topic as a Source. Use from one thread (kafka-python's consumer is not thread-safe),
     except ``pause``/``resume``/``stop``, which only set flags that the poll loop applies.
 
-    Hooks run on kafka-python's IO thread, during a poll, and must not call the consumer:
-    ``on_revoke(partitions) -> Positions | None`` before partitions move away -- return the
-    positions that are durable (they are committed before the partitions move; anything later is
-    re-read by the next owner); ``on_lost(partitions)`` when the group already evicted this member
-    (committing would fail: discard in-flight work); ``on_assign(partitions)`` after an assignment.
+    Hooks run on kafka-python's IO thread, during a poll (heartbeats wait while they run):
+    ``on_revoke(partitions)`` before partitions move away -- flush, then call ``commit(positions)``
+    or return the durable positions: either is committed before the partitions move (anything
+    later is re-read by the next owner); ``on_lost(partitions)`` when the group already evicted this
+    member (commits are dropped: they would fail); ``on_assign(partitions)`` after an assignment.
+    Other consumer calls are off limits in hooks.
 
     ``batches()`` yields an empty batch whenever a poll brings nothing (every ``poll_timeout_ms``):
     the caller gets control back to flush on time, drain on shutdown, or wait while paused -- while
@@ -164,7 +165,7 @@ class KafkaSource:
     def __init__(
         self,
         config: KafkaSourceConfig,
-        on_revoke: Callable[[list[int]], Positions | None] | None = None,
+        on_revoke: Callable[[list[int]], Positions | None] | None = None,  # see the class docstring
         on_assign: Callable[[list[int]], None] | None = None,
         on_lost: Callable[[list[int]], None] | None = None,
     ) -> None:
@@ -182,6 +183,9 @@ class KafkaSource:
         self._want_paused = False
         self._paused_applied = False
         self._stop = threading.Event()
+        # While a revoke/lost hook runs: commits collected for the listener to make (None otherwise).
+        self._deferred: dict[TopicPartition, OffsetAndMetadata] | None = None
+        self._deferred_lost = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -274,11 +278,20 @@ class KafkaSource:
         Only partitions this consumer owns are committed: committing a partition that moved to
         another member would rewind (or skip) its progress. Without a group this does nothing (the
         manifest's positions are the only record). Raises kafka.errors.CommitFailedError when the
-        group rebalanced in between (the records are then re-delivered to the new owner).
+        group rebalanced in between (the records are then re-delivered to the new owner). Inside
+        ``on_revoke`` the commit is collected and made by the rebalance listener (see the class).
         """
         parts = positions.get(self.topic) or {}
         if not parts or self._settings["group_id"] is None:
             return {}
+        deferred = self._deferred
+        if deferred is not None:  # inside a revoke/lost hook, on the IO thread: must not block
+            if self._deferred_lost:
+                log.info("not committing %s: this member was evicted from the group", parts)
+                return {}
+            for p, off in parts.items():
+                deferred[TopicPartition(self.topic, int(p))] = OffsetAndMetadata(int(off), "", -1)
+            return {int(p): int(off) for p, off in parts.items()}
         owned = set(self.assignment())
         offsets = {
             TopicPartition(self.topic, int(p)): OffsetAndMetadata(int(off), "", -1)
@@ -335,18 +348,20 @@ class KafkaSource:
             )
             self._fresh -= gone
         log.info("%s %s partitions %s", "lost" if lost else "revoked", self.topic, partitions)
+        hook = self.on_lost if lost else self.on_revoke
+        if hook is None or not partitions:
+            return {}
+        self._deferred, self._deferred_lost = {}, lost
+        try:
+            returned = hook(partitions)
+            collected = self._deferred
+        finally:
+            self._deferred, self._deferred_lost = None, False
         if lost:
-            if self.on_lost is not None and partitions:
-                self.on_lost(partitions)
             return {}
-        if self.on_revoke is None or not partitions:
-            return {}
-        durable = (self.on_revoke(partitions) or {}).get(self.topic) or {}
-        return {
-            TopicPartition(self.topic, int(p)): OffsetAndMetadata(int(off), "", -1)
-            for p, off in durable.items()
-            if int(p) in gone
-        }
+        for p, off in ((returned or {}).get(self.topic) or {}).items():
+            collected[TopicPartition(self.topic, int(p))] = OffsetAndMetadata(int(off), "", -1)
+        return collected  # still ours until the listener returns, revoked or not (cooperative rebalances)
 
     def _skip_to_start(self, consumer: KafkaConsumer) -> None:
         """After an assignment: seek partitions that would start before `start` forward (consuming thread)."""

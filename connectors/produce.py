@@ -3,6 +3,9 @@
 For demos, tests and backfills: files read with FileSource go to a topic in the same wire formats
 that KafkaSource decodes. JSON: one record per message, bytes as base64 text. Arrow: up to
 ``rows_per_message`` records per IPC stream message, with a ``content-type`` header.
+
+kafka-python is imported inside the functions, so registering the ``curator produce`` command
+(``add_command``) keeps ``curator --help`` free of Kafka imports.
 """
 
 from __future__ import annotations
@@ -15,21 +18,14 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from kafka import KafkaProducer
-from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaTimeoutError
-from kafka.partitioner.default import murmur2
 
-from connectors.files import FORMATS, FileSource
-from connectors.kafka_source import (
-    ARROW_CONTENT_TYPE,
-    KafkaSourceError,
-    parse_api_version,
-    preflight,
-    unreachable,
-)
+from connectors.files import FORMATS, FileSource, FileSourceError
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +40,11 @@ def kafka_producer(
     **defaults: Any,
 ) -> KafkaProducer:
     """A KafkaProducer with curator's defaults, then the client passthrough (security, sizes, ...)."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaTimeoutError
+
+    from connectors.kafka_source import KafkaSourceError, parse_api_version, preflight, unreachable
+
     servers = bootstrap_servers
     if isinstance(servers, str):
         servers = [s.strip() for s in servers.split(",") if s.strip()]
@@ -114,6 +115,11 @@ def produce_records(
     the same id always lands on the same partition). Arrow records that do not fit one inferred
     schema are sent as JSON instead, so the consumer still sees (and judges) each of them.
     """
+    from kafka.errors import KafkaTimeoutError
+    from kafka.partitioner.default import murmur2
+
+    from connectors.kafka_source import ARROW_CONTENT_TYPE, KafkaSourceError
+
     if fmt not in ("json", "arrow"):
         raise ValueError(f"fmt must be 'json' or 'arrow', got {fmt!r}")
     if partitioner not in PARTITIONERS:
@@ -193,38 +199,71 @@ def produce_files(
     return sent
 
 
-def produce_main(argv: list[str] | None = None) -> int:
-    """`curator produce`: send files to a Kafka topic."""
-    ap = argparse.ArgumentParser(prog="curator produce", description=produce_main.__doc__)
-    ap.add_argument("paths", nargs="+", help="input files or folders")
+def _add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("paths", nargs="+", help="input files or folders (Parquet, JSONL, image folders, WebDataset tars)")
     ap.add_argument("--bootstrap", default=os.environ.get("CURATOR_KAFKA_BOOTSTRAP", "localhost:9092"),
-                    help="Kafka bootstrap servers, comma-separated (default: $CURATOR_KAFKA_BOOTSTRAP)")
-    ap.add_argument("--topic", required=True)
-    ap.add_argument("--format", default="auto", choices=FORMATS, help="how to read the inputs")
-    ap.add_argument("--wire", default="json", choices=("json", "arrow"), help="message encoding")
-    ap.add_argument("--partitioner", default="round-robin", choices=PARTITIONERS)
-    ap.add_argument("--rows-per-message", type=int, default=64, help="Arrow: records per message")
-    ap.add_argument("--api-version", default="", help="Kafka API version, e.g. 2.3 ('' = detect)")
-    ap.add_argument("--client", default="{}", help="JSON object of extra kafka-python producer settings")
+                    help="Kafka bootstrap servers, comma-separated (default: $CURATOR_KAFKA_BOOTSTRAP or localhost:9092)")
+    ap.add_argument("--topic", required=True, help="topic to send to (it must exist)")
+    ap.add_argument("--format", default="auto", choices=FORMATS, help="how to read the inputs (default: by extension)")
+    ap.add_argument("--wire", default="json", choices=("json", "arrow"),
+                    help="message encoding: one JSON object per record, or Arrow IPC batches (default json)")
+    ap.add_argument("--partitioner", default="round-robin", choices=PARTITIONERS,
+                    help="round-robin over partitions, or by a hash of the record id (default round-robin)")
+    ap.add_argument("--rows-per-message", type=int, default=64, help="--wire arrow: records per message (default 64)")
+    ap.add_argument("--api-version", default="", help="Kafka API version, e.g. 2.3 (default: ask the broker)")
+    ap.add_argument("--client", default="{}",
+                    help="JSON object of extra kafka-python producer settings (security_protocol, sasl_*, ssl_*)")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many records (0 = all)")
-    args = ap.parse_args(argv)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Run `curator produce` from parsed arguments; user errors print one line and return 2."""
+    from connectors.kafka_source import KafkaSourceError
+
     try:
         client = json.loads(args.client)
         if not isinstance(client, dict):
             raise ValueError("not an object")
     except ValueError as exc:
-        ap.error(f"--client must be a JSON object of producer settings ({exc})")
+        print(f"curator produce: --client must be a JSON object of producer settings ({exc})", file=sys.stderr)
+        return 2
     try:
         n = produce_files(
             args.paths, args.bootstrap, args.topic, format=args.format, fmt=args.wire, limit=args.limit,
             partitioner=args.partitioner, rows_per_message=args.rows_per_message, api_version=args.api_version,
             client=client,
         )
-    except (KafkaSourceError, ValueError) as exc:
+    except (KafkaSourceError, FileSourceError, ValueError) as exc:
         print(f"curator produce: {exc}", file=sys.stderr)
         return 2
     print(f"sent {n} records to {args.topic}")
     return 0
 
 
-__all__ = ["encode_arrow", "encode_json", "kafka_producer", "produce_files", "produce_main", "produce_records"]
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """Register `curator produce` (called by pipelines.cli)."""
+    p = sub.add_parser("produce", help="send files' records to a Kafka topic (JSON or Arrow IPC messages)",
+                       description="Reads inputs the way `curator ingest` does and sends every record to a Kafka "
+                                   "topic in the wire formats `curator serve` consumes. Unreadable input is "
+                                   "logged and skipped.")
+    _add_arguments(p)
+    p.set_defaults(func=cmd_produce)
+
+
+def produce_main(argv: list[str] | None = None) -> int:
+    """`curator produce`, standalone: send files to a Kafka topic."""
+    ap = argparse.ArgumentParser(prog="curator produce", description=produce_main.__doc__)
+    _add_arguments(ap)
+    return cmd_produce(ap.parse_args(argv))
+
+
+__all__ = [
+    "add_command",
+    "cmd_produce",
+    "encode_arrow",
+    "encode_json",
+    "kafka_producer",
+    "produce_files",
+    "produce_main",
+    "produce_records",
+]
