@@ -31,9 +31,10 @@ def config(broker: KafkaTestBroker, topic: str, group: str | None = None, **kw: 
         "topic": topic,
         "group_id": f"g-{topic}" if group is None else group,
         "api_version": broker.api_version,
-        "session_timeout_ms": 3000 if broker.is_mock else 10_000,  # real brokers refuse < 6 s by default
+        # the mock coordinator waits session_timeout - 1 s per join round; real brokers refuse < 6 s
+        "session_timeout_ms": 2000 if broker.is_mock else 10_000,
         "poll_timeout_ms": 200,
-        "end_after_idle_s": 1.5,
+        "end_after_idle_s": 1.0,
     }
     base.update(kw)
     return KafkaSourceConfig(**base)
@@ -306,7 +307,7 @@ def test_two_consumers_in_one_group_split_partitions_exactly_once(
     threads = [threading.Thread(target=member, args=(n,), daemon=True) for n in ("a", "b")]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 45  # the mock coordinator waits session_timeout - 1 s per join round
+    deadline = time.monotonic() + 45
     while not (all(assigned.get(n) for n in "ab") and sorted(assigned["a"] + assigned["b"]) == [0, 1, 2, 3]):
         if time.monotonic() > deadline or failures:
             pytest.fail(f"group did not settle: {assigned} {failures}")
@@ -326,20 +327,22 @@ def test_two_consumers_in_one_group_split_partitions_exactly_once(
     assert parts_a and parts_b and not parts_a & parts_b and parts_a | parts_b == {0, 1, 2, 3}
 
 
-def test_revocation_commits_what_the_hook_returns(
+def test_revocation_commits_before_partitions_move(
     kafka_broker: KafkaTestBroker, kafka_topic: Callable[..., str]
 ) -> None:
-    """A member that never commits hands its durable positions over on revocation: the member that
-    takes its partitions over starts right after them (no re-reads)."""
+    """A member that has not committed yet commits in on_revoke: the member that takes its
+    partitions over starts right after them (no re-reads)."""
     topic = kafka_topic(2)
     group = f"g-{topic}"
     produce(kafka_broker, topic, records(20))
     durable: Positions = {}
     revoked: list[list[int]] = []
+    a: KafkaSource
 
-    def on_revoke(parts: list[int]) -> Positions:
+    def on_revoke(parts: list[int]) -> Positions | None:
         revoked.append(parts)
-        return durable  # everything handed out so far counts as durable in this test
+        a.commit(durable)  # on the IO thread: collected, then committed by the listener
+        return None
 
     a = KafkaSource(config(kafka_broker, topic, group, end_after_idle_s=0), on_revoke=on_revoke)
     it = a.batches(100)
@@ -370,3 +373,18 @@ def test_revocation_commits_what_the_hook_returns(
         assert got_b == [] and b_src.committed() == {0: 10, 1: 10}
     b_src.close()
     a.close()
+
+
+def test_revoke_hook_commits_are_collected_not_blocking() -> None:
+    """On kafka-python's IO thread a blocking commit is refused: commits made in on_revoke, and
+    positions it returns, are collected for the rebalance listener; on_lost commits are dropped."""
+    cfg = KafkaSourceConfig(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    src: KafkaSource
+    src = KafkaSource(cfg, on_revoke=lambda parts: (src.commit({"t": {0: 5}}), {"t": {1: 7}})[1],
+                      on_lost=lambda parts: src.commit({"t": {0: 9}}))
+    src._pending = RawBatch([{"id": "x"}, {"id": "y"}], [Position("t", 0, 4), Position("t", 1, 6)])
+    offsets = src._revoked([0, 1], lost=False)
+    assert {tp.partition: om.offset for tp, om in offsets.items()} == {0: 5, 1: 7}
+    assert len(src._pending) == 0  # un-yielded records of revoked partitions are dropped
+    assert src._revoked([0], lost=True) == {}
+    assert src._consumer is None  # nothing above touched (or connected) a consumer
