@@ -90,9 +90,9 @@ class StoreConfig:
 
 @dataclass
 class SourceConfig:
-    paths: list = _f([], "input files or folders (Parquet, JSONL, image folders)")
-    format: str = _f("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images'",
-                     choices=("auto", "parquet", "jsonl", "images"))
+    paths: list = _f([], "input files or folders (Parquet, JSONL, image folders, WebDataset tars)")
+    format: str = _f("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images', 'webdataset'",
+                     choices=("auto", "parquet", "jsonl", "images", "webdataset"))
     bootstrap: list = _f([], "trusted bootstrap files, inserted into the index unjudged before the stream")
     batch_size: int = _f(256, "records read and selected per batch")
     limit: int = _f(0, "stop after this many records (0 = all)")
