@@ -50,9 +50,15 @@ DEMO_QUERY = ("SELECT label, count(*) AS kept, count(*) FILTER (WHERE decision =
 
 
 def run_demo(out: str | Path, seed: int = 0, overrides: dict[str, dict[str, Any]] | None = None,
-             progress: bool = True) -> int:
+             progress: bool = True, engine: str = "inprocess",
+             serve_overrides: dict[str, dict[str, Any]] | None = None) -> int:
+    """Write the demo's inputs under OUT and curate them; `engine`: 'inprocess' (`curator ingest`'s loop)
+    or 'ray' (the service's actor graph, `pipelines.graph`; `serve_overrides` sets its [service] options)."""
     from curator.cli import run_ingest, summary
     from curator.query import format_table, query
+
+    if engine not in ("inprocess", "ray"):
+        raise ValueError(f"engine must be 'inprocess' or 'ray', got {engine!r}")
 
     out = Path(out)
     if out.exists():
@@ -61,8 +67,19 @@ def run_demo(out: str | Path, seed: int = 0, overrides: dict[str, dict[str, Any]
     cfg = demo_config(out, seed, overrides)
     print(f"digits demo: {len(ds.stream)} streamed items (20% labels flipped, 30% near-duplicate copies), "
           f"{len(ds.bootstrap)} trusted bootstrap items, {len(ds.test_y)} held out; embedder "
-          f"{cfg.embedder.kind}:{cfg.embedder.model}")
-    run_ingest(cfg, progress=progress)
+          f"{cfg.embedder.kind}:{cfg.embedder.model}" + (" -- through the Ray actor graph" if engine == "ray" else ""))
+    if engine == "ray":
+        from pipelines.config import ServeConfig, apply_serve_overrides, validate_serve_config
+        from pipelines.service import serve
+
+        scfg = ServeConfig(run=cfg)
+        # a demo is small: one embedder actor, no fixed HTTP port, a small object store
+        scfg.service.embed_actors, scfg.service.port, scfg.service.object_store_mb = 1, 0, 256
+        apply_serve_overrides(scfg, serve_overrides or {}, "demo")
+        validate_serve_config(scfg)
+        serve(scfg)
+    else:
+        run_ingest(cfg, progress=progress)
     print("\nDecisions:")
     print(summary(out))
     print(f"DuckDB over the curated set ({out.resolve()}):\n  curator query {out} \"{DEMO_QUERY}\"")

@@ -1,0 +1,228 @@
+"""Configuration of `curator serve`: the run's sections plus [kafka] and [service].
+
+One TOML file holds a whole service: the RunConfig sections that decide *what* is curated
+([embedder] [index] [selector] [store] [source]) and two sections that decide *how* it runs:
+
+- ``[kafka]``: where the stream comes from (empty ``bootstrap_servers`` = the files in
+  ``[source] paths``), the consumer group, the dead-letter topic, client passthrough
+  (``[kafka.client]``: TLS / SASL / fetch sizes, handed to kafka-python unchanged);
+- ``[service]``: HTTP endpoints, the Ray graph's sizes (embedder actors, GPUs per actor),
+  queue bounds and the memory bound.
+
+Flags are generated the same way as the run's (``--service.embed-actors 4``), so a flag and a
+config field are always the same thing. The settings under [kafka] and [service] do not change
+decisions, so they are not part of the run's config fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from curator.config import (
+    ConfigError,
+    RunConfig,
+    _coerce,
+    _f,
+    _field_type,
+    add_config_flags,
+    apply_overrides,
+    validate_config,
+)
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = _f("", "Kafka bootstrap servers, comma-separated ('' = no Kafka: serve the "
+                                    "files in [source] paths through the same graph, then exit)")
+    topic: str = _f("", "topic to curate")
+    group_id: str = _f("curator", "consumer group; offsets are committed only after the manifest covering "
+                                  "them is durable ('' = no group: positions live only in the manifest)")
+    api_version: str = _f("", "Kafka API version, e.g. '2.3' ('' = detect; librdkafka's mock cluster needs 2.3)")
+    session_timeout_ms: int = _f(10_000, "group session timeout")
+    max_poll_records: int = _f(500, "records per poll at most")
+    poll_timeout_ms: int = _f(100, "how long one poll waits for records")
+    max_message_bytes: int = _f(32 * 1024 * 1024, "larger messages go to the dead-letter sink undecoded")
+    auto_offset_reset: str = _f("earliest", "where a partition without a committed position starts",
+                                choices=("earliest", "latest"))
+    end_after_idle_s: float = _f(0.0, "> 0: finish (drain, commit, exit 0) when nothing arrived for this long "
+                                      "(bounded runs, tests); 0 = run until stopped")
+    dead_letter_topic: str = _f("", "topic for rejected input with its reason and position ('' = only the run's "
+                                    "quarantine table)")
+    order: str = _f("offset", "stream order of a multi-partition topic: 'offset' (partitions interleaved by "
+                              "(offset, partition): deterministic, so a restart replays the same decisions) or "
+                              "'arrival' (as polled: no waiting on slow partitions, decisions may differ "
+                              "after a restart)", choices=("offset", "arrival"))
+    client: dict = _f({}, "extra kafka-python client settings (security_protocol, sasl_*, ssl_*, fetch sizes), "
+                          "as a TOML table [kafka.client] or a JSON object on the command line")
+
+
+@dataclass
+class ServiceConfig:
+    host: str = _f("127.0.0.1", "HTTP address of /healthz, /readyz, /metrics (loopback unless set)")
+    port: int = _f(9108, "HTTP port (0 = any free port; the log says which)")
+    ray_address: str = _f("", "Ray cluster to join ('' = $RAY_ADDRESS, else start a local one; 'local' = always "
+                              "start a local one)")
+    object_store_mb: int = _f(512, "object store of a Ray instance this service starts itself")
+    embed_actors: int = _f(2, "embedder actors in the pool")
+    embed_num_cpus: float = _f(1.0, "CPUs reserved per embedder actor")
+    embed_num_gpus: float = _f(0.0, "GPUs per embedder actor: 1 = one each, 0.25 = four share one GPU")
+    selector_num_cpus: float = _f(1.0, "CPUs reserved for the selector/writer actor")
+    max_inflight_batches: int = _f(0, "batches being embedded at once (0 = 2 per embedder actor)")
+    max_selector_queue: int = _f(4, "embedded batches waiting for the selector")
+    max_buffered_items: int = _f(0, "items read from the source but not yet sent to the embedders "
+                                    "(0 = 4 x [source] batch_size); partitions past their share are paused")
+    memory_limit_mb: int = _f(0, "pause the consumer while the service's resident memory (driver and actors) "
+                                 "is above this (0 = no limit)")
+    commit_interval_s: float = _f(10.0, "commit at least this often while items arrive, even before "
+                                        "[store] commit_every items (0 = only by count)")
+    embedding_dim: int = _f(0, "precomputed embeddings: their dimension (0 = from the checkpoint, else the "
+                               "first valid vector in stream order)")
+    drain_timeout_s: float = _f(120.0, "on SIGTERM, how long to wait for in-flight batches before exiting")
+
+
+@dataclass
+class ServeConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    @property
+    def uses_kafka(self) -> bool:
+        return bool(self.kafka.bootstrap_servers.strip())
+
+    def inflight(self) -> int:
+        return self.service.max_inflight_batches or 2 * self.service.embed_actors
+
+    def buffered(self) -> int:
+        return max(self.service.max_buffered_items or 4 * self.run.source.batch_size, self.run.source.batch_size)
+
+    def to_toml(self) -> str:
+        from curator.config import to_toml
+
+        out = [to_toml(self.run)]
+        for name in ("kafka", "service"):
+            sec = dataclasses.asdict(getattr(self, name))
+            client = sec.pop("client", None)
+            out.append(f"[{name}]")
+            out += [f"{k} = {json.dumps(v)}" for k, v in sec.items()]
+            out.append("")
+            if client:
+                out.append(f"[{name}.client]")
+                out += [f"{k} = {json.dumps(v)}" for k, v in client.items()]
+                out.append("")
+        return "\n".join(out)
+
+
+SERVICE_SECTIONS = {"kafka": KafkaConfig, "service": ServiceConfig}
+
+
+def _apply(obj: Any, section: str, values: Any, origin: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}")
+        if _field_type(type(obj), name) is dict:
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{origin}: {section}.{name} must be a JSON object ({exc})") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {section}.{name} must be a table / JSON object, got {value!r}")
+            value = dict(value)
+        else:
+            value = _coerce(section, type(obj), name, value)
+        choices = known[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
+        setattr(obj, name, value)
+
+
+def apply_serve_overrides(cfg: ServeConfig, values: dict[str, Any], origin: str) -> ServeConfig:
+    run_part = {k: v for k, v in values.items() if k not in SERVICE_SECTIONS}
+    apply_overrides(cfg.run, run_part, origin)
+    for sec in SERVICE_SECTIONS:
+        if sec in values:
+            _apply(getattr(cfg, sec), sec, values[sec], origin)
+    return cfg
+
+
+def validate_serve_config(cfg: ServeConfig) -> None:
+    validate_config(cfg.run)
+    s, k = cfg.service, cfg.kafka
+    checks = [
+        (s.embed_actors >= 1, "service.embed_actors must be >= 1"),
+        (s.embed_num_cpus >= 0 and s.embed_num_gpus >= 0 and s.selector_num_cpus >= 0,
+         "service.*_num_cpus / embed_num_gpus must be >= 0"),
+        (s.embed_num_gpus <= 1 or float(s.embed_num_gpus).is_integer(),
+         "service.embed_num_gpus above 1 must be a whole number of GPUs"),
+        (s.max_inflight_batches >= 0, "service.max_inflight_batches must be >= 0 (0 = 2 per actor)"),
+        (s.max_selector_queue >= 1, "service.max_selector_queue must be >= 1"),
+        (s.max_buffered_items >= 0, "service.max_buffered_items must be >= 0"),
+        (s.memory_limit_mb >= 0, "service.memory_limit_mb must be >= 0"),
+        (s.embedding_dim >= 0, "service.embedding_dim must be >= 0"),
+        (0 <= s.port <= 65535, "service.port must be in 0..65535"),
+        (not cfg.uses_kafka or bool(k.topic), "kafka.topic is required with kafka.bootstrap_servers"),
+        (cfg.uses_kafka or bool(cfg.run.source.paths),
+         "no input: set [kafka] bootstrap_servers and topic, or [source] paths"),
+        (k.poll_timeout_ms >= 1 and k.max_poll_records >= 1, "kafka.poll_timeout_ms and max_poll_records must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def load_serve_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServeConfig:
+    """Defaults, then the TOML file, then explicit overrides (flags), then validation."""
+    cfg = ServeConfig()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; see deploy/curator.example.toml")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        apply_serve_overrides(cfg, data, str(p))
+    if overrides:
+        apply_serve_overrides(cfg, overrides, "command line")
+    validate_serve_config(cfg)
+    return cfg
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """The run's flags plus one flag per [kafka] / [service] field (--service.embed-actors N)."""
+    add_config_flags(parser)
+    for sec, cls in SERVICE_SECTIONS.items():
+        group = parser.add_argument_group(f"[{sec}] settings (TOML section [{sec}])")
+        obj = cls()
+        for f in dataclasses.fields(obj):
+            flag = f"--{sec}.{f.name.replace('_', '-')}"
+            kw: dict[str, Any] = {"dest": f"cfg__{sec}__{f.name}", "default": None}
+            t = _field_type(cls, f.name)
+            if t is dict:
+                kw["metavar"] = "JSON"
+            elif "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            else:
+                kw["metavar"] = t.__name__.upper()
+            group.add_argument(flag, help=f"{f.metadata.get('help', '')} (default: {getattr(obj, f.name)!r})", **kw)
+
+
+def reference_markdown() -> str:
+    """The [kafka] and [service] settings as a table (the run's are in `curator config --reference`)."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for sec, cls in SERVICE_SECTIONS.items():
+        obj = cls()
+        for f in dataclasses.fields(obj):
+            lines.append(f"| `{sec}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The service's Prometheus metrics and its small HTTP server (/healthz, /readyz, /metrics).
+
+Metrics live in their own registry (not prometheus_client's global one), so several services in one
+process (tests) never collide. The server binds to the configured host -- loopback by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger("curator.service")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Everything /metrics reports. Stage labels: embed, select, commit, end_to_end."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.items_in = Counter("curator_items_in", "Items that entered the graph from the source "
+                                "(records and unreadable messages)", ["source"], registry=r)
+        self.items_out = Counter("curator_items_out", "Items decided, per decision", ["decision"], registry=r)
+        self.dead_letters = Counter("curator_dead_letters", "Rejected input sent to the dead-letter sink / "
+                                    "quarantine table", registry=r)
+        self.lag = Gauge("curator_kafka_lag", "End offset minus committed position, per partition",
+                         ["partition"], registry=r)
+        self.queue_items = Gauge("curator_queue_items", "Items waiting per stage: source (read, not yet "
+                                 "sent), embed (in the pool), select (embedded, waiting for the selector)",
+                                 ["stage"], registry=r)
+        self.backpressure = Gauge("curator_backpressure", "1 while the source is not read because the graph, "
+                                  "the merge buffer or the memory bound is full", registry=r)
+        self.refetched = Counter("curator_source_seek_backs", "Times a partition's buffered tail was dropped "
+                                 "and re-fetched later (backpressure while waiting on another partition)",
+                                 registry=r)
+        self.batch_seconds = Histogram("curator_batch_seconds", "Latency of one batch per stage", ["stage"],
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.index_size = Gauge("curator_index_size", "Items in the selector's FAISS index", registry=r)
+        self.commits = Counter("curator_commits", "Checkpoints (manifests) made durable", registry=r)
+        self.last_commit = Gauge("curator_last_commit_timestamp_seconds", "Time of the last durable commit",
+                                 registry=r)
+        self.rss = Gauge("curator_resident_memory_bytes", "Resident memory per process of the service "
+                         "(driver, selector, embedder-N, total)", ["process"], registry=r)
+        self.ready = Gauge("curator_ready", "1 when the service accepts input (resumed, bootstrapped, not "
+                           "draining)", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/healthz (the driver loop is alive), /readyz (resumed and consuming), /metrics, on a thread."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, healthy: Callable[[], bool],
+                 ready: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = healthy()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"driver loop stalled\n")
+                elif path == "/readyz":
+                    ok = ready()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"try /healthz, /readyz or /metrics\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                log.debug("http: " + fmt, *args)
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="curator-http", daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

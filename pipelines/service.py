@@ -1,0 +1,215 @@
+"""`curator serve`: the long-running ingestion service on Ray (Kafka, or files through the same graph).
+
+::
+
+    curator serve --config curator.toml                 # starts a local Ray unless $RAY_ADDRESS is set
+    ray job submit --working-dir . -- curator serve --config curator.toml   # on a cluster
+
+It runs until stopped (or, for files and with ``kafka.end_after_idle_s``, until the input is
+exhausted), serving ``/healthz``, ``/readyz`` and ``/metrics`` on ``service.host:service.port``
+(127.0.0.1:9108 by default). SIGTERM (or Ctrl-C) stops polling, finishes the batches in flight,
+commits (manifest, then Kafka offsets) and exits 0. A restart -- after a clean stop or a crash --
+resumes from the last manifest. Ray is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from curator.config import ConfigError, overrides_from_args
+
+log = logging.getLogger("curator.service")
+
+
+def _init_ray(scfg: Any) -> tuple[Any, bool]:
+    """Join or start Ray; returns (ray, whether this call initialised it and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # embedded in a process that already runs Ray (tests, notebooks)
+        return ray, False
+    s = scfg.service
+    address = s.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined the Ray cluster at %s", address)
+    else:
+        need = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+                 object_store_memory=s.object_store_mb * 1024 * 1024, log_to_driver=True)
+        log.info("started a local Ray instance (set service.ray_address or $RAY_ADDRESS to join a cluster)")
+    return ray, True
+
+
+class Service:
+    """One service run: HTTP endpoints, the Ray graph, the driver loop, signal-driven drain."""
+
+    def __init__(self, scfg: Any) -> None:
+        from pipelines.metrics import Metrics
+
+        self.scfg = scfg
+        self.metrics = Metrics()
+        self.stop = threading.Event()
+        self.graph: Any = None
+        self.driver: Any = None
+        self.is_ready = False
+        self.failed = False
+        self.http: Any = None
+        self.manifest: dict[str, Any] | None = None
+
+    def healthy(self) -> bool:
+        if self.failed:
+            return False
+        g = self.graph
+        return g is None or time.monotonic() - g.heartbeat < 120
+
+    def ready(self) -> bool:
+        return self.is_ready and not self.stop.is_set() and not self.failed
+
+    def _signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop.is_set():
+                log.warning("second %s: exiting now; the last commit is what a restart resumes from",
+                            signal.Signals(signum).name)
+                os._exit(130 if signum == signal.SIGINT else 143)
+            log.info("%s: draining in-flight batches, committing, then exiting", signal.Signals(signum).name)
+            self.stop.set()
+            self.metrics.ready.set(0)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        from pipelines.metrics import HealthServer
+
+        s, k, cfg = self.scfg.service, self.scfg.kafka, self.scfg.run
+        self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready).start()
+        log.info("serving /healthz /readyz /metrics on http://%s:%d", self.http.host, self.http.port)
+        ray, owned = _init_ray(self.scfg)
+        self._signals()  # after ray.init, which installs its own SIGTERM handler in the driver
+        try:
+            return self._run(ray, cfg, k)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self.is_ready = False
+            if self.graph is not None:
+                self.graph.shutdown()
+            if owned:
+                ray.shutdown()
+            self.http.close()
+
+    def _run(self, ray: Any, cfg: Any, k: Any) -> int:
+        from connectors.files import FileSource
+        from pipelines.graph import FileDriver, Graph, KafkaDriver
+
+        self.graph = g = Graph(self.scfg, self.metrics)
+        info = g.start()
+        where = f"{info['out']} on node {info['node_ip']}"
+        if info["commit"]:
+            log.info("curated set: %s -- resuming after commit %d (%d items decided)", where, info["commit"],
+                     info["decided"])
+        else:
+            log.info("curated set: %s -- new run", where)
+        if self.stop.is_set():
+            return 0
+        if not info["bootstrapped"]:
+            if cfg.source.bootstrap:
+                n = g.bootstrap(FileSource(cfg.source.bootstrap, cfg.source.format).batches(cfg.source.batch_size),
+                                self.stop)
+                if n < 0:
+                    return 0
+                log.info("bootstrap: %d trusted items inserted, index holds %d", n, g.index_size)
+            else:
+                log.warning("no trusted bootstrap ([source] bootstrap): the first %d accepted items are taken "
+                            "unjudged", cfg.selector.min_trusted)
+        dead = None
+        if self.scfg.uses_kafka:
+            if k.dead_letter_topic:
+                from connectors.kafka_sink import KafkaDeadLetterSink
+
+                dead = KafkaDeadLetterSink(k.bootstrap_servers, k.dead_letter_topic, k.api_version, dict(k.client))
+            self.driver = KafkaDriver(self.scfg, g, self.metrics, self.stop, dead)
+            log.info("consuming %s from %s as group %r (order: %s)", k.topic, k.bootstrap_servers,
+                     k.group_id, k.order)
+        else:
+            self.driver = FileDriver(self.scfg, g, self.metrics, self.stop)
+            log.info("reading %d input path(s) from [source] paths", len(cfg.source.paths))
+        self.is_ready = True
+        self.metrics.ready.set(1)
+        try:
+            self.driver.run(info["positions"])
+        finally:
+            if dead is not None:
+                dead.close()
+        from curator.store import read_manifest
+
+        self.manifest = read_manifest(info["out"])
+        commit = self.manifest["commit"] if self.manifest else 0
+        why = "stopped" if self.stop.is_set() else "input exhausted"
+        counts = ", ".join(f"{d} {n}" for d, n in sorted(g.counts.items())) or "nothing new"
+        log.info("%s: this run decided %s; curated set %s at commit %d", why, counts, where, commit)
+        print(f"curated set: {where} (commit {commit}); query it with: "
+              f"curator query {info['out']} \"SELECT decision, count(*) FROM decisions GROUP BY 1\"", flush=True)
+        return 0
+
+
+def serve(scfg: Any) -> int:
+    """Run the service to completion (a stop signal, or the end of bounded input); returns the exit code."""
+    return Service(scfg).run()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.config import load_serve_config
+
+    cur = logging.getLogger("curator")
+    if cur.getEffectiveLevel() > logging.INFO:
+        cur.setLevel(logging.INFO)  # a service says what it does: where the curated set is, commits, drains
+    overrides = overrides_from_args(args)
+    if args.demo:
+        from curator.demo import run_demo
+
+        run_overrides = {k: v for k, v in overrides.items() if k not in ("kafka", "service")}
+        svc = {k: v for k, v in overrides.items() if k in ("kafka", "service")}
+        return run_demo(args.demo, args.seed, run_overrides, progress=False, engine="ray", serve_overrides=svc)
+    if args.paths:
+        overrides.setdefault("source", {})["paths"] = list(args.paths)
+    scfg = load_serve_config(args.config, overrides)
+    if args.print_config:
+        print(scfg.to_toml())
+        return 0
+    from connectors.kafka_source import KafkaSourceError
+
+    try:
+        return serve(scfg)
+    except KafkaSourceError as exc:
+        raise ConfigError(f"Kafka: {exc}") from None
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    from pipelines.config import add_serve_flags
+
+    p = sub.add_parser(
+        "serve", help="the long-running ingestion service on Ray: Kafka (or files) -> curated set, with "
+                      "/healthz /readyz /metrics",
+        description="Consumes a Kafka topic (or [source] paths) through the Ray actor graph -- embedder pool, "
+                    "selector, writer -- committing offsets only after the manifest that covers them is durable. "
+                    "SIGTERM drains, commits and exits 0; a restart resumes from the last manifest. Works the same "
+                    "under `ray job submit --working-dir . -- curator serve --config FILE`.")
+    p.add_argument("paths", nargs="*", help="input files or folders instead of Kafka (or [source] paths)")
+    p.add_argument("--config", help="TOML with the run's sections plus [kafka] and [service] "
+                                    "(see deploy/curator.example.toml); flags below override it")
+    p.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    p.add_argument("--demo", metavar="OUT", help="serve the digits demo (written under OUT) through the graph, "
+                                                 "then print its decisions (what `make run` does)")
+    p.add_argument("--seed", type=int, default=0, help="--demo: seed of the split, the noise and the selector")
+    add_serve_flags(p)
+    p.set_defaults(func=cmd_serve)
