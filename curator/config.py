@@ -66,11 +66,14 @@ class SelectorConfig:
                            choices=("relabel", "discard"))
     min_trusted: int = _f(20, "accepted items needed before label / adaptive-alignment cleaning judges; "
                               "earlier items are accepted unjudged (reason says so)")
-    align_mode: str = _f("fixed", "caption cleaning: 'fixed' threshold, 'adaptive' (drop the bottom quantile "
-                                  "seen so far), or 'off'", choices=("fixed", "adaptive", "off"))
+    align_mode: str = _f("fixed", "caption cleaning: 'fixed' threshold, 'bootstrap' (calibrated on the trusted "
+                                  "bootstrap pairs), 'adaptive' (drop the bottom quantile seen so far), or 'off'",
+                         choices=("fixed", "bootstrap", "adaptive", "off"))
     align_threshold: float = _f(0.25, "fixed threshold on cos(image, text); per model "
                                       "(DataComp keeps ViT-B/32 pairs at 0.25-0.28)")
     align_drop_quantile: float = _f(0.2, "adaptive mode: drop pairs below this quantile of alignments seen so far")
+    align_bootstrap_quantile: float = _f(0.0, "bootstrap mode: the threshold is this quantile of the trusted pairs' "
+                                              "alignments (0 = the lowest: no trusted pair would be dropped)")
     align_warmup: int = _f(100, "adaptive mode: pairs seen before the quantile replaces the fixed threshold")
     recaption_hook: str = _f("", "'module:function' called with noisy captions' items to propose new captions")
     eps_dup: float = _f(0.02, "near-duplicate when cos to an accepted item >= 1 - eps_dup")
@@ -214,6 +217,7 @@ def validate_config(cfg: RunConfig) -> None:
         (0.0 < s.gain_quantile <= 1.0, "selector.gain_quantile must be in (0, 1]"),
         (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),
         (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
+        (0.0 <= s.align_bootstrap_quantile < 1.0, "selector.align_bootstrap_quantile must be in [0, 1)"),
         (cfg.store.commit_every >= 1, "store.commit_every must be >= 1"),
         (cfg.source.batch_size >= 1, "source.batch_size must be >= 1"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),

@@ -33,14 +33,14 @@ class StreamingQuantile:
         np.clip(idx, 0, self.bins - 1, out=idx)
         self.counts += np.bincount(idx, minlength=self.bins)
 
-    def quantile(self, q: float) -> float | None:
-        """Upper edge of the bin holding the q-quantile (None before any value)."""
+    def quantile(self, q: float, lower: bool = False) -> float | None:
+        """Upper (or lower) edge of the bin holding the q-quantile (None before any value)."""
         n = self.n
         if n == 0:
             return None
         rank = max(1, int(np.ceil(q * n)))
         b = int(np.searchsorted(np.cumsum(self.counts), rank))
-        return self.lo + (b + 1) * (self.hi - self.lo) / self.bins
+        return self.lo + (b + (0 if lower else 1)) * (self.hi - self.lo) / self.bins
 
     def state_dict(self) -> dict[str, Any]:
         nz = np.nonzero(self.counts)[0]

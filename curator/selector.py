@@ -110,6 +110,7 @@ class InfoGrowthSelector:
         self.indexes: dict[str, VectorIndex] = {}
         self.gain_sketch = StreamingQuantile(0.0, 2.0, 4096)
         self.align_sketch = StreamingQuantile(-1.0, 1.0, 4096)
+        self.boot_align_sketch = StreamingQuantile(-1.0, 1.0, 4096)  # trusted pairs, for align_mode=bootstrap
         self.rng = np.random.Generator(np.random.PCG64(self.cfg.seed))
         self.seq = 0
         self.g_sum = 0.0
@@ -148,6 +149,7 @@ class InfoGrowthSelector:
             "counts": dict(self.counts),
             "gain_sketch": self.gain_sketch.state_dict(),
             "align_sketch": self.align_sketch.state_dict(),
+            "boot_align_sketch": self.boot_align_sketch.state_dict(),
             "rng": self.rng.bit_generator.state,
             "modalities": sorted(self.indexes),
         }
@@ -159,6 +161,7 @@ class InfoGrowthSelector:
         self.counts = Counter(state["counts"])
         self.gain_sketch.load_state_dict(state["gain_sketch"])
         self.align_sketch.load_state_dict(state["align_sketch"])
+        self.boot_align_sketch.load_state_dict(state["boot_align_sketch"])
         self.rng.bit_generator.state = state["rng"]
 
     def save_indexes(self, directory: str | Path) -> None:
@@ -207,7 +210,7 @@ class InfoGrowthSelector:
             r = _Row()
             # neighbours per modality: the index's plus this batch's earlier accepted items
             nb: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
-            for m, x in mods.items():
+            for m in mods:
                 if not has[m][i]:
                     continue
                 sims, idx_rows = search[m]
@@ -228,6 +231,9 @@ class InfoGrowthSelector:
             judged = trusted or n_trusted >= c.min_trusted
             notes: list[str] = []
 
+            if trusted and has["image"][i] and has["text"][i] and emb.image is not None and text_vecs is not None:
+                r.align = float(emb.image[i] @ text_vecs[i])
+                self.boot_align_sketch.update(r.align)
             # 1) clean: caption alignment
             if not trusted and c.align_mode != "off" and has["image"][i] and has["text"][i] \
                     and emb.image is not None and text_vecs is not None:
@@ -355,6 +361,9 @@ class InfoGrowthSelector:
 
     def _align_threshold(self, judged: bool) -> float:
         c = self.cfg
+        if c.align_mode == "bootstrap" and self.boot_align_sketch.n:
+            q = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
+            return float(q) if q is not None else c.align_threshold
         if c.align_mode == "adaptive" and judged and self.align_sketch.n >= c.align_warmup:
             q = self.align_sketch.quantile(c.align_drop_quantile)
             return float(q) if q is not None else c.align_threshold

@@ -148,3 +148,18 @@ def test_state_round_trip_continues_identically(tmp_path):
     b = back.select(_batch(ds.stream[500:], 500), _emb(x[500:])).decisions
     assert a.column("decision").to_pylist() == b.column("decision").to_pylist()
     assert a.column("keep_prob").to_pylist() == b.column("keep_prob").to_pylist()
+
+
+def test_bootstrap_calibrated_alignment_threshold():
+    img = np.eye(3, dtype=np.float32)
+    boot_txt = np.array([[1.0, 0.2, 0], [0.3, 1.0, 0], [0, 0.1, 1.0]], np.float32)  # lowest cos ~0.958
+    recs = [{"id": f"b{i}", "text": "t", "image": b"png"} for i in range(3)]
+    sel = InfoGrowthSelector(SelectorConfig(align_mode="bootstrap", align_threshold=0.0, eps_dup=1e-4))
+    sel.bootstrap(_batch(recs), _emb(img, boot_txt))
+    assert sel._align_threshold(True) == pytest.approx(0.958, abs=1e-3)
+    assert sel._align_threshold(True) <= 1 / np.linalg.norm([0.3, 1.0])
+    txt = np.array([[1.0, 0.2, 0.0], [1.0, 0.6, 0.0]], np.float32)  # cos 0.98 and 0.86 with image 0
+    q = [{"id": f"q{i}", "text": "t", "image": b"png"} for i in range(2)]
+    r = sel.select(_batch(q, 3), _emb(np.stack([img[0] * 0.999 + img[1] * 0.04, img[0] * 0.96 + img[2] * 0.28]),
+                                      txt))
+    assert r.decisions.column("decision").to_pylist() == ["kept", "dropped-noisy"]
