@@ -54,10 +54,10 @@ def _loo_knn_flags(x: np.ndarray, y: np.ndarray, k: int = 10) -> np.ndarray:
     return votes != y
 
 
-def run_seed(seed: int, work: Path) -> dict[str, float]:
+def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:
     out = work / f"seed{seed}"
     ds = write_demo_inputs(out, seed)
-    cfg = demo_config(out, seed)
+    cfg = demo_config(out, seed, overrides)
     t0 = time.perf_counter()
     run_ingest(cfg, progress=False)
     select_s = time.perf_counter() - t0
@@ -117,10 +117,17 @@ def print_table(rows: list[dict[str, float]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a setting of the demo configuration, e.g. --set selector.k_label=10")
     ap.add_argument("--json", help="also write the figures here (keys as in the table)")
     args = ap.parse_args()
+    overrides: dict[str, dict[str, str]] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        sec, _, name = key.partition(".")
+        overrides.setdefault(sec, {})[name] = value
     with tempfile.TemporaryDirectory(prefix="curator-bench-") as tmp:
-        rows = [run_seed(s, Path(tmp)) for s in args.seeds]
+        rows = [run_seed(s, Path(tmp), overrides) for s in args.seeds]
     mean = {c: (float(np.mean([r[c] for r in rows])) if c != "seed" else "mean") for c in COLS}
     print_table([*rows, mean])
     if args.json:
