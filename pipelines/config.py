@@ -77,7 +77,7 @@ class ServiceConfig:
     max_inflight_batches: int = _f(0, "batches being embedded at once (0 = 2 per embedder actor)")
     max_selector_queue: int = _f(4, "embedded batches waiting for the selector")
     max_buffered_items: int = _f(0, "items read from the source but not yet sent to the embedders "
-                                    "(0 = 4 x [source] batch_size); partitions past their share are paused")
+                                    "(0 = 4 x [source] batch_size); past its share, a partition's tail is re-read later")
     memory_limit_mb: int = _f(0, "pause the consumer while the service's resident memory (driver and actors) "
                                  "is above this (0 = no limit)")
     commit_interval_s: float = _f(10.0, "commit at least this often while items arrive, even before "

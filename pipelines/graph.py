@@ -39,9 +39,16 @@ data still arriving, a caught-up partition is skipped rather than waited for, so
 arrive while another partition is ahead can interleave differently on a replay (still each exactly
 once). ``kafka.order = "arrival"`` trades the guarantee for never waiting on a slow partition.
 
-**Bounded memory.** Items buffered in the merge are capped (partitions past their share are paused,
-the one the merge waits for never is), embedding batches in flight are capped, the selector's
-queue is capped; past the caps the driver stops polling, so the backlog stays in Kafka.
+**Bounded memory.** Items buffered in the merge are capped (a partition past its share has its tail
+dropped and is re-read later -- never the partition the merge waits for), embedding batches in
+flight are capped, the selector's queue is capped, and ``service.memory_limit_mb`` caps resident
+memory; past a cap the driver stops polling, so the backlog stays in Kafka.
+
+**Bad input never stops the stream.** Sources turn unreadable messages into rejections; validation
+and the embedders reject bad records with a reason; a record that would make the core *raise*
+(a label beyond int64, text with lone surrogates) is turned into a rejection first (`safe_batch`).
+Every rejection reaches the quarantine table and, before its offsets are committed, the dead-letter
+topic.
 """
 
 from __future__ import annotations
@@ -64,7 +71,14 @@ import ray
 from connectors.base import Positions, RawBatch
 from curator.config import EmbedderConfig, RunConfig
 from curator.embed import Embeddings, PrecomputedEmbedder, build_embedder
-from curator.records import Limits, Position, Rejection, validate_records
+from curator.records import (
+    Limits,
+    Position,
+    Rejection,
+    rejection_decisions,
+    rejections_table,
+    validate_records,
+)
 
 log = logging.getLogger("curator.service")
 
@@ -266,12 +280,23 @@ class EmbedWorker:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     def embed(self, batch: RawBatch, dim: int | None = None) -> tuple[Embeddings | None, dict[str, Any]]:
-        """(embeddings of the valid rows in order, or None; {rejects, seconds}) -- two object refs."""
+        """(embeddings of the valid rows in order, or None; {rejects, seconds, batch}) -- two object refs.
+
+        ``batch`` is set when the batch had to be made safe first (`safe_batch`): the selector must then
+        process that batch, not the one it was sent.
+        """
         t0 = time.perf_counter()
         if dim and isinstance(self.embedder, PrecomputedEmbedder) and self.embedder.image_dim is None:
             self.embedder.setup(dim)
-        samples, rejects = validate_records(batch.records, batch.positions, self.limits)
-        rejects = list(batch.errors) + rejects
+        fixed = None
+        try:
+            samples, rejects = validate_records(batch.records, batch.positions, self.limits)
+            rejects = list(batch.errors) + rejects
+            _check_storable(rejects)
+        except Exception:  # noqa: BLE001 - a record validation raised on instead of rejecting
+            batch = fixed = safe_batch(batch, self.limits)
+            samples, rejects = validate_records(batch.records, batch.positions, self.limits)
+            rejects = list(batch.errors) + rejects
         emb = self.embedder.embed(samples) if samples.num_rows else None
         if emb is not None and emb.errors:
             # the same rejections Curation._embed_valid records for the quarantine table
@@ -281,10 +306,58 @@ class EmbedWorker:
                                                   samples.column("partition")[j].as_py(),
                                                   samples.column("offset")[j].as_py()),
                                          emb.errors[j], ids[j]))
-        return emb, {"rejects": rejects, "seconds": time.perf_counter() - t0, "rows": samples.num_rows}
+        return emb, {"rejects": rejects, "seconds": time.perf_counter() - t0, "rows": samples.num_rows,
+                     "batch": fixed}
 
     def rss(self) -> int:
         return _rss_bytes()
+
+
+def _storable(text: str | None) -> str | None:
+    """Text Arrow can store (lone surrogates, which JSON escapes can carry, cannot be UTF-8 encoded)."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_storable(rejects: list[Rejection]) -> None:
+    """Raise if the quarantine / decision rows of these rejections cannot be built."""
+    if rejects:
+        rejections_table(rejects)
+        rejection_decisions(rejects, "", "")
+
+
+def safe_batch(batch: RawBatch, limits: Limits | None = None) -> RawBatch:
+    """A copy of `batch` in which every record the core cannot even validate or record -- a label
+    beyond int64, text with lone surrogates (JSON escapes can carry them): anything that makes
+    validation raise instead of reject -- is a rejection at its position instead.
+
+    Bad input must never stop the stream: a record that raised inside `Curation.process` would fail
+    its batch again on every replay.
+    """
+    from curator.records import _raw_preview
+
+    errors = []
+    for e in batch.errors:
+        rid, reason = _storable(e.id), _storable(e.reason) or ""
+        errors.append(e if (rid, reason) == (e.id, e.reason) else Rejection(e.position, reason, rid, e.raw))
+    out = RawBatch(errors=errors)
+    for rec, pos in zip(batch.records, batch.positions, strict=True):
+        try:
+            _check_storable(validate_records([rec], [pos], limits)[1])
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this record's fault
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            out.errors.append(Rejection(pos, _storable(f"record cannot be processed ({type(exc).__name__}: "
+                                                       f"{str(exc)[:300]})") or "",
+                                        None if rid is None else _storable(str(rid)[:200]), _raw_preview(rec)))
+            continue
+        out.records.append(rec)
+        out.positions.append(pos)
+    return out
 
 
 class PoolEmbedder:
@@ -456,8 +529,9 @@ class Graph:
         self._probe: PrecomputedEmbedder | None = None
         self._rr = 0
         self._load: list[int] = []
-        self.dirty = 0  # items processed (or submitted) since the last commit
+        self.dirty = 0  # items sent to the selector after the last commit was requested (what it would add)
         self.last_commit = time.monotonic()
+        self.heartbeat = time.monotonic()  # the driver loop is alive (it pumps at least every few 100 ms)
         self.counts: Counter[str] = Counter()
         self.index_size = 0
         self.info: dict[str, Any] = {}
@@ -520,7 +594,11 @@ class Graph:
     def _dim_for(self, batch: RawBatch) -> int | None:
         """Precomputed vectors: the dimension fixed by the first valid vector in stream order."""
         if self._probe is not None and self.dim is None:
-            samples, _ = validate_records(batch.records, batch.positions)
+            try:
+                samples, _ = validate_records(batch.records, batch.positions)
+            except Exception:  # noqa: BLE001 - a record validation raises on (see safe_batch)
+                b = safe_batch(batch)
+                samples, _ = validate_records(b.records, b.positions)
             if samples.num_rows:
                 self._probe.embed(samples)
                 self.dim = self._probe.image_dim
@@ -535,11 +613,10 @@ class Graph:
         ref = ray.put(batch)
         emb_ref, info_ref = self.embedders[i].embed.options(num_returns=2).remote(ref, dim)
         self.embed_q.append(_InFlight(ref, emb_ref, info_ref, len(batch), trusted, time.perf_counter(), i))
-        if not trusted:
-            self.dirty += len(batch)
 
     def request_commit(self) -> None:
-        """Commit after everything submitted so far (queued behind it on the selector actor)."""
+        """Commit what the selector has been sent so far (the commit queues behind it on the actor)."""
+        self.dirty = 0
         self.select_q.append(_Selecting(self.curation.commit.remote(), 0, time.perf_counter(), "commit"))
 
     def finish_bootstrap(self) -> None:
@@ -562,12 +639,16 @@ class Graph:
             x = self.embed_q.popleft()
             self._load[x.worker] -= 1
             info = ray.get(x.info_ref)
+            if info.get("batch") is not None:  # the pool turned records the core cannot take into rejections
+                x.batch_ref = ray.put(info["batch"])
             if self.metrics is not None:
                 self.metrics.batch_seconds.labels("embed").observe(info["seconds"])
             if info["rejects"] and self.on_rejects is not None:
                 self.on_rejects(info["rejects"])
             ref = self.curation.process.remote(x.batch_ref, x.emb_ref, x.trusted, not x.trusted)
             self.select_q.append(_Selecting(ref, x.items, x.t0, "process", x.trusted))
+            if not x.trusted:
+                self.dirty += x.items
             moved = True
         return moved
 
@@ -586,20 +667,20 @@ class Graph:
             m.index_size.set(res["index_size"])
         c = res.get("commit")
         if c is not None:
-            # everything still queued was submitted after this commit's batches
-            self.dirty = sum(y.items for y in self.embed_q if not y.trusted) + \
-                sum(y.items for y in self.select_q if y.kind == "process" and not y.trusted)
+            if res["kind"] == "process":  # an automatic commit: what was sent after it is uncommitted
+                self.dirty = sum(y.items for y in self.select_q if y.kind == "process" and not y.trusted)
             self.last_commit = time.monotonic()
             if m is not None:
                 m.commits.inc()
                 m.batch_seconds.labels("commit").observe(c["seconds"])
                 m.last_commit.set(time.time())
-            log.info("commit %s durable (%d items decided so far)", c["commit"], sum(self.counts.values()))
+            log.info("commit %s durable (%d items decided by this run)", c["commit"], sum(self.counts.values()))
             if self.on_commit is not None:
                 self.on_commit(c)
 
     def pump(self, timeout_s: float = 0.0) -> bool:
         """Move whatever is ready; if nothing was and something is in flight, wait up to `timeout_s`."""
+        self.heartbeat = time.monotonic()
         moved = self._advance()
         if not moved and timeout_s > 0 and not self.idle():
             refs = []

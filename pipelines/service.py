@@ -114,6 +114,8 @@ class Service:
         self.graph = g = Graph(self.scfg, self.metrics)
         info = g.start()
         where = f"{info['out']} on node {info['node_ip']}"
+        log.info("selector/writer actor pid %d, embedder actor pids %s", info["pid"],
+                 [e["pid"] for e in g.embed_info])
         if info["commit"]:
             log.info("curated set: %s -- resuming after commit %d (%d items decided)", where, info["commit"],
                      info["decided"])
