@@ -121,6 +121,8 @@ class OrderedMerge:
         self.caught_up: dict[int, bool] = {}
         self._arrival: deque[tuple[int, _Unit]] = deque()
         self.items = 0
+        self._seen_next: dict[int, int | None] = {}  # offset after the last message added, per partition
+        self.gaps: Counter[int] = Counter()  # offsets skipped by the source (retention, compaction, markers)
 
     # --- partitions -----------------------------------------------------------------
     def assign(self, partitions: list[int], start: dict[int, int] | None = None) -> None:
@@ -128,6 +130,7 @@ class OrderedMerge:
             if p not in self.buf:
                 self.buf[p] = deque()
                 self.next[p] = (start or {}).get(p)
+                self._seen_next[p] = self.next[p]
                 self.caught_up[p] = False
 
     def revoke(self, partitions: list[int]) -> None:
@@ -136,6 +139,7 @@ class OrderedMerge:
             for u in self.buf.pop(p, deque()):
                 self.items -= len(u)
             self.next.pop(p, None)
+            self._seen_next.pop(p, None)
             self.caught_up.pop(p, None)
         self._arrival = deque((p, u) for p, u in self._arrival if p not in gone)
 
@@ -165,6 +169,10 @@ class OrderedMerge:
                     raise ValueError(f"partition {p} went back from offset {q[-1].offset} to {pos.offset}")
                 u = _Unit(pos.offset)
                 q.append(u)
+                seen = self._seen_next.get(p)
+                if seen is not None and pos.offset > seen:
+                    self.gaps[p] += pos.offset - seen
+                self._seen_next[p] = pos.offset + 1
                 if self.order == "arrival":
                     self._arrival.append((p, u))
             if err is not None:
@@ -239,6 +247,7 @@ class OrderedMerge:
         if cut is None:
             return None
         first = q[cut].offset
+        self._seen_next[p] = first
         while len(q) > cut:
             u = q.pop()
             self.items -= len(u)
@@ -258,8 +267,16 @@ class OrderedMerge:
 
 
 def _rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of a process (this one by default); 0 when it cannot be read."""
     try:
-        import psutil
+        with open(f"/proc/{pid or os.getpid()}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # not Linux: psutil (Ray ships one)
 
         return int(psutil.Process(pid or os.getpid()).memory_info().rss)
     except Exception:  # noqa: BLE001 - gone, or no permission: no number
@@ -532,6 +549,9 @@ class Graph:
         self.dirty = 0  # items sent to the selector after the last commit was requested (what it would add)
         self.last_commit = time.monotonic()
         self.heartbeat = time.monotonic()  # the driver loop is alive (it pumps at least every few 100 ms)
+        self.t_first: float | None = None  # first stream batch submitted ...
+        self.t_last: float | None = None  # ... and last stream batch selected: the throughput window
+        self.items_done = 0
         self.counts: Counter[str] = Counter()
         self.index_size = 0
         self.info: dict[str, Any] = {}
@@ -613,6 +633,8 @@ class Graph:
         ref = ray.put(batch)
         emb_ref, info_ref = self.embedders[i].embed.options(num_returns=2).remote(ref, dim)
         self.embed_q.append(_InFlight(ref, emb_ref, info_ref, len(batch), trusted, time.perf_counter(), i))
+        if not trusted and self.t_first is None:
+            self.t_first = time.monotonic()
 
     def request_commit(self) -> None:
         """Commit what the selector has been sent so far (the commit queues behind it on the actor)."""
@@ -655,6 +677,9 @@ class Graph:
     def _on_result(self, res: dict[str, Any], x: _Selecting) -> None:
         m = self.metrics
         if res["kind"] == "process":
+            if not x.trusted:
+                self.items_done += res["items"]
+                self.t_last = time.monotonic()
             self.counts.update(res["counts"])
             self.index_size = res["index_size"]
             if m is not None:
@@ -708,6 +733,12 @@ class Graph:
         if self.dirty:
             self.request_commit()
             self.drain()
+
+    def throughput(self) -> tuple[int, float]:
+        """(stream items decided, seconds from the first one sent to the last one decided)."""
+        if self.t_first is None or self.t_last is None:
+            return self.items_done, 0.0
+        return self.items_done, self.t_last - self.t_first
 
     def maybe_commit_by_time(self) -> None:
         every = self.scfg.service.commit_interval_s
@@ -844,6 +875,7 @@ class KafkaDriver(Driver):
         self.dead_letters = dead_letters
         self.start: dict[int, int] = {}
         self.trimmed = 0
+        self._trimmed_last = False
         self._last_poll = 0.0
         self._last_poll_empty = True
         self._end_t = 0.0
@@ -892,7 +924,7 @@ class KafkaDriver(Driver):
         self.merge.revoke(partitions)
 
     # --- flow control ------------------------------------------------------------------
-    def _trim(self) -> None:
+    def _trim(self) -> bool:
         """Keep each partition's buffer within its share of `service.max_buffered_items`: the tail past
         it is dropped and the consumer seeks back to it, so it is fetched again when there is room.
 
@@ -904,16 +936,27 @@ class KafkaDriver(Driver):
 
         parts = self.merge.partitions
         if not parts:
-            return
+            return False
         share = max(1, self.scfg.buffered() // len(parts))
+        trimmed = False
         for p in parts:
             if self.merge.buffered(p) > share:
                 first = self.merge.trim(p, share)
                 if first is not None:
                     self.src.consumer.seek(TopicPartition(self.topic, p), first)
                     self.trimmed += 1
+                    trimmed = True
                     if self.metrics is not None:
                         self.metrics.refetched.inc()
+        return trimmed
+
+    def _report_gaps(self, before: int) -> None:
+        n = sum(self.merge.gaps.values()) - before
+        if self.metrics is not None:
+            self.metrics.offset_gaps.inc(n)
+        log.warning("%s skipped %d offset(s) (per partition so far: %s): messages deleted by retention before "
+                    "they were read (the consumer reset to the earliest offset), compacted away, or transaction "
+                    "markers", self.topic, n, dict(sorted(self.merge.gaps.items())))
 
     def _check_blockers(self) -> None:
         """Empty partitions the merge waits on: learn their position and whether they are caught up."""
@@ -984,7 +1027,8 @@ class KafkaDriver(Driver):
         self._committed = dict(self.start)
         batch = self.cfg.source.batch_size
         limit = self.scfg.buffered()
-        gen = self.src.batches(min(batch, self.scfg.kafka.max_poll_records), start)
+        poll_size = min(batch, self.scfg.kafka.max_poll_records)
+        gen = self.src.batches(poll_size, start)
         g = self.graph
         last_data = time.monotonic()
         try:
@@ -1002,13 +1046,18 @@ class KafkaDriver(Driver):
                     g.submit(b)
                 g.pump()
                 g.maybe_commit_by_time()
-                # 2) poll while the merge has room or waits on a partition; else wait on the graph
+                # 2) poll while the merge has room for a whole poll, or waits on a partition (then what
+                #    the other partitions bring past their share is dropped and re-read later); else
+                #    wait on the graph. Never a busy loop: a poll that only refills trimmed partitions
+                #    waits for the graph first.
                 blocked = self.merge.items > 0 and bool(self.merge.blockers())
                 hold = self.memory_over() and not g.idle()
-                full = self.merge.items >= limit
-                need = (not full or blocked) and not hold
+                room = self.merge.items + poll_size <= limit
+                need = (room or blocked) and not hold
+                if need and not room and self._trimmed_last and not g.room():
+                    g.pump(0.05)
                 if self.metrics is not None:
-                    self.metrics.backpressure.set(0 if need else 1)
+                    self.metrics.backpressure.set(0 if room and not hold else 1)
                 # (without a poll for max_poll_interval_ms the group would drop us: poll now and then)
                 if need or time.monotonic() - self._last_poll > 10.0:
                     try:
@@ -1017,10 +1066,15 @@ class KafkaDriver(Driver):
                         break
                     self._last_poll = time.monotonic()
                     self._last_poll_empty = len(raw) == 0
+                    self._trimmed_last = False
                     if len(raw):
                         last_data = self._last_poll
+                        gaps = sum(self.merge.gaps.values())
                         self.merge.add(raw)
-                        self._trim()
+                        if sum(self.merge.gaps.values()) > gaps:
+                            self._report_gaps(gaps)
+                        if self.merge.items > limit:
+                            self._trimmed_last = self._trim()
                     assigned = self.src.assignment()
                     if self.merge.partitions != assigned:
                         self.merge.assign(assigned, self.start)

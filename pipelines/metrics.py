@@ -47,6 +47,9 @@ class Metrics:
                                  registry=r)
         self.batch_seconds = Histogram("curator_batch_seconds", "Latency of one batch per stage", ["stage"],
                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.offset_gaps = Counter("curator_source_offset_gaps", "Offsets the source skipped: messages deleted by "
+                                   "retention before they were read, compacted away, or transaction markers",
+                                   registry=r)
         self.index_size = Gauge("curator_index_size", "Items in the selector's FAISS index", registry=r)
         self.commits = Counter("curator_commits", "Checkpoints (manifests) made durable", registry=r)
         self.last_commit = Gauge("curator_last_commit_timestamp_seconds", "Time of the last durable commit",

@@ -159,6 +159,10 @@ class Service:
         why = "stopped" if self.stop.is_set() else "input exhausted"
         counts = ", ".join(f"{d} {n}" for d, n in sorted(g.counts.items())) or "nothing new"
         log.info("%s: this run decided %s; curated set %s at commit %d", why, counts, where, commit)
+        n, secs = g.throughput()
+        if n and secs > 0:
+            log.info("throughput: %d items in %.2fs = %.1f items/s (first item sent to last item decided)",
+                     n, secs, n / secs)
         print(f"curated set: {where} (commit {commit}); query it with: "
               f"curator query {info['out']} \"SELECT decision, count(*) FROM decisions GROUP BY 1\"", flush=True)
         return 0

@@ -323,6 +323,17 @@ def test_merge_waits_for_a_partition_that_may_deliver_an_earlier_message() -> No
     assert pp(m.pop(10)) == [(2, 5)] and m.items == 0
 
 
+def test_merge_counts_offsets_the_source_skipped() -> None:
+    m = OrderedMerge("t")
+    m.assign([0], {0: 0})
+    m.add(_batch(_msgs(0, 2)))
+    m.add(_batch(_msgs(0, 3, first=5)))  # 2..4 deleted by retention before they were read
+    assert dict(m.gaps) == {0: 3}
+    assert m.trim(0, 2) == 5  # keep offsets 0 and 1; the consumer seeks back to 5
+    m.add(_batch(_msgs(0, 3, first=5)))  # re-read: no new gap
+    assert dict(m.gaps) == {0: 3} and m.items == 5
+
+
 def test_merge_arrival_order_never_waits() -> None:
     m = OrderedMerge("t", order="arrival")
     m.assign([0, 1])
