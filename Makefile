@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
-## The main job: the digits demo (real data, offline) through the whole selection, then a DuckDB query.
+## The main job: the digits demo (real data, offline) through the service's Ray actor graph
+## (embedder pool -> selector -> writer, checkpointed), then its decisions and a DuckDB query.
 run: $(STAMP)
-	$(VENV)/bin/curator demo --out $(RUN)
+	$(VENV)/bin/curator serve --demo $(RUN)
 
 ## The default test suite (bounded: slow fault-injection and soak tests are excluded).
 test: $(STAMP)

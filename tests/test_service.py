@@ -373,6 +373,8 @@ def test_serve_config_toml_and_flags(tmp_path: Path) -> None:
             load_serve_config(p, bad)
     with pytest.raises(ConfigError, match="no input"):
         load_serve_config(None, {})
+    ex = load_serve_config(REPO / "deploy" / "curator.example.toml")  # the users' starting point loads
+    assert ex.uses_kafka and ex.service.host == "127.0.0.1" and ex.kafka.dead_letter_topic
 
 
 def test_serve_help_does_not_import_ray() -> None:

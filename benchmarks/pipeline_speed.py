@@ -1,0 +1,382 @@
+"""End-to-end speed of `curator serve` against embed-only speed, and its memory under a 10x burst.
+
+    python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64]
+        [--model curator-tiny] [--image-size 64] [--memory-limit-mb 3000] [--json FILE]
+
+Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
+broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool:
+
+1. **embed-only**: the pool (`pipelines.graph.EmbedWorker` actors, 2 batches in flight each) fed the
+   decoded records directly -- no Kafka, no ordering, no selector, no writer. Also, for reference,
+   one embedder in this process (with one actor's thread count) on the same batches.
+2. **service**: the same records as JSON messages (base64 images) on a --partitions topic, through
+   `curator serve` (a subprocess joining this Ray) from the first item sent into the graph to the
+   last item decided (the service logs this window). Target: service / embed-only >= 0.9.
+3. **burst**: a fresh service on a fresh topic; records are produced at half the service's measured
+   rate for `--steady-s`, then at 10x that rate for `--burst-s`; the resident memory of the service
+   (driver + actors, from its /metrics) is sampled every 0.25 s. Target: the peak stays within
+   ``service.memory_limit_mb`` (the backlog waits in Kafka, not in memory).
+
+Images are the scikit-learn digits upscaled to --image-size pixels (PNG), so decoding is real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from connectors.base import RawBatch  # noqa: E402
+from connectors.produce import encode_json, kafka_producer  # noqa: E402
+from curator.config import RunConfig  # noqa: E402
+from curator.records import Position  # noqa: E402
+
+
+def dataset(n: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        j = int(rng.integers(len(x)))
+        px = np.clip(x[j].reshape(8, 8) * 16 + rng.normal(0, 8, (8, 8)), 0, 255).astype(np.uint8)
+        im = Image.fromarray(px, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append({"id": f"b{i}", "image": buf.getvalue(), "label": int(y[j]), "text": f"a handwritten {y[j]}"})
+    return out
+
+
+def run_config(args: argparse.Namespace, out: Path) -> RunConfig:
+    cfg = RunConfig()
+    cfg.embedder.kind, cfg.embedder.model, cfg.embedder.pretrained = "clip", args.model, args.pretrained
+    cfg.embedder.device, cfg.embedder.batch_size = "cpu" if args.device == "cpu" else args.device, args.batch_size
+    cfg.source.batch_size = args.batch_size
+    cfg.store.out, cfg.store.commit_every = str(out), 1024
+    cfg.selector.align_mode = "off"  # a random-init model's captions are noise: do not judge them
+    return cfg
+
+
+# --------------------------------------------------------------------------- 1. embed-only
+
+
+def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, float]:
+    import ray
+
+    from pipelines.graph import EmbedWorker
+
+    cfg = run_config(args, Path(tempfile.mkdtemp()))
+    batches = [RawBatch(records[i:i + args.batch_size],
+                        [Position("bench", 0, k) for k in range(i, min(i + args.batch_size, len(records)))])
+               for i in range(0, len(records), args.batch_size)]
+    cls = ray.remote(EmbedWorker).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
+    pool = [cls.remote(cfg.embedder) for _ in range(args.actors)]
+    ray.get([a.setup.remote() for a in pool])
+    refs = [ray.put(b) for b in batches]
+    ray.get([a.embed.options(num_returns=2).remote(refs[0])[1] for a in pool])  # warm up
+    t0 = time.perf_counter()
+    inflight: list[Any] = []
+    load = [0] * len(pool)
+    owner: dict[Any, int] = {}
+    for ref in refs:
+        while len(inflight) >= 2 * len(pool):
+            done, inflight = ray.wait(inflight, num_returns=1)
+            load[owner.pop(done[0])] -= 1
+        i = min(range(len(pool)), key=lambda k: load[k])
+        load[i] += 1
+        info = pool[i].embed.options(num_returns=2).remote(ref)[1]
+        owner[info] = i
+        inflight.append(info)
+    ray.get(inflight)
+    pool_s = time.perf_counter() - t0
+    for a in pool:
+        ray.kill(a)
+
+    import torch
+
+    from curator.embed import build_embedder
+    from curator.records import validate_records
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(args.embed_cpus)))  # as in one actor (Ray sets OMP_NUM_THREADS)
+    emb = build_embedder(cfg.embedder)
+    emb.setup()
+    tables = [validate_records(b.records, b.positions)[0] for b in batches]
+    emb.embed(tables[0])
+    t0 = time.perf_counter()
+    for t in tables:
+        emb.embed(t)
+    one_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return {"pool_items_per_s": len(records) / pool_s, "inprocess_items_per_s": len(records) / one_s}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.proc = None
+        real = os.environ.get("CURATOR_KAFKA_BOOTSTRAP", "").strip()
+        if real:
+            from tests.conftest import _real_broker_topic_creator
+
+            self.api = os.environ.get("CURATOR_KAFKA_API_VERSION", "").strip()
+            self.bootstrap = real
+            self._create = _real_broker_topic_creator(real, self.api)
+        else:
+            from tests.conftest import _MockBrokerProcess
+
+            self.proc = _MockBrokerProcess()
+            self.bootstrap, self.api, self._create = self.proc.bootstrap, "2.3", self.proc.create_topic
+        self.n = 0
+
+    def topic(self, partitions: int) -> str:
+        self.n += 1
+        name = f"bench-{os.getpid()}-{self.n}-{int(time.time())}"
+        self._create(name, partitions)
+        return name
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+
+
+def serve_toml(args: argparse.Namespace, out: Path, broker: Broker, topic: str, ray_address: str,
+               bounded: bool) -> str:
+    from pipelines.config import ServeConfig
+
+    scfg = ServeConfig(run=run_config(args, out))
+    k, s = scfg.kafka, scfg.service
+    k.bootstrap_servers, k.topic, k.group_id, k.api_version = broker.bootstrap, topic, f"g-{topic}", broker.api
+    k.session_timeout_ms = 3000 if broker.proc is not None else 10_000
+    k.end_after_idle_s = 2.0 if bounded else 0.0
+    s.ray_address, s.port, s.embed_actors = ray_address, 0, args.actors
+    s.embed_num_cpus, s.embed_num_gpus, s.selector_num_cpus = args.embed_cpus, args.embed_gpus, 0.0
+    s.memory_limit_mb = args.memory_limit_mb
+    return scfg.to_toml()
+
+
+class Service:
+    def __init__(self, toml: str, workdir: Path, name: str) -> None:
+        cfg = workdir / f"{name}.toml"
+        cfg.write_text(toml)
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "curator.cli", "serve", "--config", str(cfg)],
+                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def port(self, timeout_s: float = 120) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = re.search(r"/metrics on http://127\.0\.0\.1:(\d+)", self.log())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"service did not start:\n{self.log()[-3000:]}")
+
+    def metric(self, port: int, name: str) -> float | None:
+        """A metric's value (`name` with its labels), or the sum over labels for a bare name."""
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        vals = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{"))]
+        return sum(vals) if vals else None
+
+    def wait(self, timeout_s: float) -> int:
+        rc = self.proc.wait(timeout_s)
+        self._log.close()
+        return rc
+
+
+def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partitions: int, rate: float | None = None,
+            seconds: float | None = None, start: int = 0) -> int:
+    """Send JSON messages round-robin; at `rate` per second for `seconds` if given. Returns how many."""
+    prod = kafka_producer(broker.bootstrap, broker.api, linger_ms=5)
+    n, t0 = 0, time.monotonic()
+    try:
+        while True:
+            if seconds is not None and time.monotonic() - t0 >= seconds:
+                break
+            if seconds is None and n >= len(records):
+                break
+            if rate is not None:
+                ahead = n / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(min(ahead, 0.05))
+                    continue
+            r = records[(start + n) % len(records)]
+            rec = {**r, "id": f"{r['id']}-{start + n}"}
+            prod.send(topic, value=encode_json(rec), partition=(start + n) % partitions)
+            n += 1
+        prod.flush()
+    finally:
+        prod.close()
+    return n
+
+
+# --------------------------------------------------------------------------- 2 and 3
+
+
+def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
+                  work: Path) -> dict[str, float]:
+    topic = broker.topic(args.partitions)
+    produce(broker, topic, records, args.partitions)
+    svc = Service(serve_toml(args, work / "speed-run", broker, topic, address, bounded=True), work, "speed")
+    rc = svc.wait(1800)
+    if rc != 0:
+        raise RuntimeError(f"service failed:\n{svc.log()[-3000:]}")
+    m = re.search(r"throughput: (\d+) items in ([\d.]+)s", svc.log())
+    if not m:
+        raise RuntimeError(f"no throughput line:\n{svc.log()[-3000:]}")
+    n, secs = int(m.group(1)), float(m.group(2))
+    return {"items": n, "seconds": secs, "items_per_s": n / secs}
+
+
+def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
+                 work: Path, rate: float) -> dict[str, float]:
+    topic = broker.topic(args.partitions)
+    svc = Service(serve_toml(args, work / "burst-run", broker, topic, address, bounded=False), work, "burst")
+    port = svc.port()
+    samples: list[tuple[float, str, float]] = []
+    phase = ["startup"]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            v = svc.metric(port, 'curator_resident_memory_bytes{process="total"}')
+            if v:
+                samples.append((time.monotonic(), phase[0], v))
+            time.sleep(0.25)
+
+    threading.Thread(target=sample, daemon=True).start()
+    deadline = time.monotonic() + 300
+    while (svc.metric(port, "curator_ready") or 0) < 1:
+        if time.monotonic() > deadline or svc.proc.poll() is not None:
+            raise RuntimeError(f"service not ready:\n{svc.log()[-3000:]}")
+        time.sleep(0.2)
+    phase[0] = "steady"
+    sent = produce(broker, topic, records, args.partitions, rate=rate, seconds=args.steady_s)
+    phase[0] = "burst"
+    t_burst = time.monotonic()
+    sent += produce(broker, topic, records, args.partitions, rate=10 * rate, seconds=args.burst_s, start=sent)
+    burst_send_s = time.monotonic() - t_burst
+    phase[0] = "catch-up"
+    deadline = time.monotonic() + 1800
+    while (svc.metric(port, "curator_items_out_total") or 0) < sent:
+        if time.monotonic() > deadline or svc.proc.poll() is not None:
+            raise RuntimeError(f"service did not catch up:\n{svc.log()[-3000:]}")
+        time.sleep(0.5)
+    time.sleep(1.0)
+    stop.set()
+    svc.proc.send_signal(signal.SIGTERM)
+    if svc.wait(300) != 0:
+        raise RuntimeError(f"service did not drain:\n{svc.log()[-3000:]}")
+    peak = {ph: max((v for _, p, v in samples if p == ph), default=0.0) for ph in ("steady", "burst", "catch-up")}
+    return {"sent": sent, "steady_rate": rate, "burst_rate": 10 * rate, "burst_send_s": burst_send_s,
+            "rss_steady_mb": peak["steady"] / 2**20, "rss_burst_mb": peak["burst"] / 2**20,
+            "rss_catchup_mb": peak["catch-up"] / 2**20,
+            "rss_peak_mb": max(peak.values()) / 2**20, "bound_mb": float(args.memory_limit_mb)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=3000)
+    ap.add_argument("--actors", type=int, default=2, help="embedder actors (pool size)")
+    ap.add_argument("--embed-cpus", type=float, default=1.0, help="CPUs per embedder actor")
+    ap.add_argument("--embed-gpus", type=float, default=0.0, help="GPUs per embedder actor")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--model", default="curator-tiny")
+    ap.add_argument("--pretrained", default="")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--memory-limit-mb", type=int, default=3000, help="service.memory_limit_mb: the bound")
+    ap.add_argument("--partitions", type=int, default=6, help="partitions of the benchmark topics")
+    ap.add_argument("--steady-s", type=float, default=10.0)
+    ap.add_argument("--burst-s", type=float, default=3.0,
+                    help="(librdkafka's mock cluster keeps only ~5 MB per partition: a longer burst of 3 KB "
+                         "messages overflows it and the oldest unread messages are deleted)")
+    ap.add_argument("--skip-burst", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    import ray
+
+    records = dataset(args.items, args.image_size)
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(args.actors * args.embed_cpus + 1.999)),
+             include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    broker = Broker()
+    work = Path(tempfile.mkdtemp(prefix="curator-bench-"))
+    results: dict[str, Any] = {"config": vars(args), "cpus": os.cpu_count()}
+    try:
+        eo = embed_only(args, records)
+        results["embed_only"] = eo
+        sv = service_speed(args, broker, records, address, work)
+        results["service"] = sv
+        ratio = sv["items_per_s"] / eo["pool_items_per_s"]
+        results["ratio"] = ratio
+        print(f"\nmodel {args.model}, batch {args.batch_size}, {args.actors} embedder actor(s) x "
+              f"{args.embed_cpus} CPU, {args.items} items of {args.image_size}px PNG, {os.cpu_count()} CPU cores")
+        print(f"{'measurement':<44} | {'items/s':>9}")
+        print(f"{'-' * 44}-|-{'-' * 9}")
+        print(f"{'embed-only, one embedder in-process':<44} | {eo['inprocess_items_per_s']:>9.1f}")
+        print(f"{'embed-only, the actor pool':<44} | {eo['pool_items_per_s']:>9.1f}")
+        print(f"{'service end to end (Kafka -> curated set)':<44} | {sv['items_per_s']:>9.1f}")
+        print(f"{'ratio service / embed-only pool (target 0.9)':<44} | {ratio:>9.2f}")
+        print(f"{'ratio service / one embedder':<44} | {sv['items_per_s'] / eo['inprocess_items_per_s']:>9.2f}")
+        if not args.skip_burst:
+            b = burst_memory(args, broker, records, address, work, rate=0.5 * sv["items_per_s"])
+            results["burst"] = b
+            ok = b["rss_peak_mb"] <= b["bound_mb"]
+            print(f"\nburst: {b['steady_rate']:.0f} items/s for {args.steady_s:.0f}s, then {b['burst_rate']:.0f}/s "
+                  f"for {args.burst_s:.0f}s ({b['sent']} items)")
+            print(f"{'resident memory (driver + actors)':<44} | {'MB':>9}")
+            print(f"{'-' * 44}-|-{'-' * 9}")
+            for key, label in (("rss_steady_mb", "peak, steady rate"), ("rss_burst_mb", "peak, 10x burst"),
+                               ("rss_catchup_mb", "peak, catching up on the backlog"),
+                               ("bound_mb", "configured bound (service.memory_limit_mb)")):
+                print(f"{label:<44} | {b[key]:>9.0f}")
+            print(f"{'within the bound':<44} | {'yes' if ok else 'NO':>9}")
+    finally:
+        broker.close()
+        ray.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
