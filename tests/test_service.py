@@ -115,6 +115,8 @@ def service_env() -> dict[str, str]:
     env.update({"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
+    # the venv's scripts (curator, ray) on PATH, as in an activated environment
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
