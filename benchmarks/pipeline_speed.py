@@ -336,7 +336,7 @@ def main() -> None:
     import ray
 
     records = dataset(args.items, args.image_size)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(args.actors * args.embed_cpus + 1.999)),
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(args.actors * args.embed_cpus + 1.999)),
              include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     broker = Broker()

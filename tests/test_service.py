@@ -58,7 +58,8 @@ def ray_cluster() -> Iterator[str]:
     which service subprocesses join with --service.ray-address."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=256 * 1024**2,
+             log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -532,11 +533,15 @@ def test_ray_job_submit_runs_the_service(digits: Digits, tmp_path: Path) -> None
         assert f"curated set: {out.resolve()}" in r.stdout, r.stdout[-3000:]
         assert "succeeded" in r.stdout
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started ...
         try:
             head.wait(60)
         except subprocess.TimeoutExpired:
             head.kill()
+        current = Path("/tmp/ray/ray_current_cluster")  # ... but leaves this, which ray.init() would follow
+        with contextlib.suppress(OSError):
+            if current.read_text().strip() == f"127.0.0.1:{port}":
+                current.unlink()
     ingest = tmp_path / "ingest"
     ingest_files(run_config(ingest, digits))
     assert_same_decisions(out, ingest)
