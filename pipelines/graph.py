@@ -876,6 +876,7 @@ class KafkaDriver(Driver):
         self.start: dict[int, int] = {}
         self.trimmed = 0
         self._trimmed_last = False
+        self._synced: list[int] = []
         self._last_poll = 0.0
         self._last_poll_empty = True
         self._end_t = 0.0
@@ -949,6 +950,24 @@ class KafkaDriver(Driver):
                     if self.metrics is not None:
                         self.metrics.refetched.inc()
         return trimmed
+
+    def _sync_group_offsets(self, assigned: list[int]) -> None:
+        """After an assignment: where the manifest is ahead of the group's committed offsets (a crash
+        between the manifest and the offset commit), commit the manifest's positions to the group."""
+        from kafka.errors import KafkaError
+
+        self._synced = list(assigned)
+        if not self.scfg.kafka.group_id or not assigned:
+            return
+        try:
+            have = self.src.committed()
+            ahead = {p: o for p, o in self._committed.items() if p in assigned and have.get(p, -1) < o}
+            if ahead:
+                self.src.commit({self.topic: ahead})
+                log.info("committed the manifest's positions %s to the group (it was at %s)", ahead,
+                         {p: have.get(p) for p in ahead})
+        except KafkaError as exc:
+            log.warning("could not bring the group's offsets up to the manifest (%s); the manifest has them", exc)
 
     def _report_gaps(self, before: int) -> None:
         n = sum(self.merge.gaps.values()) - before
@@ -1078,6 +1097,8 @@ class KafkaDriver(Driver):
                     assigned = self.src.assignment()
                     if self.merge.partitions != assigned:
                         self.merge.assign(assigned, self.start)
+                    if assigned != self._synced:
+                        self._sync_group_offsets(assigned)
                     if self.merge.items:
                         self._check_blockers()
                     if self.metrics is not None:

@@ -2,8 +2,9 @@
 ends with exactly the kept set and decisions of an uninterrupted run with the same seed.
 
 Kill points are drawn from a seeded RNG: some during startup (joining Ray, creating actors, the
-bootstrap, joining the group), most once the run has decided a random number of items plus a random
-delay (mid-batch, mid-commit, between manifest and offset commit). Half the kills also SIGKILL the
+bootstrap, joining the group), most once the committed manifest has passed a random point spread
+over what is left of the stream, plus a random delay (mid-batch, mid-commit, between manifest and
+offset commit). Half the kills also SIGKILL the
 selector/writer actor, so a commit can be cut anywhere, not only the driver. 5 points in the default
 suite, 20 under `make test-long`.
 """
@@ -90,9 +91,12 @@ def crash_and_recover(kills: int, seed: int, ray: str, broker: KafkaTestBroker, 
     group = f"g-crash{seed}-{topic}"
     total = len(digits.records) + 100
     cfg_path = write_config(crash_config(out, digits, broker, topic, ray, group, bounded=False), tmp / "crash.toml")
-    targets = sorted(rng.randrange(0, total) for _ in range(kills))
     story = []
-    for i, target in enumerate(targets):
+    for i in range(kills):
+        # spread the kill points over what is left, so most runs die mid-stream (mean step: left / kills left)
+        done = _decided(out)
+        step = max(1, (total - done) // (kills - i + 1))
+        target = min(total - 10, done + rng.randint(1, 2 * step))
         sp = ServiceProcess(cfg_path, tmp / f"crash-{i}.log")
         t0 = time.monotonic()
         if rng.random() < 0.25:  # during startup: Ray, actors, lock wait, bootstrap, group join
@@ -101,8 +105,8 @@ def crash_and_recover(kills: int, seed: int, ray: str, broker: KafkaTestBroker, 
         else:
             deadline = t0 + 60
             while _decided(out) < target and time.monotonic() < deadline and sp.proc.poll() is None:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.15))
             where = f"after {target} decided+{time.monotonic() - t0:.1f}s"
         assert sp.proc.poll() is None, f"service exited before the kill:\n{sp.log()[-3000:]}"
         also = rng.random() < 0.5 and _kill_selector(sp)
