@@ -90,7 +90,11 @@ class Service:
         from pipelines.metrics import HealthServer
 
         s, k, cfg = self.scfg.service, self.scfg.kafka, self.scfg.run
-        self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready).start()
+        try:
+            self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready).start()
+        except OSError as exc:
+            raise ConfigError(f"cannot serve HTTP on {s.host}:{s.port} ({exc.strerror or exc}); set service.port "
+                              "(0 = any free port) or service.host") from None
         log.info("serving /healthz /readyz /metrics on http://%s:%d", self.http.host, self.http.port)
         ray, owned = _init_ray(self.scfg)
         self._signals()  # after ray.init, which installs its own SIGTERM handler in the driver
