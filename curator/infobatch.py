@@ -99,19 +99,22 @@ def _dist_device(hint: torch.Tensor | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def _all_gather_cat(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    """all_gather of 1-D tensors whose lengths differ by rank (the last batch may be short)."""
+def _all_gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """all_gather of tensors (rows x n) whose n differs by rank (the last batch may be short).
+
+    Two collectives: the sizes, then the padded data, concatenated along the last axis.
+    """
     world = torch.distributed.get_world_size()
     t = t.to(device)
-    n = torch.tensor([t.numel()], dtype=torch.int64, device=device)
+    n = torch.tensor([t.shape[-1]], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     torch.distributed.all_gather(sizes, n)
     m = int(max(int(s) for s in sizes))
-    padded = torch.zeros(m, dtype=t.dtype, device=device)
-    padded[: t.numel()] = t
+    padded = torch.zeros((*t.shape[:-1], m), dtype=t.dtype, device=device)
+    padded[..., : t.shape[-1]] = t
     out = [torch.empty_like(padded) for _ in range(world)]
     torch.distributed.all_gather(out, padded)
-    return [o[: int(s)].cpu() for o, s in zip(out, sizes, strict=True)]
+    return torch.cat([o[..., : int(s)] for o, s in zip(out, sizes, strict=True)], dim=-1).cpu()
 
 
 @dataclass(frozen=True)
@@ -429,13 +432,16 @@ class InfoBatchSampler(Sampler[int]):
     def weights(self, indices: IndexLike, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Loss weight of each sample this epoch: 1/(1-r) if kept from the pruned set, else 1."""
-        w = torch.from_numpy(self._current_plan().weights[self._indices(indices)])
+        return self._weights(self._indices(indices), device, dtype)
+
+    def _weights(self, idx: np.ndarray, device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
+        w = torch.from_numpy(self._current_plan().weights[idx])
         return w.to(device=device, dtype=dtype)
 
     def weighted_mean(self, losses: torch.Tensor, indices: IndexLike) -> torch.Tensor:
         """The batch loss: per-sample losses times their weights, averaged over the batch size."""
         losses = self._check_losses(losses, indices)
-        return (losses * self.weights(indices, device=losses.device, dtype=losses.dtype)).mean()
+        return (losses * self._weights(self._indices(indices), losses.device, losses.dtype)).mean()
 
     @staticmethod
     def _check_losses(losses: torch.Tensor, indices: IndexLike) -> torch.Tensor:
@@ -455,7 +461,9 @@ class InfoBatchSampler(Sampler[int]):
         losses (float32) are all-gathered, so every rank keeps the same score table.
         Non-finite losses (e.g. an fp16 overflow step) are skipped: the sample keeps its score.
         """
-        idx = self._indices(indices)
+        self._update(self._indices(indices), losses)
+
+    def _update(self, idx: np.ndarray, losses: torch.Tensor | np.ndarray | Sequence[float]) -> None:
         hint = losses if isinstance(losses, torch.Tensor) else None
         loss_t = (losses.detach() if isinstance(losses, torch.Tensor)
                   else torch.as_tensor(np.asarray(losses, dtype=np.float32)))
@@ -469,10 +477,11 @@ class InfoBatchSampler(Sampler[int]):
                 raise RuntimeError(f"InfoBatchSampler(num_replicas={self.num_replicas}) but the "
                                    f"torch.distributed world size is {world}")
             device = _dist_device(hint)
-            idx_parts = _all_gather_cat(torch.from_numpy(idx), device)  # int64: exact beyond 2**24
-            loss_parts = _all_gather_cat(loss_t, device)
-            idx = torch.cat(idx_parts).numpy()
-            vals = torch.cat(loss_parts).numpy()
+            # one int64 payload: indices (exact beyond 2**24) and the losses' float32 bits
+            bits = loss_t.cpu().contiguous().view(torch.int32).to(torch.int64)
+            both = _all_gather_cat(torch.stack([torch.from_numpy(idx), bits]), device)
+            idx = both[0].numpy()
+            vals = both[1].to(torch.int32).view(torch.float32).numpy()
         else:
             vals = loss_t.cpu().numpy()
         ok = np.isfinite(vals)
@@ -490,8 +499,9 @@ class InfoBatchSampler(Sampler[int]):
     def step(self, indices: IndexLike, losses: torch.Tensor) -> torch.Tensor:
         """update() then weighted_mean(): the one call a training step needs."""
         losses = self._check_losses(losses, indices)
-        self.update(indices, losses)
-        return self.weighted_mean(losses, indices)
+        idx = self._indices(indices)  # validated once for both halves
+        self._update(idx, losses)
+        return (losses * self._weights(idx, losses.device, losses.dtype)).mean()
 
     # ----------------------------------------------------------------- accounting
     def stats(self) -> InfoBatchStats:
