@@ -210,6 +210,28 @@ class OrderedMerge:
                 out.append(p)
         return sorted(out)
 
+    def available(self, limit: int) -> int:
+        """How many items (whole messages, up to about `limit`) `pop` could emit right now."""
+        if self.order == "arrival":
+            return min(self.items, limit)
+        idx = dict.fromkeys(self.buf, 0)
+        nxt = dict(self.next)
+        n = 0
+        while n < limit:
+            heads = [(q[idx[p]].offset, p) for p, q in self.buf.items() if idx[p] < len(q)]
+            if not heads:
+                break
+            head = min(heads)
+            for p, q in self.buf.items():
+                if idx[p] >= len(q) and not self.caught_up.get(p) and (nxt.get(p) is None or (nxt[p], p) < head):
+                    return n
+            p = head[1]
+            u = self.buf[p][idx[p]]
+            idx[p] += 1
+            nxt[p] = u.offset + 1
+            n += len(u)
+        return n
+
     def pop(self, max_items: int) -> RawBatch | None:
         """Up to `max_items` items (whole messages) that can go now, in stream order; None if none."""
         out = RawBatch()
@@ -1053,10 +1075,12 @@ class KafkaDriver(Driver):
         try:
             while not self.stop.is_set():
                 self.beat()
-                # 1) feed the graph from the merge, in stream order, while there is room
+                # 1) feed the graph from the merge, in stream order, while there is room: full batches,
+                #    or what there is when the source went quiet or the embedders would sit idle
                 while g.room():
-                    if self.merge.items < batch and not self._last_poll_empty and not self.merge.blockers():
-                        break  # more is arriving right now: fill the batch first
+                    can = self.merge.available(batch)
+                    if can == 0 or (can < batch and not self._last_poll_empty and not g.idle()):
+                        break  # more is arriving (or a partition we wait on is about to): fill the batch
                     b = self.merge.pop(batch)
                     if b is None:
                         break

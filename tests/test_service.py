@@ -285,7 +285,12 @@ def test_merge_order_is_offset_then_partition_whatever_the_polls(sizes: list[int
         chunk, queues[p] = queues[p][:take], queues[p][take:]
         m.add(_batch(chunk))
         k += 1
-        while (b := m.pop(pop_size)) is not None:
+        while True:
+            can = m.available(pop_size)
+            b = m.pop(pop_size)
+            assert can == (0 if b is None else len(b))  # available() predicts pop() exactly
+            if b is None:
+                break
             offs = [pos.offset for pos in b.positions]
             assert all(offs.count(o) % rows == 0 for o in offs)  # whole messages only
             got += [(pos.offset, pos.partition, r["id"]) for pos, r in zip(b.positions, b.records, strict=True)]
