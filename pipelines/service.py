@@ -183,6 +183,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cur = logging.getLogger("curator")
     if cur.getEffectiveLevel() > logging.INFO:
         cur.setLevel(logging.INFO)  # a service says what it does: where the curated set is, commits, drains
+    if args.reference:
+        from pipelines.config import reference_markdown
+
+        print(reference_markdown())
+        return 0
     overrides = overrides_from_args(args)
     if args.demo:
         from curator.demo import run_demo
@@ -218,6 +223,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML with the run's sections plus [kafka] and [service] "
                                     "(see deploy/curator.example.toml); flags below override it")
     p.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    p.add_argument("--reference", action="store_true", help="the [kafka] and [service] settings with their "
+                                                           "defaults and meaning (the run's: `curator config --reference`)")
     p.add_argument("--demo", metavar="OUT", help="serve the digits demo (written under OUT) through the graph, "
                                                  "then print its decisions (what `make run` does)")
     p.add_argument("--seed", type=int, default=0, help="--demo: seed of the split, the noise and the selector")

@@ -93,6 +93,7 @@ def serve_config(run: RunConfig, broker: KafkaTestBroker | None, topic: str, ray
         k = scfg.kafka
         k.bootstrap_servers, k.topic, k.group_id, k.api_version = broker.bootstrap, topic, f"g-{topic}", broker.api_version
         k.session_timeout_ms = 3000 if broker.is_mock else 10_000
+        k.client = dict(broker.client)
         k.poll_timeout_ms = 100
         k.end_after_idle_s = 1.0
         for key, v in (kafka or {}).items():
