@@ -110,7 +110,7 @@ class Curation:
             res.counts.update(sel.decisions.column("decision").to_pylist())
         if rejects:
             self.writer.stage("quarantine", rejections_table(rejects))
-            self.writer.stage("decisions", rejection_decisions(rejects, self.embedder.model_id, self.fingerprint))
+            self.writer.stage("decisions", rejection_decisions(rejects, self.selector.model_id, self.fingerprint))
             res.counts["rejected-bad-input"] += len(rejects)
             if self.selector is not None:
                 self.selector.counts["rejected-bad-input"] += len(rejects)

@@ -147,9 +147,33 @@ class InvalidRecord(ValueError):
     """A record failed validation; the message is the reason recorded for it."""
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_text(name: str, value: str) -> str:
+    """Strings must be storable: lone surrogates (possible in JSON) cannot be written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord(f"field '{name}' is not valid Unicode text (lone surrogate characters)") from None
+    return value
+
+
+def _safe_str(value: Any, limit: int = 200) -> str:
+    """A printable, storable rendering of an untrusted value (for ids and reasons of rejections)."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
 def _as_int_label(value: Any) -> int | None:
     if value is None:
         return None
+    label = _parse_int_label(value)
+    if not INT64_MIN <= label <= INT64_MAX:
+        raise InvalidRecord(f"field 'label' {label} does not fit a 64-bit integer class id")
+    return label
+
+
+def _parse_int_label(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidRecord(f"field 'label' must be an integer class id, got a boolean ({value!r})")
     if isinstance(value, (int, np.integer)):
@@ -175,7 +199,7 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
         rid = f"{position.source}:{position.partition}:{position.offset}"
     elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise InvalidRecord(f"field 'id' must be a string or integer, got {type(rid).__name__}")
-    rid = str(rid)
+    rid = _check_text("id", str(rid))
 
     image = raw.get("image")
     if image is not None:
@@ -191,6 +215,8 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
     uri = raw.get("image_uri")
     if uri is not None and (not isinstance(uri, str) or not uri.strip()):
         raise InvalidRecord("field 'image_uri' must be a non-empty string")
+    if uri is not None:
+        _check_text("image_uri", uri)
 
     text = raw.get("text")
     if text is not None:
@@ -200,6 +226,7 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
             raise InvalidRecord("field 'text' is an empty caption")
         if len(text) > limits.max_text_chars:
             raise InvalidRecord(f"caption has {len(text)} characters, over the limit of {limits.max_text_chars}")
+        _check_text("text", text)
 
     label = _as_int_label(raw.get("label"))
 
@@ -273,7 +300,7 @@ def validate_records(
             rows.append(validate_record(raw, pos, limits))
         except InvalidRecord as exc:
             rid = raw.get("id") if isinstance(raw, dict) else None
-            rejects.append(Rejection(pos, str(exc), None if rid is None else str(rid)[:200], _raw_preview(raw)))
+            rejects.append(Rejection(pos, str(exc), None if rid is None else _safe_str(rid), _raw_preview(raw)))
     return samples_table(rows), rejects
 
 
@@ -284,7 +311,7 @@ def samples_table(rows: list[dict[str, Any]]) -> pa.Table:
 def _raw_preview(raw: Any, limit: int = 4096) -> bytes:
     try:
         data = json.dumps(raw, default=_json_default)[:limit]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         data = repr(raw)[:limit]
     return data.encode("utf-8", "replace")
 

@@ -5,7 +5,7 @@ import pytest
 
 from curator.config import ConfigError, RunConfig, load_config, reference_markdown, to_toml
 from curator.quantile import StreamingQuantile
-from curator.records import InvalidRecord, Limits, Position, validate_record, validate_records
+from curator.records import InvalidRecord, Limits, Position, rejections_table, validate_record, validate_records
 
 POS = Position("t", 0, 7)
 
@@ -35,6 +35,10 @@ def test_missing_id_defaults_to_position():
         ({"image": "notbytes"}, "must be bytes"),
         ({"image": b""}, "empty"),
         ({"id": [1], "text": "a"}, "'id' must be"),
+        ({"text": "a", "label": 2**70}, "64-bit"),
+        ({"text": "bad \ud800 text"}, "not valid Unicode"),
+        ({"id": "x\udfff", "text": "a"}, "not valid Unicode"),
+        ({"image_uri": "/tmp/\ud800.png"}, "not valid Unicode"),
     ],
 )
 def test_bad_records_say_why(raw, reason):
@@ -47,6 +51,13 @@ def test_limits_apply():
         validate_record({"image": b"x" * 11}, POS, Limits(max_image_bytes=10))
     with pytest.raises(InvalidRecord, match="expected 3"):
         validate_record({"embedding": [1.0, 2.0]}, POS, Limits(embedding_dim=3))
+
+
+def test_unstorable_records_become_rejections_not_errors():
+    tbl, rej = validate_records([{"id": "a\ud800", "text": "x\ud800"}, {"text": "fine"}],
+                                [Position("f", 0, i) for i in range(2)])
+    assert tbl.num_rows == 1 and len(rej) == 1
+    rejections_table(rej)  # storable: the id was made printable
 
 
 def test_validate_records_splits_good_and_bad():
