@@ -188,18 +188,22 @@ def apply_overrides(cfg: RunConfig, values: dict[str, dict[str, Any]], origin: s
     return cfg
 
 
+def read_toml(path: str | Path, hint: str = "see `curator config --reference`") -> dict[str, Any]:
+    """A TOML config file as a dict, or a ConfigError that says what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass a TOML file ({hint})")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """Defaults, then the TOML file, then explicit overrides (CLI flags)."""
     cfg = RunConfig()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass a TOML file (see `curator config --reference`)")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
-        apply_overrides(cfg, data, str(p))
+        apply_overrides(cfg, read_toml(path), str(path))
     if overrides:
         apply_overrides(cfg, overrides, "command line")
     validate_config(cfg)
@@ -227,26 +231,36 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(msg)
 
 
+def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -> None:
+    """One flag per field of a config dataclass: --SECTION.FIELD-NAME VALUE (default: None = unset)."""
+    group = parser.add_argument_group(f"[{section}] settings (TOML section [{section}])")
+    for f in dataclasses.fields(obj):
+        flag = f"--{section}.{f.name.replace('_', '-')}"
+        kw: dict[str, Any] = {"dest": f"cfg__{section}__{f.name}", "default": None}
+        t = _field_type(type(obj), f.name)
+        if t is list:
+            kw["metavar"] = "A,B,..."
+        elif t is dict:
+            kw["metavar"] = "JSON"
+        elif "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        else:
+            kw["metavar"] = t.__name__.upper()
+        group.add_argument(flag, help=f"{f.metadata.get('help', '')} (default: {getattr(obj, f.name)!r})", **kw)
+
+
 def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
-    """One flag per config field: --SECTION.FIELD-NAME VALUE (default: from the config file or built-in)."""
+    """One flag per run-config field: --SECTION.FIELD-NAME VALUE (default: from the config file or built-in)."""
     defaults = RunConfig()
     for sec in dataclasses.fields(RunConfig):
-        if sections and sec.name not in sections:
-            continue
-        group = parser.add_argument_group(f"[{sec.name}] settings (TOML section [{sec.name}])")
-        obj = getattr(defaults, sec.name)
-        for f in dataclasses.fields(obj):
-            flag = f"--{sec.name}.{f.name.replace('_', '-')}"
-            kw: dict[str, Any] = {"dest": f"cfg__{sec.name}__{f.name}", "default": None}
-            t = _field_type(type(obj), f.name)
-            help_ = f.metadata.get("help", "")
-            if t is list:
-                kw["metavar"] = "A,B,..."
-            elif "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            else:
-                kw["metavar"] = t.__name__.upper()
-            group.add_argument(flag, help=f"{help_} (default: {getattr(obj, f.name)!r})", **kw)
+        if not sections or sec.name in sections:
+            add_section_flags(parser, sec.name, getattr(defaults, sec.name))
+
+
+def reference_rows(section: str, obj: Any) -> list[str]:
+    """Markdown table rows (setting, default, meaning) of one config dataclass."""
+    return [f"| `{section}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |"
+            for f in dataclasses.fields(obj)]
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -263,9 +277,7 @@ def reference_markdown() -> str:
     lines = ["| setting | default | meaning |", "|---|---|---|"]
     cfg = RunConfig()
     for sec in dataclasses.fields(RunConfig):
-        obj = getattr(cfg, sec.name)
-        for f in dataclasses.fields(obj):
-            lines.append(f"| `{sec.name}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |")
+        lines += reference_rows(sec.name, getattr(cfg, sec.name))
     return "\n".join(lines)
 
 

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from curator.config import (
     ConfigError,
     RunConfig,
@@ -32,7 +30,10 @@ from curator.config import (
     _f,
     _field_type,
     add_config_flags,
+    add_section_flags,
     apply_overrides,
+    read_toml,
+    reference_rows,
     validate_config,
 )
 
@@ -185,14 +186,7 @@ def load_serve_config(path: str | Path | None = None, overrides: dict[str, Any] 
     """Defaults, then the TOML file, then explicit overrides (flags), then validation."""
     cfg = ServeConfig()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; see deploy/curator.example.toml")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
-        apply_serve_overrides(cfg, data, str(p))
+        apply_serve_overrides(cfg, read_toml(path, "see deploy/curator.example.toml"), str(path))
     if overrides:
         apply_serve_overrides(cfg, overrides, "command line")
     validate_serve_config(cfg)
@@ -203,26 +197,12 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     """The run's flags plus one flag per [kafka] / [service] field (--service.embed-actors N)."""
     add_config_flags(parser)
     for sec, cls in SERVICE_SECTIONS.items():
-        group = parser.add_argument_group(f"[{sec}] settings (TOML section [{sec}])")
-        obj = cls()
-        for f in dataclasses.fields(obj):
-            flag = f"--{sec}.{f.name.replace('_', '-')}"
-            kw: dict[str, Any] = {"dest": f"cfg__{sec}__{f.name}", "default": None}
-            t = _field_type(cls, f.name)
-            if t is dict:
-                kw["metavar"] = "JSON"
-            elif "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            else:
-                kw["metavar"] = t.__name__.upper()
-            group.add_argument(flag, help=f"{f.metadata.get('help', '')} (default: {getattr(obj, f.name)!r})", **kw)
+        add_section_flags(parser, sec, cls())
 
 
 def reference_markdown() -> str:
     """The [kafka] and [service] settings as a table (the run's are in `curator config --reference`)."""
     lines = ["| setting | default | meaning |", "|---|---|---|"]
     for sec, cls in SERVICE_SECTIONS.items():
-        obj = cls()
-        for f in dataclasses.fields(obj):
-            lines.append(f"| `{sec}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |")
+        lines += reference_rows(sec, cls())
     return "\n".join(lines)
