@@ -45,8 +45,9 @@ flight are capped, the selector's queue is capped, and ``service.memory_limit_mb
 memory; past a cap the driver stops polling, so the backlog stays in Kafka.
 
 **Bad input never stops the stream.** Sources turn unreadable messages into rejections; validation
-and the embedders reject bad records with a reason; a record that would make the core *raise*
-(a label beyond int64, text with lone surrogates) is turned into a rejection first (`safe_batch`).
+and the embedders reject bad records with a reason (labels beyond int64 and text with lone
+surrogates included); as a last line of defence, a batch on which validation still raises is
+split record by record and the offending one rejected (`safe_batch`).
 Every rejection reaches the quarantine table and, before its offsets are committed, the dead-letter
 topic.
 """
@@ -371,9 +372,8 @@ def _check_storable(rejects: list[Rejection]) -> None:
 
 
 def safe_batch(batch: RawBatch, limits: Limits | None = None) -> RawBatch:
-    """A copy of `batch` in which every record the core cannot even validate or record -- a label
-    beyond int64, text with lone surrogates (JSON escapes can carry them): anything that makes
-    validation raise instead of reject -- is a rejection at its position instead.
+    """A copy of `batch` in which every record the core cannot even validate or record -- anything
+    that makes validation raise instead of reject -- is a rejection at its position instead.
 
     Bad input must never stop the stream: a record that raised inside `Curation.process` would fail
     its batch again on every replay.

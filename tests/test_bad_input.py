@@ -208,8 +208,8 @@ EXPECTED_REASON = {  # words the reason of each kind must contain (lower case)
     "invalid-json": "neither json", "deep-nesting": "json", "tombstone": "tombstone",
     "oversized": "max_message_bytes", "broken-arrow": "arrow", "not-an-object": "object",
     "nothing-to-embed": "nothing to embed", "bad-base64": "base64", "empty-caption": "empty caption",
-    "caption-too-long": "over the limit", "label-beyond-int64": "cannot be processed",
-    "surrogate-text": "cannot be processed", "decompression-bomb": "decompression",
+    "caption-too-long": "over the limit", "label-beyond-int64": "64-bit",
+    "surrogate-text": "not valid unicode", "decompression-bomb": "decompression",
     "wrong-size-embedding": "expected 64", "nan-embedding": "nan", "inf-embedding": "infinite",
     "zero-embedding": "zero", "wrong-type-label": "label", "wrong-type-image": "image",
 }
