@@ -158,33 +158,41 @@ def _coerce(section: str, cls: type, name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return [v for v in value.split(",") if v]
             return list(value)
+        if t is dict:
+            if isinstance(value, str):
+                value = json.loads(value)  # a flag's value is JSON text; errors are reported below
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
         if t is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return t(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {t.__name__}, got {value!r}") from None
+        what = "a table / JSON object" if t is dict else t.__name__
+        raise ConfigError(f"{where}: expected {what}, got {value!r}") from None
+
+
+def apply_section(obj: Any, section: str, values: Any, origin: str) -> None:
+    """Set one config dataclass's fields from a TOML table or flags, checking names, types and choices."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}")
+        value = _coerce(section, type(obj), name, value)
+        choices = known[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
+        setattr(obj, name, value)
 
 
 def apply_overrides(cfg: RunConfig, values: dict[str, dict[str, Any]], origin: str) -> RunConfig:
+    sec_names = [f.name for f in dataclasses.fields(RunConfig)]
     for section, fields_ in values.items():
-        sec_names = [f.name for f in dataclasses.fields(RunConfig)]
         if section not in sec_names:
             raise ConfigError(f"{origin}: unknown section [{section}]; sections are {', '.join(sec_names)}")
-        obj = getattr(cfg, section)
-        cls = type(obj)
-        if not isinstance(fields_, dict):
-            raise ConfigError(f"{origin}: [{section}] must be a table of settings")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for name, value in fields_.items():
-            if name not in known:
-                raise ConfigError(
-                    f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}"
-                )
-            value = _coerce(section, cls, name, value)
-            choices = known[name].metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
-            setattr(obj, name, value)
+        apply_section(getattr(cfg, section), section, fields_, origin)
     return cfg
 
 

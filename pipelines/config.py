@@ -26,12 +26,11 @@ from typing import Any
 from curator.config import (
     ConfigError,
     RunConfig,
-    _coerce,
     _f,
-    _field_type,
     add_config_flags,
     add_section_flags,
     apply_overrides,
+    apply_section,
     read_toml,
     reference_rows,
     validate_config,
@@ -124,36 +123,12 @@ class ServeConfig:
 SERVICE_SECTIONS = {"kafka": KafkaConfig, "service": ServiceConfig}
 
 
-def _apply(obj: Any, section: str, values: Any, origin: str) -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{origin}: [{section}] must be a table of settings")
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    for name, value in values.items():
-        if name not in known:
-            raise ConfigError(f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}")
-        if _field_type(type(obj), name) is dict:
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{origin}: {section}.{name} must be a JSON object ({exc})") from None
-            if not isinstance(value, dict):
-                raise ConfigError(f"{origin}: {section}.{name} must be a table / JSON object, got {value!r}")
-            value = dict(value)
-        else:
-            value = _coerce(section, type(obj), name, value)
-        choices = known[name].metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
-        setattr(obj, name, value)
-
-
 def apply_serve_overrides(cfg: ServeConfig, values: dict[str, Any], origin: str) -> ServeConfig:
     run_part = {k: v for k, v in values.items() if k not in SERVICE_SECTIONS}
     apply_overrides(cfg.run, run_part, origin)
     for sec in SERVICE_SECTIONS:
         if sec in values:
-            _apply(getattr(cfg, sec), sec, values[sec], origin)
+            apply_section(getattr(cfg, sec), sec, values[sec], origin)
     return cfg
 
 
