@@ -43,6 +43,15 @@ class BatchResult:
     items: int = 0
 
 
+def embedding_rejections(samples: pa.Table, errors: dict[int, str]) -> list[Rejection]:
+    """Rejections, at their positions, for the rows an embedder could not embed (in row order)."""
+    out = []
+    for j in sorted(errors):
+        row = samples.slice(j, 1).select(["id", "source", "partition", "offset"]).to_pylist()[0]
+        out.append(Rejection(Position(row["source"], row["partition"], row["offset"]), errors[j], row["id"]))
+    return out
+
+
 class Curation:
     """The stages of one run and its durable state (store, selector, positions)."""
 
@@ -86,12 +95,8 @@ class Curation:
     def _embed_valid(self, samples: pa.Table, rejects: list[Rejection]) -> tuple[pa.Table, Embeddings]:
         emb = self.embedder.embed(samples) if samples.num_rows else None
         if emb is not None and emb.errors:
-            bad = sorted(emb.errors)
-            for j in bad:
-                row = samples.slice(j, 1).to_pylist()[0]
-                rejects.append(Rejection(Position(row["source"], row["partition"], row["offset"]),
-                                         emb.errors[j], row["id"]))
-            good = np.setdiff1d(np.arange(samples.num_rows), np.asarray(bad))
+            rejects.extend(embedding_rejections(samples, emb.errors))
+            good = np.setdiff1d(np.arange(samples.num_rows), np.asarray(sorted(emb.errors)))
             samples = samples.take(pa.array(good, pa.int64()))
             emb = emb.take(good)
         return samples, emb  # type: ignore[return-value]

@@ -72,6 +72,7 @@ import ray
 from connectors.base import Positions, RawBatch
 from curator.config import EmbedderConfig, RunConfig
 from curator.embed import Embeddings, PrecomputedEmbedder, build_embedder
+from curator.ingest import embedding_rejections
 from curator.records import (
     Limits,
     Position,
@@ -339,13 +340,7 @@ class EmbedWorker:
             rejects = list(batch.errors) + rejects
         emb = self.embedder.embed(samples) if samples.num_rows else None
         if emb is not None and emb.errors:
-            # the same rejections Curation._embed_valid records for the quarantine table
-            ids = samples.column("id").to_pylist()
-            for j in sorted(emb.errors):
-                rejects.append(Rejection(Position(samples.column("source")[j].as_py(),
-                                                  samples.column("partition")[j].as_py(),
-                                                  samples.column("offset")[j].as_py()),
-                                         emb.errors[j], ids[j]))
+            rejects.extend(embedding_rejections(samples, emb.errors))  # as Curation records them
         return emb, {"rejects": rejects, "seconds": time.perf_counter() - t0, "rows": samples.num_rows,
                      "batch": fixed}
 
