@@ -63,10 +63,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from curator.cli import run_ingest  # noqa: E402
 from curator.config import load_config  # noqa: E402
-from curator.demo import demo_config, write_demo_inputs  # noqa: E402
-from curator.demo_data import png_bytes  # noqa: E402
+from curator.demo_data import (  # noqa: E402
+    demo_config,
+    png_bytes,  # noqa: E402
+    write_demo_inputs,
+)
 from curator.train_tasks import (  # noqa: E402
     TASK_COLUMNS,
     EpochLoop,
@@ -80,6 +82,7 @@ from curator.train_tasks import (  # noqa: E402
     make_sampler,
     read_parts,
 )
+from pipelines.ingest import run_ingest  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RATIOS = (0.3, 0.5, 0.7)

@@ -6,7 +6,7 @@
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
 broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool:
 
-1. **embed-only**: the pool (`pipelines.graph.EmbedWorker` actors, 2 batches in flight each) fed the
+1. **embed-only**: the pool (`StageActor[validate, embed]` actors, 2 batches in flight each) fed the
    decoded records directly -- no Kafka, no ordering, no selector, no writer. Also, for reference,
    one embedder in this process (with one actor's thread count) on the same batches.
 2. **service**: the same records as JSON messages (base64 images) on a --partitions topic, through
@@ -46,8 +46,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from connectors.base import RawBatch  # noqa: E402
-from connectors.produce import encode_json, kafka_producer  # noqa: E402
+from connectors.kafka.clients import kafka_producer  # noqa: E402
+from connectors.kafka.codec import encode_json  # noqa: E402
+from curator.batch import RawBatch  # noqa: E402
 from curator.config import RunConfig  # noqa: E402
 from curator.records import Position  # noqa: E402
 
@@ -85,17 +86,19 @@ def run_config(args: argparse.Namespace, out: Path) -> RunConfig:
 def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, float]:
     import ray
 
-    from pipelines.graph import EmbedWorker
+    from curator.stages import build_stages
+    from pipelines.executors.ray import StageActor
 
     cfg = run_config(args, Path(tempfile.mkdtemp()))
+    stages = build_stages(cfg)
     batches = [RawBatch(records[i:i + args.batch_size],
                         [Position("bench", 0, k) for k in range(i, min(i + args.batch_size, len(records)))])
                for i in range(0, len(records), args.batch_size)]
-    cls = ray.remote(EmbedWorker).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
-    pool = [cls.remote(cfg.embedder) for _ in range(args.actors)]
+    cls = ray.remote(StageActor).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
+    pool = [cls.remote([stages.validate, stages.embed]) for _ in range(args.actors)]
     ray.get([a.setup.remote() for a in pool])
     refs = [ray.put(b) for b in batches]
-    ray.get([a.embed.options(num_returns=2).remote(refs[0])[1] for a in pool])  # warm up
+    ray.get([a.process.remote(refs[0]) for a in pool])  # warm up
     t0 = time.perf_counter()
     inflight: list[Any] = []
     load = [0] * len(pool)
@@ -106,7 +109,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
             load[owner.pop(done[0])] -= 1
         i = min(range(len(pool)), key=lambda k: load[k])
         load[i] += 1
-        info = pool[i].embed.options(num_returns=2).remote(ref)[1]
+        info = pool[i].process.remote(ref)
         owner[info] = i
         inflight.append(info)
     ray.get(inflight)
@@ -117,7 +120,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
     import torch
 
     from curator.embed import build_embedder
-    from curator.records import validate_records
+    from curator.validate import validate_records
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(args.embed_cpus)))  # as in one actor (Ray sets OMP_NUM_THREADS)
@@ -141,11 +144,11 @@ class Broker:
         self.proc = None
         real = os.environ.get("CURATOR_KAFKA_BOOTSTRAP", "").strip()
         if real:
-            from tests.conftest import _real_broker_topic_creator
+            from tests.conftest import real_broker_topic_creator
 
             self.api = os.environ.get("CURATOR_KAFKA_API_VERSION", "").strip()
             self.bootstrap = real
-            self._create = _real_broker_topic_creator(real, self.api)
+            self._create = real_broker_topic_creator(real, self.api)
         else:
             from tests.conftest import _MockBrokerProcess
 
@@ -187,7 +190,7 @@ class Service:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "curator.cli", "serve", "--config", str(cfg)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--config", str(cfg)],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:

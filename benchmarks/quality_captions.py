@@ -104,9 +104,9 @@ def train_tiny_clip(seconds: float, out: Path, seed: int = 0) -> tuple[Path, int
     import open_clip
     import torch
 
-    from curator.embed import MODEL_CONFIG_DIR, _register_config_path
+    from curator.embed.clip import MODEL_CONFIG_DIR, register_model_configs
 
-    _register_config_path(MODEL_CONFIG_DIR)
+    register_model_configs(MODEL_CONFIG_DIR)
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, _, preprocess = open_clip.create_model_and_transforms("curator-tiny", pretrained=None)
@@ -162,9 +162,9 @@ def make_stream(seed: int, n_orig: int = 1200, n_dup: int = 300, n_mis: int = 30
 
 
 def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
-    from curator.cli import run_ingest
     from curator.config import load_config
     from curator.store import read_table
+    from pipelines.ingest import run_ingest
 
     boot, stream, truth = make_stream(seed)
     d = work / f"seed{seed}"

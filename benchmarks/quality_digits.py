@@ -30,9 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
-from curator.cli import run_ingest  # noqa: E402
-from curator.demo import demo_config, write_demo_inputs  # noqa: E402
+from curator.demo_data import demo_config, write_demo_inputs  # noqa: E402
 from curator.store import read_table  # noqa: E402
+from pipelines.ingest import run_ingest  # noqa: E402
 
 COLS = ["seed", "noise_p", "noise_r", "noise_f1", "relabel_ok", "peer_knn_f1", "dup_groups_one",
         "clean_unique_lost", "kept", "acc_full_noisy", "acc_random_subset", "acc_curated", "acc_clean",

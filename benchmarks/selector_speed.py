@@ -29,7 +29,7 @@ from curator.config import IndexConfig, SelectorConfig  # noqa: E402
 from curator.embed import Embeddings  # noqa: E402
 from curator.index import VectorIndex  # noqa: E402
 from curator.records import SAMPLE_SCHEMA  # noqa: E402
-from curator.selector import InfoGrowthSelector  # noqa: E402
+from curator.select import InfoGrowthSelector  # noqa: E402
 
 DIM = 512
 COLS = ["index", "n_indexed", "build_s", "items_per_s", "vs_flat", "recall_at_1"]

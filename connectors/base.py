@@ -1,44 +1,32 @@
-"""What every source yields: raw, untrusted records with their positions.
+"""What every source offers a driver: batches of raw, untrusted records, and its resume state.
 
-Positions resume a run: a source started with ``start`` (the manifest's positions,
-``{source: {partition: next_offset}}``) yields only records at or after them.
+Positions are the resume state (``{source: {partition: next_offset}}``, `curator.batch.Positions`):
+``seek(positions)`` makes the source yield only records at or after them, ``snapshot()`` says where
+the records yielded so far end, and ``caught_up()`` whether there is nothing left to read right now.
+Drivers use only these methods, never a client object inside a source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from curator.records import Position, Rejection
-
-#: {source: {partition: next offset to read}} -- JSON-friendly (partition keys are strings in JSON).
-Positions = dict[str, dict[int, int]]
-
-
-@dataclass
-class RawBatch:
-    """Records as read, before validation. `errors` holds records that could not even be parsed."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    positions: list[Position] = field(default_factory=list)
-    errors: list[Rejection] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records) + len(self.errors)
+from curator.batch import Positions, RawBatch
 
 
 class Source(Protocol):
-    def batches(self, batch_size: int, start: Positions | None = None) -> Iterator[RawBatch]: ...
+    def batches(self, batch_size: int, start: Positions | None = None) -> Iterator[RawBatch]:
+        """Raw records in stream order, about `batch_size` items per batch (from `start` when given)."""
+        ...
 
+    def seek(self, positions: Positions) -> None:
+        """Resume from these positions: nothing before them is yielded."""
+        ...
 
-def advance(positions: Positions, batch_positions: list[Position]) -> None:
-    """Move `positions` past every position in a batch (next offset = last + 1)."""
-    for p in batch_positions:
-        parts = positions.setdefault(p.source, {})
-        if p.offset + 1 > parts.get(p.partition, 0):
-            parts[p.partition] = p.offset + 1
+    def snapshot(self) -> Positions:
+        """The positions just after everything yielded so far (what a resumed source would start at)."""
+        ...
 
-
-def positions_from_json(data: dict[str, dict[str, int]] | None) -> Positions:
-    return {s: {int(k): int(v) for k, v in parts.items()} for s, parts in (data or {}).items()}
+    def caught_up(self) -> bool:
+        """Nothing more can be read right now (a file source: the end; Kafka: every partition's end)."""
+        ...

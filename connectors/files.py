@@ -36,7 +36,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.base import Positions, RawBatch
+from curator.batch import Positions, RawBatch, advance
 from curator.records import Position, Rejection
 
 FORMATS = ("auto", "parquet", "jsonl", "images", "webdataset")
@@ -215,6 +215,9 @@ class FileSource:
         self.format = format
         self.max_record_bytes = max_record_bytes
         self.units = _expand(paths, format)
+        self._start: Positions = {}
+        self._yielded: Positions = {}
+        self._ended = False
 
     @property
     def sources(self) -> list[str]:
@@ -235,13 +238,30 @@ class FileSource:
                 return None
         return n
 
+    # -- resume state (connectors.base.Source)
+
+    def seek(self, positions: Positions) -> None:
+        """Resume from these positions (the next offset per file): nothing before them is yielded."""
+        self._start = {s: dict(parts) for s, parts in (positions or {}).items()}
+        self._yielded = {s: dict(parts) for s, parts in self._start.items()}
+        self._ended = False
+
+    def snapshot(self) -> Positions:
+        return {s: dict(parts) for s, parts in self._yielded.items()}
+
+    def caught_up(self) -> bool:
+        """Files have an end: true once `batches` has yielded everything."""
+        return self._ended
+
     def batches(self, batch_size: int, start: Positions | None = None) -> Iterator[RawBatch]:
         """Raw records in order, `batch_size` items (records + errors) per batch; batches may span files."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if start is not None:
+            self.seek(start)
         batch = RawBatch()
         for unit in self.units:
-            first = _start_offset(start, unit)
+            first = _start_offset(self._start, unit)
             for item, pos in self._read(unit, first, batch_size):
                 if isinstance(item, Rejection):
                     batch.errors.append(item)
@@ -249,10 +269,15 @@ class FileSource:
                     batch.records.append(item)
                     batch.positions.append(pos)
                 if len(batch) >= batch_size:
-                    yield batch
+                    yield self._handed_out(batch)
                     batch = RawBatch()
         if len(batch):
-            yield batch
+            yield self._handed_out(batch)
+        self._ended = True
+
+    def _handed_out(self, batch: RawBatch) -> RawBatch:
+        advance(self._yielded, batch.positions + [e.position for e in batch.errors])
+        return batch
 
     # -- readers: each yields (record | Rejection, position) from offset `first` on
 

@@ -20,7 +20,8 @@ from typing import Any
 import tomllib
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def setting(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with its help text (and `choices`): what flags and the reference are made from."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -28,77 +29,77 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argpa
 
 @dataclass
 class EmbedderConfig:
-    kind: str = _f("clip", "embedder: 'clip' (open_clip) or 'precomputed' (use the input's embedding column)",
+    kind: str = setting("clip", "embedder: 'clip' (open_clip) or 'precomputed' (use the input's embedding column)",
                    choices=("clip", "precomputed"))
-    model: str = _f("ViT-B-32", "open_clip model name, 'hf-hub:ORG/REPO', or a model config JSON path")
-    pretrained: str = _f("laion2b_s34b_b79k",
+    model: str = setting("ViT-B-32", "open_clip model name, 'hf-hub:ORG/REPO', or a model config JSON path")
+    pretrained: str = setting("laion2b_s34b_b79k",
                          "open_clip pretrained tag, a local checkpoint path, or '' for random init (tests only)")
-    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
-    precision: str = _f("auto", "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', 'bf16'")
-    batch_size: int = _f(64, "items per embedding forward pass")
-    cache_dir: str = _f("", "where open_clip looks for / stores weights ('' = its default)")
+    device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
+    precision: str = setting("auto", "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', 'bf16'")
+    batch_size: int = setting(64, "items per embedding forward pass")
+    cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
 
 
 @dataclass
 class IndexConfig:
-    kind: str = _f("flat", "FAISS index of accepted items: 'flat' (exact), 'ivf', 'hnsw'",
+    kind: str = setting("flat", "FAISS index of accepted items: 'flat' (exact), 'ivf', 'hnsw'",
                    choices=("flat", "ivf", "hnsw"))
-    ivf_nlist: int = _f(1024, "IVF: number of coarse clusters")
-    ivf_nprobe: int = _f(16, "IVF: clusters probed per search")
-    ivf_train_size: int = _f(40_000, "IVF: items held exactly (flat) before the IVF quantizer is trained on them")
-    hnsw_m: int = _f(32, "HNSW: graph degree")
-    hnsw_ef_construction: int = _f(80, "HNSW: build-time beam width")
-    hnsw_ef_search: int = _f(64, "HNSW: search-time beam width")
-    gpu: str = _f("auto", "FAISS GPU: 'auto' (use when present, flat/ivf only), 'off', 'on'",
+    ivf_nlist: int = setting(1024, "IVF: number of coarse clusters")
+    ivf_nprobe: int = setting(16, "IVF: clusters probed per search")
+    ivf_train_size: int = setting(40_000, "IVF: items held exactly (flat) before the IVF quantizer is trained on them")
+    hnsw_m: int = setting(32, "HNSW: graph degree")
+    hnsw_ef_construction: int = setting(80, "HNSW: build-time beam width")
+    hnsw_ef_search: int = setting(64, "HNSW: search-time beam width")
+    gpu: str = setting("auto", "FAISS GPU: 'auto' (use when present, flat/ivf only), 'off', 'on'",
                   choices=("auto", "off", "on"))
 
 
 @dataclass
 class SelectorConfig:
-    seed: int = _f(0, "seed of the selector's own RNG (budget sampling); decisions are deterministic given it")
-    k_gain: int = _f(4, "neighbours averaged for the gain (the paper's best: 4)")
-    k_label: int = _f(10, "neighbours that vote on a label")
-    tau_noise: float = _f(0.3, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
-    tau_relabel: float = _f(0.5, "a noisy label is corrected when the neighbours' majority share is at least this, "
+    seed: int = setting(0, "seed of the selector's own RNG (budget sampling); decisions are deterministic given it")
+    k_gain: int = setting(4, "neighbours averaged for the gain (the paper's best: 4)")
+    k_label: int = setting(10, "neighbours that vote on a label")
+    tau_noise: float = setting(0.3, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
+    tau_relabel: float = setting(0.5, "a noisy label is corrected when the neighbours' majority share is at least this, "
                                  "else the item is dropped")
-    vote_temperature: float = _f(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
-    label_action: str = _f("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
+    vote_temperature: float = setting(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
+    label_action: str = setting("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
                            choices=("relabel", "discard"))
-    min_trusted: int = _f(20, "accepted items needed before label / adaptive-alignment cleaning judges; "
+    min_trusted: int = setting(20, "accepted items needed before label / adaptive-alignment cleaning judges; "
                               "earlier items are accepted unjudged (reason says so)")
-    align_mode: str = _f("fixed", "caption cleaning: 'fixed' threshold, 'bootstrap' (calibrated on the trusted "
+    align_mode: str = setting("fixed", "caption cleaning: 'fixed' threshold, 'bootstrap' (calibrated on the trusted "
                                   "bootstrap pairs), 'adaptive' (drop the bottom quantile seen so far), or 'off'",
                          choices=("fixed", "bootstrap", "adaptive", "off"))
-    align_threshold: float = _f(0.25, "fixed threshold on cos(image, text); per model "
+    align_threshold: float = setting(0.25, "fixed threshold on cos(image, text); per model "
                                       "(DataComp keeps ViT-B/32 pairs at 0.25-0.28)")
-    align_drop_quantile: float = _f(0.2, "adaptive mode: drop pairs below this quantile of alignments seen so far")
-    align_bootstrap_quantile: float = _f(0.0, "bootstrap mode: the threshold is this quantile of the trusted pairs' "
+    align_drop_quantile: float = setting(0.2, "adaptive mode: drop pairs below this quantile of alignments seen so far")
+    align_bootstrap_quantile: float = setting(0.0, "bootstrap mode: the threshold is this quantile of the trusted pairs' "
                                               "alignments (0 = the lowest: no trusted pair would be dropped)")
-    align_warmup: int = _f(100, "adaptive mode: pairs seen before the quantile replaces the fixed threshold")
-    recaption_hook: str = _f("", "'module:function' called with noisy captions' items to propose new captions")
-    eps_dup: float = _f(0.02, "near-duplicate when cos to an accepted item >= 1 - eps_dup")
-    dedup_on: str = _f("auto", "modality compared for near-duplicates: 'auto' (image when present), "
+    align_warmup: int = setting(100, "adaptive mode: pairs seen before the quantile replaces the fixed threshold")
+    recaption_hook: str = setting("", "'module:function' called with noisy captions' items to propose new captions")
+    eps_dup: float = setting(0.02, "near-duplicate when cos to an accepted item >= 1 - eps_dup")
+    dedup_on: str = setting("auto", "modality compared for near-duplicates: 'auto' (image when present), "
                                "'image', 'text'", choices=("auto", "image", "text"))
-    gain_quantile: float = _f(0.99, "gain is normalised by this streaming quantile of gains")
-    keep_rate: float = _f(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
+    gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
+    keep_rate: float = setting(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
                                "(0 = keep every clean non-duplicate item)")
 
 
 @dataclass
 class StoreConfig:
-    out: str = _f("runs/latest", "run directory for the curated set, decisions, quarantine and manifest")
-    commit_every: int = _f(2048, "items per committed part (a checkpoint is written at each commit)")
-    store_images: bool = _f(True, "keep image bytes in the curated set (else only the URI / id)")
+    out: str = setting("runs/latest", "run directory for the curated set, decisions, quarantine and manifest")
+    commit_every: int = setting(2048, "items per committed part (a checkpoint is written at each commit)")
+    store_images: bool = setting(True, "keep image bytes in the curated set (else only the URI / id)")
 
 
 @dataclass
 class SourceConfig:
-    paths: list = _f([], "input files or folders (Parquet, JSONL, image folders, WebDataset tars)")
-    format: str = _f("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images', 'webdataset'",
+    paths: list = setting([], "input files or folders (Parquet, JSONL, image folders, WebDataset tars)")
+    format: str = setting("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images', 'webdataset'",
                      choices=("auto", "parquet", "jsonl", "images", "webdataset"))
-    bootstrap: list = _f([], "trusted bootstrap files, inserted into the index unjudged before the stream")
-    batch_size: int = _f(256, "records read and selected per batch")
-    limit: int = _f(0, "stop after this many records (0 = all)")
+    bootstrap: list = setting([], "trusted bootstrap files, inserted into the index unjudged before the stream")
+    batch_size: int = setting(256, "records read and selected per batch")
+    limit: int = setting(0, "stop after this many records (0 = all)")
 
 
 @dataclass

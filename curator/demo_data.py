@@ -1,4 +1,4 @@
-"""The demo stream: scikit-learn's bundled digits (real images), made dirty on purpose.
+"""The demo stream: scikit-learn's bundled digits (real images), made dirty on purpose, and its run config.
 
 A stratified 2/3 train split is streamed (the other third is held out for evaluation),
 after a trusted bootstrap of train items is taken out. Of the rest, a share of labels is
@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
+
+from curator.config import RunConfig, load_config
 
 
 @dataclass
@@ -81,3 +86,41 @@ def digits_stream(seed: int = 0, bootstrap: int = 100, flip: float = 0.2, dup: f
     truth_tbl = pa.table({"id": cols[0], "true_label": cols[1], "given_label": cols[2], "flipped": cols[3],
                           "group": cols[4], "is_copy": cols[5]})
     return DigitsStream(boot_recs, recs, truth_tbl, xtr, ytr, xte, yte)
+
+
+#: Settings the demo's embedding (L2-normalised pixel intensities) needs; flags override them.
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "embedder": {"kind": "precomputed", "model": "digits-pixels", "pretrained": ""},
+    # copies (pixel noise std 0.5) sit at cos >= 0.9969; distinct digits at most 0.9956
+    "selector": {"eps_dup": 0.004, "k_label": 5},
+    "source": {"batch_size": 128},
+    "store": {"commit_every": 512},
+}
+
+
+def demo_config(out: str | Path, seed: int, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The demo's run configuration for a run directory OUT (inputs under OUT/inputs), plus overrides."""
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DEMO_DEFAULTS.items()}
+    for sec, vals in (overrides or {}).items():
+        merged.setdefault(sec, {}).update(vals)
+    merged.setdefault("selector", {}).setdefault("seed", seed)
+    out = Path(out)
+    merged["store"]["out"] = str(out)
+    merged["source"]["paths"] = [str(out / "inputs" / "stream.parquet")]
+    merged["source"]["bootstrap"] = [str(out / "inputs" / "bootstrap.parquet")]
+    return load_config(None, merged)
+
+
+def write_demo_inputs(out: str | Path, seed: int) -> DigitsStream:
+    """Write the stream, the bootstrap and the ground truth as Parquet under OUT/inputs."""
+    ds = digits_stream(seed)
+    d = Path(out) / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(ds.stream), d / "stream.parquet")
+    pq.write_table(pa.Table.from_pylist(ds.bootstrap), d / "bootstrap.parquet")
+    pq.write_table(ds.truth, d / "truth.parquet")
+    return ds
+
+
+DEMO_QUERY = ("SELECT label, count(*) AS kept, count(*) FILTER (WHERE decision = 'relabelled') AS relabelled, "
+              "round(avg(gain), 4) AS mean_gain FROM kept GROUP BY label ORDER BY label")

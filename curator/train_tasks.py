@@ -230,7 +230,7 @@ class ArrowImageDataset(Dataset):
 
     def __init__(self, tbl: pa.Table, size: tuple[int, int] | None = None, channels: int | None = None,
                  preload: bool | None = None) -> None:
-        from curator.images import decode_image
+        from curator.embed.images import decode_image
 
         self._decode_image = decode_image
         self.images = tbl.column("image").combine_chunks()

@@ -1,23 +1,210 @@
-"""Subcommands that live outside the core: `serve`, `produce`, `train`.
+"""The `curator` command: every subcommand (the console script points here).
 
-Each module exposes `add_command(subparsers)`; it must not import Ray or Kafka at import
-time (only inside the command), so `curator --help` stays fast and Ray-free.
+Every run setting is a config field; its flag is generated from the dataclass
+(`--selector.k-gain 4`), so `--help` and the TOML reference never disagree. Modules that
+register commands (`add_command`) import neither Ray nor Kafka until their command runs, so
+`curator --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
+import sys
+from pathlib import Path
 
-COMMAND_MODULES = ("pipelines.service", "connectors.produce", "pipelines.train")
+from curator.config import (
+    ConfigError,
+    RunConfig,
+    add_config_flags,
+    load_config,
+    overrides_from_args,
+    reference_markdown,
+    to_toml,
+)
+
+log = logging.getLogger("curator")
+
+#: Modules that add their own subcommand with `add_command(subparsers)`: the producer, training.
+COMMAND_MODULES = ("connectors.kafka.produce", "pipelines.train")
+
+#: Exceptions whose message is written for the user: printed without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, PermissionError)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from connectors.files import FileSourceError
+    from curator.embed import ModelLoadError
+    from curator.store import StoreError
+    from curator.store.query import QueryError
+
+    return (*USER_ERRORS, StoreError, QueryError, ModelLoadError, FileSourceError)
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return load_config(getattr(args, "config", None), overrides_from_args(args))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from curator.store.query import decision_summary
+    from pipelines.ingest import run_ingest
+
+    overrides = overrides_from_args(args)
+    if args.paths:
+        overrides.setdefault("source", {})["paths"] = list(args.paths)
+    cfg = load_config(args.config, overrides)
+    m = run_ingest(cfg, progress=not args.quiet)
+    print(decision_summary(cfg.store.out))
+    print(f"curated set: {Path(cfg.store.out).resolve()} (commit {m['commit']}); "
+          f"query it with: curator query {cfg.store.out} \"SELECT count(*) FROM kept\"")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from curator.store.query import format_table, query
+
+    tbl = query(args.run_dir, args.sql)
+    sys.stdout.write(format_table(tbl, args.format, args.max_rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    overrides = overrides_from_args(args)
+    return run_demo(args.out, args.seed, overrides, progress=not args.quiet)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown())
+    else:
+        print(to_toml(_config(args)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.config import load_serve_config
+
+    cur = logging.getLogger("curator")
+    if cur.getEffectiveLevel() > logging.INFO:
+        cur.setLevel(logging.INFO)  # a service says what it does: where the curated set is, commits, drains
+    if args.reference:
+        from pipelines.config import reference_markdown
+
+        print(reference_markdown())
+        return 0
+    overrides = overrides_from_args(args)
+    if args.demo:
+        from pipelines.demo import run_demo
+
+        run_overrides = {k: v for k, v in overrides.items() if k not in ("kafka", "service")}
+        svc = {k: v for k, v in overrides.items() if k in ("kafka", "service")}
+        return run_demo(args.demo, args.seed, run_overrides, progress=False, engine="ray", serve_overrides=svc)
+    if args.paths:
+        overrides.setdefault("source", {})["paths"] = list(args.paths)
+    scfg = load_serve_config(args.config, overrides)
+    if args.print_config:
+        print(scfg.to_toml())
+        return 0
+    from connectors.kafka.source import KafkaSourceError
+    from pipelines.service import serve
+
+    try:
+        return serve(scfg)
+    except KafkaSourceError as exc:
+        raise ConfigError(f"Kafka: {exc}") from None
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    from pipelines.config import add_serve_flags
+
+    p = sub.add_parser(
+        "serve", help="the long-running ingestion service on Ray: Kafka (or files) -> curated set, with "
+                      "/healthz /readyz /metrics",
+        description="Consumes a Kafka topic (or [source] paths) through the Ray actor graph -- embedder pool, "
+                    "selector, writer -- committing offsets only after the manifest that covers them is durable. "
+                    "SIGTERM drains, commits and exits 0; a restart resumes from the last manifest. Works the same "
+                    "under `ray job submit --working-dir . -- curator serve --config FILE`.")
+    p.add_argument("paths", nargs="*", help="input files or folders instead of Kafka (or [source] paths)")
+    p.add_argument("--config", help="TOML with the run's sections plus [kafka] and [service] "
+                                    "(see deploy/curator.example.toml); flags below override it")
+    p.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    p.add_argument("--reference", action="store_true", help="the [kafka] and [service] settings with their "
+                                                           "defaults and meaning (the run's: `curator config --reference`)")
+    p.add_argument("--demo", metavar="OUT", help="serve the digits demo (written under OUT) through the graph, "
+                                                 "then print its decisions (what `make run` does)")
+    p.add_argument("--seed", type=int, default=0, help="--demo: seed of the split, the noise and the selector")
+    add_serve_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="curator",
+        description="Streaming data curation: embed (CLIP), select online (InfoGrowth), write a curated "
+                    "Parquet set that DuckDB queries.",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ing = sub.add_parser("ingest", help="curate files (Parquet, JSONL, image folders, WebDataset tars) into a "
+                                        "run directory", description="One bounded curation run over files. "
+                                        "Re-running on the same --store.out resumes after the last commit.")
+    ing.add_argument("paths", nargs="*", help="input files or folders (or [source] paths in the config)")
+    ing.add_argument("--config", help="TOML run configuration; flags below override it")
+    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_config_flags(ing)
+    ing.set_defaults(func=cmd_ingest)
+
+    q = sub.add_parser("query", help="read-only SQL over a run's views: kept, decisions, quarantine",
+                       description="DuckDB over the committed parts of a run directory. Views: kept (the "
+                                   "curated set), decisions (one row per input item), quarantine (bad input).")
+    q.add_argument("run_dir", help="a run directory (holds manifest.json)")
+    q.add_argument("sql", help="one SELECT statement, e.g. \"SELECT decision, count(*) FROM decisions GROUP BY 1\"")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    q.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+    q.set_defaults(func=cmd_query)
+
+    d = sub.add_parser("demo", help="the main job: dirty scikit-learn digits through the whole selection",
+                       description="Streams scikit-learn's digits (real images) with 20%% flipped labels and 30%% "
+                                   "near-duplicate copies after a trusted bootstrap of 100, writes the curated "
+                                   "set and prints its decisions and a DuckDB query. Offline.")
+    d.add_argument("--out", default="runs/demo", help="run directory (recreated)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the split, the noise and the selector")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_config_flags(d, sections=("embedder", "index", "selector"))
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("config", help="print the effective configuration as TOML, or the reference")
+    c.add_argument("--config", help="TOML run configuration")
+    c.add_argument("--reference", action="store_true", help="every setting with its default and meaning")
+    add_config_flags(c)
+    c.set_defaults(func=cmd_config)
+
+    add_serve_command(sub)
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        add = getattr(mod, "add_command", None)
-        if add is not None:
-            add(sub)
+        importlib.import_module(name).add_command(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        print(f"curator {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the run directory holds the last commit and resumes from it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

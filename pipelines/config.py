@@ -4,8 +4,9 @@ One TOML file holds a whole service: the RunConfig sections that decide *what* i
 ([embedder] [index] [selector] [store] [source]) and two sections that decide *how* it runs:
 
 - ``[kafka]``: where the stream comes from (empty ``bootstrap_servers`` = the files in
-  ``[source] paths``), the consumer group, the dead-letter topic, client passthrough
-  (``[kafka.client]``: TLS / SASL / fetch sizes, handed to kafka-python unchanged);
+  ``[source] paths``), the consumer group, the dead-letter topic, client passthrough to
+  kafka-python: ``[kafka.client]`` for both clients (TLS, SASL), ``[kafka.consumer]`` for the
+  source's consumer only (fetch sizes), ``[kafka.producer]`` for the dead-letter producer only;
 - ``[service]``: HTTP endpoints, the Ray graph's sizes (embedder actors, GPUs per actor),
   queue bounds and the memory bound.
 
@@ -26,65 +27,74 @@ from typing import Any
 from curator.config import (
     ConfigError,
     RunConfig,
-    _f,
     add_config_flags,
     add_section_flags,
     apply_overrides,
     apply_section,
     read_toml,
     reference_rows,
+    setting,
     validate_config,
 )
 
 
 @dataclass
 class KafkaConfig:
-    bootstrap_servers: str = _f("", "Kafka bootstrap servers, comma-separated ('' = no Kafka: serve the "
+    bootstrap_servers: str = setting("", "Kafka bootstrap servers, comma-separated ('' = no Kafka: serve the "
                                     "files in [source] paths through the same graph, then exit)")
-    topic: str = _f("", "topic to curate")
-    group_id: str = _f("curator", "consumer group; offsets are committed only after the manifest covering "
+    topic: str = setting("", "topic to curate")
+    group_id: str = setting("curator", "consumer group; offsets are committed only after the manifest covering "
                                   "them is durable ('' = no group: positions live only in the manifest)")
-    api_version: str = _f("", "Kafka API version, e.g. '2.3' ('' = detect; librdkafka's mock cluster needs 2.3)")
-    session_timeout_ms: int = _f(10_000, "group session timeout")
-    max_poll_records: int = _f(500, "records per poll at most")
-    poll_timeout_ms: int = _f(100, "how long one poll waits for records")
-    max_message_bytes: int = _f(32 * 1024 * 1024, "larger messages go to the dead-letter sink undecoded")
-    auto_offset_reset: str = _f("earliest", "where a partition without a committed position starts",
+    api_version: str = setting("", "Kafka API version, e.g. '2.3' ('' = detect; librdkafka's mock cluster needs 2.3)")
+    session_timeout_ms: int = setting(10_000, "group session timeout")
+    max_poll_records: int = setting(500, "records per poll at most")
+    poll_timeout_ms: int = setting(100, "how long one poll waits for records")
+    max_message_bytes: int = setting(32 * 1024 * 1024, "larger messages go to the dead-letter sink undecoded")
+    auto_offset_reset: str = setting("earliest", "where a partition without a committed position starts",
                                 choices=("earliest", "latest"))
-    end_after_idle_s: float = _f(0.0, "> 0: finish (drain, commit, exit 0) when nothing arrived for this long "
+    end_after_idle_s: float = setting(0.0, "> 0: finish (drain, commit, exit 0) when nothing arrived for this long "
                                       "(bounded runs, tests); 0 = run until stopped")
-    dead_letter_topic: str = _f("", "topic for rejected input with its reason and position ('' = only the run's "
+    dead_letter_topic: str = setting("", "topic for rejected input with its reason and position ('' = only the run's "
                                     "quarantine table)")
-    order: str = _f("offset", "stream order of a multi-partition topic: 'offset' (partitions interleaved by "
+    order: str = setting("offset", "stream order of a multi-partition topic: 'offset' (partitions interleaved by "
                               "(offset, partition): deterministic, so a restart replays the same decisions) or "
                               "'arrival' (as polled: no waiting on slow partitions, decisions may differ "
                               "after a restart)", choices=("offset", "arrival"))
-    client: dict = _f({}, "extra kafka-python client settings (security_protocol, sasl_*, ssl_*, fetch sizes), "
-                          "as a TOML table [kafka.client] or a JSON object on the command line")
+    client: dict = setting({}, "kafka-python settings for both the consumer and the dead-letter producer "
+                               "(security_protocol, sasl_*, ssl_*, client_id), as a TOML table [kafka.client] or "
+                               "a JSON object on the command line")
+    consumer: dict = setting({}, "kafka-python settings for the consumer only (fetch_max_bytes, "
+                                 "max_partition_fetch_bytes, ...): [kafka.consumer]")
+    producer: dict = setting({}, "kafka-python settings for the dead-letter producer only (acks, "
+                                 "compression_type, linger_ms, ...): [kafka.producer]")
 
 
 @dataclass
 class ServiceConfig:
-    host: str = _f("127.0.0.1", "HTTP address of /healthz, /readyz, /metrics (loopback unless set)")
-    port: int = _f(9108, "HTTP port (0 = any free port; the log says which)")
-    ray_address: str = _f("", "Ray cluster to join ('' = $RAY_ADDRESS, else start a local one; 'local' = always "
+    host: str = setting("127.0.0.1", "HTTP address of /healthz, /readyz, /metrics (loopback unless set)")
+    port: int = setting(9108, "HTTP port (0 = any free port; the log says which)")
+    ray_address: str = setting("", "Ray cluster to join ('' = $RAY_ADDRESS, else start a local one; 'local' = always "
                               "start a local one)")
-    object_store_mb: int = _f(512, "object store of a Ray instance this service starts itself")
-    embed_actors: int = _f(2, "embedder actors in the pool")
-    embed_num_cpus: float = _f(1.0, "CPUs reserved per embedder actor")
-    embed_num_gpus: float = _f(0.0, "GPUs per embedder actor: 1 = one each, 0.25 = four share one GPU")
-    selector_num_cpus: float = _f(1.0, "CPUs reserved for the selector/writer actor")
-    max_inflight_batches: int = _f(0, "batches being embedded at once (0 = 2 per embedder actor)")
-    max_selector_queue: int = _f(4, "embedded batches waiting for the selector")
-    max_buffered_items: int = _f(0, "items read from the source but not yet sent to the embedders "
+    object_store_mb: int = setting(512, "object store of a Ray instance this service starts itself")
+    embed_actors: int = setting(2, "embedder actors in the pool")
+    embed_num_cpus: float = setting(1.0, "CPUs reserved per embedder actor")
+    embed_num_gpus: float = setting(0.0, "GPUs per embedder actor: 1 = one each, 0.25 = four share one GPU")
+    selector_num_cpus: float = setting(1.0, "CPUs reserved for the selector/writer actor")
+    max_inflight_batches: int = setting(0, "batches being embedded at once (0 = 2 per embedder actor)")
+    max_selector_queue: int = setting(4, "batches past the embedders, waiting for the selector")
+    max_inflight_mb: int = setting(256, "bound on what the batches in the graph weigh (their records' payloads), "
+                                        "besides their count (0 = by count only)")
+    max_buffered_mb: int = setting(64, "bound on what the items read from Kafka but not yet in the graph weigh "
+                                       "(0 = by count only)")
+    max_buffered_items: int = setting(0, "items read from the source but not yet sent to the embedders "
                                     "(0 = 4 x [source] batch_size); past its share, a partition's tail is re-read later")
-    memory_limit_mb: int = _f(0, "pause the consumer while the service's resident memory (driver and actors) "
+    memory_limit_mb: int = setting(0, "pause the consumer while the service's resident memory (driver and actors) "
                                  "is above this (0 = no limit)")
-    commit_interval_s: float = _f(10.0, "commit at least this often while items arrive, even before "
+    commit_interval_s: float = setting(10.0, "commit at least this often while items arrive, even before "
                                         "[store] commit_every items (0 = only by count)")
-    embedding_dim: int = _f(0, "precomputed embeddings: their dimension (0 = from the checkpoint, else the "
+    embedding_dim: int = setting(0, "precomputed embeddings: their dimension (0 = from the checkpoint, else the "
                                "first valid vector in stream order)")
-    drain_timeout_s: float = _f(120.0, "on SIGTERM, how long to wait for in-flight batches before exiting")
+    drain_timeout_s: float = setting(120.0, "on SIGTERM, how long to wait for in-flight batches before exiting")
 
 
 @dataclass
@@ -109,14 +119,15 @@ class ServeConfig:
         out = [to_toml(self.run)]
         for name in ("kafka", "service"):
             sec = dataclasses.asdict(getattr(self, name))
-            client = sec.pop("client", None)
+            tables = {k: sec.pop(k) for k in list(sec) if isinstance(sec[k], dict)}
             out.append(f"[{name}]")
             out += [f"{k} = {json.dumps(v)}" for k, v in sec.items()]
             out.append("")
-            if client:
-                out.append(f"[{name}.client]")
-                out += [f"{k} = {json.dumps(v)}" for k, v in client.items()]
-                out.append("")
+            for table, values in tables.items():
+                if values:
+                    out.append(f"[{name}.{table}]")
+                    out += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+                    out.append("")
         return "\n".join(out)
 
 
@@ -151,10 +162,18 @@ def validate_serve_config(cfg: ServeConfig) -> None:
         (cfg.uses_kafka or bool(cfg.run.source.paths),
          "no input: set [kafka] bootstrap_servers and topic, or [source] paths"),
         (k.poll_timeout_ms >= 1 and k.max_poll_records >= 1, "kafka.poll_timeout_ms and max_poll_records must be >= 1"),
+        (s.max_inflight_mb >= 0 and s.max_buffered_mb >= 0, "service.max_inflight_mb / max_buffered_mb must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    if cfg.uses_kafka or k.client or k.consumer or k.producer:
+        from connectors.kafka.clients import KafkaSettingsError, check_client_settings
+
+        try:
+            check_client_settings(k.client, k.consumer, k.producer)
+        except KafkaSettingsError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def load_serve_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServeConfig:

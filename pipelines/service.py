@@ -14,7 +14,6 @@ resumes from the last manifest. Ray is imported only when the command runs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -22,12 +21,13 @@ import threading
 import time
 from typing import Any
 
-from curator.config import ConfigError, overrides_from_args
+from curator.config import ConfigError, RunConfig
+from pipelines.config import KafkaConfig, ServeConfig
 
 log = logging.getLogger("curator.service")
 
 
-def _init_ray(scfg: Any) -> tuple[Any, bool]:
+def _init_ray(scfg: ServeConfig) -> tuple[Any, bool]:
     """Join or start Ray; returns (ray, whether this call initialised it and so must shut it down)."""
     import ray
 
@@ -50,13 +50,13 @@ def _init_ray(scfg: Any) -> tuple[Any, bool]:
 class Service:
     """One service run: HTTP endpoints, the Ray graph, the driver loop, signal-driven drain."""
 
-    def __init__(self, scfg: Any) -> None:
+    def __init__(self, scfg: ServeConfig) -> None:
         from pipelines.metrics import Metrics
 
         self.scfg = scfg
         self.metrics = Metrics()
         self.stop = threading.Event()
-        self.graph: Any = None
+        self.executor: Any = None
         self.driver: Any = None
         self.is_ready = False
         self.failed = False
@@ -66,8 +66,8 @@ class Service:
     def healthy(self) -> bool:
         if self.failed:
             return False
-        g = self.graph
-        return g is None or time.monotonic() - g.heartbeat < 120
+        ex = self.executor
+        return ex is None or time.monotonic() - ex.heartbeat < 120
 
     def ready(self) -> bool:
         return self.is_ready and not self.stop.is_set() and not self.failed
@@ -105,128 +105,83 @@ class Service:
             raise
         finally:
             self.is_ready = False
-            if self.graph is not None:
-                self.graph.shutdown()
+            if self.executor is not None:
+                self.executor.shutdown()
             if owned:
                 ray.shutdown()
             self.http.close()
 
-    def _run(self, ray: Any, cfg: Any, k: Any) -> int:
-        from connectors.files import FileSource
-        from pipelines.graph import FileDriver, Graph, KafkaDriver
+    def _run(self, ray: Any, cfg: RunConfig, k: KafkaConfig) -> int:
+        from pipelines.executors.ray import RayExecutor
 
-        self.graph = g = Graph(self.scfg, self.metrics)
-        info = g.start()
-        where = f"{info['out']} on node {info['node_ip']}"
-        log.info("selector/writer actor pid %d, embedder actor pids %s", info["pid"],
-                 [e["pid"] for e in g.embed_info])
-        if info["commit"]:
-            log.info("curated set: %s -- resuming after commit %d (%d items decided)", where, info["commit"],
-                     info["decided"])
+        dead = None
+        if self.scfg.uses_kafka and k.dead_letter_topic:
+            from connectors.kafka.dead_letters import KafkaDeadLetterSink
+
+            dead = KafkaDeadLetterSink(k.bootstrap_servers, k.dead_letter_topic, k.api_version,
+                                       {**k.client, **k.producer})
+        self.executor = ex = RayExecutor(self.scfg, self.metrics, dead)
+        try:
+            return self._serve(ex, cfg, k)
+        finally:
+            if dead is not None:
+                dead.close()
+
+    def _serve(self, ex: Any, cfg: RunConfig, k: KafkaConfig) -> int:
+        from connectors.files import FileSource
+
+        resume = ex.start()
+        assert ex.selector_info is not None
+        where = f"{resume.out} on node {ex.selector_info.node_ip}"
+        log.info("selector/writer actor pid %d, embedder actor pids %s", ex.selector_info.pid,
+                 [e.pid for e in ex.embed_info])
+        if resume.commit:
+            log.info("curated set: %s -- resuming after commit %d (%d items decided)", where, resume.commit,
+                     resume.decided)
         else:
             log.info("curated set: %s -- new run", where)
         if self.stop.is_set():
             return 0
-        if not info["bootstrapped"]:
+        if not resume.bootstrapped:
             if cfg.source.bootstrap:
-                n = g.bootstrap(FileSource(cfg.source.bootstrap, cfg.source.format).batches(cfg.source.batch_size),
-                                self.stop)
+                n = ex.bootstrap(FileSource(cfg.source.bootstrap, cfg.source.format).batches(cfg.source.batch_size),
+                                 self.stop)
                 if n < 0:
                     return 0
-                log.info("bootstrap: %d trusted items inserted, index holds %d", n, g.index_size)
+                log.info("bootstrap: %d trusted items inserted, index holds %d", n, ex.index_size)
             else:
                 log.warning("no trusted bootstrap ([source] bootstrap): the first %d accepted items are taken "
                             "unjudged", cfg.selector.min_trusted)
-        dead = None
         if self.scfg.uses_kafka:
-            if k.dead_letter_topic:
-                from connectors.kafka_sink import KafkaDeadLetterSink
+            from pipelines.drivers.kafka import KafkaDriver
 
-                dead = KafkaDeadLetterSink(k.bootstrap_servers, k.dead_letter_topic, k.api_version, dict(k.client))
-            self.driver = KafkaDriver(self.scfg, g, self.metrics, self.stop, dead)
+            self.driver = KafkaDriver(self.scfg, ex, self.metrics, self.stop)
             log.info("consuming %s from %s as group %r (order: %s)", k.topic, k.bootstrap_servers,
                      k.group_id, k.order)
         else:
-            self.driver = FileDriver(self.scfg, g, self.metrics, self.stop)
+            from pipelines.drivers.files import FileDriver
+
+            self.driver = FileDriver(self.scfg, ex, self.metrics, self.stop)
             log.info("reading %d input path(s) from [source] paths", len(cfg.source.paths))
         self.is_ready = True
         self.metrics.ready.set(1)
-        try:
-            self.driver.run(info["positions"])
-        finally:
-            if dead is not None:
-                dead.close()
+        self.driver.run(resume.positions)
         from curator.store import read_manifest
 
-        self.manifest = read_manifest(info["out"])
+        self.manifest = read_manifest(resume.out)
         commit = self.manifest["commit"] if self.manifest else 0
         why = "stopped" if self.stop.is_set() else "input exhausted"
-        counts = ", ".join(f"{d} {n}" for d, n in sorted(g.counts.items())) or "nothing new"
+        counts = ", ".join(f"{d} {n}" for d, n in sorted(ex.counts.items())) or "nothing new"
         log.info("%s: this run decided %s; curated set %s at commit %d", why, counts, where, commit)
-        n, secs = g.throughput()
+        n, secs = ex.throughput()
         if n and secs > 0:
             log.info("throughput: %d items in %.2fs = %.1f items/s (first item sent to last item decided)",
                      n, secs, n / secs)
         print(f"curated set: {where} (commit {commit}); query it with: "
-              f"curator query {info['out']} \"SELECT decision, count(*) FROM decisions GROUP BY 1\"", flush=True)
+              f"curator query {resume.out} \"SELECT decision, count(*) FROM decisions GROUP BY 1\"", flush=True)
         return 0
 
 
-def serve(scfg: Any) -> int:
+def serve(scfg: ServeConfig) -> int:
     """Run the service to completion (a stop signal, or the end of bounded input); returns the exit code."""
     return Service(scfg).run()
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.config import load_serve_config
-
-    cur = logging.getLogger("curator")
-    if cur.getEffectiveLevel() > logging.INFO:
-        cur.setLevel(logging.INFO)  # a service says what it does: where the curated set is, commits, drains
-    if args.reference:
-        from pipelines.config import reference_markdown
-
-        print(reference_markdown())
-        return 0
-    overrides = overrides_from_args(args)
-    if args.demo:
-        from curator.demo import run_demo
-
-        run_overrides = {k: v for k, v in overrides.items() if k not in ("kafka", "service")}
-        svc = {k: v for k, v in overrides.items() if k in ("kafka", "service")}
-        return run_demo(args.demo, args.seed, run_overrides, progress=False, engine="ray", serve_overrides=svc)
-    if args.paths:
-        overrides.setdefault("source", {})["paths"] = list(args.paths)
-    scfg = load_serve_config(args.config, overrides)
-    if args.print_config:
-        print(scfg.to_toml())
-        return 0
-    from connectors.kafka_source import KafkaSourceError
-
-    try:
-        return serve(scfg)
-    except KafkaSourceError as exc:
-        raise ConfigError(f"Kafka: {exc}") from None
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    from pipelines.config import add_serve_flags
-
-    p = sub.add_parser(
-        "serve", help="the long-running ingestion service on Ray: Kafka (or files) -> curated set, with "
-                      "/healthz /readyz /metrics",
-        description="Consumes a Kafka topic (or [source] paths) through the Ray actor graph -- embedder pool, "
-                    "selector, writer -- committing offsets only after the manifest that covers them is durable. "
-                    "SIGTERM drains, commits and exits 0; a restart resumes from the last manifest. Works the same "
-                    "under `ray job submit --working-dir . -- curator serve --config FILE`.")
-    p.add_argument("paths", nargs="*", help="input files or folders instead of Kafka (or [source] paths)")
-    p.add_argument("--config", help="TOML with the run's sections plus [kafka] and [service] "
-                                    "(see deploy/curator.example.toml); flags below override it")
-    p.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
-    p.add_argument("--reference", action="store_true", help="the [kafka] and [service] settings with their "
-                                                           "defaults and meaning (the run's: `curator config --reference`)")
-    p.add_argument("--demo", metavar="OUT", help="serve the digits demo (written under OUT) through the graph, "
-                                                 "then print its decisions (what `make run` does)")
-    p.add_argument("--seed", type=int, default=0, help="--demo: seed of the split, the noise and the selector")
-    add_serve_flags(p)
-    p.set_defaults(func=cmd_serve)

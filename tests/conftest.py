@@ -114,7 +114,7 @@ class _MockBrokerProcess:
         self._stderr.close()
 
 
-def _real_broker_topic_creator(bootstrap: str, api_version: str) -> Callable[[str, int], None]:
+def real_broker_topic_creator(bootstrap: str, api_version: str) -> Callable[[str, int], None]:
     def create(name: str, partitions: int) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer
         from kafka.admin import NewTopic
@@ -146,7 +146,7 @@ def kafka_broker() -> Iterator[KafkaTestBroker]:
     real = os.environ.get("CURATOR_KAFKA_BOOTSTRAP", "").strip()
     if real:
         api = os.environ.get("CURATOR_KAFKA_API_VERSION", "").strip()
-        yield KafkaTestBroker(real, api, _real_broker_topic_creator(real, api), is_mock=False)
+        yield KafkaTestBroker(real, api, real_broker_topic_creator(real, api), is_mock=False)
         return
     try:
         import confluent_kafka  # noqa: F401 - only its bundled librdkafka is used

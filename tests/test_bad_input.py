@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connectors.kafka_sink import decode_rejection
-from connectors.kafka_source import ARROW_CONTENT_TYPE
-from connectors.produce import encode_arrow, kafka_producer
+from connectors.kafka.clients import kafka_producer
+from connectors.kafka.codec import ARROW_CONTENT_TYPE, encode_arrow
+from connectors.kafka.dead_letters import decode_rejection
 from curator.records import KEPT_DECISIONS
 from curator.store import read_manifest, read_table
 from tests.conftest import KafkaTestBroker

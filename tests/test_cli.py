@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from curator.demo_data import png_bytes
-from curator.query import query
 from curator.store import read_manifest, read_table
+from curator.store.query import query
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def curator(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "curator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
                           env=ENV, cwd=cwd, timeout=300)
 
 

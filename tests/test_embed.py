@@ -30,7 +30,7 @@ from curator.embed import (
     build_embedder,
     tiny_model_config,
 )
-from curator.images import decode_image, fetch_image_bytes, load_image_uri
+from curator.embed.images import decode_image, fetch_image_bytes, load_image_uri
 from curator.records import SAMPLE_SCHEMA, InvalidRecord, Limits
 
 # --- helpers ------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ def test_embedder_modules_do_not_import_ray_or_kafka():
     import subprocess
     import sys
 
-    code = "import curator.embed, curator.images, sys; print(any(m.split('.')[0] in ('ray', 'kafka') for m in sys.modules))"
+    code = "import curator.embed, curator.embed.images, sys; print(any(m.split('.')[0] in ('ray', 'kafka') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "False"

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.base import Positions, RawBatch, advance
 from connectors.files import FileSource, FileSourceError, class_names, read_json_bytes
-from curator.records import Position, validate_records
+from curator.batch import Positions, RawBatch, advance
+from curator.records import Position
+from curator.validate import validate_records
 
 
 def png_bytes(seed: int) -> bytes:

@@ -15,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.base import Positions, RawBatch, advance
-from connectors.kafka_sink import KafkaDeadLetterSink, decode_rejection
-from connectors.kafka_source import KafkaSource, KafkaSourceConfig, KafkaSourceError, parse_api_version
-from connectors.produce import encode_arrow, kafka_producer, produce_files, produce_main, produce_records
-from curator.records import Position, Rejection, validate_records
+from connectors.kafka.clients import kafka_producer
+from connectors.kafka.codec import encode_arrow
+from connectors.kafka.dead_letters import KafkaDeadLetterSink, decode_rejection
+from connectors.kafka.produce import produce_files, produce_main, produce_records
+from connectors.kafka.source import KafkaSource, KafkaSourceConfig, KafkaSourceError, parse_api_version
+from curator.batch import Positions, RawBatch, advance
+from curator.records import Position, Rejection
+from curator.validate import validate_records
 from tests.conftest import KafkaTestBroker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]

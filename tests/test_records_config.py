@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 
 from curator.config import ConfigError, RunConfig, load_config, reference_markdown, to_toml
-from curator.quantile import StreamingQuantile
 from curator.records import (
     InvalidRecord,
     Limits,
     Position,
     rejections_table,
-    validate_record,
-    validate_records,
 )
+from curator.select.sketch import StreamingQuantile
+from curator.validate import validate_record, validate_records
 
 POS = Position("t", 0, 7)
 

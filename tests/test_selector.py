@@ -7,8 +7,9 @@ import pytest
 from curator.config import SelectorConfig
 from curator.demo_data import digits_stream
 from curator.embed import Embeddings
-from curator.records import Position, validate_records
-from curator.selector import InfoGrowthSelector, kept_table
+from curator.records import Position
+from curator.select import InfoGrowthSelector, kept_table
+from curator.validate import validate_records
 
 
 def _batch(records, start=0):

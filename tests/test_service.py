@@ -27,13 +27,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.base import RawBatch
+from connectors.kafka.ordering import OrderedMerge
+from curator.batch import RawBatch
 from curator.config import RunConfig
-from curator.demo import demo_config, write_demo_inputs
+from curator.demo_data import demo_config, write_demo_inputs
 from curator.records import KEPT_DECISIONS, Position, Rejection
 from curator.store import read_manifest, read_table
 from pipelines.config import ServeConfig, load_serve_config
-from pipelines.graph import OrderedMerge
 from tests.conftest import KafkaTestBroker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ class ServiceProcess:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in wait/kill
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "curator.cli", "serve", "--config", str(config), *extra],
+            [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), *extra],
             cwd=REPO, env=service_env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         self._port: int | None = None
@@ -184,7 +184,7 @@ def run_service(scfg: ServeConfig, tmp: Path, name: str, timeout_s: float = 180)
 
 
 def produce_digits(broker: KafkaTestBroker, topic: str, records: list[dict[str, Any]], fmt: str = "json") -> None:
-    from connectors.produce import produce_records
+    from connectors.kafka.produce import produce_records
 
     assert produce_records(broker.bootstrap, topic, records, fmt=fmt, api_version=broker.api_version,
                            client=broker.client) == len(records)
@@ -240,7 +240,7 @@ def group_committed(broker: KafkaTestBroker, topic: str, group: str) -> dict[int
 
 
 def ingest_files(run: RunConfig) -> dict[str, Any]:
-    from curator.cli import run_ingest
+    from pipelines.ingest import run_ingest
 
     return run_ingest(run, progress=False)
 
@@ -358,8 +358,8 @@ def test_merge_arrival_order_never_waits() -> None:
 
 
 def test_serve_config_toml_and_flags(tmp_path: Path) -> None:
-    from curator.cli import build_parser
     from curator.config import ConfigError, overrides_from_args
+    from pipelines.cli import build_parser
 
     p = tmp_path / "serve.toml"
     p.write_text('[store]\nout = "x"\n[source]\npaths = ["a.parquet"]\n[kafka]\nbootstrap_servers = "h:9092"\n'
@@ -368,7 +368,7 @@ def test_serve_config_toml_and_flags(tmp_path: Path) -> None:
     cfg = load_serve_config(p)
     assert cfg.kafka.client == {"security_protocol": "SSL"} and cfg.service.embed_actors == 3
     assert cfg.service.host == "127.0.0.1"  # loopback unless configured
-    assert load_serve_config(p, {"service": {"port": "0"}, "kafka": {"client": '{"a": 1}'}}).kafka.client == {"a": 1}
+    assert load_serve_config(p, {"service": {"port": "0"}, "kafka": {"client": '{"client_id": "a"}'}}).kafka.client == {"client_id": "a"}
     assert cfg.run.fingerprint() == load_serve_config(p, {"service": {"embed_actors": 1}}).run.fingerprint()
     args = build_parser().parse_args(["serve", "--config", str(p), "--service.embed-actors", "5",
                                       "--kafka.order", "arrival", "--selector.k-gain", "2"])
@@ -387,9 +387,9 @@ def test_serve_config_toml_and_flags(tmp_path: Path) -> None:
 
 
 def test_serve_help_does_not_import_ray() -> None:
-    code = ("import sys, argparse; import pipelines.service as s; s.add_command(argparse.ArgumentParser()"
+    code = ("import sys, argparse; import pipelines.cli as s; s.add_serve_command(argparse.ArgumentParser()"
             ".add_subparsers()); assert not [m for m in sys.modules if m.startswith(('ray', 'kafka'))]; "
-            "from curator.cli import build_parser; build_parser(); assert 'ray' not in sys.modules")
+            "from pipelines.cli import build_parser; build_parser(); assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=service_env())
 
 

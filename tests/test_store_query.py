@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curator.query import QueryError, format_table, query
 from curator.records import DECISION_SCHEMA
 from curator.store import MANIFEST, StoreError, StoreWriter, committed_parts, read_manifest, read_table
+from curator.store.query import QueryError, format_table, query
 
 
 def _decisions(ids, decision="kept"):
@@ -89,9 +89,9 @@ def test_empty_views_exist_and_formats(run):
 
 
 def test_query_cli_prints_and_exits_2_on_bad_sql(run):
-    ok = subprocess.run([sys.executable, "-m", "curator.cli", "query", str(run),
+    ok = subprocess.run([sys.executable, "-m", "pipelines.cli", "query", str(run),
                          "SELECT count(*) AS n FROM decisions", "--format", "csv"], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.split() == ['"n"', "3"], ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "curator.cli", "query", str(run), "DROP VIEW kept"],
+    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "query", str(run), "DROP VIEW kept"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "only SELECT" in bad.stderr and "Traceback" not in bad.stderr

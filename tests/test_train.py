@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curator.cli import run_ingest
-from curator.demo import demo_config, write_demo_inputs
+from curator.demo_data import demo_config, write_demo_inputs
 from curator.train_tasks import (
     TASK_COLUMNS,
     EpochLoop,
@@ -32,6 +31,7 @@ from curator.train_tasks import (
     read_parts,
     split_eval,
 )
+from pipelines.ingest import run_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,6 +183,6 @@ def test_initial_scores_fill_missing_gains() -> None:
 
 
 def test_cli_registers_train_without_importing_ray() -> None:
-    code = ("import sys; from curator.cli import build_parser; build_parser().parse_args(['train', 'x']); "
+    code = ("import sys; from pipelines.cli import build_parser; build_parser().parse_args(['train', 'x']); "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

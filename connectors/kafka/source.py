@@ -4,19 +4,8 @@ Delivery is explicit (kafka-python's poll loop, nothing hidden): ``batches()`` p
 records; the pipeline writes them durably, then calls ``commit(positions)`` with the next offsets.
 Auto-commit is always off, so a crash before the commit replays, never loses.
 
-Messages are JSON or Arrow IPC, never pickle:
-
-- **JSON**: one message is one object, one record; images travel as base64 text in ``image``
-  (or ``image_b64``). Without an ``id`` the validator names it ``topic:partition:offset``.
-- **Arrow IPC stream** (detected by the IPC continuation marker ``0xFFFFFFFF`` at the start, or a
-  ``content-type: application/vnd.apache.arrow.stream`` header): one message holds record batches
-  with ``RAW_COLUMNS``; every row becomes a record with the message's position ``(topic, partition,
-  offset)`` and, without an ``id``, the id ``topic:partition:offset:row``. Offsets are committed per
-  message, so the rows of one message are never split across batches: a batch boundary (and so a
-  commit) always falls between messages and resuming re-reads whole messages.
-
-A message that cannot be decoded (bad JSON, not an object, oversized, broken Arrow, a tombstone)
-becomes a ``Rejection`` in ``RawBatch.errors`` at its position; the stream never stops for it.
+Messages are JSON or Arrow IPC, never pickle (`connectors.kafka.codec`); one that cannot be decoded
+becomes a ``Rejection`` at its position, and the stream never stops for it.
 
 Resuming: records before ``start`` (the manifest's positions) are never yielded, and the consumer
 seeks past them; otherwise it reads from the group's committed offset. So the effective start is
@@ -32,50 +21,30 @@ partitions are dropped (the next owner reads them).
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import Positions, RawBatch
-from connectors.files import record_from_json
-from curator.records import Position, Rejection
+from connectors.kafka.clients import (
+    RESERVED,
+    KafkaSourceError,
+    parse_api_version,
+    preflight,
+    server_list,
+    unreachable,
+)
+from connectors.kafka.codec import decode_message
+from curator.batch import Positions, RawBatch, advance
 
 log = logging.getLogger(__name__)
-
-ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
-ARROW_CONTINUATION = b"\xff\xff\xff\xff"
-_PREVIEW_BYTES = 4096
-#: Consumer settings that curator owns: overriding them would break the delivery guarantees.
-_RESERVED = ("enable_auto_commit", "bootstrap_servers", "group_id", "key_deserializer", "value_deserializer")
-
-
-class KafkaSourceError(RuntimeError):
-    """A Kafka connector cannot go on (unreachable broker, bad settings, missing topic, persistent errors)."""
-
-
-def parse_api_version(text: str) -> tuple[int, ...] | None:
-    """'2.3' -> (2, 3); '' -> None (ask the broker). The librdkafka mock cluster needs '2.3'."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        parts = tuple(int(x) for x in text.split("."))
-    except ValueError:
-        raise ValueError(f"api_version must look like '2.3' (or '' to detect), got {text!r}") from None
-    if not 1 <= len(parts) <= 3:
-        raise ValueError(f"api_version must look like '2.3' (or '' to detect), got {text!r}")
-    return parts
 
 
 @dataclass
@@ -100,15 +69,12 @@ class KafkaSourceConfig:
         """The KafkaConsumer keyword arguments (client passthrough last, minus what curator owns)."""
         if not self.topic:
             raise ValueError("Kafka source needs a topic")
-        bad = [k for k in _RESERVED if k in self.client]
+        bad = [k for k in RESERVED if k in self.client]
         if bad:
             raise ValueError(f"Kafka client setting(s) {bad} are set by curator itself; use the source's fields")
         heartbeat = self.heartbeat_interval_ms or max(100, self.session_timeout_ms // 3)
-        servers = self.bootstrap_servers
-        if isinstance(servers, str):
-            servers = [s.strip() for s in servers.split(",") if s.strip()]
         settings: dict[str, Any] = {
-            "bootstrap_servers": servers,
+            "bootstrap_servers": server_list(self.bootstrap_servers),
             "group_id": self.group_id or None,
             "enable_auto_commit": False,
             "auto_offset_reset": self.auto_offset_reset,
@@ -177,6 +143,7 @@ class KafkaSource:
         self._settings = config.consumer_settings()  # validate early: bad config fails at construction
         self._consumer: KafkaConsumer | None = None
         self._floor: dict[int, int] = {}  # `start`: nothing before it is ever yielded
+        self._yielded: Positions = {}  # just after everything yielded so far (`snapshot`)
         self._fresh: set[int] = set()  # assigned since the last poll: seek past `start` if behind
         self._lock = threading.Lock()  # _pending / _fresh are touched by the IO thread's listener
         self._pending = RawBatch()
@@ -267,7 +234,50 @@ class KafkaSource:
                 consumer.resume(*assigned)
             self._paused_applied = False
 
-    # ------------------------------------------------------------------ positions
+    # ------------------------------------------------------------------ positions (resume state)
+
+    def seek(self, positions: Positions) -> None:
+        """Resume from `positions`: no record before them is yielded; assigned partitions seek past them."""
+        self._floor = {int(p): int(o) for p, o in ((positions or {}).get(self.topic) or {}).items()}
+        self._yielded = {self.topic: dict(self._floor)} if self._floor else {}
+        with self._lock:
+            self._fresh.update(self.assignment() if self._consumer is not None else ())
+
+    def snapshot(self) -> Positions:
+        """The next offsets after everything yielded so far (or the `seek` positions)."""
+        return {s: dict(parts) for s, parts in self._yielded.items()}
+
+    def caught_up(self) -> bool:
+        """Nothing pending and every assigned partition's position at its end offset."""
+        parts = self.assignment()
+        if not parts or len(self._pending):
+            return False
+        ends = self.end_offsets(parts)
+        pos = self.positions(parts)
+        return all(pos.get(p) is not None and pos[p] >= ends[p] for p in parts)
+
+    def partitions(self) -> list[int]:
+        """All partitions of the topic (assigned here or not)."""
+        return sorted(self.consumer.partitions_for_topic(self.topic) or ())
+
+    def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        got = self.consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions])
+        return {tp.partition: int(o) for tp, o in got.items()}
+
+    def positions(self, partitions: list[int]) -> dict[int, int | None]:
+        """The consumer's next fetch offset per partition (None while it is not known yet)."""
+        out: dict[int, int | None] = {}
+        for p in partitions:
+            try:
+                pos = self.consumer.position(TopicPartition(self.topic, p), timeout_ms=1000)
+            except Exception:  # noqa: BLE001 - not known yet (a reset in progress, or just revoked)
+                pos = None
+            out[p] = None if pos is None else int(pos)
+        return out
+
+    def rewind(self, partition: int, offset: int) -> None:
+        """Fetch `partition` again from `offset` (records buffered past it were dropped: backpressure)."""
+        self.consumer.seek(TopicPartition(self.topic, partition), offset)
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in (self.consumer.assignment() or ()))
@@ -393,11 +403,10 @@ class KafkaSource:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self._floor = {int(p): int(o) for p, o in ((start or {}).get(self.topic) or {}).items()}
+        if start is not None:
+            self.seek(start)
         self._stop.clear()
         consumer = self.consumer
-        with self._lock:
-            self._fresh.update(self.assignment())  # partitions already held: apply `start` to them too
         cfg = self.config
         last_message = time.monotonic()
         failing_since: float | None = None
@@ -422,7 +431,8 @@ class KafkaSource:
                     floor = self._floor.get(tp.partition, 0)
                     for msg in messages:
                         if msg.offset >= floor:
-                            self._decode(tp.topic, tp.partition, msg, self._pending)
+                            decode_message(tp.topic, tp.partition, msg.offset, msg.value, msg.key, msg.headers,
+                                           self._pending, cfg.max_message_bytes)
                         got += 1
             now = time.monotonic()
             if got or self._want_paused or not consumer.assignment():
@@ -430,6 +440,7 @@ class KafkaSource:
             if len(self._pending) >= batch_size or (not got and len(self._pending)):
                 with self._lock:
                     batch, self._pending = self._pending, RawBatch()
+                self._handed_out(batch)
                 yield batch
             elif not got:
                 if cfg.end_after_idle_s > 0 and now - last_message >= cfg.end_after_idle_s:
@@ -438,109 +449,11 @@ class KafkaSource:
         if len(self._pending) and self._consumer is not None:
             with self._lock:
                 batch, self._pending = self._pending, RawBatch()
+            self._handed_out(batch)
             yield batch
 
-    def _decode(self, topic: str, partition: int, msg: Any, out: RawBatch) -> None:
-        pos = Position(topic, partition, int(msg.offset))
-        value: bytes | None = msg.value
-        key = _text(msg.key)
-
-        def reject(reason: str, rid: str | None = key) -> None:
-            out.errors.append(Rejection(pos, reason, rid, (value or b"")[:_PREVIEW_BYTES]))
-
-        if value is None:
-            reject("empty message (tombstone): nothing to curate")
-            return
-        if len(value) > self.config.max_message_bytes:
-            reject(f"message is {len(value)} bytes, over max_message_bytes ({self.config.max_message_bytes})")
-            return
-        if value[:4] == ARROW_CONTINUATION or _content_type(msg.headers) == ARROW_CONTENT_TYPE:
-            try:
-                rows = _arrow_rows(value, self.config.max_message_bytes * 4)
-            except ValueError as exc:
-                reject(str(exc))
-                return
-            for i, row in enumerate(rows):
-                if row.get("id") is None:
-                    row["id"] = f"{topic}:{partition}:{msg.offset}:{i}"
-                out.records.append(row)
-                out.positions.append(pos)
-            return
-        try:
-            obj = json.loads(value)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            reject(f"message is neither JSON nor Arrow IPC: {exc}")
-            return
-        try:
-            rec = record_from_json(obj)
-        except ValueError as exc:
-            rid = obj.get("id") if isinstance(obj, dict) else None
-            reject(f"message: {exc}", None if rid is None else str(rid)[:200])
-            return
-        out.records.append(rec)
-        out.positions.append(pos)
+    def _handed_out(self, batch: RawBatch) -> None:
+        advance(self._yielded, batch.positions + [e.position for e in batch.errors])
 
 
-def preflight(settings: dict[str, Any], timeout_s: float) -> None:
-    """Fail fast (KafkaSourceError) when no bootstrap server accepts a TCP connection in `timeout_s`."""
-    servers = settings["bootstrap_servers"]
-    servers = servers.split(",") if isinstance(servers, str) else list(servers)
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while True:
-        for server in servers:
-            host, _, port = server.strip().rpartition(":")
-            try:
-                with socket.create_connection((host.strip("[]") or "localhost", int(port or 9092)),
-                                              timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                    return
-            except (OSError, ValueError) as exc:
-                last = exc
-        if time.monotonic() >= deadline:
-            raise KafkaSourceError(unreachable(settings, last or TimeoutError("timed out")))
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-def unreachable(settings: dict[str, Any], exc: Exception) -> str:
-    servers = settings["bootstrap_servers"]
-    hint = "" if "api_version" in settings else "; against librdkafka's mock cluster set api_version='2.3'"
-    return (
-        f"cannot reach Kafka at {','.join(servers) if isinstance(servers, list) else servers} ({exc}); "
-        f"check bootstrap_servers and the security settings{hint}"
-    )
-
-
-def _text(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")[:200]
-    except UnicodeDecodeError:
-        return None
-
-
-def _content_type(headers: Any) -> str | None:
-    for k, v in headers or ():
-        if str(k).lower() == "content-type" and v is not None:
-            return (v.decode("latin-1") if isinstance(v, bytes) else str(v)).split(";")[0].strip().lower()
-    return None
-
-
-def _arrow_rows(value: bytes, max_decoded_bytes: int) -> list[dict[str, Any]]:
-    """Rows of an Arrow IPC stream message, refusing streams that decode to far more than they weigh
-    (compressed buffers), so a small message cannot allocate unbounded memory."""
-    rows: list[dict[str, Any]] = []
-    decoded = 0
-    try:
-        reader = pa.ipc.open_stream(pa.py_buffer(value))
-        for batch in reader:
-            decoded += batch.nbytes
-            if decoded > max_decoded_bytes:
-                raise ValueError(f"Arrow message decodes to over {max_decoded_bytes} bytes")
-            rows.extend(batch.to_pylist())
-    except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"message is not a valid Arrow IPC stream: {exc}") from None
-    return rows
-
-
-__all__ = ["ARROW_CONTENT_TYPE", "KafkaSource", "KafkaSourceConfig", "KafkaSourceError", "parse_api_version"]
+__all__ = ["KafkaSource", "KafkaSourceConfig", "KafkaSourceError", "parse_api_version"]

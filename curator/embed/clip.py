@@ -1,17 +1,8 @@
-"""Embedding: turn a batch of samples into L2-normalised image and text vectors.
+"""open_clip embeddings of images and captions.
 
-One front door, `build_embedder(cfg)`, whatever the source of the vectors: an open_clip
-model (a built-in name, ``hf-hub:ORG/REPO``, ``local-dir:PATH``, or a model config JSON
-file, with weights from a pretrained tag, a local checkpoint, or random init for tests),
-or embeddings the input already carries (``kind = "precomputed"``).
-
-An embedder is a plain object: construct it anywhere, call `setup()` once in the
-process that will use it (a Ray actor, a test), then `embed(table)` per batch. Items
-that cannot be embedded (an undecodable image, a NaN vector) are reported in
-`Embeddings.errors` rather than raised, so one bad item never fails a batch.
-
-torch and open_clip are imported lazily: the precomputed path and the `Embeddings`
-container must stay cheap to import for the selector and the tests.
+`cfg.model` is a built-in name, ``hf-hub:ORG/REPO``, ``local-dir:PATH``, or a model config JSON
+file; weights come from a pretrained tag, a local checkpoint, or random init for tests. torch and
+open_clip are imported inside the methods, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -19,16 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curator.config import EmbedderConfig
-from curator.images import decode_image, load_image_uri
+from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
+from curator.embed.images import decode_image, load_image_uri
 from curator.records import InvalidRecord, Limits
 
 if TYPE_CHECKING:
@@ -42,252 +32,10 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
-class EmbedderError(RuntimeError):
-    """The embedder cannot do what was asked; the message says why and what to do."""
-
-
-class ModelLoadError(EmbedderError):
-    """The model or its weights could not be loaded (offline, bad path, wrong checkpoint)."""
-
-
-# --------------------------------------------------------------------------------------
-# Embeddings: the batch-out container
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Embeddings:
-    """Per-row embeddings of one batch, in the batch's row order.
-
-    ``image`` / ``text`` are (n, d) float32 with unit-norm rows where ``has_image`` /
-    ``has_text`` is true and zero rows elsewhere; a field is None when no row of the
-    batch has that modality (or the embedder has none, like ``text`` for precomputed).
-    Rows in ``errors`` could not be embedded: they are zero, flagged false, and the
-    caller must reject them with the given reason.
-    """
-
-    image: np.ndarray | None
-    text: np.ndarray | None
-    has_image: np.ndarray
-    has_text: np.ndarray
-    errors: dict[int, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = len(self.has_image)
-        if len(self.has_text) != n:
-            raise ValueError(f"has_image has {n} rows but has_text has {len(self.has_text)}")
-        for name in ("image", "text"):
-            x = getattr(self, name)
-            if x is not None and (x.ndim != 2 or x.shape[0] != n):
-                raise ValueError(f"Embeddings.{name} must be ({n}, d), got {x.shape}")
-
-    def __len__(self) -> int:
-        return len(self.has_image)
-
-    @property
-    def ok(self) -> np.ndarray:
-        """Bool mask of rows that were embedded (not in ``errors``)."""
-        mask = np.ones(len(self), dtype=bool)
-        if self.errors:
-            mask[list(self.errors)] = False
-        return mask
-
-    def take(self, rows: Sequence[int] | np.ndarray) -> Embeddings:
-        """The given rows (indices or a bool mask), in that order; errors are renumbered."""
-        idx = np.asarray(rows)
-        if idx.dtype == bool:
-            if len(idx) != len(self):
-                raise ValueError(f"mask has {len(idx)} entries for {len(self)} rows")
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64, copy=False).reshape(-1)
-        errors = {new: self.errors[int(old)] for new, old in enumerate(idx) if int(old) in self.errors}
-        return Embeddings(
-            image=None if self.image is None else self.image[idx],
-            text=None if self.text is None else self.text[idx],
-            has_image=self.has_image[idx],
-            has_text=self.has_text[idx],
-            errors=errors,
-        )
-
-    @classmethod
-    def concat(cls, parts: Sequence[Embeddings]) -> Embeddings:
-        """Stack batches in order (e.g. to rebuild stream order after parallel embedding)."""
-        if not parts:
-            raise ValueError("Embeddings.concat needs at least one part")
-        sizes = [len(p) for p in parts]
-        starts = np.cumsum([0, *sizes[:-1]])
-
-        def stack(name: str) -> np.ndarray | None:
-            xs = [getattr(p, name) for p in parts]
-            dims = {x.shape[1] for x in xs if x is not None}
-            if not dims:
-                return None
-            if len(dims) > 1:
-                raise ValueError(f"cannot concatenate {name} embeddings of different dimensions {sorted(dims)}")
-            d = dims.pop()
-            return np.concatenate(
-                [x if x is not None else np.zeros((n, d), np.float32) for x, n in zip(xs, sizes, strict=True)]
-            )
-
-        errors = {int(s) + r: why for s, p in zip(starts, parts, strict=True) for r, why in p.errors.items()}
-        return cls(
-            image=stack("image"),
-            text=stack("text"),
-            has_image=np.concatenate([p.has_image for p in parts]),
-            has_text=np.concatenate([p.has_text for p in parts]),
-            errors=errors,
-        )
-
-
-def _normalise_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalise rows in float32; returns (normalised, rows that were finite and non-zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    finite = np.isfinite(x).all(axis=1)
-    x = np.where(finite[:, None], x, 0.0).astype(np.float32, copy=False)
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)
-    good = finite & (norms > 0)
-    out = np.zeros_like(x)
-    out[good] = (x[good] / norms[good, None]).astype(np.float32)
-    return out, good
-
-
-def _column(samples: pa.Table, name: str) -> list[Any]:
-    if name in samples.column_names:
-        return samples.column(name).to_pylist()
-    return [None] * samples.num_rows
-
-
-# --------------------------------------------------------------------------------------
-# The protocol
-# --------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What the pipeline needs from an embedder (see `build_embedder`)."""
-
-    image_dim: int | None
-    text_dim: int | None
-
-    @property
-    def model_id(self) -> str:
-        """Recorded with every decision, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``precomputed:512``."""
-        ...
-
-    def setup(self) -> None:
-        """Load the model (once; calling again is a no-op)."""
-        ...
-
-    def embed(self, samples: pa.Table) -> Embeddings:
-        """Embed a batch with `curator.records.SAMPLE_SCHEMA` columns."""
-        ...
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Unit-norm text embeddings (n, text_dim), e.g. to score a proposed recaption."""
-        ...
-
-
-def build_embedder(cfg: EmbedderConfig, limits: Limits | None = None) -> Embedder:
-    """The one way to get an embedder from configuration. The model loads on `setup()`."""
-    if cfg.kind == "clip":
-        return ClipEmbedder(cfg, limits)
-    if cfg.kind == "precomputed":
-        return PrecomputedEmbedder(cfg, limits)
-    raise EmbedderError(f"unknown embedder kind {cfg.kind!r}; use 'clip' (open_clip) or 'precomputed'")
-
-
-# --------------------------------------------------------------------------------------
-# Precomputed embeddings
-# --------------------------------------------------------------------------------------
-
-
-class PrecomputedEmbedder:
-    """Uses the input's ``embedding`` column as the (image / primary) modality.
-
-    The dimension is fixed by ``setup(dim=...)`` or else by the first valid vector seen.
-    When several embedders run in parallel (an actor pool), pass ``dim`` so they cannot
-    disagree about which rows are the wrong size.
-    """
-
-    text_dim: int | None = None
-
-    def __init__(self, cfg: EmbedderConfig | None = None, limits: Limits | None = None) -> None:
-        self.cfg = cfg or EmbedderConfig(kind="precomputed")
-        self.limits = limits or Limits()
-        self.image_dim: int | None = self.limits.embedding_dim
-        self._dim_source = "Limits.embedding_dim" if self.image_dim else ""
-
-    @property
-    def model_id(self) -> str:
-        return f"precomputed:{self.image_dim}" if self.image_dim else "precomputed"
-
-    def setup(self, dim: int | None = None) -> None:
-        """Nothing to load; optionally fix the dimension up front."""
-        if dim is None:
-            return
-        if dim < 1:
-            raise EmbedderError(f"precomputed embedding dimension must be >= 1, got {dim}")
-        if self.image_dim is not None and self.image_dim != dim:
-            raise EmbedderError(
-                f"precomputed embedding dimension already fixed at {self.image_dim} (by {self._dim_source}), "
-                f"cannot change it to {dim}"
-            )
-        self.image_dim, self._dim_source = dim, "setup(dim=...)"
-
-    def embed(self, samples: pa.Table) -> Embeddings:
-        n = samples.num_rows
-        errors: dict[int, str] = {}
-        vecs: list[np.ndarray | None] = [None] * n
-        if "embedding" not in samples.column_names:
-            raw: Sequence[Any] = [None] * n
-        else:
-            raw = samples.column("embedding").to_numpy(zero_copy_only=False)
-        for i, v in enumerate(raw):
-            if v is None:
-                errors[i] = ("no precomputed embedding in this record; the precomputed embedder needs an "
-                             "'embedding' list (or use --embedder.kind clip to embed images and text)")
-                continue
-            a = np.asarray(v, dtype=np.float32).reshape(-1)
-            if a.size == 0:
-                errors[i] = "embedding is empty"
-            elif not np.isfinite(a).all():
-                errors[i] = "embedding contains NaN or infinite values"
-            elif not np.any(a):
-                errors[i] = "embedding is all zeros (it has no direction to normalise)"
-            elif self.image_dim is None:
-                self.image_dim, self._dim_source = int(a.size), "the first embedding seen"
-                vecs[i] = a
-            elif a.size != self.image_dim:
-                errors[i] = f"embedding has {a.size} values, expected {self.image_dim} (fixed by {self._dim_source})"
-            else:
-                vecs[i] = a
-        has = np.array([v is not None for v in vecs], dtype=bool)
-        image = None
-        if has.any():
-            assert self.image_dim is not None
-            mat = np.zeros((n, self.image_dim), np.float32)
-            mat[has] = np.stack([v for v in vecs if v is not None])
-            image, good = _normalise_rows(mat)
-            for j in np.flatnonzero(has & ~good):  # overflowed to inf in float32
-                errors[int(j)] = "embedding norm is not finite in float32"
-            has &= good
-        return Embeddings(image=image, text=None, has_image=has, has_text=np.zeros(n, bool), errors=errors)
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        raise EmbedderError(
-            "the precomputed embedder has no text model, so it cannot embed new captions (recaption scoring); "
-            "use --embedder.kind clip, or turn the recaption hook off"
-        )
-
-
-# --------------------------------------------------------------------------------------
-# open_clip
-# --------------------------------------------------------------------------------------
-
 _registered_config_paths: set[Path] = set()
 
 
-def _register_config_path(path: Path) -> None:
+def register_model_configs(path: Path) -> None:
     """Make open_clip's registry know the model configs at ``path`` (a file or folder), once."""
     import open_clip
 
@@ -430,7 +178,7 @@ class ClipEmbedder:
         """The name open_clip should look up, registering config files as needed."""
         import open_clip
 
-        _register_config_path(MODEL_CONFIG_DIR)
+        register_model_configs(MODEL_CONFIG_DIR)
         if self._schema == "local-dir":
             # open_clip warns and falls back to random weights when the folder has none.
             folder = Path(self._name.split(":", 1)[1])
@@ -464,7 +212,7 @@ class ClipEmbedder:
         name = path.stem
         known = open_clip.get_model_config(name)
         if known is None or known == mcfg:
-            _register_config_path(path)
+            register_model_configs(path)
         elif path.resolve() in _registered_config_paths:
             open_clip.add_model_config(path.resolve())  # the file changed since it was registered: rescan
         else:
@@ -586,7 +334,7 @@ class ClipEmbedder:
         n = samples.num_rows
         bs = max(1, int(self.cfg.batch_size))
         errors: dict[int, str] = {}
-        images, uris, texts = _column(samples, "image"), _column(samples, "image_uri"), _column(samples, "text")
+        images, uris, texts = column(samples, "image"), column(samples, "image_uri"), column(samples, "text")
         img_out = np.zeros((n, self.image_dim), np.float32)
         txt_out = np.zeros((n, self.text_dim), np.float32)
         has_img = np.zeros(n, bool)
@@ -628,8 +376,8 @@ class ClipEmbedder:
             if i not in errors and not has_img[i] and not has_txt[i]:
                 errors[i] = ("nothing for the CLIP embedder to embed: the record has no image, image_uri or "
                              "caption (records with only an 'embedding' need --embedder.kind precomputed)")
-        img_out, img_ok = _normalise_rows(img_out)
-        txt_out, txt_ok = _normalise_rows(txt_out)
+        img_out, img_ok = normalise_rows(img_out)
+        txt_out, txt_ok = normalise_rows(txt_out)
         for j in np.flatnonzero((has_img & ~img_ok) | (has_txt & ~txt_ok)):
             errors[int(j)] = (f"the model produced a non-finite or zero embedding ({self.precision} overflow?); "
                               "try --embedder.precision fp32")
@@ -657,7 +405,7 @@ class ClipEmbedder:
         with torch.inference_mode():
             for s in range(0, len(texts), bs):
                 out[s:s + bs] = self._encode_tokens(self._tokenizer([str(t) for t in texts[s:s + bs]]))
-        normed, good = _normalise_rows(out)
+        normed, good = normalise_rows(out)
         if not good.all():
             raise EmbedderError(
                 f"the model produced non-finite text embeddings for {int((~good).sum())} text(s) "

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from curator.records import DECISION_SCHEMA, QUARANTINE_SCHEMA
-from curator.store import TABLES, committed_parts
+from curator.store.writer import TABLES, committed_parts
 
 READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 EMPTY_SCHEMAS = {"decisions": DECISION_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
@@ -103,3 +103,10 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return f"<{len(v)} bytes>"
     return str(v)
+
+
+def decision_summary(run_dir: str | Path) -> str:
+    """Decisions of a run as a table (through the same read-only query layer users get)."""
+    return format_table(query(run_dir, "SELECT decision, count(*) AS items, "
+                                       "round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS percent "
+                                       "FROM decisions GROUP BY decision ORDER BY items DESC, decision"))

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from connectors.produce import kafka_producer
+from connectors.kafka.clients import kafka_producer
 from curator.records import Position, Rejection
 
 DEAD_LETTER_CONTENT_TYPE = "application/vnd.curator.rejection+json"

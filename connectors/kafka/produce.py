@@ -11,7 +11,6 @@ kafka-python is imported inside the functions, so registering the ``curator prod
 from __future__ import annotations
 
 import argparse
-import base64
 import itertools
 import json
 import logging
@@ -23,71 +22,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from connectors.files import FORMATS, FileSource, FileSourceError
+from connectors.kafka.clients import KafkaSourceError, kafka_producer
+from connectors.kafka.codec import ARROW_CONTENT_TYPE, JSON_CONTENT_TYPE, encode_arrow, encode_json
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
 
-JSON_CONTENT_TYPE = "application/json"
 PARTITIONERS = ("round-robin", "key")
-
-
-def kafka_producer(
-    bootstrap_servers: str | list[str],
-    api_version: str = "",
-    client: dict[str, Any] | None = None,
-    **defaults: Any,
-) -> KafkaProducer:
-    """A KafkaProducer with curator's defaults, then the client passthrough (security, sizes, ...)."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaTimeoutError
-
-    from connectors.kafka_source import KafkaSourceError, parse_api_version, preflight, unreachable
-
-    servers = bootstrap_servers
-    if isinstance(servers, str):
-        servers = [s.strip() for s in servers.split(",") if s.strip()]
-    settings: dict[str, Any] = {"bootstrap_servers": servers, "max_request_size": 16 * 1024 * 1024, **defaults}
-    api = parse_api_version(api_version)
-    if api is not None:
-        settings["api_version"] = api
-    settings.update(client or {})
-    if api is not None and not settings.get("proxy_url"):
-        preflight(settings, settings.get("bootstrap_timeout_ms", 30_000) / 1000)  # else it retries forever
-    try:
-        return KafkaProducer(**settings)
-    except KafkaConfigurationError as exc:
-        raise KafkaSourceError(f"bad Kafka client settings: {exc}") from None
-    except (KafkaTimeoutError, KafkaConnectionError) as exc:
-        raise KafkaSourceError(unreachable(settings, exc)) from None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def encode_json(record: dict[str, Any]) -> bytes:
-    """One record as a JSON message; bytes (the image) become base64 text, as KafkaSource expects."""
-    return json.dumps(record, default=_jsonable, separators=(",", ":")).encode("utf-8")
-
-
-def encode_arrow(records: list[dict[str, Any]]) -> bytes:
-    """Records as one Arrow IPC stream message (schema inferred; metadata objects as JSON text)."""
-    rows = [
-        {**r, "metadata": json.dumps(r["metadata"], default=_jsonable)} if isinstance(r.get("metadata"), dict) else r
-        for r in records
-    ]
-    names = list(dict.fromkeys(k for r in rows for k in r))  # every row's fields, not just the first row's
-    table = pa.table({k: [r.get(k) for r in rows] for k in names})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def _chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -118,7 +61,6 @@ def produce_records(
     from kafka.errors import KafkaTimeoutError
     from kafka.partitioner.default import murmur2
 
-    from connectors.kafka_source import ARROW_CONTENT_TYPE, KafkaSourceError
 
     if fmt not in ("json", "arrow"):
         raise ValueError(f"fmt must be 'json' or 'arrow', got {fmt!r}")
@@ -218,8 +160,6 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     """Run `curator produce` from parsed arguments; user errors print one line and return 2."""
-    from connectors.kafka_source import KafkaSourceError
-
     try:
         client = json.loads(args.client)
         if not isinstance(client, dict):

@@ -1,0 +1,228 @@
+"""Stream order for a multi-partition topic: partitions interleaved by (offset, partition).
+
+Decisions depend on the order of items, so the order must not depend on timing. Message (o, p) is
+emitted only once every other partition has either delivered a message at a larger key or is caught
+up (its consumer position has reached its end offset). For data that is in the topic when it is read
+(a backfill, a replay after a crash) this is a pure function of the topic's contents, so a restarted
+run makes exactly the uninterrupted run's decisions; and because `curator produce` spreads records
+round-robin, it is also the order of the produced file. For data still arriving, a caught-up
+partition is skipped rather than waited for, so only items that arrive while another partition is
+ahead can interleave differently on a replay (still each exactly once). ``order = "arrival"`` trades
+the guarantee for never waiting on a slow partition.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from curator.batch import RawBatch, record_nbytes, rejection_nbytes
+from curator.records import Position, Rejection
+
+
+@dataclass
+class _Unit:
+    """One source message: its rows (an Arrow message has several) or its rejection."""
+
+    offset: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    errors: list[Rejection] = field(default_factory=list)
+    nbytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.errors)
+
+
+class OrderedMerge:
+    """Interleaves the partitions of one topic into one stream, message by message.
+
+    ``order="offset"``: by (offset, partition), waiting for a partition that may still deliver a
+    smaller key unless it is marked caught up; ``order="arrival"``: as added. Messages are never
+    split, so a batch (and so a commit) always ends between messages.
+    """
+
+    def __init__(self, topic: str, order: str = "offset") -> None:
+        if order not in ("offset", "arrival"):
+            raise ValueError(f"order must be 'offset' or 'arrival', got {order!r}")
+        self.topic = topic
+        self.order = order
+        self.buf: dict[int, deque[_Unit]] = {}
+        self.next: dict[int, int | None] = {}  # smallest offset a partition can still deliver (None = unknown)
+        self.caught_up: dict[int, bool] = {}
+        self._arrival: deque[tuple[int, _Unit]] = deque()
+        self.items = 0
+        self.nbytes = 0  # what the buffered messages weigh (`curator.batch.record_nbytes`)
+        self._seen_next: dict[int, int | None] = {}  # offset after the last message added, per partition
+        self.gaps: Counter[int] = Counter()  # offsets skipped by the source (retention, compaction, markers)
+
+    # --- partitions -----------------------------------------------------------------
+    def assign(self, partitions: list[int], start: dict[int, int] | None = None) -> None:
+        for p in partitions:
+            if p not in self.buf:
+                self.buf[p] = deque()
+                self.next[p] = (start or {}).get(p)
+                self._seen_next[p] = self.next[p]
+                self.caught_up[p] = False
+
+    def revoke(self, partitions: list[int]) -> None:
+        gone = set(partitions)
+        for p in gone:
+            for u in self.buf.pop(p, deque()):
+                self.items -= len(u)
+                self.nbytes -= u.nbytes
+            self.next.pop(p, None)
+            self._seen_next.pop(p, None)
+            self.caught_up.pop(p, None)
+        self._arrival = deque((p, u) for p, u in self._arrival if p not in gone)
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self.buf)
+
+    def buffered(self, p: int) -> int:
+        return sum(len(u) for u in self.buf.get(p, ()))
+
+    def buffered_bytes(self, p: int) -> int:
+        return sum(u.nbytes for u in self.buf.get(p, ()))
+
+    # --- input ----------------------------------------------------------------------
+    def add(self, batch: RawBatch) -> int:
+        """Buffer a polled batch (records and rejections of any partitions); returns items added."""
+        items: list[tuple[Position, dict[str, Any] | None, Rejection | None]] = [
+            (pos, rec, None) for rec, pos in zip(batch.records, batch.positions, strict=True)
+        ] + [(e.position, None, e) for e in batch.errors]
+        items.sort(key=lambda t: (t[0].partition, t[0].offset))  # stable: rows of a message keep their order
+        for pos, rec, err in items:
+            p = pos.partition
+            if p not in self.buf:
+                self.assign([p])
+            q = self.buf[p]
+            if q and q[-1].offset == pos.offset:
+                u = q[-1]
+            else:
+                if q and pos.offset < q[-1].offset:
+                    raise ValueError(f"partition {p} went back from offset {q[-1].offset} to {pos.offset}")
+                u = _Unit(pos.offset)
+                q.append(u)
+                seen = self._seen_next.get(p)
+                if seen is not None and pos.offset > seen:
+                    self.gaps[p] += pos.offset - seen
+                self._seen_next[p] = pos.offset + 1
+                if self.order == "arrival":
+                    self._arrival.append((p, u))
+            if err is not None:
+                u.errors.append(err)
+                size = rejection_nbytes(err)
+            else:
+                u.records.append(rec)  # type: ignore[arg-type]
+                u.positions.append(pos)
+                size = record_nbytes(rec)  # type: ignore[arg-type]
+            u.nbytes += size
+            self.nbytes += size
+            self.caught_up[p] = False
+            self.items += 1
+        return len(items)
+
+    def mark_position(self, p: int, position: int, caught_up: bool) -> None:
+        """The consumer's next offset for an empty partition, and whether it reached the end offset."""
+        if p in self.buf and not self.buf[p]:
+            nxt = self.next.get(p)
+            self.next[p] = position if nxt is None else max(nxt, position)
+            self.caught_up[p] = caught_up
+
+    # --- output ---------------------------------------------------------------------
+    def _head(self) -> tuple[int, int] | None:
+        heads = [(q[0].offset, p) for p, q in self.buf.items() if q]
+        return min(heads) if heads else None
+
+    def blockers(self) -> list[int]:
+        """Empty partitions that may still deliver a message ordered before the current head."""
+        if self.order == "arrival":
+            return []
+        head = self._head()
+        out = []
+        for p, q in self.buf.items():
+            if q or self.caught_up.get(p):
+                continue
+            nxt = self.next.get(p)
+            if head is None or nxt is None or (nxt, p) < head:
+                out.append(p)
+        return sorted(out)
+
+    def available(self, limit: int) -> int:
+        """How many items (whole messages, up to about `limit`) `pop` could emit right now."""
+        if self.order == "arrival":
+            return min(self.items, limit)
+        idx = dict.fromkeys(self.buf, 0)
+        nxt = dict(self.next)
+        n = 0
+        while n < limit:
+            heads = [(q[idx[p]].offset, p) for p, q in self.buf.items() if idx[p] < len(q)]
+            if not heads:
+                break
+            head = min(heads)
+            for p, q in self.buf.items():
+                if idx[p] >= len(q) and not self.caught_up.get(p) and (nxt.get(p) is None or (nxt[p], p) < head):
+                    return n
+            p = head[1]
+            u = self.buf[p][idx[p]]
+            idx[p] += 1
+            nxt[p] = u.offset + 1
+            n += len(u)
+        return n
+
+    def pop(self, max_items: int) -> RawBatch | None:
+        """Up to `max_items` items (whole messages) that can go now, in stream order; None if none."""
+        out = RawBatch()
+        while len(out) < max_items:
+            if self.order == "arrival":
+                if not self._arrival:
+                    break
+                p, u = self._arrival.popleft()
+                self.buf[p].popleft()
+            else:
+                head = self._head()
+                if head is None or self.blockers():
+                    break
+                p = head[1]
+                u = self.buf[p].popleft()
+            self.next[p] = u.offset + 1
+            self.items -= len(u)
+            self.nbytes -= u.nbytes
+            out.records += u.records
+            out.positions += u.positions
+            out.errors += u.errors
+        return out if len(out) else None
+
+    def trim(self, p: int, keep_items: int, keep_bytes: int = 0) -> int | None:
+        """Drop the tail of partition `p`'s buffer beyond `keep_items` items (and `keep_bytes` bytes, when
+        set; at least its head message is kept); returns the first dropped offset, to seek the consumer
+        back to, or None."""
+        q = self.buf.get(p)
+        if not q:
+            return None
+        kept, kept_b, cut = 0, 0, None
+        for i, u in enumerate(q):
+            if i > 0 and (kept + len(u) > keep_items or (keep_bytes and kept_b + u.nbytes > keep_bytes)):
+                cut = i
+                break
+            kept += len(u)
+            kept_b += u.nbytes
+        if cut is None:
+            return None
+        first = q[cut].offset
+        self._seen_next[p] = first
+        while len(q) > cut:
+            u = q.pop()
+            self.items -= len(u)
+            self.nbytes -= u.nbytes
+        if self.order == "arrival":
+            self._arrival = deque((pp, u) for pp, u in self._arrival if pp != p or u.offset < first)
+        return first
+
+    def end(self) -> None:
+        """Every partition has ended (a bounded run): nothing is waited for any more."""
+        for p in self.buf:
+            self.caught_up[p] = True

@@ -1,0 +1,8 @@
+"""InfoGrowth online selection (`selector`), its rules and reasons (`rules`), sketches, kept rows."""
+
+from __future__ import annotations
+
+from curator.select.kept import kept_table
+from curator.select.selector import InfoGrowthSelector, Selection, load_hook
+
+__all__ = ["InfoGrowthSelector", "Selection", "kept_table", "load_hook"]

@@ -1,0 +1,336 @@
+"""The four stages of a run -- validate, embed, select, write -- and the one builder that makes them.
+
+A stage says *what*; an executor says *how* (NeMo Curator's split). Every stage has a `name`,
+declared `resources`, a `setup()` that loads what it needs once in the process that will run it,
+and a `process(batch)` from one typed batch (`curator.batch`) to the next. The in-process loop
+(`curator.run`) and the Ray actor graph (`pipelines.executors`) run the *same* stage objects,
+as `build_stages(cfg)` makes them; only the write stage makes anything durable, and it checkpoints
+the select stage's state with every commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from curator.batch import (
+    BatchOutcome,
+    EmbeddedBatch,
+    Positions,
+    RawBatch,
+    SelectedBatch,
+    ValidBatch,
+    advance,
+    positions_from_json,
+)
+from curator.commit import Committed
+from curator.config import RunConfig, to_toml
+from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
+from curator.records import Limits, Position, Rejection, rejection_decisions, rejections_table
+from curator.select import InfoGrowthSelector, kept_table
+from curator.store.lock import RunDirLock
+from curator.store.writer import StoreWriter
+from curator.validate import validate_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one copy of a stage needs from the executor (Ray actors reserve it)."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus)
+
+
+class Stage(Protocol):
+    name: str
+    resources: Resources
+
+    def setup(self) -> Any:
+        """Load models, open files, restore state: once, in the process that runs the stage."""
+        ...
+
+    def process(self, batch: Any) -> Any:
+        """One typed batch in, the next typed batch out."""
+        ...
+
+    def teardown(self) -> None:
+        ...
+
+
+# --------------------------------------------------------------------------------------- validate
+class ValidateStage:
+    """Raw records -> validated samples and rejections (`curator.validate`: the only place)."""
+
+    name = "validate"
+
+    def __init__(self, limits: Limits, resources: Resources = Resources()) -> None:
+        self.limits = limits
+        self.resources = resources
+
+    def setup(self) -> None:
+        return None
+
+    def process(self, batch: RawBatch) -> ValidBatch:
+        return validate_batch(batch, self.limits)
+
+    def teardown(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ embed
+@dataclass(frozen=True)
+class EmbedInfo:
+    model_id: str
+    image_dim: int | None
+    text_dim: int | None
+
+
+def embedding_rejections(samples: pa.Table, errors: dict[int, str]) -> list[Rejection]:
+    """Rejections, at their positions, for the rows an embedder could not embed (in row order)."""
+    out = []
+    for j in sorted(errors):
+        row = samples.slice(j, 1).select(["id", "source", "partition", "offset"]).to_pylist()[0]
+        out.append(Rejection(Position(row["source"], row["partition"], row["offset"]), errors[j], row["id"]))
+    return out
+
+
+class EmbedStage:
+    """Validated samples -> their embeddings; rows that cannot be embedded become rejections."""
+
+    name = "embed"
+
+    def __init__(self, embedder: Embedder, resources: Resources = Resources(cpus=1.0)) -> None:
+        self.embedder = embedder
+        self.resources = resources
+
+    def setup(self) -> EmbedInfo:
+        self.embedder.setup()
+        return EmbedInfo(self.embedder.model_id, self.embedder.image_dim, self.embedder.text_dim)
+
+    def process(self, batch: ValidBatch) -> EmbeddedBatch:
+        e = self.embedder
+        if batch.embedding_dim and isinstance(e, PrecomputedEmbedder) and e.image_dim is None:
+            e.setup(batch.embedding_dim)  # the stream's dimension, so parallel embedders agree
+        samples, rejects = batch.samples, list(batch.rejects)
+        emb = e.embed(samples) if samples.num_rows else None
+        if emb is not None and emb.errors:
+            rejects.extend(embedding_rejections(samples, emb.errors))
+            good = np.setdiff1d(np.arange(samples.num_rows), np.asarray(sorted(emb.errors)))
+            samples = samples.take(pa.array(good, pa.int64()))
+            emb = emb.take(good)
+        return EmbeddedBatch(samples, emb, rejects, batch.positions, batch.items, e.model_id, batch.trusted)
+
+    def teardown(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- select
+class SelectStage:
+    """Embedded samples -> one decision each (InfoGrowth) and the curated rows; owns the index."""
+
+    name = "select"
+
+    def __init__(self, cfg: RunConfig, text_embedder: Embedder | None = None,
+                 resources: Resources = Resources(cpus=1.0)) -> None:
+        self.cfg = cfg
+        self.resources = resources
+        self.fingerprint = cfg.fingerprint()
+        self._text_embedder = text_embedder  # only a recaption hook needs it: loaded on first use
+        self.selector: InfoGrowthSelector | None = None
+
+    def setup(self) -> None:
+        self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
+                                           text_embed=self._embed_texts)
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        if self._text_embedder is None:
+            self._text_embedder = build_embedder(self.cfg.embedder)
+        self._text_embedder.setup()
+        return self._text_embedder.embed_texts(texts)
+
+    @property
+    def index_size(self) -> int:
+        return len(self.selector) if self.selector is not None else 0
+
+    @property
+    def index_dim(self) -> int | None:
+        sel = self.selector
+        return sel.indexes["image"].dim if sel is not None and "image" in sel.indexes else None
+
+    def process(self, batch: EmbeddedBatch) -> SelectedBatch:
+        sel = self.selector
+        assert sel is not None, "call setup() first"
+        sel.model_id = batch.model_id
+        decisions, kept = [], None
+        if batch.samples.num_rows:
+            assert batch.emb is not None
+            s = (sel.bootstrap if batch.trusted else sel.select)(batch.samples, batch.emb)
+            decisions.append(s.decisions)
+            kept = kept_table(batch.samples, batch.emb, s, self.cfg.store.store_images)
+        if batch.rejects:
+            decisions.append(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint))
+        table = pa.concat_tables(decisions) if decisions else rejection_decisions([], "", "")
+        return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted)
+
+    # checkpoints: the selector's state goes into the manifest, its indexes into the checkpoint folder
+    def state(self) -> dict[str, Any]:
+        assert self.selector is not None
+        return self.selector.state_dict()
+
+    def save(self, directory: Path) -> None:
+        assert self.selector is not None
+        self.selector.save_indexes(directory)
+
+    def restore(self, state: dict[str, Any], directory: Path | None) -> None:
+        assert self.selector is not None
+        self.selector.load_state_dict(state)
+        if directory is not None:
+            self.selector.load_indexes(directory, state["modalities"])
+
+    def teardown(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ write
+@dataclass
+class Resume:
+    """Where a run continues from: what the write stage found in the run directory."""
+
+    out: str
+    positions: Positions
+    commit: int  # the commit resumed from (0: a new run)
+    bootstrapped: bool
+    decided: int  # items the selector has decided (bootstrap included)
+    index_size: int
+    index_dim: int | None
+
+
+class WriteStage:
+    """Selected batches -> rows staged for the next commit; `commit()` makes them durable.
+
+    A commit writes the staged Parquet parts, then the select stage's index snapshot and state,
+    then the manifest naming all of it with the source positions it covers (`StoreWriter.commit`).
+    """
+
+    name = "write"
+
+    def __init__(self, cfg: RunConfig, checkpointed: SelectStage, model_id: str, shard: int = 0,
+                 lock_timeout_s: float = 60.0, resources: Resources = Resources()) -> None:
+        self.cfg = cfg
+        self.model_id = model_id
+        self.select = checkpointed
+        self.shard = shard
+        self.lock_timeout_s = lock_timeout_s
+        self.resources = resources
+        self.positions: Positions = {}
+        self.counts: Counter[str] = Counter()
+        self.bootstrapped = False
+        self.writer: StoreWriter | None = None
+        self._lock: RunDirLock | None = None
+        self._pending = 0
+
+    def setup(self) -> Resume:
+        out = Path(self.cfg.store.out)
+        self._lock = RunDirLock(out)
+        self._lock.acquire(self.lock_timeout_s)
+        fp = self.cfg.fingerprint()
+        self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": fp}, self.shard)
+        (out / "config.toml").write_text(to_toml(self.cfg))
+        m = self.writer.manifest
+        if m["commit"] > 0:
+            self.positions = positions_from_json(m["positions"])
+            self.counts = Counter(m.get("counts") or {})
+            self.bootstrapped = bool(m.get("bootstrapped"))
+            if m.get("selector_state"):
+                self.select.restore(m["selector_state"], out / m["checkpoint"] if m.get("checkpoint") else None)
+            log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
+        sel = self.select.selector
+        return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
+                      self.bootstrapped, sel.seq if sel is not None else 0, self.select.index_size,
+                      self.select.index_dim)
+
+    def process(self, batch: SelectedBatch) -> BatchOutcome:
+        w = self.writer
+        assert w is not None, "call setup() first"
+        w.stage("decisions", batch.decisions)
+        if batch.kept is not None:
+            w.stage("kept", batch.kept)
+        if batch.rejects:
+            w.stage("quarantine", rejections_table(batch.rejects))
+        counts = Counter(batch.decisions.column("decision").to_pylist())
+        self.counts.update(counts)
+        if not batch.trusted:
+            advance(self.positions, batch.positions)
+        self._pending += batch.items
+        return BatchOutcome(batch.items, dict(counts), batch.rejects, batch.index_size, self.select.index_dim)
+
+    def pending_items(self) -> int:
+        """Items processed since the last commit (what a commit now would make durable)."""
+        return self._pending
+
+    def commit(self, bootstrapped: bool = False, extra: dict[str, Any] | None = None) -> Committed:
+        """Parts, then the index snapshot and selector state, then the manifest naming them."""
+        w = self.writer
+        assert w is not None, "call setup() first"
+        t0 = time.perf_counter()
+        self.bootstrapped = self.bootstrapped or bootstrapped
+        m = w.commit(self.positions, self.select.state(), self.select.save,
+                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts), **(extra or {})})
+        self._pending = 0
+        return Committed(int(m["commit"]), positions_from_json(m["positions"]), time.perf_counter() - t0)
+
+    def teardown(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+# ---------------------------------------------------------------------------------------- builder
+@dataclass
+class Stages:
+    """One run's stages, in data-flow order."""
+
+    validate: ValidateStage
+    embed: EmbedStage
+    select: SelectStage
+    write: WriteStage
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of stages
+        return iter((self.validate, self.embed, self.select, self.write))
+
+
+def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, shard: int = 0,
+                 lock_timeout_s: float = 60.0) -> Stages:
+    """The one builder: the stages of a run from its configuration (nothing is loaded yet)."""
+    res = resources or {}
+    limits = Limits()
+    embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)))
+    select = SelectStage(cfg, embed.embedder if cfg.selector.recaption_hook else None,
+                         res.get("select", Resources(cpus=1.0)))
+    return Stages(ValidateStage(limits, res.get("validate", Resources())), embed, select,
+                  WriteStage(cfg, select, embed.embedder.model_id, shard, lock_timeout_s,
+                             res.get("write", Resources())))
+
+
+def run_chain(stages: list[Stage] | Stages, batch: Any) -> Any:
+    """Run stages in order on one batch; the output carries each stage's wall time in `seconds`."""
+    seconds = dict(getattr(batch, "seconds", None) or {})
+    out = batch
+    for stage in stages:
+        t0 = time.perf_counter()
+        out = stage.process(out)
+        seconds[stage.name] = seconds.get(stage.name, 0.0) + time.perf_counter() - t0
+    out.seconds = seconds
+    return out

@@ -1,0 +1,316 @@
+"""The Ray executor: the same stages as the in-process loop, in actors.
+
+::
+
+    driver: submit(batch)  ->  embedder pool (StageActor[validate, embed]) x service.embed_actors
+                           ->  selector/writer (StageActor[select, write]): one, owns the index and the run
+                           <-  BatchOutcome per batch, Committed per commit, in submission order
+
+`StageActor` is the one actor class: it holds a chain of stages and runs it on each batch. The
+driver never sees the embedded batches: each embedder's result goes straight to the selector/writer
+actor, which runs its calls in submission order, so decisions follow the stream's order whatever the
+embedders' timing (`scheduler`). Commits are queued behind the batches they cover and finish the
+commit protocol (`curator.commit`) when they come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from curator.batch import BatchOutcome, RawBatch
+from curator.records import Rejection
+from curator.commit import Committed, DeadLetters, Offsets, commit
+from curator.stages import EmbedInfo, Resources, Resume, Stage, build_stages, run_chain
+from pipelines.config import ServeConfig
+from pipelines.executors.scheduler import Flight, Scheduler
+from pipelines.memory import rss_bytes
+
+log = logging.getLogger("curator.service")
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    pid: int
+    node_id: str
+    node_ip: str
+    setup: list[Any]  # what each stage's setup() returned
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What the driver learns of a batch as soon as the embedders are done with it."""
+
+    items: int
+    rejects: list[Rejection]
+    seconds: dict[str, float]
+
+
+class StageActor:
+    """A chain of stages in one process: set up once, then one batch at a time."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        self.stages = stages
+
+    def setup(self) -> ActorInfo:
+        infos = [s.setup() for s in self.stages]
+        return ActorInfo(os.getpid(), ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), infos)
+
+    def process(self, batch: Any) -> Any:
+        return run_chain(self.stages, batch)
+
+    def process_reported(self, batch: Any) -> tuple[Any, StageReport]:
+        """`process`, plus a small report for the driver (two results: the batch goes on to the next
+        actor without passing through the driver)."""
+        out = run_chain(self.stages, batch)
+        return out, StageReport(out.items, out.rejects, dict(out.seconds))
+
+    def commit(self, bootstrapped: bool = False) -> Committed:
+        """The chain's write stage makes everything processed so far durable (steps 1-3)."""
+        return self.stages[-1].commit(bootstrapped)  # type: ignore[attr-defined]
+
+    def rss(self) -> int:
+        return rss_bytes()
+
+
+def reserved(stages: list[Stage]) -> Resources:
+    """What an actor running these stages reserves: the sum of their declarations."""
+    return sum((s.resources for s in stages), Resources())
+
+
+class RayExecutor:
+    """Creates the actors and moves batches through them in stream order, within the bounds.
+
+    Single-threaded: call it from the driver loop only. ``dead_letters`` receives each batch's
+    rejections as its outcome comes back (`send`), and is flushed before offsets are committed;
+    ``offsets`` (the source) gets exactly the positions of each durable manifest.
+    """
+
+    def __init__(self, scfg: ServeConfig, metrics: Any = None, dead_letters: Any = None,
+                 offsets: Offsets | None = None) -> None:
+        self.scfg = scfg
+        self.cfg = scfg.run
+        self.metrics = metrics
+        self.dead_letters: DeadLetters | Any = dead_letters
+        self.offsets = offsets
+        self.embedders: list[Any] = []
+        self.selector: Any = None
+        self.sched: Scheduler | None = None
+        self.resume: Resume | None = None
+        self.embed_info: list[ActorInfo] = []
+        self.selector_info: ActorInfo | None = None
+        self.dim: int | None = None  # precomputed embeddings: the stream's dimension, once known
+        self.dirty = 0  # stream items sent after the last commit was requested
+        self.last_commit = time.monotonic()
+        self.heartbeat = time.monotonic()
+        self.t_first: float | None = None  # first stream batch submitted ...
+        self.t_last: float | None = None  # ... and last stream batch decided: the throughput window
+        self.items_done = 0
+        self.counts: Counter[str] = Counter()
+        self.index_size = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> Resume:
+        """Start the pool and the selector/writer actor; returns where the run resumes from."""
+        s = self.scfg.service
+        stages = build_stages(self.cfg, {"embed": Resources(s.embed_num_cpus, s.embed_num_gpus),
+                                         "select": Resources(s.selector_num_cpus)},
+                              lock_timeout_s=max(30.0, 2 * self.scfg.kafka.session_timeout_ms / 1000))
+        pool_stages: list[Stage] = [stages.validate, stages.embed]
+        sel_stages: list[Stage] = [stages.select, stages.write]
+        r = reserved(pool_stages)
+        emb_cls = ray.remote(StageActor).options(num_cpus=r.cpus, num_gpus=r.gpus, max_restarts=3,
+                                                 max_task_retries=3)
+        self.embedders = [emb_cls.remote(pool_stages) for _ in range(s.embed_actors)]
+        self.embed_info = ray.get([a.setup.remote() for a in self.embedders])
+        e0: EmbedInfo = self.embed_info[0].setup[1]
+        log.info("embedder pool: %d x %s (%s CPU, %s GPU each)", len(self.embedders), e0.model_id, r.cpus, r.gpus)
+        # The selector/writer lives on the driver's node, so the run directory is where the logs say.
+        here = ray.get_runtime_context().get_node_id()
+        pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)
+        r = reserved(sel_stages)
+        sel_cls = ray.remote(StageActor).options(num_cpus=r.cpus, scheduling_strategy=pin, max_restarts=0)
+        self.selector = sel_cls.remote(sel_stages)
+        self.selector_info = ray.get(self.selector.setup.remote())
+        self.resume = self.selector_info.setup[1]
+        self.index_size = self.resume.index_size
+        if self.cfg.embedder.kind == "precomputed":
+            self.dim = s.embedding_dim or self.resume.index_dim
+        self.sched = Scheduler(len(self.embedders), self.scfg.inflight() + s.max_selector_queue,
+                               s.max_inflight_mb * 2**20)
+        return self.resume
+
+    def actor_pids(self) -> dict[str, int]:
+        """Local actor processes (same node as the driver), for the memory bound and metrics."""
+        here = ray.get_runtime_context().get_node_id()
+        out = {}
+        if self.selector_info is not None and self.selector_info.node_id == here:
+            out["selector"] = self.selector_info.pid
+        for i, e in enumerate(self.embed_info):
+            if e.node_id == here:
+                out[f"embedder-{i}"] = e.pid
+        return out
+
+    def shutdown(self) -> None:
+        for a in [*self.embedders, self.selector]:
+            if a is not None:
+                ray.kill(a, no_restart=True)
+        self.embedders, self.selector = [], None
+
+    # --- flow -----------------------------------------------------------------------
+    def room(self) -> bool:
+        assert self.sched is not None
+        if self.cfg.embedder.kind == "precomputed" and self.dim is None and not self.sched.idle():
+            return False  # the first batch fixes the stream's dimension; the pool must agree on it
+        return self.sched.room()
+
+    def idle(self) -> bool:
+        return self.sched is None or self.sched.idle()
+
+    def queued_items(self) -> tuple[int, int]:
+        """(items waiting for or in an embedder, items embedded and waiting for the selector)."""
+        assert self.sched is not None
+        emb = sum(f.items for f in self.sched.queue if f.kind == "batch" and f.report_ref is not None)
+        return emb, self.sched.items() - emb
+
+    def submit(self, batch: RawBatch, trusted: bool = False) -> None:
+        """Send one batch (in stream order) to the least-loaded embedder, then on to the selector."""
+        assert self.sched is not None
+        batch.trusted = trusted
+        batch.embedding_dim = self.dim
+        i = self.sched.pick()
+        embedded, report = self.embedders[i].process_reported.options(num_returns=2).remote(batch)
+        ref = self.selector.process.remote(embedded)
+        self.sched.add(Flight(ref, "batch", len(batch), batch.nbytes(), trusted, worker=i, report_ref=report))
+        if not trusted:
+            self.dirty += len(batch)
+            if self.t_first is None:
+                self.t_first = time.monotonic()
+            if self.dirty >= self.cfg.store.commit_every:
+                self.request_commit()
+
+    def request_commit(self, bootstrapped: bool = False) -> None:
+        """Commit what the selector has been sent so far (the commit queues behind it on the actor)."""
+        assert self.sched is not None
+        self.dirty = 0
+        self.sched.add(Flight(self.selector.commit.remote(bootstrapped), "commit"))
+
+    def pump(self, timeout_s: float = 0.0) -> bool:
+        """Handle whatever is ready; if nothing was and something is in flight, wait up to `timeout_s`."""
+        assert self.sched is not None
+        self.heartbeat = time.monotonic()
+        moved = self._advance()
+        if not moved and timeout_s > 0 and not self.sched.idle():
+            self.sched.wait(timeout_s)
+            moved = self._advance()
+        return moved
+
+    def _advance(self) -> bool:
+        assert self.sched is not None
+        moved = False
+        for f in self.sched.embedded():
+            self._on_report(f)
+            moved = True
+        while (f := self.sched.pop_ready()) is not None:
+            moved = True
+            if f.report_ref is not None:  # before anything after it: a commit flushes its dead letters
+                self._on_report(f)
+            result = ray.get(f.ref)
+            if f.kind == "commit":
+                self._on_commit(result)
+            else:
+                self._on_outcome(result, f)
+        return moved
+
+    def _on_report(self, f: Flight) -> None:
+        """A batch left the embedders: its rejections go to the dead-letter sink now (flushed before
+        the offsets of the commit that covers them)."""
+        r: StageReport = ray.get(f.report_ref)
+        f.report_ref = None
+        if r.rejects:
+            if self.dead_letters is not None:
+                self.dead_letters.send(r.rejects)
+            if self.metrics is not None:
+                self.metrics.dead_letters.inc(len(r.rejects))
+        if self.metrics is not None:
+            for stage, secs in r.seconds.items():
+                self.metrics.batch_seconds.labels(stage).observe(secs)
+
+    def _on_outcome(self, out: BatchOutcome, f: Flight) -> None:
+        m = self.metrics
+        if not f.trusted:
+            self.items_done += out.items
+            self.t_last = time.monotonic()
+        if self.dim is None and self.cfg.embedder.kind == "precomputed" and out.index_dim:
+            self.dim = out.index_dim
+        self.counts.update(out.counts)
+        self.index_size = out.index_size
+        if m is not None:
+            for d, n in out.counts.items():
+                m.items_out.labels(d).inc(n)
+            for stage in ("select", "write"):
+                m.batch_seconds.labels(stage).observe(out.seconds.get(stage, 0.0))
+            m.batch_seconds.labels("end_to_end").observe(time.perf_counter() - f.t0)
+            m.index_size.set(self.index_size)
+
+    def _on_commit(self, done: Committed) -> None:
+        commit(lambda: done, self.dead_letters, self.offsets)  # steps 4-5 of the protocol
+        self.last_commit = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.commits.inc()
+            self.metrics.batch_seconds.labels("commit").observe(done.seconds)
+            self.metrics.last_commit.set(time.time())
+        log.info("commit %s durable (%d items decided by this run)", done.commit, sum(self.counts.values()))
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything submitted has been decided (and its commits handled)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.idle():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self.pump(0.2)
+        return True
+
+    def commit_now(self) -> None:
+        """Drain, then commit if anything is uncommitted (a final or revoke-time commit)."""
+        self.drain()
+        if self.dirty:
+            self.request_commit()
+            self.drain()
+
+    def maybe_commit_by_time(self) -> None:
+        assert self.sched is not None
+        every = self.scfg.service.commit_interval_s
+        if every > 0 and self.dirty and time.monotonic() - self.last_commit >= every \
+                and not any(f.kind == "commit" for f in self.sched.queue):
+            self.request_commit()
+
+    def throughput(self) -> tuple[int, float]:
+        """(stream items decided, seconds from the first one sent to the last one decided)."""
+        if self.t_first is None or self.t_last is None:
+            return self.items_done, 0.0
+        return self.items_done, self.t_last - self.t_first
+
+    def bootstrap(self, batches: Iterator[RawBatch], stop: threading.Event) -> int:
+        """Trusted items through the same graph, then the bootstrap commit (once per run directory)."""
+        n = 0
+        for b in batches:
+            while not self.room():
+                self.pump(0.05)
+            if stop.is_set():
+                return -1
+            self.submit(b, trusted=True)
+            n += len(b)
+            self.pump()
+        self.drain()
+        self.request_commit(bootstrapped=True)
+        self.drain()
+        return n

@@ -1,0 +1,103 @@
+"""Bounded in-flight work, leaving in stream order: the Ray executor's only scheduling decision.
+
+Batches are submitted in stream order; each goes to the least-loaded embedder actor and straight on
+to the selector/writer actor (an actor runs its calls in submission order, so the selector sees the
+stream's order whatever the embedders' timing). What is in flight is bounded by batches and by
+bytes; results are handed back strictly in submission order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+
+@dataclass
+class Flight:
+    """One call in flight: a batch through the graph, or a commit queued behind the batches."""
+
+    ref: Any  # the selector/writer actor's result
+    kind: str  # "batch" | "commit"
+    items: int = 0
+    nbytes: int = 0
+    trusted: bool = False
+    t0: float = 0.0
+    worker: int = -1  # the embedder actor it went to
+    report_ref: Any = None  # the embedder's report on it (`StageActor.process_reported`), until handled
+
+
+class Scheduler:
+    def __init__(self, workers: int, max_batches: int, max_bytes: int = 0) -> None:
+        self.max_batches = max(1, max_batches)
+        self.max_bytes = max_bytes
+        self.queue: deque[Flight] = deque()
+        self.load = [0] * workers  # batches each embedder still has to embed
+        self._rr = 0
+        self.batches = 0
+        self.nbytes = 0
+
+    def room(self) -> bool:
+        if self.batches >= self.max_batches:
+            return False
+        return not self.max_bytes or self.nbytes < self.max_bytes or self.batches == 0
+
+    def idle(self) -> bool:
+        return not self.queue
+
+    def pick(self) -> int:
+        """The least-loaded embedder (round robin among equals)."""
+        n = len(self.load)
+        i = min(range(n), key=lambda j: (self.load[j], (j - self._rr) % n))
+        self._rr = (i + 1) % n
+        return i
+
+    def add(self, f: Flight) -> None:
+        f.t0 = f.t0 or time.perf_counter()
+        if f.kind == "batch":
+            self.batches += 1
+            self.nbytes += f.nbytes
+            if f.worker >= 0:
+                self.load[f.worker] += 1
+        self.queue.append(f)
+
+    def embedded(self) -> list[Flight]:
+        """Batches whose embedder has just finished (in any order): their reports can be read now."""
+        pending = [f for f in self.queue if f.report_ref is not None]
+        if not pending:
+            return []
+        done, _ = ray.wait([f.report_ref for f in pending], num_returns=len(pending), timeout=0)
+        done_set = set(done)
+        out = [f for f in pending if f.report_ref in done_set]
+        for f in out:
+            self.load[f.worker] -= 1
+        return out
+
+    def pop_ready(self) -> Flight | None:
+        """The oldest call, if its result is ready (results leave in submission order); read the
+        reports of `embedded()` first."""
+        if not self.queue:
+            return None
+        done, _ = ray.wait([self.queue[0].ref], num_returns=1, timeout=0)
+        if not done:
+            return None
+        f = self.queue.popleft()
+        if f.kind == "batch":
+            self.batches -= 1
+            self.nbytes -= f.nbytes
+            if f.report_ref is not None:  # done, but not seen by `embedded()` yet: the caller reads it now
+                self.load[f.worker] -= 1
+        return f
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the oldest call (or an embedder) finishes, or `timeout_s`."""
+        refs = [self.queue[0].ref] if self.queue else []
+        refs += [f.report_ref for f in self.queue if f.report_ref is not None]
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=timeout_s, fetch_local=False)
+
+    def items(self, kind: str = "batch", trusted: bool | None = None) -> int:
+        return sum(f.items for f in self.queue if f.kind == kind and (trusted is None or f.trusted == trusted))
