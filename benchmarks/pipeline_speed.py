@@ -13,8 +13,9 @@ broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder 
    `curator serve` (a subprocess joining this Ray) from the first item sent into the graph to the
    last item decided (the service logs this window). Target: service / embed-only >= 0.9.
 3. **burst**: a fresh service on a fresh topic; records are produced at half the service's measured
-   rate for `--steady-s`, then at 10x that rate for `--burst-s`; the resident memory of the service
-   (driver + actors, from its /metrics) is sampled every 0.25 s. Target: the peak stays within
+   rate for `--steady-s`, then at 10x that rate for `--burst-s`; the memory the service uses
+   (PSS of the driver + actors, from its /metrics) is sampled every 0.25 s -- once on a quiet
+   machine, once with `--contend` busy processes beside it. Target: the peak stays within
    ``service.memory_limit_mb`` (the backlog waits in Kafka, not in memory).
 
 Images are the scikit-learn digits upscaled to --image-size pixels (PNG), so decoding is real work.
@@ -219,6 +220,21 @@ class Service:
                 if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{"))]
         return sum(vals) if vals else None
 
+    def metrics(self, port: int, name: str) -> dict[str, float]:
+        """One labelled metric's values by its (single) label's value."""
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            m = re.match(rf'{re.escape(name)}{{\w+="([^"]*)"}} (\S+)$', line)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+
     def wait(self, timeout_s: float) -> int:
         rc = self.proc.wait(timeout_s)
         self._log.close()
@@ -269,20 +285,41 @@ def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[s
     return {"items": n, "seconds": secs, "items_per_s": n / secs}
 
 
+class CpuHogs:
+    """Busy processes that keep the cores occupied (the contended case: another job on the machine)."""
+
+    def __init__(self, n: int) -> None:
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
-                 work: Path, rate: float) -> dict[str, float]:
+                 work: Path, rate: float, hogs: int = 0) -> dict[str, Any]:
     topic = broker.topic(args.partitions)
-    svc = Service(serve_toml(args, work / "burst-run", broker, topic, address, bounded=False), work, "burst")
+    name = f"burst-{hogs}"
+    svc = Service(serve_toml(args, work / f"{name}-run", broker, topic, address, bounded=False), work, name)
     port = svc.port()
     samples: list[tuple[float, str, float]] = []
+    per_process: dict[str, float] = {}
     phase = ["startup"]
     stop = threading.Event()
 
+    rss_total: list[tuple[str, float]] = []
+
     def sample() -> None:
         while not stop.is_set():
-            v = svc.metric(port, 'curator_resident_memory_bytes{process="total"}')
-            if v:
-                samples.append((time.monotonic(), phase[0], v))
+            for proc, v in svc.metrics(port, "curator_memory_pss_bytes").items():
+                if proc == "total":
+                    samples.append((time.monotonic(), phase[0], v))
+                elif phase[0] != "startup":
+                    per_process[proc] = max(per_process.get(proc, 0.0), v)
+            rss = svc.metrics(port, "curator_resident_memory_bytes").get("total")
+            if rss:
+                rss_total.append((phase[0], rss))
             time.sleep(0.25)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -291,6 +328,7 @@ def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[st
         if time.monotonic() > deadline or svc.proc.poll() is not None:
             raise RuntimeError(f"service not ready:\n{svc.log()[-3000:]}")
         time.sleep(0.2)
+    cpu = CpuHogs(hogs)
     phase[0] = "steady"
     sent = produce(broker, topic, records, args.partitions, rate=rate, seconds=args.steady_s)
     phase[0] = "burst"
@@ -308,14 +346,17 @@ def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[st
     gaps = svc.metric(port, "curator_source_offset_gaps_total") or 0
     time.sleep(1.0)
     stop.set()
+    cpu.close()
     svc.proc.send_signal(signal.SIGTERM)
     if svc.wait(300) != 0:
         raise RuntimeError(f"service did not drain:\n{svc.log()[-3000:]}")
     peak = {ph: max((v for _, p, v in samples if p == ph), default=0.0) for ph in ("steady", "burst", "catch-up")}
     return {"sent": sent, "lost_to_retention": gaps, "steady_rate": rate, "burst_rate": 10 * rate, "burst_send_s": burst_send_s,
-            "rss_steady_mb": peak["steady"] / 2**20, "rss_burst_mb": peak["burst"] / 2**20,
-            "rss_catchup_mb": peak["catch-up"] / 2**20,
-            "rss_peak_mb": max(peak.values()) / 2**20, "bound_mb": float(args.memory_limit_mb)}
+            "pss_steady_mb": peak["steady"] / 2**20, "pss_burst_mb": peak["burst"] / 2**20,
+            "pss_catchup_mb": peak["catch-up"] / 2**20,
+            "pss_peak_mb": max(peak.values()) / 2**20, "bound_mb": float(args.memory_limit_mb),
+            "pss_peak_per_process_mb": {k: v / 2**20 for k, v in sorted(per_process.items())}, "cpu_hogs": hogs,
+            "rss_sum_peak_mb": max((v for p, v in rss_total if p != "startup"), default=0.0) / 2**20}
 
 
 def main() -> None:
@@ -336,6 +377,8 @@ def main() -> None:
                     help="(librdkafka's mock cluster keeps only ~5 MB per partition: a longer burst of 3 KB "
                          "messages overflows it and the oldest unread messages are deleted)")
     ap.add_argument("--skip-burst", action="store_true")
+    ap.add_argument("--contend", type=int, default=2,
+                    help="busy processes beside the service in the contended burst (0 = only the quiet one)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -365,19 +408,29 @@ def main() -> None:
         print(f"{'ratio service / embed-only pool (target 0.9)':<44} | {ratio:>9.2f}")
         print(f"{'ratio service / one embedder':<44} | {sv['items_per_s'] / eo['inprocess_items_per_s']:>9.2f}")
         if not args.skip_burst:
-            b = burst_memory(args, broker, records, address, work, rate=0.5 * sv["items_per_s"])
-            results["burst"] = b
-            ok = b["rss_peak_mb"] <= b["bound_mb"]
-            print(f"\nburst: {b['steady_rate']:.0f} items/s for {args.steady_s:.0f}s, then {b['burst_rate']:.0f}/s "
-                  f"for {args.burst_s:.0f}s ({b['sent']} items; {b['lost_to_retention']:.0f} deleted by the broker's "
-                  "retention before they were read)")
-            print(f"{'resident memory (driver + actors)':<44} | {'MB':>9}")
-            print(f"{'-' * 44}-|-{'-' * 9}")
-            for key, label in (("rss_steady_mb", "peak, steady rate"), ("rss_burst_mb", "peak, 10x burst"),
-                               ("rss_catchup_mb", "peak, catching up on the backlog"),
-                               ("bound_mb", "configured bound (service.memory_limit_mb)")):
-                print(f"{label:<44} | {b[key]:>9.0f}")
-            print(f"{'within the bound':<44} | {'yes' if ok else 'NO':>9}")
+            cases = [("quiet", 0), ("contended", args.contend)] if args.contend else [("quiet", 0)]
+            bursts = {name: burst_memory(args, broker, records, address, work, rate=0.5 * sv["items_per_s"],
+                                         hogs=hogs) for name, hogs in cases}
+            results["burst"] = bursts
+            b0 = bursts["quiet"]
+            print(f"\nburst: {b0['steady_rate']:.0f} items/s for {args.steady_s:.0f}s, then {b0['burst_rate']:.0f}/s "
+                  f"for {args.burst_s:.0f}s ({b0['sent']} items); contended: {args.contend} busy processes beside "
+                  "the service")
+            names = list(bursts)
+            print(f"{'memory in use (PSS, driver + actors), MB':<44} | " + " | ".join(f"{n:>9}" for n in names))
+            print(f"{'-' * 44}-|-" + "-|-".join("-" * 9 for _ in names))
+            for key, label in (("pss_steady_mb", "peak, steady rate"), ("pss_burst_mb", "peak, 10x burst"),
+                               ("pss_catchup_mb", "peak, catching up on the backlog"),
+                               ("bound_mb", "configured bound (service.memory_limit_mb)"),
+                               ("rss_sum_peak_mb", "for reference: peak sum of RSS (shared pages "
+                                                   "counted per process)"),
+                               ("lost_to_retention", "items deleted by retention unread")):
+                print(f"{label:<44} | " + " | ".join(f"{bursts[n][key]:>9.0f}" for n in names))
+            for proc in b0["pss_peak_per_process_mb"]:
+                print(f"{'  peak PSS of ' + proc:<44} | " + " | ".join(
+                    f"{bursts[n]['pss_peak_per_process_mb'].get(proc, 0):>9.0f}" for n in names))
+            print(f"{'within the bound':<44} | " + " | ".join(
+                f"{'yes' if bursts[n]['pss_peak_mb'] <= bursts[n]['bound_mb'] else 'NO':>9}" for n in names))
     finally:
         broker.close()
         ray.shutdown()

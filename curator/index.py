@@ -28,13 +28,33 @@ def gpu_count() -> int:
     return int(get()) if get else 0
 
 
+class IdColumn:
+    """Row -> id of an index, read-only, backed by Arrow (a Python list of 10M strings weighs ~700 MB)."""
+
+    def __init__(self, arr: pa.ChunkedArray) -> None:
+        self.arrow = arr
+
+    def __len__(self) -> int:
+        return len(self.arrow)
+
+    def __getitem__(self, row: int) -> str:
+        return self.arrow[int(row)].as_py()
+
+    def take(self, rows: np.ndarray) -> list[str]:
+        return self.arrow.take(pa.array(np.asarray(rows, np.int64))).to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdColumn) and self.arrow.equals(other.arrow)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class VectorIndex:
     def __init__(self, dim: int, cfg: IndexConfig | None = None) -> None:
         self.dim = int(dim)
         self.cfg = cfg or IndexConfig()
-        self._labels: list[np.ndarray] = []
-        self._labels_cache: np.ndarray | None = np.zeros(0, dtype=np.int64)
-        self.ids: list[str] = []
+        self._labels = np.zeros(1024, np.int64)  # row -> vote label (-1: none); grown by doubling
+        self._ids: list[pa.Array] = []  # row -> id, as Arrow string chunks (not Python objects)
         self._trained_ivf = False
         self._gpu_res = None
         self.on_gpu = False
@@ -84,10 +104,22 @@ class VectorIndex:
 
     @property
     def labels(self) -> np.ndarray:
-        if self._labels_cache is None:
-            self._labels_cache = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
-            self._labels = [self._labels_cache]
-        return self._labels_cache
+        """Vote label per row (-1: none)."""
+        return self._labels[: len(self)]
+
+    def labels_of(self, rows: np.ndarray) -> np.ndarray:
+        """Labels of search results (-1 where a row is -1, i.e. padding)."""
+        return np.where(rows >= 0, self._labels[np.maximum(rows, 0)], -1)
+
+    @property
+    def ids(self) -> IdColumn:
+        if len(self._ids) > 64:
+            self._ids = [pa.concat_arrays(self._ids)]
+        return IdColumn(pa.chunked_array(self._ids, pa.string()))
+
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        """Ids of these rows."""
+        return self.ids.take(rows)
 
     def add(self, vectors: np.ndarray, ids: list[str], labels: np.ndarray | None = None) -> None:
         """Insert accepted items; `labels` uses -1 for unlabelled."""
@@ -99,10 +131,14 @@ class VectorIndex:
         if len(x) == 0:
             return
         lab = np.full(len(x), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        n0 = len(self)
         self.index.add(x)
-        self.ids.extend(ids)
-        self._labels.append(lab)
-        self._labels_cache = None
+        self._ids.append(pa.array(ids, pa.string()))
+        if len(self._labels) < n0 + len(x):
+            grown = np.zeros(max(2 * len(self._labels), n0 + len(x)), np.int64)
+            grown[:n0] = self._labels[:n0]
+            self._labels = grown
+        self._labels[n0: n0 + len(x)] = lab
         if self.cfg.kind == "ivf" and not self._trained_ivf and len(self) >= self.cfg.ivf_train_size:
             self._train_ivf()
 
@@ -137,8 +173,7 @@ class VectorIndex:
         d.mkdir(parents=True, exist_ok=True)
         cpu = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
         faiss.write_index(cpu, str(d / "index.faiss"))
-        pq.write_table(pa.table({"id": pa.array(self.ids, pa.string()), "label": pa.array(self.labels)}),
-                       d / "items.parquet")
+        pq.write_table(pa.table({"id": self.ids.arrow, "label": pa.array(self.labels)}), d / "items.parquet")
         (d / "index.json").write_text(json.dumps({"dim": self.dim, "kind": self.cfg.kind,
                                                   "trained_ivf": self._trained_ivf, "ntotal": len(self)}))
         for name in ("index.faiss", "items.parquet", "index.json"):
@@ -158,10 +193,9 @@ class VectorIndex:
         self.index = self._maybe_gpu(cpu)
         self._trained_ivf = bool(meta["trained_ivf"])
         items = pq.read_table(d / "items.parquet")
-        self.ids = items.column("id").to_pylist()
-        self._labels = [items.column("label").to_numpy().astype(np.int64)]
-        self._labels_cache = None
-        if len(self.ids) != len(self) or len(self.ids) != meta["ntotal"]:
+        self._ids = [items.column("id").combine_chunks().cast(pa.string())]
+        self._labels = items.column("label").to_numpy().astype(np.int64)
+        if items.num_rows != len(self) or items.num_rows != meta["ntotal"]:
             raise RuntimeError(f"index snapshot in {d} is inconsistent: {len(self)} vectors, "
-                               f"{len(self.ids)} ids; restore from an earlier checkpoint")
+                               f"{items.num_rows} ids; restore from an earlier checkpoint")
         return self

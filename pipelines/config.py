@@ -88,8 +88,8 @@ class ServiceConfig:
                                        "(0 = by count only)")
     max_buffered_items: int = setting(0, "items read from the source but not yet sent to the embedders "
                                     "(0 = 4 x [source] batch_size); past its share, a partition's tail is re-read later")
-    memory_limit_mb: int = setting(0, "pause the consumer while the service's resident memory (driver and actors) "
-                                 "is above this (0 = no limit)")
+    memory_limit_mb: int = setting(0, "pause the consumer while the memory the service uses (PSS of the driver and "
+                                      "the actors on its node) is above this (0 = no limit)")
     commit_interval_s: float = setting(10.0, "commit at least this often while items arrive, even before "
                                         "[store] commit_every items (0 = only by count)")
     embedding_dim: int = setting(0, "precomputed embeddings: their dimension (0 = from the checkpoint, else the "

@@ -1,4 +1,12 @@
-"""Resident memory of the service's processes, and the bound that pauses input above a limit."""
+"""Memory of the service's processes, and the bound that pauses input above a limit.
+
+The bound counts each process's *proportional* set size (PSS): a page shared by several processes --
+the object store's shared memory, which every process that reads or writes an object maps, and the
+libraries (torch) the actors share -- counts once across them, as it does for the machine (and for
+a container's memory limit). Summing resident sizes (RSS) counts it once per process: a sum that
+grows with every object-store page a process has touched and has little to do with memory in use.
+Both are exported; the bound uses PSS (RSS where the kernel has no smaps_rollup).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +36,20 @@ def rss_bytes(pid: int | None = None) -> int:
         return 0
 
 
+def pss_bytes(pid: int | None = None) -> int:
+    """Proportional set size of a process; its RSS where /proc has no smaps_rollup (not Linux >= 4.14)."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_bytes(pid)
+
+
 class MemoryBound:
-    """Resident memory of the driver and the actors on its node against a limit (read 4x a second).
+    """Memory (PSS) of the driver and the actors on its node against a limit, read 4x a second.
 
     `over()` tells the driver to stop reading input; the backlog then waits in the source.
     """
@@ -50,15 +70,19 @@ class MemoryBound:
         self._t = now
         if not self._pids:
             self._pids = self._pids_of()
-        per = {"driver": rss_bytes(), **{name: rss_bytes(pid) for name, pid in self._pids.items()}}
-        self.total = sum(per.values())
+        pids = {"driver": os.getpid(), **self._pids}
+        pss = {name: pss_bytes(pid) for name, pid in pids.items()}
+        self.total = sum(pss.values())
         if self.metrics is not None:
-            for name, v in per.items():
-                self.metrics.rss.labels(name).set(v)
-            self.metrics.rss.labels("total").set(self.total)
+            rss = {name: rss_bytes(pid) for name, pid in pids.items()}
+            for name in pids:
+                self.metrics.rss.labels(name).set(rss[name])
+                self.metrics.pss.labels(name).set(pss[name])
+            self.metrics.rss.labels("total").set(sum(rss.values()))
+            self.metrics.pss.labels("total").set(self.total)
         over = bool(self.limit) and self.total > self.limit
         if over and not self._over:
-            log.warning("resident memory %.0f MB is over service.memory_limit_mb=%d: pausing input",
+            log.warning("memory in use (PSS) %.0f MB is over service.memory_limit_mb=%d: pausing input",
                         self.total / 2**20, self.limit // 2**20)
         self._over = over
         return over

@@ -54,8 +54,12 @@ class Metrics:
         self.commits = Counter("curator_commits", "Checkpoints (manifests) made durable", registry=r)
         self.last_commit = Gauge("curator_last_commit_timestamp_seconds", "Time of the last durable commit",
                                  registry=r)
-        self.rss = Gauge("curator_resident_memory_bytes", "Resident memory per process of the service "
-                         "(driver, selector, embedder-N, total)", ["process"], registry=r)
+        self.rss = Gauge("curator_resident_memory_bytes", "Resident memory (RSS) per process of the service "
+                         "(driver, selector, embedder-N, total: shared pages counted once per process)", ["process"],
+                         registry=r)
+        self.pss = Gauge("curator_memory_pss_bytes", "Proportional set size per process (driver, selector, "
+                         "embedder-N, total: shared pages counted once); service.memory_limit_mb bounds the total",
+                         ["process"], registry=r)
         self.ready = Gauge("curator_ready", "1 when the service accepts input (resumed, bootstrapped, not "
                            "draining)", registry=r)
 

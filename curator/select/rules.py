@@ -1,141 +1,190 @@
-"""The selection rules and the reasons they give, as small pure functions over one item's scores.
+"""The selection rules as small pure functions over one item's scores (compiled with numba).
 
-The selector first computes an item's scores (alignment, the neighbour vote, gain, nearest
-similarity); each rule below turns scores into a verdict, and each reason function turns a
-verdict into the text a person reads in the decisions table. Nothing here holds state, so each
-rule is testable alone and the selector's loop only orders them (ALGORITHMS.md section 1).
+The selector first gathers an item's scores -- alignment, the neighbour vote, gain, nearest
+similarity -- and each rule below turns scores into a verdict; `curator.select.reasons` turns a
+verdict into the text a person reads. Nothing here holds state, so each rule is testable alone and
+the selector's loop only orders them (ALGORITHMS.md section 1). The same compiled functions serve
+the fast loop (`curator.select.kernel`) and the plainly written reference loop the tests keep as
+the oracle, so the two cannot differ in arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import numpy as np
+from numba import njit
+
+#: label_rule verdicts
+LABEL_OK, LABEL_RELABEL, LABEL_DROP = 0, 1, 2
 
 
-# --- scores -------------------------------------------------------------------------------------
-def vote_weights(sims: np.ndarray, temperature: float) -> np.ndarray:
-    """Neighbour vote weights: softmax(sim / T), or the clipped similarity itself when T = 0.
+@njit(cache=True)
+def _block_sum(a: np.ndarray, start: int, n: int) -> float:
+    """numpy's pairwise summation of up to 128 values (its unrolled base case)."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[start + i]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+        r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+        i = 8
+        while i < n - (n % 8):
+            r0 += a[start + i]
+            r1 += a[start + i + 1]
+            r2 += a[start + i + 2]
+            r3 += a[start + i + 3]
+            r4 += a[start + i + 4]
+            r5 += a[start + i + 5]
+            r6 += a[start + i + 6]
+            r7 += a[start + i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[start + i]
+            i += 1
+        return res
+    return 0.0  # not reached: callers split longer runs
 
-    With raw CLIP or pixel cosines every neighbour sits at 0.7-0.95, so linear weights are
-    nearly uniform; a temperature lets the closest neighbours decide.
-    """
-    s = sims.astype(np.float64)
+
+@njit(cache=True)
+def pairwise_sum(a: np.ndarray, start: int, n: int) -> float:
+    """numpy's pairwise summation of a[start:start+n] (the same additions in the same order, so the
+    same float result): halves rounded to a multiple of 8 down to runs of 128, summed bottom-up
+    without recursion (compiled recursion does not survive numba's cache)."""
+    if n <= 128:
+        return _block_sum(a, start, n)
+    # post-order walk of numpy's recursion tree with an explicit stack
+    st_s = np.empty(64, np.int64)
+    st_n = np.empty(64, np.int64)
+    st_stage = np.empty(64, np.int64)
+    st_left = np.empty(64, np.float64)
+    top = 0
+    st_s[0], st_n[0], st_stage[0] = start, n, 0
+    result = 0.0
+    while top >= 0:
+        s0, n0, stage = st_s[top], st_n[top], st_stage[top]
+        if n0 <= 128:
+            result = _block_sum(a, s0, n0)
+            top -= 1
+            continue
+        n2 = n0 // 2
+        n2 -= n2 % 8
+        if stage == 0:  # descend left
+            st_stage[top] = 1
+            top += 1
+            st_s[top], st_n[top], st_stage[top] = s0, n2, 0
+        elif stage == 1:  # left done: keep it, descend right
+            st_left[top] = result
+            st_stage[top] = 2
+            top += 1
+            st_s[top], st_n[top], st_stage[top] = s0 + n2, n0 - n2, 0
+        else:  # both done
+            result = st_left[top] + result
+            top -= 1
+    return result
+
+
+@njit(cache=True)
+def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
+               temperature: float) -> tuple[bool, float, int, float]:
+    """The similarity-weighted vote of the first `n` neighbours that carry a label (-1: none, or a
+    corrected one): (any voted, share of the weight on `label`, the label with the most weight -- the
+    smallest on a tie --, its share). Weights are softmax(sim / T), or the clipped similarity when
+    T = 0: with raw CLIP or pixel cosines every neighbour sits at 0.7-0.95, so linear weights are
+    nearly uniform, and a temperature lets the closest neighbours decide."""
+    m = 0
+    s = np.empty(n, np.float64)
+    lv = np.empty(n, np.int64)
+    for j in range(n):
+        if labels[j] >= 0:
+            s[m] = np.float64(sims[j])
+            lv[m] = labels[j]
+            m += 1
+    if m == 0:
+        return False, 0.0, -1, 0.0
+    w = np.empty(m, np.float64)
     if temperature > 0:
-        return np.exp((s - s.max()) / temperature)
-    return np.maximum(s, 1e-6)
+        smax = s[0]
+        for j in range(1, m):
+            if s[j] > smax:
+                smax = s[j]
+        for j in range(m):
+            w[j] = math.exp((s[j] - smax) / temperature)
+    else:
+        for j in range(m):
+            w[j] = max(s[j], 1e-6)
+    total = pairwise_sum(w, 0, m)
+    order = np.argsort(lv[:m], kind="mergesort")
+    sub = np.empty(m, np.float64)
+    agreement = 0.0
+    best, best_votes = -1, -1.0
+    k = 0
+    while k < m:
+        u = lv[order[k]]
+        c = 0
+        for j in range(m):  # this label's weights, in neighbour order (as w[lv == u].sum())
+            if lv[j] == u:
+                sub[c] = w[j]
+                c += 1
+        votes = pairwise_sum(sub, 0, c)
+        if votes > best_votes:
+            best, best_votes = u, votes
+        if u == label:
+            agreement = votes / total
+        while k < m and lv[order[k]] == u:
+            k += 1
+    return True, agreement, best, best_votes / total
 
 
-@dataclass(frozen=True)
-class Vote:
-    """The similarity-weighted vote of an item's labelled neighbours."""
-
-    agreement: float  # share of the weight on the item's own label
-    best: int  # the label with the most weight (the smallest such label on a tie)
-    share: float  # that label's share
-
-
-def label_vote(sims: np.ndarray, labels: np.ndarray, label: int, temperature: float) -> Vote | None:
-    """The vote of the neighbours that carry a label (-1: no label, or a corrected one); None if none do."""
-    voted = labels >= 0
-    if not voted.any():
-        return None
-    w = vote_weights(sims[voted], temperature)
-    lv = labels[voted]
-    total = w.sum()
-    uniq = np.unique(lv)
-    votes = np.array([w[lv == u].sum() for u in uniq])
-    return Vote(float(w[lv == label].sum() / total), int(uniq[int(np.argmax(votes))]), float(votes.max() / total))
+@njit(cache=True)
+def gain_of(sims: np.ndarray, n: int, k_gain: int) -> float:
+    """Mean cosine distance to the k nearest accepted items (1 with no neighbour yet); float32 as numpy."""
+    k = min(n, k_gain)
+    if k == 0:
+        return 1.0
+    acc = np.float32(0.0)
+    one = np.float32(1.0)
+    for j in range(k):
+        acc = np.float32(acc + np.float32(one - sims[j]))
+    return float(np.float32(acc / np.float32(k)))
 
 
-def gain_of(sims: np.ndarray, k_gain: int) -> float:
-    """Mean cosine distance to the k nearest accepted items (1 with no neighbour yet)."""
-    top = sims[:k_gain]
-    return float(np.mean(1.0 - top)) if len(top) else 1.0
-
-
-def normalised_gain(gain: float, q: float | None) -> float:
+@njit(cache=True)
+def normalised_gain(gain: float, has_q: bool, q: float) -> float:
     """min(1, gain / q) with q the streaming gain quantile (1 before there is one)."""
-    return 1.0 if not q else min(1.0, gain / q)
+    if not has_q or q == 0.0:
+        return 1.0
+    return min(1.0, gain / q)
 
 
-# --- rules --------------------------------------------------------------------------------------
+@njit(cache=True)
 def misaligned(align: float, threshold: float) -> bool:
     """Caption cleaning: cos(image, text) below the threshold in force."""
     return align < threshold
 
 
-#: label_rule verdicts
-LABEL_OK, LABEL_RELABEL, LABEL_DROP = "ok", "relabel", "drop"
-
-
-def label_rule(vote: Vote, label: int, tau_noise: float, tau_relabel: float, action: str) -> str:
+@njit(cache=True)
+def label_rule(agreement: float, best: int, share: float, label: int, tau_noise: float, tau_relabel: float,
+               relabel: bool) -> int:
     """Label cleaning: keep an agreeing label; correct a disagreeing one to a confident majority
-    (when `action` is 'relabel'), else drop the item."""
-    if vote.agreement >= tau_noise:
+    (when `relabel`), else drop the item."""
+    if agreement >= tau_noise:
         return LABEL_OK
-    if action == "relabel" and vote.share >= tau_relabel and vote.best != label:
+    if relabel and share >= tau_relabel and best != label:
         return LABEL_RELABEL
     return LABEL_DROP
 
 
+@njit(cache=True)
 def duplicate(max_sim: float, eps_dup: float) -> bool:
     """Near-duplicate of an accepted item (SemDeDup's rule, online)."""
     return max_sim >= 1.0 - eps_dup
 
 
+@njit(cache=True)
 def keep_probability(gain_norm: float, mean_g: float, keep_rate: float) -> float:
     """Storage budget: keep with probability g * keep_rate / mean(g), at most 1."""
     return min(1.0, gain_norm * keep_rate / max(mean_g, 1e-9))
-
-
-# --- reasons ------------------------------------------------------------------------------------
-def reason_misaligned(align: float, threshold: float, why: str) -> str:
-    return f"caption misaligned: cos(image, text) {align:.3f} < {threshold:.3f}; {why}"
-
-
-def note_recaptioned(align: float, threshold: float, align_out: float) -> str:
-    return f"caption misaligned (cos {align:.3f} < {threshold:.3f}); recaption scores {align_out:.3f}"
-
-
-def why_not_recaptioned(has_hook: bool, proposal: str | None, align_out: float | None) -> str:
-    if not has_hook:
-        return "no recaption hook"
-    return "no recaption proposed" if proposal is None else f"recaption scores {align_out:.3f}"
-
-
-def label_base(label: int, agreement: float, tau_noise: float) -> str:
-    return f"label {label} disagrees with neighbours (agreement {agreement:.2f} < {tau_noise})"
-
-
-def note_relabelled(base: str, best: int, share: float) -> str:
-    return f"{base}; corrected to {best} (share {share:.2f})"
-
-
-def reason_label_dropped(base: str, share: float, tau_relabel: float, action: str) -> str:
-    if action == "relabel":
-        return f"{base}; no confident majority (share {share:.2f} < {tau_relabel})"
-    return f"{base}; label_action=discard"
-
-
-def note_unjudged(n_trusted: int, min_trusted: int) -> str:
-    return (f"unjudged: only {n_trusted} accepted items (< selector.min_trusted {min_trusted}); "
-            "give a trusted bootstrap")
-
-
-def reason_duplicate(dup_of: str, max_sim: float, eps_dup: float) -> str:
-    return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f})"
-
-
-def reason_budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:
-    return (f"storage budget: keep probability {keep_prob:.3f} "
-            f"(keep_rate {keep_rate}, normalised gain {gain_norm:.3f})")
-
-
-def reason_accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
-    head = "trusted bootstrap" if trusted else "clean"
-    return "; ".join([head, *notes, f"gain {gain:.4f}" if gain is not None else "no gain"])
-
-
-def with_notes(notes: list[str], reason: str) -> str:
-    return "; ".join([*notes, reason]) if notes else reason

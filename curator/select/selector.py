@@ -6,9 +6,11 @@ updated item by item (quantile sketches, the budget RNG), so decisions do not de
 on where batch boundaries fall: a Kafka run and a file run of the same stream agree,
 and a replay after a crash reproduces the same decisions.
 
-Per batch the selector searches the index once and computes the in-batch similarities once;
-per item it gathers the neighbours, computes the scores, and applies the rules of
-`curator.select.rules` in order (`_decide`).
+Per batch (`_prepare`): one index search per modality for every item, the in-batch similarity
+matrices, the alignments -- array work. Per item (`_resolve`): the compiled loop of
+`curator.select.kernel`, which merges each item's index neighbours with the batch's earlier
+accepted items and applies the rules in order. Then (`_finish`) the accepted items go into the
+index and the decisions table is built from the per-item scores.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import importlib
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import curator.select.rules as rules
+import curator.select.kernel as kern
+import curator.select.reasons as reasons
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
 from curator.index import VectorIndex
@@ -33,6 +36,15 @@ from curator.records import DECISION_SCHEMA, KEPT_DECISIONS, Decision
 from curator.select.sketch import StreamingQuantile
 
 log = logging.getLogger(__name__)
+
+MODALITIES = ("image", "text")
+#: Decision by the kernel's code (curator.select.kernel: KEPT .. DROPPED_BY_BUDGET)
+DECISIONS = (Decision.KEPT, Decision.RELABELLED, Decision.RECAPTIONED, Decision.DROPPED_NOISY,
+             Decision.DROPPED_DUPLICATE, Decision.DROPPED_BY_BUDGET)
+_DECISION_VALUES = np.array([d.value for d in DECISIONS], dtype=object)
+_KEPT_CODES = np.array([d in KEPT_DECISIONS for d in DECISIONS])
+ALIGN_MODES = {"off": kern.ALIGN_OFF, "fixed": kern.ALIGN_FIXED, "bootstrap": kern.ALIGN_BOOTSTRAP,
+               "adaptive": kern.ALIGN_ADAPTIVE}
 
 #: (samples whose caption failed alignment) -> new captions (None = no proposal)
 RecaptionHook = Callable[[list[dict[str, Any]]], list[str | None]]
@@ -65,43 +77,65 @@ class Selection:
 
 
 @dataclass
-class ItemRecord:
-    """One item's scores and decision; becomes a row of the decisions table."""
-
-    decision: Decision = Decision.KEPT
-    reason: str = ""
-    label_noisy: bool | None = None
-    agreement: float | None = None
-    align: float | None = None
-    align_out: float | None = None
-    text_out: str | None = None
-    gain: float | None = None
-    gain_m: dict[str, float] = field(default_factory=dict)
-    gain_norm: float | None = None
-    max_sim: float | None = None
-    dup_of: str | None = None
-    keep_prob: float | None = None
-
-
-#: An item's neighbours in one modality, nearest first: (similarities, vote labels, ids).
-Neighbours = tuple[np.ndarray, np.ndarray, list[str]]
-
-
-@dataclass
-class _Batch:
-    """What the per-item loop reads and updates for one batch (computed once per batch)."""
+class BatchView:
+    """One batch as the per-item loop sees it (modality m: 0 image, 1 text)."""
 
     samples: pa.Table
-    mods: dict[str, np.ndarray]  # vectors per modality (text rows change on a recaption)
-    has: dict[str, np.ndarray]
-    search: dict[str, tuple[np.ndarray, np.ndarray]]  # index neighbours per modality
-    gram: dict[str, np.ndarray]  # in-batch similarities per modality
     ids: list[str]
+    mods: dict[str, np.ndarray]  # vectors per modality present (text rows change on a recaption)
+    present: np.ndarray  # bool[2]
+    has: np.ndarray  # bool[2, n]
+    isims: np.ndarray  # float32[2, n, k]: the index's nearest accepted items, nearest first
+    ilab: np.ndarray  # int64[2, n, k]: their vote labels (-1: none)
+    irow: np.ndarray  # int64[2, n, k]: their index rows (-1: padding)
+    gram: np.ndarray  # float32[2, n, n]: in-batch similarities
+    n_index: np.ndarray  # int64[2]: items in each index
     labels_in: np.ndarray
     label_out: np.ndarray
     vote_label: np.ndarray  # labels that may vote: a corrected label never does
+    pair: np.ndarray  # bool[n]: has both an image and a caption
+    align: np.ndarray  # float64[n]: cos(image, text) of pairs (NaN otherwise)
     text_out: list[str | None]
-    acc: dict[str, list[int]]  # accepted rows of this batch per modality, in insertion order
+    acc: np.ndarray  # int64[2, n]: the batch's accepted rows per modality, in insertion order
+    n_acc: np.ndarray  # int64[2]
+    prim: int  # the modality whose neighbours vote on labels (-1: none)
+    dmod: int  # the modality compared for near-duplicates (-1: none)
+
+
+@dataclass
+class Scores:
+    """Per-item results of one batch (arrays of n; NaN or -1 where a score was not computed)."""
+
+    decision: np.ndarray
+    why: np.ndarray
+    label_noisy: np.ndarray  # -1 not judged, 0 agrees, 1 noisy
+    agreement: np.ndarray
+    best: np.ndarray
+    share: np.ndarray
+    thr: np.ndarray
+    recap: np.ndarray
+    align_out: np.ndarray
+    gain_m: np.ndarray  # float64[2, n]
+    gain: np.ndarray
+    gain_norm: np.ndarray
+    max_sim: np.ndarray
+    dup_src: np.ndarray  # -1 none, 0 an index item, 1 an earlier item of the batch
+    dup_row: np.ndarray
+    keep_prob: np.ndarray
+    unjudged: np.ndarray
+    n_trusted: np.ndarray
+    relabel_note: np.ndarray
+    recap_note: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> Scores:
+        def nan(*shape: int) -> np.ndarray:
+            return np.full(shape or (n,), np.nan)
+
+        return cls(np.zeros(n, np.int8), np.zeros(n, np.int8), np.full(n, -1, np.int8), nan(),
+                   np.full(n, -1, np.int64), nan(), nan(), np.full(n, kern.RECAP_UNKNOWN, np.int8), nan(), nan(2, n),
+                   nan(), nan(), nan(), np.full(n, -1, np.int8), np.full(n, -1, np.int64), nan(), np.zeros(n, bool),
+                   np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool))
 
 
 class InfoGrowthSelector:
@@ -194,28 +228,11 @@ class InfoGrowthSelector:
         return self._run(samples, emb, trusted=False)
 
     def _run(self, samples: pa.Table, emb: Embeddings, trusted: bool) -> Selection:
-        b = self._prepare(samples, emb)
-        items = [self._decide(b, i, trusted) for i in range(samples.num_rows)]
-        for m, rows_m in b.acc.items():
-            if rows_m:
-                a = np.asarray(rows_m)
-                self.indexes[m].add(b.mods[m][a], [b.ids[j] for j in a], b.vote_label[a])
-        seqs = np.arange(self.seq, self.seq + len(items), dtype=np.int64)
-        self.seq += len(items)
-        for r in items:
-            self.counts[r.decision.value] += 1
-        kept = np.array([i for i, r in enumerate(items) if r.decision in KEPT_DECISIONS], dtype=np.int64)
-        return Selection(
-            decisions=self._decisions_table(samples, seqs, items, b.labels_in, b.label_out),
-            kept_rows=kept,
-            label_out=b.label_out,
-            text_out=b.text_out,
-            text_emb_out=b.mods.get("text"),
-            gain=np.array([np.nan if r.gain is None else r.gain for r in items], np.float32),
-            gain_norm=np.array([np.nan if r.gain_norm is None else r.gain_norm for r in items], np.float32),
-        )
+        view = self._prepare(samples, emb)
+        scores = self._resolve(view, trusted)
+        return self._finish(view, scores, trusted)
 
-    def _prepare(self, samples: pa.Table, emb: Embeddings) -> _Batch:
+    def _prepare(self, samples: pa.Table, emb: Embeddings) -> BatchView:
         """The batch-level work: one index search and one in-batch similarity matrix per modality."""
         n = samples.num_rows
         if emb.errors:
@@ -227,140 +244,188 @@ class InfoGrowthSelector:
         mods = {m: x for m, x in (("image", emb.image), ("text", emb.text)) if x is not None}
         if "text" in mods:
             mods["text"] = mods["text"].copy()  # recaptions replace rows
+        present = np.array([m in mods for m in MODALITIES])
+        has = np.stack([emb.has_image, emb.has_text]).astype(bool)
+        isims = np.full((2, n, k), -np.inf, np.float32)
+        ilab = np.full((2, n, k), -1, np.int64)
+        irow = np.full((2, n, k), -1, np.int64)
+        gram = np.zeros((2, n, n), np.float32)
+        n_index = np.zeros(2, np.int64)
+        for j, m in enumerate(MODALITIES):
+            if m not in mods:
+                continue
+            index = self.indexes[m]
+            isims[j], irow[j] = index.search(mods[m], k)
+            ilab[j] = index.labels_of(irow[j])
+            gram[j] = mods[m] @ mods[m].T
+            n_index[j] = len(index)
+        pair = present[0] & present[1] & has[0] & has[1]
+        align = np.full(n, np.nan)
+        if pair.any():
+            align[pair] = np.einsum("ij,ij->i", mods["image"][pair], mods["text"][pair])
         labels_in = pc.fill_null(samples.column("label"), -1).to_numpy().astype(np.int64)
-        return _Batch(
-            samples=samples, mods=mods, has={"image": emb.has_image, "text": emb.has_text},
-            search={m: self.indexes[m].search(x, k) for m, x in mods.items()},
-            gram={m: x @ x.T for m, x in mods.items()},
-            ids=samples.column("id").to_pylist(), labels_in=labels_in, label_out=labels_in.copy(),
-            vote_label=labels_in.copy(), text_out=[None] * n, acc={m: [] for m in mods},
+        prim, dmod = self.primary, self._dedup_modality()
+        return BatchView(samples, samples.column("id").to_pylist(), mods, present, has, isims, ilab, irow, gram,
+                         n_index, labels_in, labels_in.copy(), labels_in.copy(), pair, align, [None] * n,
+                         np.zeros((2, n), np.int64), np.zeros(2, np.int64),
+                         MODALITIES.index(prim) if prim else -1, MODALITIES.index(dmod) if dmod else -1)
+
+    def _resolve(self, v: BatchView, trusted: bool) -> Scores:
+        """The per-item loop (compiled), stopping only to ask a recaption hook."""
+        c, s = self.cfg, Scores.empty(len(v.ids))
+        boot = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
+        ip = np.array([c.k_gain, c.k_label, c.min_trusted, ALIGN_MODES[c.align_mode], c.align_warmup,
+                       c.label_action == "relabel", c.keep_rate > 0], np.int64)
+        fp = np.array([c.tau_noise, c.tau_relabel, c.vote_temperature, c.eps_dup, c.gain_quantile, c.keep_rate,
+                       c.align_threshold, c.align_drop_quantile, np.nan if boot is None else boot,
+                       self.gain_sketch.lo, self.gain_sketch.hi, self.align_sketch.lo, self.align_sketch.hi])
+        state = np.array([self.g_sum, float(self.g_count), 0.0])
+        budget = c.keep_rate > 0 and not trusted
+        rng_state = self.rng.bit_generator.state
+        uniforms = self.rng.random(len(v.ids)) if budget else np.zeros(0)  # at most one draw per item
+        i = 0
+        while True:
+            i = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
+                             v.gram, v.n_index, v.labels_in, v.vote_label, v.label_out, v.pair, v.align, s.recap,
+                             s.align_out, self.recaption is not None, ip, fp, self.gain_sketch.counts,
+                             self.align_sketch.counts, self.boot_align_sketch.counts, v.acc, v.n_acc, state,
+                             uniforms, s.decision, s.why, s.label_noisy, s.agreement, s.best, s.share, s.thr,
+                             s.gain_m, s.gain, s.gain_norm, s.max_sim, s.dup_src, s.dup_row, s.keep_prob,
+                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note)
+            if i >= len(v.ids):
+                break
+            self._recaption_item(v, s, i)
+        self.g_sum, self.g_count = float(state[0]), int(state[1])
+        if budget:  # the generator moves by the draws used, as if drawn one by one
+            self.rng.bit_generator.state = rng_state
+            self.rng.bit_generator.advance(int(state[2]))
+        return s
+
+    def _recaption_item(self, v: BatchView, s: Scores, i: int) -> None:
+        """Item i's caption is misaligned: ask the hook; keep a proposal that scores above the threshold."""
+        new = self._recaption(v.samples, i)
+        if new is None:
+            s.recap[i] = kern.RECAP_NONE
+            return
+        assert self.text_embed is not None
+        tv = self.text_embed([new])[0].astype(np.float32)
+        s.align_out[i] = float(v.mods["image"][i] @ tv)
+        if s.align_out[i] < s.thr[i]:
+            s.recap[i] = kern.RECAP_REJECTED
+            return
+        text = v.mods["text"]
+        text[i] = tv
+        v.gram[1, :, i] = text @ tv  # what later items see of item i (its own neighbours were gathered)
+        v.text_out[i] = new
+        s.recap[i] = kern.RECAP_ACCEPTED
+
+    def _finish(self, v: BatchView, s: Scores, trusted: bool) -> Selection:
+        """Insert the accepted items, count, and write the decisions table."""
+        for j, m in enumerate(MODALITIES):
+            if v.n_acc[j]:
+                a = v.acc[j, : v.n_acc[j]]
+                self.indexes[m].add(v.mods[m][a], [v.ids[t] for t in a], v.vote_label[a])
+        n = len(v.ids)
+        seqs = np.arange(self.seq, self.seq + n, dtype=np.int64)
+        self.seq += n
+        values = _DECISION_VALUES[s.decision]
+        self.counts.update(values.tolist())
+        if s.unjudged.any() and not self._warned_unjudged:
+            log.warning("the index holds fewer than %d accepted items: accepting items without label "
+                        "cleaning until it does (give a trusted bootstrap source to avoid this)", self.cfg.min_trusted)
+            self._warned_unjudged = True
+        return Selection(
+            decisions=self._decisions_table(v, s, seqs, values, trusted),
+            kept_rows=np.flatnonzero(_KEPT_CODES[s.decision]).astype(np.int64),
+            label_out=v.label_out,
+            text_out=v.text_out,
+            text_emb_out=v.mods.get("text"),
+            gain=s.gain.astype(np.float32),
+            gain_norm=s.gain_norm.astype(np.float32),
         )
 
-    def _neighbours(self, b: _Batch, i: int) -> dict[str, Neighbours]:
-        """Item i's nearest accepted items per modality: the index's plus the batch's earlier ones."""
-        k = max(self.cfg.k_gain, self.cfg.k_label)
-        out: dict[str, Neighbours] = {}
-        for m in b.mods:
-            if not b.has[m][i]:
-                continue
-            sims, idx_rows = b.search[m]
-            ok = idx_rows[i] >= 0
-            s, rr = sims[i][ok], idx_rows[i][ok]
-            index = self.indexes[m]
-            lab = index.labels[rr] if len(rr) else np.zeros(0, np.int64)
-            nid = [index.ids[j] for j in rr]
-            if b.acc[m]:
-                a = np.asarray(b.acc[m])
-                s = np.concatenate([s, b.gram[m][i, a]])
-                lab = np.concatenate([lab, b.vote_label[a]])
-                nid = nid + [b.ids[j] for j in a]
-            order = np.argsort(-s, kind="stable")[:k]
-            out[m] = (s[order], lab[order], [nid[j] for j in order])
+    def _dup_ids(self, v: BatchView, s: Scores) -> list[str | None]:
+        out: list[str | None] = [None] * len(v.ids)
+        rows = np.flatnonzero(s.dup_src == 0)
+        if len(rows) and v.dmod >= 0:
+            for r, name in zip(rows, self.indexes[MODALITIES[v.dmod]].ids_of(s.dup_row[rows]), strict=True):
+                out[r] = name
+        for r in np.flatnonzero(s.dup_src == 1):
+            out[r] = v.ids[s.dup_row[r]]
         return out
 
-    def _decide(self, b: _Batch, i: int, trusted: bool) -> ItemRecord:
-        """One item: its scores, then the rules in order -- caption, label, dedup, insert, budget."""
-        c, r, notes = self.cfg, ItemRecord(), []
-        nb = self._neighbours(b, i)
-        prim, dmod = self.primary, self._dedup_modality()
-        n_trusted = (len(self.indexes[prim]) + len(b.acc[prim])) if prim in b.mods else 0
-        judged = trusted or n_trusted >= c.min_trusted
-        pair = "image" in b.mods and "text" in b.mods and b.has["image"][i] and b.has["text"][i]
-
-        if trusted and pair:
-            r.align = float(b.mods["image"][i] @ b.mods["text"][i])
-            self.boot_align_sketch.update(r.align)
-        if not trusted and c.align_mode != "off" and pair:  # 1) caption alignment
-            r.align = float(b.mods["image"][i] @ b.mods["text"][i])
-            thr = self._align_threshold(judged)
-            self.align_sketch.update(r.align)
-            if rules.misaligned(r.align, thr):
-                self._clean_caption(b, i, r, thr, notes)
-        label = int(b.labels_in[i])
-        if label >= 0 and prim in nb:  # 1b) label agreement with the nearest accepted neighbours
-            s, lab, _ = nb[prim]
-            vote = rules.label_vote(s[: c.k_label], lab[: c.k_label], label, c.vote_temperature)
-            if vote is not None:
-                r.agreement = vote.agreement
-                if judged and not trusted and r.decision is not Decision.DROPPED_NOISY:
-                    self._clean_label(b, i, r, vote, notes)
-        if not judged and not trusted:
-            notes.append(rules.note_unjudged(n_trusted, c.min_trusted))
-            if not self._warned_unjudged:
-                log.warning("the index holds fewer than %d accepted items: accepting items without label "
-                            "cleaning until it does (give a trusted bootstrap source to avoid this)", c.min_trusted)
-                self._warned_unjudged = True
-
-        if r.decision is not Decision.DROPPED_NOISY:
-            r.gain_m = {m: rules.gain_of(s, c.k_gain) for m, (s, _, _) in nb.items()}  # 2) gain
-            r.gain = float(np.mean(list(r.gain_m.values()))) if r.gain_m else None
-            if dmod in nb and len(nb[dmod][0]):  # 3) near-duplicates
-                r.max_sim = float(nb[dmod][0][0])
-                if rules.duplicate(r.max_sim, c.eps_dup):
-                    r.decision, r.dup_of = Decision.DROPPED_DUPLICATE, nb[dmod][2][0]
-                    r.reason = rules.reason_duplicate(r.dup_of, r.max_sim, c.eps_dup)
-            if r.decision is not Decision.DROPPED_DUPLICATE and r.gain is not None:
-                self._accept(b, i, r, trusted)  # 4) insert, 5) budget
-        r.reason = rules.with_notes(notes, r.reason) if r.reason else rules.reason_accepted(trusted, notes, r.gain)
-        return r
-
-    def _clean_caption(self, b: _Batch, i: int, r: ItemRecord, thr: float, notes: list[str]) -> None:
-        """A misaligned caption: keep the pair only if a recaption scores above the threshold."""
-        assert r.align is not None
-        new = self._recaption(b.samples, i)
-        if new is not None:
-            assert self.text_embed is not None
-            tv = self.text_embed([new])[0]
-            r.align_out = float(b.mods["image"][i] @ tv)
-            if not rules.misaligned(r.align_out, thr):
-                text = b.mods["text"]
-                text[i] = tv
-                g = text @ tv
-                b.gram["text"][i, :] = g
-                b.gram["text"][:, i] = g
-                b.text_out[i] = r.text_out = new
-                r.decision = Decision.RECAPTIONED
-                notes.append(rules.note_recaptioned(r.align, thr, r.align_out))
-                return
-        r.decision = Decision.DROPPED_NOISY
-        r.reason = rules.reason_misaligned(r.align, thr, rules.why_not_recaptioned(
-            self.recaption is not None, new, r.align_out))
-
-    def _clean_label(self, b: _Batch, i: int, r: ItemRecord, vote: rules.Vote, notes: list[str]) -> None:
-        c, label = self.cfg, int(b.labels_in[i])
-        verdict = rules.label_rule(vote, label, c.tau_noise, c.tau_relabel, c.label_action)
-        r.label_noisy = verdict != rules.LABEL_OK
-        if not r.label_noisy:
-            return
-        base = rules.label_base(label, vote.agreement, c.tau_noise)
-        if verdict == rules.LABEL_RELABEL:
-            b.label_out[i] = vote.best
-            b.vote_label[i] = -1
-            if r.decision is Decision.KEPT:
-                r.decision = Decision.RELABELLED
-            notes.append(rules.note_relabelled(base, vote.best, vote.share))
-        else:
-            r.decision = Decision.DROPPED_NOISY
-            r.reason = rules.reason_label_dropped(base, vote.share, c.tau_relabel, c.label_action)
-
-    def _accept(self, b: _Batch, i: int, r: ItemRecord, trusted: bool) -> None:
-        """Insert a clean, non-duplicate item (selection is by sampling, not rejection); apply the budget."""
+    def _reasons(self, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
         c = self.cfg
-        assert r.gain is not None
-        r.gain_norm = rules.normalised_gain(r.gain, self.gain_sketch.quantile(c.gain_quantile))
-        self.gain_sketch.update(r.gain)
-        self.g_sum += r.gain_norm
-        self.g_count += 1
-        for m in b.mods:
-            if b.has[m][i]:
-                b.acc[m].append(i)
-        if c.keep_rate > 0 and not trusted:
-            r.keep_prob = rules.keep_probability(r.gain_norm, self.g_sum / self.g_count, c.keep_rate)
-            if self.rng.random() >= r.keep_prob:
-                r.decision = Decision.DROPPED_BY_BUDGET
-                r.reason = rules.reason_budget(r.keep_prob, c.keep_rate, r.gain_norm)
+        relabel = c.label_action == "relabel"
+        out = []
+        for i in range(len(v.ids)):
+            notes = []
+            if s.recap_note[i]:
+                notes.append(reasons.recaptioned(v.align[i], s.thr[i], s.align_out[i]))
+            base = reasons.label_base(int(v.labels_in[i]), s.agreement[i], c.tau_noise) \
+                if s.label_noisy[i] == 1 else ""
+            if s.relabel_note[i]:
+                notes.append(reasons.relabelled(base, int(s.best[i]), s.share[i]))
+            if s.unjudged[i]:
+                notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted))
+            w = s.why[i]
+            drop = ""
+            if w == kern.WHY_MISALIGNED:
+                drop = reasons.misaligned(v.align[i], s.thr[i], reasons.not_recaptioned(
+                    self.recaption is not None, s.recap[i] in (kern.RECAP_ACCEPTED, kern.RECAP_REJECTED),
+                    s.align_out[i]))
+            elif w == kern.WHY_LABEL:
+                drop = reasons.label_dropped(base, s.share[i], c.tau_relabel, relabel)
+            elif w == kern.WHY_DUPLICATE:
+                drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], c.eps_dup)
+            elif w == kern.WHY_BUDGET:
+                drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
+            out.append(reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i])))
+        return out
+
+    def _decisions_table(self, v: BatchView, s: Scores, seqs: np.ndarray, values: np.ndarray,
+                         trusted: bool) -> pa.Table:
+        n = len(v.ids)
+        samples = v.samples
+
+        def f32(x: np.ndarray) -> pa.Array:
+            return pa.array(x.astype(np.float32), pa.float32(), mask=np.isnan(x))
+
+        def label(x: np.ndarray) -> pa.Array:
+            return pa.array(x, pa.int64(), mask=x < 0)
+
+        shown_align = v.pair & (trusted or self.cfg.align_mode != "off")
+        align = np.where(shown_align, v.align, np.nan)
+        dup_of = self._dup_ids(v, s)
+        cols: dict[str, Any] = {
+            "id": samples.column("id"),
+            "source": samples.column("source"),
+            "partition": samples.column("partition"),
+            "offset": samples.column("offset"),
+            "seq": pa.array(seqs, pa.int64()),
+            "decision": pa.array(values.tolist(), pa.string()),
+            "reason": pa.array(self._reasons(v, s, dup_of, trusted), pa.string()),
+            "label_in": label(v.labels_in),
+            "label_out": label(v.label_out),
+            "label_noisy": pa.array(s.label_noisy == 1, pa.bool_(), mask=s.label_noisy < 0),
+            "label_agreement": f32(s.agreement),
+            "align": f32(align),
+            "align_out": f32(s.align_out),
+            "text_out": pa.array(v.text_out, pa.string()),
+            "gain": f32(s.gain),
+            "gain_image": f32(s.gain_m[0]),
+            "gain_text": f32(s.gain_m[1]),
+            "gain_norm": f32(s.gain_norm),
+            "max_sim": f32(s.max_sim),
+            "dup_of": pa.array(dup_of, pa.string()),
+            "keep_prob": f32(s.keep_prob),
+            "model": pa.array([self.model_id] * n, pa.string()),
+            "config_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
+        }
+        return pa.table(cols, schema=DECISION_SCHEMA)
 
     def _align_threshold(self, judged: bool) -> float:
+        """The caption threshold in force now (the loop computes the same inline)."""
         c = self.cfg
         if c.align_mode == "bootstrap" and self.boot_align_sketch.n:
             q = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
@@ -379,37 +444,3 @@ class InfoGrowthSelector:
         out = self.recaption([item])
         new = out[0] if out else None
         return new if isinstance(new, str) and new.strip() else None
-
-    def _decisions_table(self, samples: pa.Table, seqs: np.ndarray, rows: list[ItemRecord],
-                         labels_in: np.ndarray, label_out: np.ndarray) -> pa.Table:
-        def opt_label(v: int) -> int | None:
-            return None if v < 0 else int(v)
-
-        n = len(rows)
-        cols = {
-            "id": samples.column("id"),
-            "source": samples.column("source"),
-            "partition": samples.column("partition"),
-            "offset": samples.column("offset"),
-            "seq": pa.array(seqs, pa.int64()),
-            "decision": [r.decision.value for r in rows],
-            "reason": [r.reason for r in rows],
-            "label_in": [opt_label(v) for v in labels_in],
-            "label_out": [opt_label(v) for v in label_out],
-            "label_noisy": [r.label_noisy for r in rows],
-            "label_agreement": [r.agreement for r in rows],
-            "align": [r.align for r in rows],
-            "align_out": [r.align_out for r in rows],
-            "text_out": [r.text_out for r in rows],
-            "gain": [r.gain for r in rows],
-            "gain_image": [r.gain_m.get("image") for r in rows],
-            "gain_text": [r.gain_m.get("text") for r in rows],
-            "gain_norm": [r.gain_norm for r in rows],
-            "max_sim": [r.max_sim for r in rows],
-            "dup_of": [r.dup_of for r in rows],
-            "keep_prob": [r.keep_prob for r in rows],
-            "model": [self.model_id] * n,
-            "config_fingerprint": [self.fingerprint] * n,
-        }
-        return pa.table({k: pa.array(v, DECISION_SCHEMA.field(k).type) if not isinstance(v, pa.ChunkedArray)
-                         else v for k, v in cols.items()}, schema=DECISION_SCHEMA)

@@ -27,8 +27,8 @@ from typing import Any
 import ray
 
 from curator.batch import BatchOutcome, RawBatch
-from curator.records import Rejection
 from curator.commit import Committed, DeadLetters, Offsets, commit
+from curator.records import Rejection
 from curator.stages import EmbedInfo, Resources, Resume, Stage, build_stages, run_chain
 from pipelines.config import ServeConfig
 from pipelines.executors.scheduler import Flight, Scheduler

@@ -1,0 +1,60 @@
+"""The reason each decision gives, as a person reads it in the decisions table.
+
+One function per verdict, and `compose` for how notes (recaptioned, relabelled, unjudged) and a drop
+reason combine; the fast loop and the reference loop both call these.
+"""
+
+from __future__ import annotations
+
+
+def misaligned(align: float, threshold: float, why: str) -> str:
+    return f"caption misaligned: cos(image, text) {align:.3f} < {threshold:.3f}; {why}"
+
+
+def recaptioned(align: float, threshold: float, align_out: float) -> str:
+    return f"caption misaligned (cos {align:.3f} < {threshold:.3f}); recaption scores {align_out:.3f}"
+
+
+def not_recaptioned(has_hook: bool, proposed: bool, align_out: float | None) -> str:
+    if not has_hook:
+        return "no recaption hook"
+    return f"recaption scores {align_out:.3f}" if proposed else "no recaption proposed"
+
+
+def label_base(label: int, agreement: float, tau_noise: float) -> str:
+    return f"label {label} disagrees with neighbours (agreement {agreement:.2f} < {tau_noise})"
+
+
+def relabelled(base: str, best: int, share: float) -> str:
+    return f"{base}; corrected to {best} (share {share:.2f})"
+
+
+def label_dropped(base: str, share: float, tau_relabel: float, relabel: bool) -> str:
+    if relabel:
+        return f"{base}; no confident majority (share {share:.2f} < {tau_relabel})"
+    return f"{base}; label_action=discard"
+
+
+def unjudged(n_trusted: int, min_trusted: int) -> str:
+    return (f"unjudged: only {n_trusted} accepted items (< selector.min_trusted {min_trusted}); "
+            "give a trusted bootstrap")
+
+
+def duplicate(dup_of: str, max_sim: float, eps_dup: float) -> str:
+    return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f})"
+
+
+def budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:
+    return f"storage budget: keep probability {keep_prob:.3f} (keep_rate {keep_rate}, normalised gain {gain_norm:.3f})"
+
+
+def accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
+    head = "trusted bootstrap" if trusted else "clean"
+    return "; ".join([head, *notes, f"gain {gain:.4f}" if gain is not None else "no gain"])
+
+
+def compose(notes: list[str], drop_reason: str, trusted: bool, gain: float | None) -> str:
+    """A dropped item's reason after its notes; a kept item's: clean/trusted, its notes, its gain."""
+    if drop_reason:
+        return "; ".join([*notes, drop_reason]) if notes else drop_reason
+    return accepted(trusted, notes, gain)

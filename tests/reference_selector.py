@@ -1,0 +1,115 @@
+"""The oracle: the selector's per-item loop written plainly in Python (ALGORITHMS.md section 1).
+
+`ReferenceSelector` is `InfoGrowthSelector` with its compiled loop (`curator.select.kernel`)
+replaced by this one: neighbours by concatenating the index's with the batch's earlier accepted
+items and sorting, the quantile sketches through `StreamingQuantile`, one RNG draw at a time. The
+batch-level work around it (searching, the decisions table, the reasons) is the selector's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import curator.select.kernel as kern
+from curator.select.selector import MODALITIES, BatchView, InfoGrowthSelector, Scores
+
+
+class ReferenceSelector(InfoGrowthSelector):
+    def _neighbours(self, v: BatchView, i: int, m: int, acc: list[int]) -> tuple[np.ndarray, np.ndarray, list]:
+        k = max(self.cfg.k_gain, self.cfg.k_label)
+        ok = v.irow[m, i] >= 0
+        s = v.isims[m, i][ok]
+        lab = v.ilab[m, i][ok]
+        src = [(0, int(r)) for r in v.irow[m, i][ok]]
+        if acc:
+            a = np.asarray(acc)
+            s = np.concatenate([s, v.gram[m, i, a]])
+            lab = np.concatenate([lab, v.vote_label[a]])
+            src += [(1, int(j)) for j in a]
+        order = np.argsort(-s, kind="stable")[:k]
+        return s[order], lab[order], [src[j] for j in order]
+
+    def _resolve(self, v: BatchView, trusted: bool) -> Scores:
+        c, n = self.cfg, len(v.ids)
+        s = Scores.empty(n)
+        acc: list[list[int]] = [[], []]
+        for i in range(n):
+            nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
+            prim, dmod = v.prim, v.dmod
+            n_trusted = int(v.n_index[prim]) + len(acc[prim]) if prim >= 0 and v.present[prim] else 0
+            judged = trusted or n_trusted >= c.min_trusted
+            dec, why = kern.KEPT, kern.WHY_NONE
+            if v.pair[i] and trusted:
+                self.boot_align_sketch.update(v.align[i])
+            if v.pair[i] and not trusted and c.align_mode != "off":
+                thr = self._align_threshold(judged)
+                s.thr[i] = thr
+                if v.align[i] < thr:
+                    if self.recaption is not None:
+                        self._recaption_item(v, s, i)
+                    if s.recap[i] == kern.RECAP_ACCEPTED:
+                        dec, s.recap_note[i] = kern.RECAPTIONED, True
+                    else:
+                        dec, why = kern.DROPPED_NOISY, kern.WHY_MISALIGNED
+                self.align_sketch.update(v.align[i])
+            label = int(v.labels_in[i])
+            if label >= 0 and prim in nb:
+                sims, lab, _ = nb[prim]
+                voted = lab[: c.k_label] >= 0
+                if voted.any():
+                    w = sims[: c.k_label][voted].astype(np.float64)
+                    w = np.array([math.exp((x - w.max()) / c.vote_temperature) for x in w]) \
+                        if c.vote_temperature > 0 else np.maximum(w, 1e-6)
+                    lv = lab[: c.k_label][voted]
+                    total = w.sum()
+                    uniq = np.unique(lv)
+                    votes = np.array([w[lv == u].sum() for u in uniq])
+                    s.agreement[i] = w[lv == label].sum() / total
+                    s.best[i], s.share[i] = int(uniq[int(np.argmax(votes))]), votes.max() / total
+                    if judged and not trusted and dec != kern.DROPPED_NOISY:
+                        noisy = s.agreement[i] < c.tau_noise
+                        s.label_noisy[i] = int(noisy)
+                        if noisy and c.label_action == "relabel" and s.share[i] >= c.tau_relabel \
+                                and s.best[i] != label:
+                            v.label_out[i], v.vote_label[i], s.relabel_note[i] = s.best[i], -1, True
+                            dec = kern.RELABELLED if dec == kern.KEPT else dec
+                        elif noisy:
+                            dec, why = kern.DROPPED_NOISY, kern.WHY_LABEL
+            if not judged and not trusted:
+                s.unjudged[i], s.n_trusted[i] = True, n_trusted
+            if dec == kern.DROPPED_NOISY:
+                s.decision[i], s.why[i] = dec, why
+                continue
+            for m, (sims, _, _) in nb.items():
+                top = sims[: c.k_gain]
+                s.gain_m[m, i] = float(np.mean(1.0 - top)) if len(top) else 1.0
+            if nb:
+                s.gain[i] = float(np.mean([s.gain_m[m, i] for m in nb]))
+            if dmod in nb and len(nb[dmod][0]):
+                s.max_sim[i] = float(nb[dmod][0][0])
+                if s.max_sim[i] >= 1.0 - c.eps_dup:
+                    dec, why = kern.DROPPED_DUPLICATE, kern.WHY_DUPLICATE
+                    s.dup_src[i], s.dup_row[i] = nb[dmod][2][0]
+            if dec != kern.DROPPED_DUPLICATE and nb:
+                q = self.gain_sketch.quantile(c.gain_quantile)
+                s.gain_norm[i] = 1.0 if not q else min(1.0, s.gain[i] / q)
+                self.gain_sketch.update(s.gain[i])
+                self.g_sum += s.gain_norm[i]
+                self.g_count += 1
+                for m in range(2):
+                    if v.present[m] and v.has[m, i]:
+                        acc[m].append(i)
+                if c.keep_rate > 0 and not trusted:
+                    s.keep_prob[i] = min(1.0, s.gain_norm[i] * c.keep_rate / max(self.g_sum / self.g_count, 1e-9))
+                    if self.rng.random() >= s.keep_prob[i]:
+                        dec, why = kern.DROPPED_BY_BUDGET, kern.WHY_BUDGET
+            s.decision[i], s.why[i] = dec, why
+        for m in range(2):
+            v.n_acc[m] = len(acc[m])
+            v.acc[m, : len(acc[m])] = acc[m]
+        return s
+
+
+__all__ = ["MODALITIES", "ReferenceSelector"]
