@@ -22,6 +22,7 @@ from curator.config import (
     reference_markdown,
     to_toml,
 )
+from curator.report import cli as report_cli
 
 log = logging.getLogger("curator")
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(c)
     c.set_defaults(func=cmd_config)
 
+    report_cli.add_command(sub)
     for register in _extra_commands():
         register(sub)
     return p
