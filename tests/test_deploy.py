@@ -111,7 +111,8 @@ def ray_metrics() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\b((?:curator|ray)_[a-z0-9_]+)", expr))
+    """Metric names in a PromQL expression or a page (not config keys such as service.ray_address)."""
+    return set(re.findall(r"(?<![.\w])((?:curator|ray)_[a-z0-9_]+)", expr))
 
 
 # =====================================================================================

@@ -127,7 +127,7 @@ def test_demo_report_in_chromium(demo_run: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "curator.cli", "report", str(demo_run)], cwd=REPO, env=service_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    path = Path(r.stdout.strip().splitlines()[-1].removeprefix("report: "))
+    path = Path(r.stdout.strip().splitlines()[-1])
     assert path == (demo_run / "report" / "index.html").resolve() and path.is_file()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, OUTPUT / "report-demo.html")

@@ -172,7 +172,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_report_command(demo: Path, tmp_path: Path) -> None:
     r = _cli("report", str(demo), "--out", str(tmp_path / "r"), "--gallery-size", "4")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == f"report: {(tmp_path / 'r' / 'index.html').resolve()}"
+    assert r.stdout.strip().splitlines()[-1] == str((tmp_path / "r" / "index.html").resolve())
     dec = read_table(demo, "decisions").column("decision").to_pylist()
     shown = sum(min(4, dec.count(d)) for d in ("kept", "relabelled", "dropped-duplicate", "dropped-noisy"))
     assert write_report(demo, tmp_path / "r2", 4).read_text().count('<figure class="card') == shown

@@ -9,7 +9,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from curator.report.build import write_report
 
     path = write_report(args.run_dir, args.out, args.gallery_size)
-    print(f"report: {path}")  # the last line: `make run` users open this
+    print("report written (one self-contained page; open it in a browser):")
+    print(path)  # the last line alone, so `xdg-open "$(make run | tail -1)"` works
     return 0
 
 
