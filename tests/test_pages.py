@@ -122,7 +122,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_cluster: str) -> Path
     return out
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)  # a fresh machine installs Chromium first (apt) in here
 def test_demo_report_in_chromium(demo_run: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "curator.cli", "report", str(demo_run)], cwd=REPO, env=service_env(),
                        capture_output=True, text=True, timeout=300)
@@ -198,7 +198,7 @@ def hostile_records(dim: int = 16, n: int = 90, seed: int = 0) -> list[dict[str,
     return recs
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_hostile_items_do_not_run_in_the_report(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -227,6 +227,8 @@ def test_hostile_items_do_not_run_in_the_report(tmp_path: Path) -> None:
         assert_plots_drawn(page, PLOTS)
         text = page.text()
         assert XSS[0] in text and "onerror" in text  # shown as text, not run
+        kept = page.text("#gallery-kept")
+        assert "javascript:window.__pwned='uri'" in kept and '"homepage"' in kept  # URIs and metadata: text
         assert page.count("#gallery-kept figure.card") > 0 and page.count("#gallery-rejected-bad-input figure.card")
         assert "not a decodable image" in page.text("#gallery-kept")  # bytes that are no image: a placeholder
         assert page.count("#gallery-kept .thumb img") > 0  # the real PNGs still get thumbnails
@@ -252,7 +254,7 @@ def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 @pytest.mark.kafka
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_status_page_of_a_running_service(ray_cluster: str, kafka_broker: KafkaTestBroker,  # noqa: F811
                                           tmp_path: Path) -> None:
     from connectors.produce import kafka_producer

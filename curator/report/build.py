@@ -47,6 +47,7 @@ class Card:
     placeholder: str | None = None
     facts: list[tuple[str, str]] = field(default_factory=list)
     reason: str | None = None
+    extra: list[tuple[str, str]] = field(default_factory=list)  # untrusted text shown as text: URI, metadata
     pair: Card | None = None  # the accepted item a duplicate duplicates
     pair_label: str = ""
 
@@ -96,8 +97,10 @@ def _kept_cards(res: Result) -> list[Card]:
             facts.append(("align", _fmt(r.get("align"), 3)))
         if r.get("label_agreement") is not None:
             facts.append(("agreement", _fmt(r.get("label_agreement"), 2)))
+        extra = [(k, snippet(r.get(c), 120) or "") for k, c in (("uri", "image_uri"), ("metadata", "metadata"))
+                 if r.get(c)]
         cards.append(Card(snippet(r.get("id"), 80) or "", r.get("decision") or "", thumb, caption, ph, facts,
-                          snippet(r.get("reason"), 300)))
+                          snippet(r.get("reason"), 300), extra=extra))
     return cards
 
 

@@ -147,7 +147,7 @@ class RunQueries:
         order = "hash(k.id), k.seq" if decision == Decision.KEPT.value else "k.seq"
         return self.run(f"Gallery: {decision}", f"""
             SELECT k.id, k.seq, k.decision, k.label, k.label_original, k.gain, k.text, k.image, k.image_uri,
-                   k.source, k."partition", k."offset", d.reason, d.label_agreement, d.align, d.align_out,
+                   k.metadata, k.source, k."partition", k."offset", d.reason, d.label_agreement, d.align, d.align_out,
                    d.max_sim
             FROM kept k LEFT JOIN decisions d ON d.seq = k.seq AND d.seq >= 0
             WHERE k.decision = '{decision}' ORDER BY {order} LIMIT {int(limit)}""")
