@@ -107,7 +107,8 @@ def _kept_cards(res: Result) -> list[Card]:
 def _dropped_cards(res: Result, decision: str, payloads: dict[tuple[str, int], dict[str, Any]]) -> list[Card]:
     cards = []
     for r in res.rows:
-        own = payloads.get((r.get("source"), r.get("offset")), {})
+        off = r.get("offset")
+        own = payloads.get((str(r.get("source")), int(off)), {}) if off is not None else {}
         thumb, caption, ph = _image_card(r, own.get("image"), own.get("text"))
         if not own:
             ph = "payload not stored (dropped items keep only their decision record)"
@@ -148,7 +149,7 @@ def _series(res: Result, x_key: str) -> tuple[list[Any], dict[str, list[float]]]
 
 
 def _training_plots(runs: list[TrainingRun]) -> list[Plot]:
-    out = []
+    out: list[Plot] = []
     for tr in runs:
         if not tr.history:
             continue

@@ -122,7 +122,8 @@ class RunQueries:
         """Counts per bin and decision of one score; the bins span the data and the threshold."""
         if col not in SCORES:
             raise ValueError(f"unknown score column {col!r}")
-        lo, hi, n = self.con.execute(f"SELECT min({col}), max({col}), count({col}) FROM decisions").fetchone()
+        row = self.con.execute(f"SELECT min({col}), max({col}), count({col}) FROM decisions").fetchone()
+        lo, hi, n = row if row is not None else (None, None, 0)
         if not n:
             return None
         lo, hi = float(lo), float(hi)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -30,7 +30,7 @@ COLOURS = {
     "dropped-by-budget": "#c0a000",
     "rejected-bad-input": "#c62828",
 }
-_RC = {"svg.fonttype": "path", "svg.hashsalt": "curator-report", "text.parse_math": False,
+_RC: Any = {"svg.fonttype": "path", "svg.hashsalt": "curator-report", "text.parse_math": False,
        "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
 
 
@@ -56,7 +56,7 @@ def _figure(w: float = 7.0, h: float = 3.0) -> Figure:
         return Figure(figsize=(w, h), layout="constrained")
 
 
-def stacked_bars(x: Sequence[float], width: float, series: dict[str, Sequence[float]], xlabel: str,
+def stacked_bars(x: Sequence[float], width: float, series: Mapping[str, Sequence[float]], xlabel: str,
                  ylabel: str, title: str, vline: float | None = None, vlabel: str = "") -> str:
     """Bars stacked by decision over x (stream bins or score bins), with an optional threshold line."""
     with matplotlib.rc_context(_RC):
@@ -111,7 +111,7 @@ def growth(seq: Sequence[float], index_size: Sequence[float], keep_rate: Sequenc
         return svg_uri(fig)
 
 
-def training_curves(name: str, epochs: Sequence[int], curves: dict[str, Sequence[float | None]],
+def training_curves(name: str, epochs: Sequence[int], curves: Mapping[str, Sequence[float | None]],
                     saving: Sequence[float | None]) -> str:
     """Per-epoch curves of one training run (left) and the achieved InfoBatch saving so far (right)."""
     with matplotlib.rc_context(_RC):

@@ -68,7 +68,8 @@ def thresholds_in_force(run_dir: str | Path) -> dict[str, Threshold]:
     """Thresholds per score column (align, label_agreement, max_sim, gain) for a run directory."""
     run = Path(run_dir)
     manifest = read_manifest(run) or {}
-    cal = manifest.get("calibration") if isinstance(manifest.get("calibration"), dict) else {}
+    raw_cal = manifest.get("calibration")
+    cal: dict[str, Any] = raw_cal if isinstance(raw_cal, dict) else {}
     sel = _config(run).get("selector", {})
     state = manifest.get("selector_state") if isinstance(manifest.get("selector_state"), dict) else None
 
@@ -88,12 +89,13 @@ def thresholds_in_force(run_dir: str | Path) -> dict[str, Threshold]:
                                origin, "selector.eps_dup (line at 1 - eps_dup)")
 
     mode = sel.get("align_mode", "fixed")
+    align: float | None
     if _number(cal.get("align_threshold")) is not None:
         align, origin = _number(cal.get("align_threshold")), "manifest calibration"
     elif mode == "off":
         align, origin = None, "config.toml (align_mode = 'off')"
     elif mode == "bootstrap":
-        q = _number(sel.get("align_bootstrap_quantile")) or 0.0
+        q: float = _number(sel.get("align_bootstrap_quantile")) or 0.0
         align = _sketch_quantile(state, "boot_align_sketch", q, lower=True)
         origin = f"selector state (quantile {q:g} of the trusted pairs)"
         if align is None:
@@ -115,15 +117,16 @@ def thresholds_in_force(run_dir: str | Path) -> dict[str, Threshold]:
         out["gain"] = Threshold("gain", gain_norm, "dropped below", "manifest calibration", "selector.gain")
     else:
         sk = (state or {}).get("gain_sketch")
-        q = None
+        norm: float | None = None
         if isinstance(sk, dict) and sk.get("counts"):
             s = StreamingQuantile(0.0, 2.0)
             try:
                 s.load_state_dict(sk)
-                q = s.quantile(gq or 0.99)
+                norm = s.quantile(gq or 0.99)
             except (KeyError, TypeError, ValueError, IndexError):
-                q = None
+                norm = None
         rule = ("normaliser q(gain): keep probability grows with gain / q" if keep_rate
                 else "normaliser q(gain) only: no gain threshold without a budget (keep_rate = 0)")
-        out["gain"] = Threshold("gain", q, rule, "selector state", f"selector.gain_quantile = {gq:g}")
+        out["gain"] = Threshold("gain", norm, rule, "selector state",
+                                f"selector.gain_quantile = {gq if gq is not None else sel.get('gain_quantile')}")
     return out
