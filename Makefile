@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 ## The main job: the digits demo (real data, offline) through the service's Ray actor graph
-## (embedder pool -> selector -> writer, checkpointed), then its decisions and a DuckDB query.
+## (embedder pool -> selector -> writer, checkpointed), its decisions and a DuckDB query, then the
+## HTML report of the run; the last line printed is the report's path.
 run: $(STAMP)
 	$(VENV)/bin/curator serve --demo $(RUN)
+	$(VENV)/bin/curator report $(RUN)
 
 ## The default test suite (bounded: slow fault-injection and soak tests are excluded).
 test: $(STAMP)
@@ -38,8 +40,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check curator connectors pipelines tests benchmarks
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache test-output
 
-## Regenerate the README's configuration reference from the config dataclasses.
+## Regenerate the generated parts of the docs: the configuration reference (docs/configuration.md,
+## from the config dataclasses) and docs/benchmarks.md (from the README's benchmark tables).
 docs: $(STAMP)
-	$(PY) tools/update_readme.py
+	$(PY) tools/update_docs.py

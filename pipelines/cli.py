@@ -27,8 +27,8 @@ from curator.config import (
 
 log = logging.getLogger("curator")
 
-#: Modules that add their own subcommand with `add_command(subparsers)`: the producer, training.
-COMMAND_MODULES = ("connectors.kafka.produce", "pipelines.train")
+#: Modules that add their own subcommand with `add_command(subparsers)`: the producer, training, the report.
+COMMAND_MODULES = ("connectors.kafka.produce", "pipelines.train", "curator.report.cli")
 
 #: Exceptions whose message is written for the user: printed without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, PermissionError)

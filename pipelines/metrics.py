@@ -1,4 +1,4 @@
-"""The service's Prometheus metrics and its small HTTP server (/healthz, /readyz, /metrics).
+"""The service's Prometheus metrics and its small HTTP server (/healthz, /readyz, /metrics, and pages).
 
 Metrics live in their own registry (not prometheus_client's global one), so several services in one
 process (tests) never collide. The server binds to the configured host -- loopback by default.
@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,7 +21,19 @@ from prometheus_client import (
     generate_latest,
 )
 
+from curator.report.page import CSP_HEADER
+
 log = logging.getLogger("curator.service")
+
+#: An HTML page: query parameters -> (status code, UTF-8 body).
+Page = Callable[[dict[str, list[str]]], tuple[int, bytes]]
+#: Pages run no script and load nothing from elsewhere (they show untrusted data).
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP_HEADER,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -68,17 +81,27 @@ class Metrics:
 
 
 class HealthServer:
-    """/healthz (the driver loop is alive), /readyz (resumed and consuming), /metrics, on a thread."""
+    """/healthz (the driver loop is alive), /readyz (resumed and consuming), /metrics, on a thread;
+    plus `pages` (path -> HTML page: the status page at /, the report at /report)."""
 
     def __init__(self, host: str, port: int, metrics: Metrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], pages: dict[str, Page] | None = None) -> None:
         self.metrics = metrics
+        self.pages = dict(pages or {})
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                if path in outer.pages:
+                    try:
+                        code, body = outer.pages[path](parse_qs(query))
+                    except Exception:  # noqa: BLE001 - a page must never take the endpoints down
+                        log.exception("page %s failed", path)
+                        self._send(500, b"page failed; see the service log\n")
+                        return
+                    self._send(code, body, "text/html; charset=utf-8", PAGE_HEADERS)
+                elif path == "/metrics":
                     self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok = healthy()
@@ -87,11 +110,14 @@ class HealthServer:
                     ok = ready()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
                 else:
-                    self._send(404, b"try /healthz, /readyz or /metrics\n")
+                    self._send(404, b"try /, /healthz, /readyz or /metrics\n")
 
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -52,9 +52,11 @@ class Service:
 
     def __init__(self, scfg: ServeConfig) -> None:
         from pipelines.metrics import Metrics
+        from pipelines.status import StatusBoard
 
         self.scfg = scfg
         self.metrics = Metrics()
+        self.status = StatusBoard(self.metrics, scfg.run.store.out)
         self.stop = threading.Event()
         self.executor: Any = None
         self.driver: Any = None
@@ -91,11 +93,13 @@ class Service:
 
         s, k, cfg = self.scfg.service, self.scfg.kafka, self.scfg.run
         try:
-            self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready).start()
+            self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready,
+                                     self.status.pages()).start()
         except OSError as exc:
             raise ConfigError(f"cannot serve HTTP on {s.host}:{s.port} ({exc.strerror or exc}); set service.port "
                               "(0 = any free port) or service.host") from None
         log.info("serving /healthz /readyz /metrics on http://%s:%d", self.http.host, self.http.port)
+        log.info("status page: http://%s:%d/ (report of the last commit: /report)", self.http.host, self.http.port)
         ray, owned = _init_ray(self.scfg)
         self._signals()  # after ray.init, which installs its own SIGTERM handler in the driver
         try:
@@ -163,6 +167,7 @@ class Service:
 
             self.driver = FileDriver(self.scfg, ex, self.metrics, self.stop)
             log.info("reading %d input path(s) from [source] paths", len(cfg.source.paths))
+        ex.observers.append(self.status)  # the status page's recent rejections and last commit
         self.is_ready = True
         self.metrics.ready.set(1)
         self.driver.run(resume.positions)

@@ -135,7 +135,7 @@ class ClipEmbedder:
     ``cfg.model`` is an open_clip model name (``ViT-B-32``), ``hf-hub:ORG/REPO``,
     ``local-dir:PATH`` or the path of a model config JSON (registered under its stem);
     ``cfg.pretrained`` is a pretrained tag, a local checkpoint file, or ``""`` for random
-    init (tests only). Images are decoded with `curator.images` (bytes, else URI).
+    init (tests only). Images are decoded with `curator.embed.images` (bytes, else URI).
     """
 
     def __init__(self, cfg: EmbedderConfig, limits: Limits | None = None) -> None:

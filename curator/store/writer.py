@@ -167,6 +167,7 @@ class StoreWriter:
             if ck.exists():
                 shutil.rmtree(ck)
             save_checkpoint(ck)
+            ck.mkdir(parents=True, exist_ok=True)  # a run with nothing indexed yet (all input rejected)
             fsync_dir(ck.parent)
             m["checkpoint"] = rel
         m["commit"] = no

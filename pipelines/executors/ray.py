@@ -116,6 +116,7 @@ class RayExecutor:
         self.items_done = 0
         self.counts: Counter[str] = Counter()
         self.index_size = 0
+        self.observers: list[Any] = []  # note_rejections(rejects), note_commit(Committed): e.g. the status page
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> Resume:
@@ -235,6 +236,8 @@ class RayExecutor:
         the offsets of the commit that covers them)."""
         r: StageReport = ray.get(f.report_ref)
         f.report_ref = None
+        for o in self.observers:
+            o.note_rejections(r.rejects)
         if r.rejects:
             if self.dead_letters is not None:
                 self.dead_letters.send(r.rejects)
@@ -264,6 +267,8 @@ class RayExecutor:
     def _on_commit(self, done: Committed) -> None:
         commit(lambda: done, self.dead_letters, self.offsets)  # steps 4-5 of the protocol
         self.last_commit = time.monotonic()
+        for o in self.observers:
+            o.note_commit(done)
         if self.metrics is not None:
             self.metrics.commits.inc()
             self.metrics.batch_seconds.labels("commit").observe(done.seconds)
