@@ -42,16 +42,28 @@ class EmbedderConfig:
 
 @dataclass
 class IndexConfig:
-    kind: str = setting("flat", "FAISS index of accepted items: 'flat' (exact), 'ivf', 'hnsw'",
-                   choices=("flat", "ivf", "hnsw"))
-    ivf_nlist: int = setting(1024, "IVF: number of coarse clusters")
-    ivf_nprobe: int = setting(16, "IVF: clusters probed per search")
-    ivf_train_size: int = setting(40_000, "IVF: items held exactly (flat) before the IVF quantizer is trained on them")
+    kind: str = setting("auto", "index of accepted items: 'auto' (exact while small, then ivf-pq rebuilt as it "
+                                "grows, ivf-pq-sq8 past auto_memory_mb), 'flat' (exact), 'ivf', 'ivf-pq', "
+                                "'ivf-pq-sq8', 'hnsw' (see docs/operations.md)",
+                        choices=("auto", "flat", "ivf", "ivf-pq", "ivf-pq-sq8", "hnsw"))
+    auto_exact_max: int = setting(20_000, "auto: items searched exactly before the first IVF is built")
+    auto_growth: int = setting(4, "auto: the IVF is rebuilt (more lists) each time the index grows this many times")
+    auto_memory_mb: int = setting(4096, "auto: past this many MB of uncompressed vectors, the rebuilt index "
+                                        "re-ranks with SQ8 codes instead of the exact vectors (d/16 + d bytes per item)")
+    auto_window: int = setting(512, "items accepted in the last this-many stream positions are also compared "
+                                     "exactly, so an approximate index decides the same whatever the batching "
+                                     "(at least [source] batch_size)")
+    auto_min_lag: int = setting(20_000, "stream positions between starting a background rebuild and serving from it "
+                                        "(at least; also 1/8 of the items it is built from)")
+    ivf_nlist: int = setting(0, "IVF: number of lists (0 = about 4 sqrt(n), a power of two)")
+    ivf_nprobe: int = setting(16, "IVF: lists probed per search")
+    ivf_train_size: int = setting(40_000, "ivf kinds: items held exactly (flat) before the IVF is trained on them")
+    pq_refine: int = setting(8, "ivf-pq: candidates re-ranked, as a multiple of the neighbours asked for")
     hnsw_m: int = setting(32, "HNSW: graph degree")
     hnsw_ef_construction: int = setting(80, "HNSW: build-time beam width")
     hnsw_ef_search: int = setting(64, "HNSW: search-time beam width")
-    gpu: str = setting("auto", "FAISS GPU: 'auto' (use when present, flat/ivf only), 'off', 'on'",
-                  choices=("auto", "off", "on"))
+    gpu: str = setting("auto", "FAISS GPU: 'auto' (use when present: exact search on the GPU), 'off', 'on'",
+                       choices=("auto", "off", "on"))
 
 
 @dataclass
@@ -232,6 +244,10 @@ def validate_config(cfg: RunConfig) -> None:
         (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
         (0.0 <= s.align_bootstrap_quantile < 1.0, "selector.align_bootstrap_quantile must be in [0, 1)"),
         (cfg.store.commit_every >= 1, "store.commit_every must be >= 1"),
+        (cfg.index.auto_window >= cfg.source.batch_size, "index.auto_window must be at least source.batch_size "
+                                                          "(a batch must fit in the exactly searched window)"),
+        (cfg.index.auto_growth >= 2 and cfg.index.auto_exact_max >= 1 and cfg.index.ivf_nprobe >= 1,
+         "index.auto_growth must be >= 2, index.auto_exact_max and index.ivf_nprobe >= 1"),
         (cfg.source.batch_size >= 1, "source.batch_size must be >= 1"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
     ]

@@ -251,11 +251,12 @@ class InfoGrowthSelector:
         irow = np.full((2, n, k), -1, np.int64)
         gram = np.zeros((2, n, n), np.float32)
         n_index = np.zeros(2, np.int64)
+        seqs = np.arange(self.seq, self.seq + n, dtype=np.int64)
         for j, m in enumerate(MODALITIES):
             if m not in mods:
                 continue
             index = self.indexes[m]
-            isims[j], irow[j] = index.search(mods[m], k)
+            isims[j], irow[j] = index.search(mods[m], k, seqs)
             ilab[j] = index.labels_of(irow[j])
             gram[j] = mods[m] @ mods[m].T
             n_index[j] = len(index)
@@ -324,7 +325,7 @@ class InfoGrowthSelector:
         for j, m in enumerate(MODALITIES):
             if v.n_acc[j]:
                 a = v.acc[j, : v.n_acc[j]]
-                self.indexes[m].add(v.mods[m][a], [v.ids[t] for t in a], v.vote_label[a])
+                self.indexes[m].add(v.mods[m][a], [v.ids[t] for t in a], v.vote_label[a], self.seq + a)
         n = len(v.ids)
         seqs = np.arange(self.seq, self.seq + n, dtype=np.int64)
         self.seq += n

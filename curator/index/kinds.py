@@ -1,0 +1,157 @@
+"""Index kinds: what FAISS index each kind is, how it is tuned, what it costs per item, and which
+kind `index.kind = "auto"` chooses for a given size.
+
+    flat        exact inner product (IndexFlatIP)
+    hnsw        HNSW graph over exact vectors: no training; slow to insert into, so never chosen by auto
+    ivf         IVF{nlist},Flat: exact distances inside the probed lists; reads 4d bytes per candidate
+    ivf-pq      IVF{nlist},PQ{d/8}x4fs,RFlat: 4-bit fast-scan PQ codes find `pq_refine` x k candidates
+                in the probed lists (d/16 bytes each: SIMD, a fraction of what ivf reads), the exact
+                vectors re-rank them -- exact cosines for the neighbours kept (4d + d/16 bytes per item)
+    ivf-pq-sq8  the same with SQ8 codes re-ranking (near-exact cosines, d + d/16 bytes per item): past
+                what memory holds uncompressed
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import faiss
+
+from curator.config import IndexConfig
+
+KINDS = ("flat", "hnsw", "ivf", "ivf-pq", "ivf-pq-sq8")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One concrete index: its kind and, for IVF kinds, its number of lists."""
+
+    kind: str
+    nlist: int = 0
+
+    @property
+    def approximate(self) -> bool:
+        return self.kind != "flat"
+
+    @property
+    def trainable(self) -> bool:
+        return self.kind.startswith("ivf")
+
+    def factory(self, dim: int, cfg: IndexConfig) -> str:
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{cfg.hnsw_m},Flat"
+        if self.kind == "ivf":
+            return f"IVF{self.nlist},Flat"
+        if self.kind == "ivf-pq":
+            return f"IVF{self.nlist},PQ{pq_m(dim)}x4fs,RFlat"
+        if self.kind == "ivf-pq-sq8":
+            return f"IVF{self.nlist},PQ{pq_m(dim)}x4fs,Refine(SQ8)"
+        raise ValueError(f"index kind must be one of {', '.join(KINDS)} or auto, got {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Spec:
+        return cls(str(d["kind"]), int(d.get("nlist", 0)))
+
+
+def pq_m(dim: int) -> int:
+    """PQ sub-quantizers: one per 8 dimensions (an even number, as fast scan needs)."""
+    m = max(2, dim // 8)
+    return m - (m % 2)
+
+
+def nlist_for(n: int) -> int:
+    """Lists for an IVF over about n items: a power of two near 4 sqrt(n), in [64, 65536]."""
+    target = 4 * math.sqrt(max(n, 1))
+    return int(min(65536, max(64, 2 ** round(math.log2(target)))))
+
+
+def bytes_per_vector(spec: Spec, dim: int) -> float:
+    """What one indexed vector costs in the index (codes and list ids; not the id/label columns)."""
+    if spec.kind in ("flat",):
+        return 4.0 * dim
+    if spec.kind == "hnsw":
+        return 4.0 * dim + 8 * 2 * 32  # vectors + about 2M neighbour links (int64 -> here int32 pairs)
+    if spec.kind == "ivf":
+        return 4.0 * dim + 8 + 8  # vectors + list id + direct map
+    if spec.kind == "ivf-pq":
+        return pq_m(dim) / 2 + 4.0 * dim + 8  # 4-bit codes + exact vectors + list id
+    return pq_m(dim) / 2 + dim + 8  # 4-bit codes + SQ8 codes + list id
+
+
+def build(spec: Spec, dim: int, cfg: IndexConfig) -> faiss.Index:
+    """A new, empty (untrained) CPU index for `spec`, tuned by `cfg`."""
+    idx = faiss.index_factory(dim, spec.factory(dim, cfg), faiss.METRIC_INNER_PRODUCT)
+    tune(idx, cfg)
+    return idx
+
+
+def tune(idx: faiss.Index, cfg: IndexConfig) -> None:
+    """Search-time settings (also after a snapshot is read back)."""
+    if isinstance(idx, faiss.IndexRefine):
+        idx.k_factor = float(cfg.pq_refine)
+    try:
+        ivf = faiss.extract_index_ivf(idx)
+        ivf.nprobe = cfg.ivf_nprobe
+        cp = ivf.cp
+        cp.niter, cp.max_points_per_centroid, cp.seed = 10, 64, 1234
+    except RuntimeError:
+        pass
+    hnsw = faiss.downcast_index(idx)
+    if isinstance(hnsw, faiss.IndexHNSW):
+        hnsw.hnsw.efConstruction = cfg.hnsw_ef_construction
+        hnsw.hnsw.efSearch = cfg.hnsw_ef_search
+
+
+def enable_reconstruct(idx: faiss.Index) -> None:
+    """IVF lists do not know a row's place without a direct map; rebuilds read rows back."""
+    try:
+        ivf = faiss.extract_index_ivf(idx)
+    except RuntimeError:
+        return
+    if not isinstance(idx, faiss.IndexRefine):
+        ivf.make_direct_map()
+
+
+@dataclass(frozen=True)
+class Step:
+    """A rebuild the policy schedules: once `at` items are indexed, build `spec` from the first `at`."""
+
+    at: int
+    spec: Spec
+
+
+def first_spec(cfg: IndexConfig) -> Spec:
+    """What a new index starts as: exact for auto and the trainable kinds (they train on what they hold)."""
+    if cfg.kind in ("auto", "flat") or cfg.kind.startswith("ivf"):
+        return Spec("flat")
+    return Spec(cfg.kind)
+
+
+def next_step(cfg: IndexConfig, dim: int, current: Spec, built_at: int, on_gpu: bool = False) -> Step | None:
+    """The next rebuild after the current index (built from `built_at` items), or None. On a GPU, auto
+    stays exact: a GPU searches millions of vectors exactly faster than a CPU searches an IVF."""
+    if cfg.kind in ("flat", "hnsw") or (cfg.kind == "auto" and on_gpu):
+        return None
+    if cfg.kind.startswith("ivf"):
+        if current.kind != "flat":
+            return None
+        n = cfg.ivf_train_size
+        return Step(n, Spec(cfg.kind, cfg.ivf_nlist or min(nlist_for(n), trainable_nlist(n))))
+    # auto: exact while small, then ivf-pq rebuilt every `auto_growth`-fold; SQ8 past the memory budget
+    at = cfg.auto_exact_max if current.kind == "flat" else built_at * cfg.auto_growth
+    until = at * cfg.auto_growth  # the size it serves up to, before the next rebuild
+    flat_ok = until * dim * 4 <= cfg.auto_memory_mb * 2**20
+    nlist = cfg.ivf_nlist or min(nlist_for(int(at * math.sqrt(cfg.auto_growth))), trainable_nlist(at))
+    return Step(at, Spec("ivf-pq" if flat_ok else "ivf-pq-sq8", nlist))
+
+
+def trainable_nlist(n: int) -> int:
+    """The most lists n training items support (k-means wants about 40 points per centroid)."""
+    return max(16, 2 ** int(math.log2(max(n // 40, 16))))

@@ -1,0 +1,87 @@
+"""The recently accepted items, searched exactly beside an approximate index.
+
+With an approximate index, whether an earlier item is found could depend on whether it arrived in
+an earlier batch (then it is in the index, found approximately) or in the same one (then it is
+compared exactly): decisions would depend on batch boundaries. So an item at stream position s is
+split at a bound b(s) -- `window` positions back, rounded down to a multiple of `BLOCK` -- that
+depends on s alone: the approximate index answers for the items accepted before b(s) (a filtered
+search), and it compares exactly with those accepted from b(s) on (here, and the batch's own earlier
+items). Both halves are then the same whatever the batching. It also finds every near-duplicate
+that arrives within the window of its original exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: bounds are multiples of this, so a batch of queries needs only a few filtered searches
+BLOCK = 128
+
+
+def bounds(seqs: np.ndarray, window: int) -> np.ndarray:
+    """b(s): the first stream position an item at position s compares with exactly."""
+    return np.maximum((seqs - window) // BLOCK * BLOCK, 0)
+
+
+class RecentWindow:
+    def __init__(self, dim: int, window: int) -> None:
+        self.dim = dim
+        self.window = int(window)
+        self.vecs = np.zeros((0, dim), np.float32)
+        self.rows = np.zeros(0, np.int64)
+        self.seqs = np.zeros(0, np.int64)
+
+    def add(self, x: np.ndarray, rows: np.ndarray, seqs: np.ndarray) -> None:
+        if len(seqs) == 0:
+            return
+        keep = seqs >= int(bounds(np.array([seqs[-1] + 1]), self.window)[0])  # what a later query can need
+        self.vecs = np.concatenate([self.vecs, x[keep]])
+        self.rows = np.concatenate([self.rows, rows[keep]])
+        self.seqs = np.concatenate([self.seqs, seqs[keep]])
+        self.evict(int(bounds(np.array([seqs[-1] + 1]), self.window)[0]))
+
+    def evict(self, before_seq: int) -> None:
+        """Forget items before `before_seq`: queries only move forward in the stream."""
+        keep = self.seqs >= before_seq
+        if not keep.all():
+            self.vecs, self.rows, self.seqs = self.vecs[keep], self.rows[keep], self.seqs[keep]
+
+    def search(self, q: np.ndarray, k: int, lower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact similarities to the items accepted at or after each query's bound `lower`."""
+        n = len(q)
+        if len(self.rows) == 0 or n == 0:
+            return np.full((n, 0), -np.inf, np.float32), np.full((n, 0), -1, np.int64)
+        sims = q @ self.vecs.T
+        sims[self.seqs[None, :] < lower[:, None]] = -np.inf
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < sims.shape[1] else \
+            np.broadcast_to(np.arange(sims.shape[1]), (n, sims.shape[1])).copy()
+        s = np.take_along_axis(sims, part, axis=1)
+        r = np.where(np.isneginf(s), -1, self.rows[part])
+        return s.astype(np.float32), r
+
+
+def merge(a_sims: np.ndarray, a_rows: np.ndarray, b_sims: np.ndarray, b_rows: np.ndarray,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best of two result lists (rows found in both keep b's similarity), ordered by
+    similarity, then row: the same neighbours in the same order however they were found."""
+    sims = np.concatenate([b_sims, a_sims], axis=1)
+    rows = np.concatenate([b_rows, a_rows], axis=1)
+    src = np.concatenate([np.zeros(b_rows.shape, np.int8), np.ones(a_rows.shape, np.int8)], axis=1)
+    sims = np.where(rows < 0, -np.inf, sims)
+    # duplicates: sort by (row, source) and blank every repeat of a row (b's copy comes first)
+    order = np.lexsort((src, rows), axis=1)
+    r_sorted = np.take_along_axis(rows, order, axis=1)
+    dup = np.zeros_like(r_sorted, dtype=bool)
+    dup[:, 1:] = (r_sorted[:, 1:] == r_sorted[:, :-1]) & (r_sorted[:, 1:] >= 0)
+    s_sorted = np.where(dup, -np.inf, np.take_along_axis(sims, order, axis=1))
+    r_sorted = np.where(dup, -1, r_sorted)
+    # best first; among equal similarities the smaller row (the sort by row above is stable under this)
+    best = np.argsort(-s_sorted, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(s_sorted, best, axis=1)
+    r = np.take_along_axis(r_sorted, best, axis=1)
+    r = np.where(np.isneginf(s), -1, r)
+    if s.shape[1] < k:
+        s = np.pad(s, ((0, 0), (0, k - s.shape[1])), constant_values=-np.inf)
+        r = np.pad(r, ((0, 0), (0, k - r.shape[1])), constant_values=-1)
+    return s.astype(np.float32), r.astype(np.int64)
