@@ -46,14 +46,14 @@ class IndexConfig:
                                 "grows, ivf-pq-sq8 past auto_memory_mb), 'flat' (exact), 'ivf', 'ivf-pq', "
                                 "'ivf-pq-sq8', 'hnsw' (see docs/operations.md)",
                         choices=("auto", "flat", "ivf", "ivf-pq", "ivf-pq-sq8", "hnsw"))
-    auto_exact_max: int = setting(20_000, "auto: items searched exactly before the first IVF is built")
+    auto_exact_max: int = setting(8_192, "auto: items searched exactly before the first IVF is built")
     auto_growth: int = setting(4, "auto: the IVF is rebuilt (more lists) each time the index grows this many times")
     auto_memory_mb: int = setting(4096, "auto: past this many MB of uncompressed vectors, the rebuilt index "
                                         "re-ranks with SQ8 codes instead of the exact vectors (d/16 + d bytes per item)")
     auto_window: int = setting(512, "items accepted in the last this-many stream positions are also compared "
                                      "exactly, so an approximate index decides the same whatever the batching "
                                      "(at least [source] batch_size)")
-    auto_min_lag: int = setting(20_000, "stream positions between starting a background rebuild and serving from it "
+    auto_min_lag: int = setting(4_096, "stream positions between starting a background rebuild and serving from it "
                                         "(at least; also 1/8 of the items it is built from)")
     ivf_nlist: int = setting(0, "IVF: number of lists (0 = about 4 sqrt(n), a power of two)")
     ivf_nprobe: int = setting(16, "IVF: lists probed per search")
