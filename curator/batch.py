@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from curator.embed.base import Embeddings
@@ -82,6 +83,8 @@ class SelectedBatch:
     items: int
     index_size: int
     trusted: bool = False
+    homes: np.ndarray | None = None  # per decision row, the shard that writes it (None: shard 0)
+    kept_homes: np.ndarray | None = None  # per kept row
     seconds: dict[str, float] = field(default_factory=dict)  # per stage so far
 
 

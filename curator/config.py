@@ -95,6 +95,12 @@ class SelectorConfig:
     gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
     keep_rate: float = setting(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
                                "(0 = keep every clean non-duplicate item)")
+    shards: int = setting(1, "selector shards: each holds the index of the items routed to it (a coarse quantizer "
+                             "trained on the bootstrap) and writes their rows; on Ray, one actor each")
+    probe: int = setting(2, "shards an item compares with (its home and the nearest others); = shards: the same "
+                            "decisions as one shard")
+    router_train_size: int = setting(4096, "without a trusted bootstrap: the stream positions whose accepted items "
+                                           "train the shard router (all on one shard until then)")
 
 
 @dataclass
@@ -243,6 +249,8 @@ def validate_config(cfg: RunConfig) -> None:
         (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),
         (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
         (0.0 <= s.align_bootstrap_quantile < 1.0, "selector.align_bootstrap_quantile must be in [0, 1)"),
+        (s.shards >= 1 and s.probe >= 1, "selector.shards and selector.probe must be >= 1"),
+        (s.router_train_size >= s.shards, "selector.router_train_size must be at least selector.shards"),
         (cfg.store.commit_every >= 1, "store.commit_every must be >= 1"),
         (cfg.index.auto_window >= cfg.source.batch_size, "index.auto_window must be at least source.batch_size "
                                                           "(a batch must fit in the exactly searched window)"),

@@ -35,8 +35,9 @@ from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.records import Limits, Position, Rejection, rejection_decisions, rejections_table
 from curator.select import InfoGrowthSelector, kept_table
+from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.store.lock import RunDirLock
-from curator.store.writer import StoreWriter
+from curator.store.writer import StoreError, StoreWriter, read_manifest
 from curator.validate import validate_batch
 
 log = logging.getLogger(__name__)
@@ -143,16 +144,19 @@ class SelectStage:
     name = "select"
 
     def __init__(self, cfg: RunConfig, text_embedder: Embedder | None = None,
-                 resources: Resources = Resources(cpus=1.0)) -> None:
+                 resources: Resources = Resources(cpus=1.0), shards: list[ShardClient] | None = None) -> None:
         self.cfg = cfg
         self.resources = resources
         self.fingerprint = cfg.fingerprint()
         self._text_embedder = text_embedder  # only a recaption hook needs it: loaded on first use
         self.selector: InfoGrowthSelector | None = None
+        # the shards: in this process unless an executor puts them elsewhere (`pipelines.executors.shards`)
+        self.shards: list[ShardClient] = shards or [
+            LocalShard(IndexShard(k, cfg.index, cfg.store.out)) for k in range(cfg.selector.shards)]
 
     def setup(self) -> None:
         self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
-                                           text_embed=self._embed_texts)
+                                           text_embed=self._embed_texts, shards=self.shards)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         if self._text_embedder is None:
@@ -173,31 +177,34 @@ class SelectStage:
         sel = self.selector
         assert sel is not None, "call setup() first"
         sel.model_id = batch.model_id
-        decisions, kept = [], None
+        decisions, kept, homes, kept_homes = [], None, [], None
         if batch.samples.num_rows:
             assert batch.emb is not None
             s = (sel.bootstrap if batch.trusted else sel.select)(batch.samples, batch.emb)
             decisions.append(s.decisions)
             kept = kept_table(batch.samples, batch.emb, s, self.cfg.store.store_images)
-        if batch.rejects:
+            h = s.homes if s.homes is not None else np.zeros(batch.samples.num_rows, np.int64)
+            homes.append(h)
+            kept_homes = h[s.kept_rows]
+        if batch.rejects:  # shard 0 writes rejected input
             decisions.append(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint))
+            homes.append(np.zeros(len(batch.rejects), np.int64))
         table = pa.concat_tables(decisions) if decisions else rejection_decisions([], "", "")
-        return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted)
+        return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted,
+                             np.concatenate(homes) if homes else None, kept_homes)
 
-    # checkpoints: the selector's state goes into the manifest, its indexes into the checkpoint folder
+    # checkpoints: the selector's state goes into the manifest; each shard snapshots its own indexes
     def state(self) -> dict[str, Any]:
         assert self.selector is not None
         return self.selector.state_dict()
 
-    def save(self, directory: Path) -> None:
-        assert self.selector is not None
-        self.selector.save_indexes(directory)
-
-    def restore(self, state: dict[str, Any], directory: Path | None) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         assert self.selector is not None
         self.selector.load_state_dict(state)
-        if directory is not None:
-            self.selector.load_indexes(directory, state["modalities"])
+
+    def finish_bootstrap(self) -> None:
+        assert self.selector is not None
+        self.selector.finish_bootstrap()
 
     def teardown(self) -> None:
         return None
@@ -246,15 +253,23 @@ class WriteStage:
         self._lock = RunDirLock(out)
         self._lock.acquire(self.lock_timeout_s)
         fp = self.cfg.fingerprint()
+        m0 = read_manifest(out)
+        n = int(((m0 or {}).get("shards") or {}).get("n", 1)) if m0 else self.cfg.selector.shards
+        if m0 and n != self.cfg.selector.shards:
+            raise StoreError(f"{out} was curated with selector.shards = {n}; it cannot resume with "
+                             f"{self.cfg.selector.shards} (each shard holds its own index): run with "
+                             f"--selector.shards {n}, or start a new run directory")
         self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": fp}, self.shard)
         (out / "config.toml").write_text(to_toml(self.cfg))
         m = self.writer.manifest
+        for c in self.select.shards:
+            c.setup(m if m["commit"] > 0 else None)  # each restores its index snapshot, drops uncommitted parts
         if m["commit"] > 0:
             self.positions = positions_from_json(m["positions"])
             self.counts = Counter(m.get("counts") or {})
             self.bootstrapped = bool(m.get("bootstrapped"))
             if m.get("selector_state"):
-                self.select.restore(m["selector_state"], out / m["checkpoint"] if m.get("checkpoint") else None)
+                self.select.restore(m["selector_state"])
             log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
         sel = self.select.selector
         return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
@@ -262,13 +277,19 @@ class WriteStage:
                       self.select.index_dim)
 
     def process(self, batch: SelectedBatch) -> BatchOutcome:
-        w = self.writer
-        assert w is not None, "call setup() first"
-        w.stage("decisions", batch.decisions)
-        if batch.kept is not None:
-            w.stage("kept", batch.kept)
+        assert self.writer is not None, "call setup() first"
+        shards = self.select.shards
+        for table, rows, homes in (("decisions", batch.decisions, batch.homes),
+                                   ("kept", batch.kept, batch.kept_homes)):
+            if rows is None or rows.num_rows == 0:
+                continue
+            if homes is None or len(shards) == 1:
+                shards[0].stage(table, rows)
+                continue
+            for s in np.unique(homes):
+                shards[int(s)].stage(table, rows.take(pa.array(np.flatnonzero(homes == s))))
         if batch.rejects:
-            w.stage("quarantine", rejections_table(batch.rejects))
+            shards[0].stage("quarantine", rejections_table(batch.rejects))
         counts = Counter(batch.decisions.column("decision").to_pylist())
         self.counts.update(counts)
         if not batch.trusted:
@@ -281,13 +302,20 @@ class WriteStage:
         return self._pending
 
     def commit(self, bootstrapped: bool = False, extra: dict[str, Any] | None = None) -> Committed:
-        """Parts, then the index snapshot and selector state, then the manifest naming them."""
+        """Every shard's parts and index snapshot (in parallel where shards are actors), then the
+        selector's state and the manifest naming all of them."""
         w = self.writer
         assert w is not None, "call setup() first"
         t0 = time.perf_counter()
+        if bootstrapped and not self.bootstrapped:
+            self.select.finish_bootstrap()  # the shard routers train on the trusted items
         self.bootstrapped = self.bootstrapped or bootstrapped
-        m = w.commit(self.positions, self.select.state(), self.select.save,
-                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts), **(extra or {})})
+        no = w.commit_no + 1
+        durable = [p.result() for p in [c.write(no) for c in self.select.shards]]
+        shards = {"n": len(self.select.shards), "probe": self.cfg.selector.probe}
+        m = w.commit(self.positions, self.select.state(), None,
+                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts), **(extra or {}),
+                      "shards": {**(w.manifest.get("shards") or {}), **shards}}, durable)
         self._pending = 0
         return Committed(int(m["commit"]), positions_from_json(m["positions"]), time.perf_counter() - t0)
 
@@ -312,13 +340,14 @@ class Stages:
 
 
 def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, shard: int = 0,
-                 lock_timeout_s: float = 60.0) -> Stages:
-    """The one builder: the stages of a run from its configuration (nothing is loaded yet)."""
+                 lock_timeout_s: float = 60.0, shards: list[ShardClient] | None = None) -> Stages:
+    """The one builder: the stages of a run from its configuration (nothing is loaded yet). `shards`:
+    clients of selector shards placed elsewhere (Ray actors); by default they live in the select stage."""
     res = resources or {}
     limits = Limits()
     embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)))
     select = SelectStage(cfg, embed.embedder if cfg.selector.recaption_hook else None,
-                         res.get("select", Resources(cpus=1.0)))
+                         res.get("select", Resources(cpus=1.0)), shards)
     return Stages(ValidateStage(limits, res.get("validate", Resources())), embed, select,
                   WriteStage(cfg, select, embed.embedder.model_id, shard, lock_timeout_s,
                              res.get("write", Resources())))

@@ -80,6 +80,7 @@ class ServiceConfig:
     embed_num_cpus: float = setting(1.0, "CPUs reserved per embedder actor")
     embed_num_gpus: float = setting(0.0, "GPUs per embedder actor: 1 = one each, 0.25 = four share one GPU")
     selector_num_cpus: float = setting(1.0, "CPUs reserved for the selector/writer actor")
+    shard_num_cpus: float = setting(1.0, "CPUs reserved per selector shard actor (selector.shards > 1)")
     max_inflight_batches: int = setting(0, "batches being embedded at once (0 = 2 per embedder actor)")
     max_selector_queue: int = setting(4, "batches past the embedders, waiting for the selector")
     max_inflight_mb: int = setting(256, "bound on what the batches in the graph weigh (their records' payloads), "
@@ -148,7 +149,7 @@ def validate_serve_config(cfg: ServeConfig) -> None:
     s, k = cfg.service, cfg.kafka
     checks = [
         (s.embed_actors >= 1, "service.embed_actors must be >= 1"),
-        (s.embed_num_cpus >= 0 and s.embed_num_gpus >= 0 and s.selector_num_cpus >= 0,
+        (s.embed_num_cpus >= 0 and s.embed_num_gpus >= 0 and s.selector_num_cpus >= 0 and s.shard_num_cpus >= 0,
          "service.*_num_cpus / embed_num_gpus must be >= 0"),
         (s.embed_num_gpus <= 1 or float(s.embed_num_gpus).is_integer(),
          "service.embed_num_gpus above 1 must be a whole number of GPUs"),

@@ -40,7 +40,8 @@ def _init_ray(scfg: ServeConfig) -> tuple[Any, bool]:
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
-        need = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus
+        shards = scfg.run.selector.shards
+        need = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (shards * s.shard_num_cpus if shards > 1 else 0)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
                  object_store_memory=s.object_store_mb * 1024 * 1024, log_to_driver=True)
         log.info("started a local Ray instance (set service.ray_address or $RAY_ADDRESS to join a cluster)")

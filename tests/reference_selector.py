@@ -23,6 +23,7 @@ class ReferenceSelector(InfoGrowthSelector):
         s = v.isims[m, i][ok]
         lab = v.ilab[m, i][ok]
         src = [(0, int(r)) for r in v.irow[m, i][ok]]
+        acc = [j for j in acc if v.gram[m, i, j] > -np.inf]  # on shards this item does not probe: not seen
         if acc:
             a = np.asarray(acc)
             s = np.concatenate([s, v.gram[m, i, a]])

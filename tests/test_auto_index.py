@@ -95,7 +95,11 @@ def test_auto_switches_mid_stream_independently_of_batching_and_agrees_with_exac
 def test_a_snapshot_taken_mid_rebuild_restores_to_the_same_decisions(tmp_path: Path) -> None:
     x, given = stream(4000, seed=1)
     sel, stop = InfoGrowthSelector(SelectorConfig(min_trusted=0), AUTO), 0
-    while "image" not in sel.indexes or sel.indexes["image"]._build is None or sel.indexes["image"].kind != "ivf-pq":
+
+    def index(s: InfoGrowthSelector) -> VectorIndex | None:
+        return s.shards[0].target.indexes.get("image")
+
+    while index(sel) is None or index(sel)._build is None or index(sel).kind != "ivf-pq":
         run(AUTO, [128], x, given, sel=sel, start=stop, stop=stop + 128)  # until a second rebuild is under way
         stop += 128
     assert stop < 3000
@@ -104,8 +108,7 @@ def test_a_snapshot_taken_mid_rebuild_restores_to_the_same_decisions(tmp_path: P
     back = InfoGrowthSelector(SelectorConfig(min_trusted=0), AUTO)
     back.load_state_dict(state)
     back.load_indexes(tmp_path, state["modalities"])
-    assert back.indexes["image"]._build is not None and back.indexes["image"].switch_at == \
-        sel.indexes["image"].switch_at
+    assert index(back)._build is not None and index(back).switch_at == index(sel).switch_at
     _, a, kinds_a = run(AUTO, [128], x, given, sel=sel, start=stop)
     _, b, _ = run(AUTO, [128], x, given, sel=back, start=stop)
     assert a == b

@@ -47,22 +47,32 @@ def crash_topic(kafka_broker: KafkaTestBroker, digits: Digits) -> str:  # noqa: 
 
 
 def crash_config(out: Path, digits: Digits, broker: KafkaTestBroker, topic: str, ray: str,  # noqa: F811
-                 group: str, bounded: bool):
+                 group: str, bounded: bool, shards: int = 1):
     # small batches and commits, one batch in flight: many commits, so kills land in all states
     run = run_config(out, digits, commit_every=96)
     run.source.batch_size = 32
+    run.selector.shards, run.selector.probe = shards, 1  # with shards, items compare within their own only
     return serve_config(run, broker, topic, ray, kafka={"group_id": group, "end_after_idle_s": 1.0 if bounded else 0.0},
                         service={"max_inflight_batches": 2, "commit_interval_s": 0.5})
+
+
+def _uninterrupted(ray: str, broker: KafkaTestBroker, topic: str, digits: Digits, tmp: Path,  # noqa: F811
+                   shards: int) -> Path:
+    out = tmp / "run"
+    run_service(crash_config(out, digits, broker, topic, ray, f"g-base{shards}-{topic}", True, shards), tmp, "base")
+    return out
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
                   tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    out = tmp / "run"
-    run_service(crash_config(out, digits, kafka_broker, crash_topic, ray_cluster, f"g-base-{crash_topic}", True),
-                tmp, "base")
-    return out
+    return _uninterrupted(ray_cluster, kafka_broker, crash_topic, digits, tmp_path_factory.mktemp("base1"), 1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sharded(ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str,  # noqa: F811
+                          digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    return _uninterrupted(ray_cluster, kafka_broker, crash_topic, digits, tmp_path_factory.mktemp("base2"), 2)
 
 
 def _decided(out: Path) -> int:
@@ -73,24 +83,27 @@ def _decided(out: Path) -> int:
     return sum((m or {}).get("counts", {}).values())
 
 
-def _kill_selector(sp: ServiceProcess) -> bool:
-    m = re.search(r"selector/writer actor pid (\d+)", sp.log())
-    if not m:
+def _kill_selector(sp: ServiceProcess, rng: random.Random) -> bool:
+    """SIGKILL the selector/writer actor, or (with shards) one of the shard actors."""
+    pids = [int(p) for p in re.findall(r"selector/writer actor pid (\d+)", sp.log())]
+    for group in re.findall(r"selector shard actor pids \[([\d, ]+)\]", sp.log()):
+        pids += [int(p) for p in group.split(",")]
+    if not pids:
         return False
     try:
-        os.kill(int(m.group(1)), signal.SIGKILL)
+        os.kill(rng.choice(pids), signal.SIGKILL)
         return True
     except ProcessLookupError:
         return False
 
 
 def crash_and_recover(kills: int, seed: int, ray: str, broker: KafkaTestBroker, topic: str, digits: Digits,  # noqa: F811
-                      tmp: Path) -> tuple[Path, list[str]]:
+                      tmp: Path, shards: int = 1) -> tuple[Path, list[str]]:
     rng = random.Random(seed)
     out = tmp / "run"
     group = f"g-crash{seed}-{topic}"
     total = len(digits.records) + 100
-    cfg_path = write_config(crash_config(out, digits, broker, topic, ray, group, bounded=False), tmp / "crash.toml")
+    cfg_path = write_config(crash_config(out, digits, broker, topic, ray, group, False, shards), tmp / "crash.toml")
     story = []
     for i in range(kills):
         # spread the kill points over what is left, so most runs die mid-stream (mean step: left / kills left)
@@ -109,11 +122,11 @@ def crash_and_recover(kills: int, seed: int, ray: str, broker: KafkaTestBroker, 
             time.sleep(rng.uniform(0.0, 0.15))
             where = f"after {target} decided+{time.monotonic() - t0:.1f}s"
         assert sp.proc.poll() is None, f"service exited before the kill:\n{sp.log()[-3000:]}"
-        also = rng.random() < 0.5 and _kill_selector(sp)
+        also = rng.random() < 0.5 and _kill_selector(sp, rng)
         sp.kill()
-        story.append(f"kill {i}: {where}, {'driver + selector actor' if also else 'driver'}; manifest at "
+        story.append(f"kill {i}: {where}, {'driver + an actor' if also else 'driver'}; manifest at "
                      f"{_decided(out)} decided")
-    final = write_config(crash_config(out, digits, broker, topic, ray, group, bounded=True), tmp / "final.toml")
+    final = write_config(crash_config(out, digits, broker, topic, ray, group, True, shards), tmp / "final.toml")
     sp = ServiceProcess(final, tmp / "final.log")
     assert sp.wait(240) == 0, sp.log()[-4000:]
     return out, story
@@ -153,3 +166,27 @@ def test_sigkill_at_20_points_then_restart_equals_uninterrupted(
     out, story = crash_and_recover(20, 20, ray_cluster, kafka_broker, crash_topic, digits, tmp_path)
     check_exactly_once(out, uninterrupted, kafka_broker, crash_topic, digits, f"g-crash20-{crash_topic}")
     print(f"\n20 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+
+
+@pytest.mark.timeout(600)
+def test_two_shards_sigkill_at_5_points_then_restart_equals_uninterrupted(
+    ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
+    uninterrupted_sharded: Path, tmp_path: Path,
+) -> None:
+    t0 = time.monotonic()
+    out, story = crash_and_recover(5, 77, ray_cluster, kafka_broker, crash_topic, digits, tmp_path, shards=2)
+    check_exactly_once(out, uninterrupted_sharded, kafka_broker, crash_topic, digits, f"g-crash77-{crash_topic}")
+    assert {p.split("/")[1] for p in (read_manifest(out) or {})["parts"]["kept"]} == {"shard=0", "shard=1"}
+    print(f"\n2 shards: 5 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_two_shards_sigkill_at_20_points_then_restart_equals_uninterrupted(
+    ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
+    uninterrupted_sharded: Path, tmp_path: Path,
+) -> None:
+    t0 = time.monotonic()
+    out, story = crash_and_recover(20, 2020, ray_cluster, kafka_broker, crash_topic, digits, tmp_path, shards=2)
+    check_exactly_once(out, uninterrupted_sharded, kafka_broker, crash_topic, digits, f"g-crash2020-{crash_topic}")
+    print(f"\n2 shards: 20 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))

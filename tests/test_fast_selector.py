@@ -57,8 +57,10 @@ def assert_same(a: tuple, b: tuple) -> None:
         assert np.array_equal(getattr(sa, name).counts, getattr(sb, name).counts), name
     assert (sa.g_sum, sa.g_count, sa.seq) == (sb.g_sum, sb.g_count, sb.seq)
     assert sa.rng.bit_generator.state == sb.rng.bit_generator.state
-    for m in sa.indexes:
-        assert sa.indexes[m].ids == sb.indexes[m].ids and np.array_equal(sa.indexes[m].labels, sb.indexes[m].labels)
+    for ca, cb in zip(sa.shards, sb.shards, strict=True):
+        for m, ia in ca.target.indexes.items():
+            ib = cb.target.indexes[m]
+            assert ia.ids == ib.ids and np.array_equal(ia.labels, ib.labels)
 
 
 def test_equal_on_the_demo_stream_with_a_budget() -> None:

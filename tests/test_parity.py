@@ -29,19 +29,21 @@ def _decisions(run: Path) -> pa.Table:
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_in_process_and_ray_executors_decide_identically(ray_local, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 3])
+def test_in_process_and_ray_executors_decide_identically(ray_local, tmp_path: Path, shards: int) -> None:
+    """With 3 shards (probe 2): shards in the selector's process, and shard actors on Ray."""
     from pipelines.service import serve
 
     write_demo_inputs(tmp_path, seed=3)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    cfg = demo_config(tmp_path, 3, {"store": {"commit_every": 300}})
+    cfg = demo_config(tmp_path, 3, {"store": {"commit_every": 300}, "selector": {"shards": shards, "probe": 2}})
     cfg.store.out = str(local)
     run_ingest(cfg, progress=False)
 
     cfg.store.out = str(on_ray)
     scfg = ServeConfig(run=cfg)
     s = scfg.service
-    s.port, s.embed_actors, s.embed_num_cpus, s.selector_num_cpus = 0, 2, 0.5, 0.5
+    s.port, s.embed_actors, s.embed_num_cpus, s.selector_num_cpus, s.shard_num_cpus = 0, 2, 0.4, 0.4, 0.2
     old = signal.getsignal(signal.SIGTERM)
     try:
         assert serve(scfg) == 0

@@ -188,6 +188,15 @@ class VectorIndex:
             self._build.poke()
         self._maybe_start()
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of these rows (exact, or as the index's codes give them back)."""
+        return self._read(np.asarray(rows, np.int64))
+
+    def search_labelled(self, q: np.ndarray, k: int, seqs: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """`search`, with the vote labels of the rows found."""
+        sims, rows = self.search(q, k, seqs)
+        return sims, rows, self.labels_of(rows)
+
     # --- rebuilds ---------------------------------------------------------------------------
     def _read(self, rows: np.ndarray) -> np.ndarray:
         with self._lock:

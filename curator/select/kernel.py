@@ -76,8 +76,8 @@ def _merge(isims: np.ndarray, ilab: np.ndarray, irow: np.ndarray, i: int, k: int
     for t in range(n_acc):
         a = acc[t]
         s = gram[i, a]
-        if cnt == k and not s > out_s[k - 1]:
-            continue
+        if not s > -np.inf or (cnt == k and not s > out_s[k - 1]):
+            continue  # (-inf: on a shard this item does not probe)
         p = cnt if cnt < k else k - 1
         while p > 0 and out_s[p - 1] < s:
             p -= 1

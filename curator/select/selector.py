@@ -31,8 +31,10 @@ import curator.select.kernel as kern
 import curator.select.reasons as reasons
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
-from curator.index import VectorIndex
 from curator.records import DECISION_SCHEMA, KEPT_DECISIONS, Decision
+from curator.select.routing import Router
+from curator.select.shard import IndexShard, LocalShard, ShardClient
+from curator.select.sharded import ShardedIndex
 from curator.select.sketch import StreamingQuantile
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Selection:
     text_emb_out: np.ndarray | None  # per row, text embedding after a recaption
     gain: np.ndarray
     gain_norm: np.ndarray
+    homes: np.ndarray | None = None  # per row, the shard whose rows it belongs to (its primary index's home)
 
 
 @dataclass
@@ -138,6 +141,16 @@ class Scores:
                    np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool))
 
 
+def concat_selections(a: Selection, b: Selection) -> Selection:
+    """Two consecutive parts of one batch as one Selection (rows of b after a's)."""
+    te = None if a.text_emb_out is None or b.text_emb_out is None else np.concatenate([a.text_emb_out, b.text_emb_out])
+    return Selection(pa.concat_tables([a.decisions, b.decisions]),
+                     np.concatenate([a.kept_rows, b.kept_rows + a.decisions.num_rows]),
+                     np.concatenate([a.label_out, b.label_out]), a.text_out + b.text_out, te,
+                     np.concatenate([a.gain, b.gain]), np.concatenate([a.gain_norm, b.gain_norm]),
+                     None if a.homes is None or b.homes is None else np.concatenate([a.homes, b.homes]))
+
+
 class InfoGrowthSelector:
     """Owns the indexes of accepted items and decides, item by item, what to keep."""
 
@@ -148,14 +161,17 @@ class InfoGrowthSelector:
         model_id: str = "",
         fingerprint: str = "",
         text_embed: Callable[[list[str]], np.ndarray] | None = None,
+        shards: list[ShardClient] | None = None,
     ) -> None:
         self.cfg = cfg or SelectorConfig()
         self.index_cfg = index_cfg or IndexConfig()
+        # the shards hold the indexes (here: in this process, unless the caller gives remote ones)
+        self.shards = shards or [LocalShard(IndexShard(k, self.index_cfg)) for k in range(self.cfg.shards)]
         self.model_id = model_id
         self.fingerprint = fingerprint
         self.text_embed = text_embed
         self.recaption = load_hook(self.cfg.recaption_hook)
-        self.indexes: dict[str, VectorIndex] = {}
+        self.indexes: dict[str, ShardedIndex] = {}
         self.gain_sketch = StreamingQuantile(0.0, 2.0, 4096)
         self.align_sketch = StreamingQuantile(-1.0, 1.0, 4096)
         self.boot_align_sketch = StreamingQuantile(-1.0, 1.0, 4096)  # trusted pairs, for align_mode=bootstrap
@@ -182,7 +198,7 @@ class InfoGrowthSelector:
     def _ensure_indexes(self, emb: Embeddings) -> None:
         for m, x in (("image", emb.image), ("text", emb.text)):
             if x is not None and m not in self.indexes:
-                self.indexes[m] = VectorIndex(x.shape[1], self.index_cfg)
+                self.indexes[m] = ShardedIndex(m, x.shape[1], self.shards, self.cfg.probe, seed=self.cfg.seed)
 
     def __len__(self) -> int:
         p = self.primary
@@ -200,6 +216,9 @@ class InfoGrowthSelector:
             "boot_align_sketch": self.boot_align_sketch.state_dict(),
             "rng": self.rng.bit_generator.state,
             "modalities": sorted(self.indexes),
+            "indexed": {m: len(i) for m, i in self.indexes.items()},
+            "dims": {m: int(i.dim) for m, i in self.indexes.items()},
+            "routers": {m: i.router.to_json() for m, i in self.indexes.items() if getattr(i, "router", None)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -211,13 +230,39 @@ class InfoGrowthSelector:
         self.align_sketch.load_state_dict(state["align_sketch"])
         self.boot_align_sketch.load_state_dict(state["boot_align_sketch"])
         self.rng.bit_generator.state = state["rng"]
+        routers, dims = state.get("routers") or {}, state.get("dims") or {}
+        self.indexes = {m: ShardedIndex(m, int(dims.get(m, 0)), self.shards, self.cfg.probe,
+                                        Router.from_json(routers[m]) if m in routers else None, self.cfg.seed)
+                        for m in state["modalities"]}
+        for m, n in (state.get("indexed") or {}).items():
+            self.indexes[m].n = int(n)
 
     def save_indexes(self, directory: str | Path) -> None:
-        for m, idx in self.indexes.items():
-            idx.save(Path(directory) / m)
+        """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`)."""
+        for c in self.shards:
+            assert isinstance(c, LocalShard), "remote shards write their own snapshots"
+            c.target.save(Path(directory) if len(self.shards) == 1 else Path(directory) / f"shard={c.shard}")
 
     def load_indexes(self, directory: str | Path, modalities: list[str]) -> None:
-        self.indexes = {m: VectorIndex.load(Path(directory) / m, self.index_cfg) for m in modalities}
+        for c in self.shards:
+            assert isinstance(c, LocalShard), "remote shards restore their own snapshots"
+            c.target.load(Path(directory) if len(self.shards) == 1 else Path(directory) / f"shard={c.shard}")
+        for m in modalities:
+            if m not in self.indexes:
+                dim = next(c.target.indexes[m].dim for c in self.shards if m in c.target.indexes)  # type: ignore[attr-defined]
+                self.indexes[m] = ShardedIndex(m, dim, self.shards, self.cfg.probe, seed=self.cfg.seed)
+            self.indexes[m].n = sum(c.describe().sizes.get(m, 0) for c in self.shards)
+
+    def finish_bootstrap(self) -> None:
+        """The trusted items are in: train the shard routers on them (nothing to do with one shard)."""
+        for index in self.indexes.values():
+            if isinstance(index, ShardedIndex) and index.router is None and index.shards > 1:
+                if len(index) >= index.shards:
+                    index.train_router()
+                else:
+                    log.warning("the bootstrap gave %d %s items for %d shards: the shard router trains at stream "
+                                "position %d instead", len(index), index.modality, index.shards,
+                                self.cfg.router_train_size)
 
     # --- selection ----------------------------------------------------------------------
     def bootstrap(self, samples: pa.Table, emb: Embeddings) -> Selection:
@@ -228,9 +273,27 @@ class InfoGrowthSelector:
         return self._run(samples, emb, trusted=False)
 
     def _run(self, samples: pa.Table, emb: Embeddings, trusted: bool) -> Selection:
+        cut = self._router_cut(samples.num_rows, trusted)
+        if cut is not None:  # the routers train at a fixed stream position, also mid-batch
+            first = self._run(samples.slice(0, cut), emb.take(np.arange(cut)), trusted)
+            for index in self.indexes.values():
+                index.train_router()
+            rest = self._run(samples.slice(cut), emb.take(np.arange(cut, samples.num_rows)), trusted)
+            return concat_selections(first, rest)
         view = self._prepare(samples, emb)
         scores = self._resolve(view, trusted)
         return self._finish(view, scores, trusted)
+
+    def _router_cut(self, n: int, trusted: bool) -> int | None:
+        """Where in this batch the routers must train (stream position router_train_size), if here."""
+        if trusted or self.cfg.shards == 1 or not any(i.router is None for i in self.indexes.values()):
+            return None
+        at = self.cfg.router_train_size - self.seq
+        if at <= 0:
+            for index in self.indexes.values():
+                index.train_router()
+            return None
+        return at if at < n else None
 
     def _prepare(self, samples: pa.Table, emb: Embeddings) -> BatchView:
         """The batch-level work: one index search and one in-batch similarity matrix per modality."""
@@ -256,9 +319,11 @@ class InfoGrowthSelector:
             if m not in mods:
                 continue
             index = self.indexes[m]
-            isims[j], irow[j] = index.search(mods[m], k, seqs)
-            ilab[j] = index.labels_of(irow[j])
+            isims[j], irow[j], ilab[j] = index.search_labelled(mods[m], k, seqs)
             gram[j] = mods[m] @ mods[m].T
+            visible = index.visibility(mods[m]) if hasattr(index, "visibility") else None
+            if visible is not None:  # in-batch items on shards this item does not probe are not its neighbours
+                gram[j][~visible] = -np.inf
             n_index[j] = len(index)
         pair = present[0] & present[1] & has[0] & has[1]
         align = np.full(n, np.nan)
@@ -335,6 +400,9 @@ class InfoGrowthSelector:
             log.warning("the index holds fewer than %d accepted items: accepting items without label "
                         "cleaning until it does (give a trusted bootstrap source to avoid this)", self.cfg.min_trusted)
             self._warned_unjudged = True
+        prim = v.prim if v.prim >= 0 else 0
+        index = self.indexes[MODALITIES[prim]] if v.present[prim] else None
+        homes = index.route(v.mods[MODALITIES[prim]])[0] if isinstance(index, ShardedIndex) else np.zeros(n, np.int64)
         return Selection(
             decisions=self._decisions_table(v, s, seqs, values, trusted),
             kept_rows=np.flatnonzero(_KEPT_CODES[s.decision]).astype(np.int64),
@@ -343,6 +411,7 @@ class InfoGrowthSelector:
             text_emb_out=v.mods.get("text"),
             gain=s.gain.astype(np.float32),
             gain_norm=s.gain_norm.astype(np.float32),
+            homes=homes,
         )
 
     def _dup_ids(self, v: BatchView, s: Scores) -> list[str | None]:

@@ -103,14 +103,94 @@ def read_table(run_dir: str | Path, table: str) -> pa.Table:
 
 
 @dataclass
+class ShardCommit:
+    """What one shard made durable for a commit: its parts, and its index snapshot folder."""
+
+    shard: int
+    parts: dict[str, str]  # table -> part path (relative to the run directory)
+    checkpoint: str | None
+
+
+class ShardParts:
+    """One shard's staged rows and checkpoint folders: written before the manifest names them."""
+
+    def __init__(self, run_dir: str | Path, shard: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.shard = shard
+        self._pending: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+
+    def stage(self, table: str, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self._pending[table].append(rows)
+
+    def pending_rows(self, table: str = "decisions") -> int:
+        return sum(t.num_rows for t in self._pending[table])
+
+    def write(self, no: int, save_checkpoint: Callable[[Path], None] | None) -> ShardCommit:
+        """Commit `no`'s parts (temp file, fsync, rename), then the index snapshot, durable on return."""
+        parts = {}
+        for t in TABLES:
+            if self._pending[t]:
+                rel = f"{t}/shard={self.shard}/part-{no:06d}.parquet"
+                write_parquet_durable(pa.concat_tables(self._pending[t], promote_options="default"),
+                                      self.run_dir / rel)
+                parts[t] = rel
+        self._pending = {t: [] for t in TABLES}
+        rel_ck = None
+        if save_checkpoint is not None:
+            rel_ck = f"checkpoints/shard={self.shard}/ckpt-{no:06d}"
+            ck = self.run_dir / rel_ck
+            if ck.exists():
+                shutil.rmtree(ck)
+            save_checkpoint(ck)
+            ck.mkdir(parents=True, exist_ok=True)  # a run with nothing indexed yet (all input rejected)
+            fsync_dir(ck.parent)
+            self._prune_checkpoints()
+        return ShardCommit(self.shard, parts, rel_ck)
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest two: this commit's, and the committed one until this commit is durable."""
+        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
+        for p in sorted(p for p in d.iterdir() if p.name.startswith("ckpt-"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def collect_garbage(self, manifest: dict[str, Any]) -> None:
+        """Remove parts and checkpoints a crashed run left behind (never named by the manifest)."""
+        named = {self.run_dir / p for t in TABLES for p in manifest["parts"].get(t, [])}
+        for t in TABLES:
+            d = self.run_dir / t / f"shard={self.shard}"
+            if d.exists():
+                for p in d.iterdir():
+                    if p not in named:
+                        log.info("removing uncommitted part %s", p)
+                        p.unlink()
+        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
+        cur = shard_checkpoint(manifest, self.shard)
+        if d.exists():
+            for p in d.iterdir():
+                if p.name.startswith("ckpt-") and cur and p.name > Path(cur).name:
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+def shard_checkpoint(manifest: dict[str, Any], shard: int) -> str | None:
+    """A shard's index snapshot folder in a manifest (shard 0's is also `checkpoint`)."""
+    cks = (manifest.get("shards") or {}).get("checkpoints") or {}
+    return cks.get(str(shard)) or (manifest.get("checkpoint") if shard == 0 else None)
+
+
+@dataclass
 class StoreWriter:
-    """Buffers a commit's rows, then makes them durable with one manifest write."""
+    """The run's manifest, and shard 0's parts: makes a commit durable with one manifest write.
+
+    Other shards write their own parts (`ShardParts`, possibly in other processes) and hand their
+    `ShardCommit` to `commit`, which names them in the same manifest.
+    """
 
     run_dir: Path
     shard: int = 0
     meta: dict[str, Any] = field(default_factory=dict)  # model, fingerprint, dims: fixed per run
     manifest: dict[str, Any] = field(default_factory=dict)
-    _pending: dict[str, list[pa.Table]] = field(default_factory=lambda: {t: [] for t in TABLES})
+    own: ShardParts | None = None
 
     @classmethod
     def open(cls, run_dir: str | Path, meta: dict[str, Any], shard: int = 0) -> StoreWriter:
@@ -130,8 +210,9 @@ class StoreWriter:
         else:
             m = {"format": FORMAT, "commit": 0, "created": time.time(), "parts": {t: [] for t in TABLES},
                  "positions": {}, "checkpoint": None, "selector_state": None, "counts": {}, **meta}
-        w = cls(run, shard, dict(meta), m)
-        w._collect_garbage()
+        w = cls(run, shard, dict(meta), m, ShardParts(run, shard))
+        assert w.own is not None
+        w.own.collect_garbage(m)
         return w
 
     @property
@@ -139,11 +220,12 @@ class StoreWriter:
         return int(self.manifest["commit"])
 
     def stage(self, table: str, rows: pa.Table) -> None:
-        if rows.num_rows:
-            self._pending[table].append(rows)
+        assert self.own is not None
+        self.own.stage(table, rows)
 
     def pending_rows(self, table: str = "decisions") -> int:
-        return sum(t.num_rows for t in self._pending[table])
+        assert self.own is not None
+        return self.own.pending_rows(table)
 
     def commit(
         self,
@@ -151,61 +233,27 @@ class StoreWriter:
         selector_state: dict[str, Any] | None,
         save_checkpoint: Callable[[Path], None] | None,
         extra: dict[str, Any] | None = None,
+        shards: list[ShardCommit] | None = None,
     ) -> dict[str, Any]:
-        """Write staged parts, the checkpoint, then the manifest naming them (in that order)."""
+        """Write staged parts and the checkpoint (and take the other shards' durable ones), then the
+        manifest naming them (in that order)."""
+        assert self.own is not None
         no = self.commit_no + 1
         m = json.loads(json.dumps(self.manifest))  # a copy: the old one stays valid until the rename
-        for t in TABLES:
-            if self._pending[t]:
-                rel = f"{t}/shard={self.shard}/part-{no:06d}.parquet"
-                tbl = pa.concat_tables(self._pending[t], promote_options="default")
-                write_parquet_durable(tbl, self.run_dir / rel)
+        if extra:
+            m.update(extra)
+        done = [self.own.write(no, save_checkpoint), *(shards or [])]
+        for c in sorted(done, key=lambda c: c.shard):
+            for t, rel in c.parts.items():
                 m["parts"][t].append(rel)
-        if save_checkpoint is not None:
-            rel = f"checkpoints/shard={self.shard}/ckpt-{no:06d}"
-            ck = self.run_dir / rel
-            if ck.exists():
-                shutil.rmtree(ck)
-            save_checkpoint(ck)
-            ck.mkdir(parents=True, exist_ok=True)  # a run with nothing indexed yet (all input rejected)
-            fsync_dir(ck.parent)
-            m["checkpoint"] = rel
+            if c.checkpoint is not None:
+                if c.shard == 0:
+                    m["checkpoint"] = c.checkpoint
+                m.setdefault("shards", {}).setdefault("checkpoints", {})[str(c.shard)] = c.checkpoint
         m["commit"] = no
         m["updated"] = time.time()
         m["positions"] = {s: {str(p): int(o) for p, o in parts.items()} for s, parts in positions.items()}
         m["selector_state"] = selector_state
-        if extra:
-            m.update(extra)
         atomic_write_bytes(self.run_dir / MANIFEST, json.dumps(m, indent=1, sort_keys=True).encode())
         self.manifest = m
-        self._pending = {t: [] for t in TABLES}
-        self._prune_checkpoints()
         return m
-
-    def _prune_checkpoints(self) -> None:
-        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
-        if not d.exists():
-            return
-        current = self.manifest.get("checkpoint")
-        cks = sorted(p for p in d.iterdir() if p.name.startswith("ckpt-"))
-        for p in cks[:-KEEP_CHECKPOINTS]:
-            if current and p == self.run_dir / current:
-                continue
-            shutil.rmtree(p, ignore_errors=True)
-
-    def _collect_garbage(self) -> None:
-        """Remove parts and checkpoints a crashed run left behind (never named by the manifest)."""
-        named = {self.run_dir / p for t in TABLES for p in self.manifest["parts"].get(t, [])}
-        for t in TABLES:
-            d = self.run_dir / t / f"shard={self.shard}"
-            if d.exists():
-                for p in d.iterdir():
-                    if p not in named:
-                        log.info("removing uncommitted part %s", p)
-                        p.unlink()
-        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
-        cur = self.manifest.get("checkpoint")
-        if d.exists():
-            for p in d.iterdir():
-                if p.name.startswith("ckpt-") and cur and p.name > Path(cur).name:
-                    shutil.rmtree(p, ignore_errors=True)

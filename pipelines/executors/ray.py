@@ -28,10 +28,12 @@ import ray
 
 from curator.batch import BatchOutcome, RawBatch
 from curator.commit import Committed, DeadLetters, Offsets, commit
+from curator.config import ConfigError
 from curator.records import Rejection
 from curator.stages import EmbedInfo, Resources, Resume, Stage, build_stages, run_chain
 from pipelines.config import ServeConfig
 from pipelines.executors.scheduler import Flight, Scheduler
+from pipelines.executors.shards import start_shards
 from pipelines.memory import rss_bytes
 
 log = logging.getLogger("curator.service")
@@ -102,6 +104,7 @@ class RayExecutor:
         self.dead_letters: DeadLetters | Any = dead_letters
         self.offsets = offsets
         self.embedders: list[Any] = []
+        self.shard_actors: list[Any] = []
         self.selector: Any = None
         self.sched: Scheduler | None = None
         self.resume: Resume | None = None
@@ -122,9 +125,13 @@ class RayExecutor:
     def start(self) -> Resume:
         """Start the pool and the selector/writer actor; returns where the run resumes from."""
         s = self.scfg.service
+        self._check_resources()
+        clients = None
+        if self.cfg.selector.shards > 1:  # the shards' actors, spread over the nodes; the selector talks to them
+            self.shard_actors, clients = start_shards(self.cfg, s.shard_num_cpus)
         stages = build_stages(self.cfg, {"embed": Resources(s.embed_num_cpus, s.embed_num_gpus),
                                          "select": Resources(s.selector_num_cpus)},
-                              lock_timeout_s=max(30.0, 2 * self.scfg.kafka.session_timeout_ms / 1000))
+                              lock_timeout_s=max(30.0, 2 * self.scfg.kafka.session_timeout_ms / 1000), shards=clients)
         pool_stages: list[Stage] = [stages.validate, stages.embed]
         sel_stages: list[Stage] = [stages.select, stages.write]
         r = reserved(pool_stages)
@@ -143,11 +150,29 @@ class RayExecutor:
         self.selector_info = ray.get(self.selector.setup.remote())
         self.resume = self.selector_info.setup[1]
         self.index_size = self.resume.index_size
+        if self.shard_actors:
+            self.shard_info = ray.get([a.describe.remote() for a in self.shard_actors])
+            log.info("selector shards: %d, on nodes %s; selector shard actor pids %s", len(self.shard_actors),
+                     sorted({i.node_id[:8] for i in self.shard_info}), [i.pid for i in self.shard_info])
         if self.cfg.embedder.kind == "precomputed":
             self.dim = s.embedding_dim or self.resume.index_dim
         self.sched = Scheduler(len(self.embedders), self.scfg.inflight() + s.max_selector_queue,
                                s.max_inflight_mb * 2**20)
         return self.resume
+
+    def _check_resources(self) -> None:
+        """Refuse a graph the cluster cannot place, instead of waiting forever for its actors."""
+        s, n = self.scfg.service, self.cfg.selector.shards
+        cpus = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (n * s.shard_num_cpus if n > 1 else 0)
+        gpus = s.embed_actors * s.embed_num_gpus
+        have = ray.cluster_resources()
+        if cpus > have.get("CPU", 0) + 1e-9 or gpus > have.get("GPU", 0) + 1e-9:
+            raise ConfigError(
+                f"the graph needs {cpus:g} CPUs and {gpus:g} GPUs ({s.embed_actors} embedder actors x "
+                f"{s.embed_num_cpus:g} CPU / {s.embed_num_gpus:g} GPU, the selector {s.selector_num_cpus:g} CPU"
+                + (f", {n} shards x {s.shard_num_cpus:g} CPU" if n > 1 else "")
+                + f"), but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
+                "lower service.embed_actors / *_num_cpus / embed_num_gpus, or add nodes")
 
     def actor_pids(self) -> dict[str, int]:
         """Local actor processes (same node as the driver), for the memory bound and metrics."""
@@ -158,13 +183,16 @@ class RayExecutor:
         for i, e in enumerate(self.embed_info):
             if e.node_id == here:
                 out[f"embedder-{i}"] = e.pid
+        for st in getattr(self, "shard_info", []):
+            if st.node_id == here and st.pid:
+                out[f"shard-{st.shard}"] = st.pid
         return out
 
     def shutdown(self) -> None:
-        for a in [*self.embedders, self.selector]:
+        for a in [*self.embedders, self.selector, *self.shard_actors]:
             if a is not None:
                 ray.kill(a, no_restart=True)
-        self.embedders, self.selector = [], None
+        self.embedders, self.selector, self.shard_actors = [], None, []
 
     # --- flow -----------------------------------------------------------------------
     def room(self) -> bool:
