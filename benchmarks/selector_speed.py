@@ -116,6 +116,10 @@ class ExactIndex:
             s, r = merge(s, r, s2, np.where(r2 >= 0, r2 + self.n_base, -1), k)
         return s, r
 
+    def search_labelled(self, q: np.ndarray, k: int, seqs: np.ndarray) -> tuple[np.ndarray, ...]:
+        sims, rows = self.search(q, k, seqs)
+        return sims, rows, self.labels_of(rows)
+
     def labels_of(self, rows: np.ndarray) -> np.ndarray:
         extra = self.added.labels
         lab = np.concatenate([self.base_labels, extra])

@@ -55,7 +55,7 @@ class IndexConfig:
                                      "(at least [source] batch_size)")
     auto_min_lag: int = setting(4_096, "stream positions between starting a background rebuild and serving from it "
                                         "(at least; also 1/8 of the items it is built from)")
-    ivf_nlist: int = setting(0, "IVF: number of lists (0 = about 4 sqrt(n), a power of two)")
+    ivf_nlist: int = setting(0, "IVF: number of lists (0 = about sqrt(n), a power of two)")
     ivf_nprobe: int = setting(16, "IVF: lists probed per search")
     ivf_train_size: int = setting(40_000, "ivf kinds: items held exactly (flat) before the IVF is trained on them")
     pq_refine: int = setting(8, "ivf-pq: candidates re-ranked, as a multiple of the neighbours asked for")

@@ -67,8 +67,10 @@ def pq_m(dim: int) -> int:
 
 
 def nlist_for(n: int) -> int:
-    """Lists for an IVF over about n items: a power of two near 4 sqrt(n), in [64, 65536]."""
-    target = 4 * math.sqrt(max(n, 1))
+    """Lists for an IVF over about n items: a power of two near sqrt(n), in [64, 65536]. (Fast-scan
+    codes make scanning a list cheap, so fewer, longer lists than the usual 4 sqrt(n) search faster:
+    measured 3x at 300k items, same recall.)"""
+    target = math.sqrt(max(n, 1))
     return int(min(65536, max(64, 2 ** round(math.log2(target)))))
 
 
