@@ -189,6 +189,11 @@ class SelectStage:
         assert self.selector is not None
         return self.selector.state_dict()
 
+    def calibration(self) -> dict[str, Any]:
+        """The thresholds in force and their evidence (the manifest's "calibration")."""
+        assert self.selector is not None
+        return self.selector.calibration_report()
+
     def save(self, directory: Path) -> None:
         assert self.selector is not None
         self.selector.save_indexes(directory)
@@ -287,7 +292,8 @@ class WriteStage:
         t0 = time.perf_counter()
         self.bootstrapped = self.bootstrapped or bootstrapped
         m = w.commit(self.positions, self.select.state(), self.select.save,
-                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts), **(extra or {})})
+                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
+                      "calibration": self.select.calibration(), **(extra or {})})
         self._pending = 0
         return Committed(int(m["commit"]), positions_from_json(m["positions"]), time.perf_counter() - t0)
 
