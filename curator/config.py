@@ -19,7 +19,6 @@ from typing import Any
 
 import tomllib
 
-
 #: A setting that takes a number or "auto" (calibrated by the engine on the trusted data; see
 #: curator.select.calibrate). Annotated `AutoFloat`; its coercion and flag say so.
 AutoFloat = typing.Union[float, str]  # noqa: UP007 - a runtime value, read by _field_type

@@ -95,7 +95,7 @@ class ReferenceSelector(InfoGrowthSelector):
                         for u, vt in zip(uniq, votes, strict=True):
                             if u != label:
                                 ev.noisy[_bin(vt / total, 0.0, 1.0, cal.AGR_BINS)] += 1
-                    if judged and not trusted and not val["tau_noise"] == val["tau_noise"]:
+                    if judged and not trusted and math.isnan(val["tau_noise"]):
                         s.unjudged[i], s.n_trusted[i] = True, kern.UNJUDGED_CALIBRATING
                     elif judged and not trusted and dec != kern.DROPPED_NOISY:
                         if _bin(s.agreement[i], 0.0, 1.0, cal.AGR_BINS) == 0:

@@ -158,7 +158,6 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     state = (g_sum, g_count, uniforms used) -- updated in place. `uniforms` are the budget's draws,
     taken in order (a numpy Generator is not passed in: cached compiled code must not hold its address).
     """
-    n = labels_in.shape[0]
     k_gain, k_label, min_trusted, align_mode, warmup, relabel, budget = ip[0], ip[1], ip[2], ip[3], ip[4], \
         ip[5] != 0, ip[6] != 0
     tau_noise, tau_relabel, temp, eps_dup, gq, keep_rate = fp[0], fp[1], fp[2], fp[3], fp[4], fp[5]

@@ -30,6 +30,9 @@ import pyarrow.compute as pc
 import curator.select.kernel as kern
 import curator.select.reasons as reasons
 from curator.config import IndexConfig, SelectorConfig
+from curator.embed.base import Embeddings
+from curator.index import VectorIndex
+from curator.records import DECISION_SCHEMA, KEPT_DECISIONS, Decision
 from curator.select.calibrate import (
     LOO_CAP,
     NN_HI,
@@ -40,9 +43,6 @@ from curator.select.calibrate import (
     calibrate,
     trusted_votes,
 )
-from curator.embed.base import Embeddings
-from curator.index import VectorIndex
-from curator.records import DECISION_SCHEMA, KEPT_DECISIONS, Decision
 from curator.select.sketch import StreamingQuantile
 
 log = logging.getLogger(__name__)
