@@ -9,9 +9,9 @@
    minutes, saves the weights, and loads them back through the embedder's local
    checkpoint path (the same path a user's fine-tuned CLIP takes).
 3. Per seed, streams pairs with 20% mismatched captions and 20% near-duplicate copies
-   (pixel noise) after a trusted bootstrap of 100 clean pairs, through a full curation run.
-   The alignment threshold is calibrated per model on the bootstrap (`align_mode =
-   "bootstrap"`: the lowest alignment among the trusted pairs).
+   (pixel noise) after a trusted bootstrap of 100 clean pairs, through a full curation run
+   with the library defaults: the caption threshold and eps_dup are 'auto' (calibrated on the
+   trusted pairs and refined in stream order; the values chosen are read from the manifest).
 
 Reports mismatch precision / recall / F1 and duplicate removal, and, measured in the same
 run with the same model, the offline DataComp-style CLIP-score filter that drops the global
@@ -45,7 +45,7 @@ POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom 
 SIZES = ("small", "large")
 TEMPLATES = ("a {size} {colour} {shape} at the {pos}", "a {colour} {shape} ({size}) {pos}")
 COLS = ["seed", "mismatch_p", "mismatch_r", "mismatch_f1", "peer_clipscore_f1", "dup_removed",
-        "clean_dropped_as_dup", "align_threshold", "kept", "select_s"]
+        "clean_dropped_as_dup", "align_threshold", "mismatch_rate_est", "eps_dup", "kept", "select_s"]
 
 
 def random_object(rng: np.random.Generator, taken: int | None = None) -> dict:
@@ -163,7 +163,7 @@ def make_stream(seed: int, n_orig: int = 1200, n_dup: int = 300, n_mis: int = 30
 
 def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
     from curator.config import load_config
-    from curator.store import read_table
+    from curator.store import read_manifest, read_table
     from pipelines.ingest import run_ingest
 
     boot, stream, truth = make_stream(seed)
@@ -174,8 +174,7 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
     emb_cfg = {"kind": "clip", "model": "curator-tiny", "pretrained": str(ckpt), "batch_size": 256}
     cfg = load_config(None, {
         "embedder": emb_cfg,
-        # threshold calibrated on the trusted pairs: the lowest bootstrap alignment
-        "selector": {"align_mode": "bootstrap", "align_bootstrap_quantile": 0.0, "eps_dup": 0.0015, "seed": seed},
+        "selector": {"seed": seed},  # the library defaults: thresholds on auto
         "source": {"paths": [str(d / "inputs" / "stream.parquet")],
                    "bootstrap": [str(d / "inputs" / "bootstrap.parquet")]},
         "store": {"out": str(d / "run")},
@@ -184,13 +183,13 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
     run_ingest(cfg, progress=False)
     select_s = time.perf_counter() - t0
     dec = {r["id"]: r for r in read_table(d / "run", "decisions").to_pylist()}
-    boot_align = [r["align"] for r in dec.values() if r["id"].startswith("boot-")]
-    thr = float(np.floor(min(boot_align) * 2048) / 2048)  # what align_mode=bootstrap used (bin edge)
+    cal = read_manifest(d / "run")["calibration"]
+    thr = float(cal["align_threshold"]["value"])  # the calibrated threshold in force at the end
     if os.environ.get("CURATOR_BENCH_DUMP"):
         Path(os.environ["CURATOR_BENCH_DUMP"]).write_text(json.dumps({"truth": truth, "dec": dec, "thr": thr}))
     mism = np.array([t[1] for t in truth])
     decisions = [dec[t[0]] for t in truth]
-    flagged = np.array([r["align"] is not None and r["align"] < thr for r in decisions])
+    flagged = np.array([r["decision"] == "dropped-noisy" for r in decisions])  # what the run decided
     tp = int((flagged & mism).sum())
     p, r = tp / max(1, flagged.sum()), tp / max(1, mism.sum())
     f1 = 2 * p * r / max(1e-9, p + r)
@@ -212,7 +211,8 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
             "peer_clipscore_f1": 2 * pp * pr / max(1e-9, pp + pr),
             "dup_removed": float(np.mean([sum(g) == 1 for g in dup_groups])),
             "clean_dropped_as_dup": 1.0 - float(np.mean(singles_clean)),
-            "align_threshold": thr, "kept": sum(r["decision"] == "kept" for r in decisions),
+            "align_threshold": thr, "mismatch_rate_est": float(cal["align_threshold"]["mismatch_rate"]),
+            "eps_dup": float(cal["eps_dup"]["value"]), "kept": sum(r["decision"] == "kept" for r in decisions),
             "select_s": select_s}
 
 

@@ -1,4 +1,4 @@
-"""Quality of the selection on the digits demo stream, over several seeds.
+"""Quality of the selection on the digits demo stream, over several seeds, with the library defaults.
 
     python benchmarks/quality_digits.py [--seeds 0 1 2] [--json FILE]
 
@@ -8,8 +8,10 @@ flipped labels, share of relabels that restore the true label), duplicate remova
 that were dropped), and test accuracy of one fixed classifier (logistic regression on
 pixels) trained on (a) the full noisy stream, (b) a random subset of the curated set's
 size, (c) the curated set with corrected labels, (d) the clean original train split.
-An offline peer measured in the same run: leave-one-out 10-NN label vote on the whole
-stream at once (noise F1), the feature-based detector cleanlab-style tools use.
+Offline peers measured in the same run: leave-one-out 10-NN label vote on the whole stream at
+once (noise F1), and cleanlab (confident learning: `find_label_issues` on 5-fold out-of-sample
+probabilities of the same classifier), whose issues removed give (e) the cleanlab-cleaned set.
+The thresholds the engine calibrated are read back from the run's manifest.
 """
 
 from __future__ import annotations
@@ -31,18 +33,30 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 from curator.demo_data import demo_config, write_demo_inputs  # noqa: E402
-from curator.store import read_table  # noqa: E402
+from curator.store import read_manifest, read_table  # noqa: E402
 from pipelines.ingest import run_ingest  # noqa: E402
 
-COLS = ["seed", "noise_p", "noise_r", "noise_f1", "relabel_ok", "peer_knn_f1", "dup_groups_one",
-        "clean_unique_lost", "kept", "acc_full_noisy", "acc_random_subset", "acc_curated", "acc_clean",
-        "select_s"]
+COLS = ["seed", "noise_p", "noise_r", "noise_f1", "relabel_ok", "relabels", "abstained", "peer_knn_f1",
+        "peer_cleanlab_f1", "dup_groups_one", "dup_groups_both_kept", "clean_unique_lost", "clean_unique_lost_as_dup",
+        "kept", "acc_full_noisy", "acc_random_subset", "acc_curated", "acc_cleanlab", "acc_clean", "eps_dup",
+        "tau_noise", "tau_relabel", "relabel_radius", "noise_rate_est", "select_s"]
 
 
-def _acc(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> float:
+def _acc(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, scale: float = 16.0) -> float:
     clf = LogisticRegression(max_iter=3000, C=1.0)
-    clf.fit(x / 16.0, y)
-    return float((clf.predict(xt / 16.0) == yt).mean())
+    clf.fit(x / scale, y)
+    return float((clf.predict(xt / scale) == yt).mean())
+
+
+def cleanlab_flags(x: np.ndarray, y: np.ndarray, scale: float = 16.0, seed: int = 0) -> np.ndarray:
+    """cleanlab's label issues (confident learning) from 5-fold out-of-sample probabilities."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probs = cross_val_predict(LogisticRegression(max_iter=3000, C=1.0), x / scale, y, cv=folds,
+                              method="predict_proba")
+    return find_label_issues(y, probs)
 
 
 def _loo_knn_flags(x: np.ndarray, y: np.ndarray, k: int = 10) -> np.ndarray:
@@ -54,64 +68,77 @@ def _loo_knn_flags(x: np.ndarray, y: np.ndarray, k: int = 10) -> np.ndarray:
     return votes != y
 
 
-def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:
-    out = work / f"seed{seed}"
-    ds = write_demo_inputs(out, seed)
-    cfg = demo_config(out, seed, overrides)
-    t0 = time.perf_counter()
-    run_ingest(cfg, progress=False)
-    select_s = time.perf_counter() - t0
+def score(seed: int, out: Path, truth_tbl, stream: list[dict], boot: list[dict], test_x: np.ndarray,
+          test_y: np.ndarray, clean_x: np.ndarray, clean_y: np.ndarray, scale: float, select_s: float) -> dict:
+    """Every column but the run itself: the run's decisions against the ground truth, and the peers."""
     dec = read_table(out, "decisions").to_pandas().set_index("id")
     kept = read_table(out, "kept").to_pandas()
-    truth = ds.truth.to_pandas().set_index("id")
+    truth = truth_tbl.to_pandas().set_index("id")
     t = truth.join(dec, how="left")
     assert t["decision"].notna().all(), "every streamed item must have a decision"
+    cal = read_manifest(out)["calibration"]
 
     flagged = t["label_noisy"].fillna(False).astype(bool).to_numpy()
     flipped = t["flipped"].to_numpy()
     p, r, f1, _ = precision_recall_fscore_support(flipped, flagged, average="binary", zero_division=0)
     changed = t[flagged & (t["label_out"] != t["label_in"])]
     relabel_ok = float((changed["label_out"] == changed["true_label"]).mean()) if len(changed) else float("nan")
+    abstained = int((flagged & (t["label_out"] == t["label_in"])).sum())
 
-    kept_ids = set(kept["id"])
-    t["is_kept"] = t.index.isin(kept_ids)
+    t["is_kept"] = t.index.isin(set(kept["id"]))
     sizes = t.groupby("group")["is_kept"].agg(["size", "sum"])
     dup_groups = sizes[sizes["size"] > 1]
-    dup_one = float((dup_groups["sum"] == 1).mean())
     unique_clean = t[(t["group"].map(sizes["size"]) == 1) & (~t["flipped"])]
-    lost = float((~unique_clean["is_kept"]).mean())
 
-    pix = {r_["id"]: np.asarray(r_["embedding"], np.float64) for r_ in ds.stream + ds.bootstrap}
-    all_ids = [r_["id"] for r_ in ds.stream + ds.bootstrap]
+    pix = {r_["id"]: np.asarray(r_["embedding"], np.float64) for r_ in stream + boot}
+    all_ids = [r_["id"] for r_ in stream + boot]
     x_full = np.stack([pix[i] for i in all_ids])
-    y_full = np.array([r_["label"] for r_ in ds.stream + ds.bootstrap])
+    y_full = np.array([r_["label"] for r_ in stream + boot])
     x_cur = np.stack([pix[i] for i in kept["id"]])
     y_cur = kept["label"].to_numpy()
-    rng = np.random.default_rng(seed)
-    sub = rng.choice(len(all_ids), len(kept), replace=False)
+    sub = np.random.default_rng(seed).choice(len(all_ids), len(kept), replace=False)
 
-    x_stream = np.stack([pix[r_["id"]] for r_ in ds.stream])
-    y_stream = np.array([r_["label"] for r_ in ds.stream])
-    peer_flags = _loo_knn_flags(x_stream, y_stream)
-    flipped_stream = truth.loc[[r_["id"] for r_ in ds.stream], "flipped"].to_numpy()
-    _, _, peer_f1, _ = precision_recall_fscore_support(flipped_stream, peer_flags, average="binary")
-
+    x_stream = np.stack([pix[r_["id"]] for r_ in stream])
+    y_stream = np.array([r_["label"] for r_ in stream])
+    flipped_stream = truth.loc[[r_["id"] for r_ in stream], "flipped"].to_numpy()
+    _, _, knn_f1, _ = precision_recall_fscore_support(flipped_stream, _loo_knn_flags(x_stream, y_stream),
+                                                      average="binary")
+    cl = cleanlab_flags(x_full, y_full, scale, seed)  # on everything the engine saw (bootstrap included)
+    cl_stream = cl[: len(stream)]
+    _, _, cl_f1, _ = precision_recall_fscore_support(flipped_stream, cl_stream, average="binary")
     return {
         "seed": seed, "noise_p": float(p), "noise_r": float(r), "noise_f1": float(f1), "relabel_ok": relabel_ok,
-        "peer_knn_f1": float(peer_f1), "dup_groups_one": dup_one, "clean_unique_lost": lost,
+        "relabels": len(changed), "abstained": abstained, "peer_knn_f1": float(knn_f1),
+        "peer_cleanlab_f1": float(cl_f1), "dup_groups_one": float((dup_groups["sum"] == 1).mean()),
+        "dup_groups_both_kept": float((dup_groups["sum"] > 1).mean()),
+        "clean_unique_lost": float((~unique_clean["is_kept"]).mean()),
+        "clean_unique_lost_as_dup": float((unique_clean["decision"] == "dropped-duplicate").mean()),
         "kept": len(kept),
-        "acc_full_noisy": _acc(x_full, y_full, ds.test_x, ds.test_y),
-        "acc_random_subset": _acc(x_full[sub], y_full[sub], ds.test_x, ds.test_y),
-        "acc_curated": _acc(x_cur, y_cur, ds.test_x, ds.test_y),
-        "acc_clean": _acc(ds.train_x, ds.train_y, ds.test_x, ds.test_y),
-        "select_s": select_s,
+        "acc_full_noisy": _acc(x_full, y_full, test_x, test_y, scale),
+        "acc_random_subset": _acc(x_full[sub], y_full[sub], test_x, test_y, scale),
+        "acc_curated": _acc(x_cur, y_cur, test_x, test_y, scale),
+        "acc_cleanlab": _acc(x_full[~cl], y_full[~cl], test_x, test_y, scale),
+        "acc_clean": _acc(clean_x, clean_y, test_x, test_y, scale),
+        "eps_dup": cal["eps_dup"]["value"], "tau_noise": cal["tau_noise"]["value"],
+        "tau_relabel": cal["tau_relabel"]["value"], "relabel_radius": cal["relabel_radius"]["value"],
+        "noise_rate_est": cal["tau_noise"].get("noise_rate", float("nan")), "select_s": select_s,
     }
 
 
-def print_table(rows: list[dict[str, float]]) -> None:
-    print(" | ".join(f"{c:>12}" for c in COLS))
+def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:
+    out = work / f"seed{seed}"
+    ds = write_demo_inputs(out, seed)
+    cfg = demo_config(out, seed, overrides)
+    t0 = time.perf_counter()
+    run_ingest(cfg, progress=False)
+    return score(seed, out, ds.truth, ds.stream, ds.bootstrap, ds.test_x, ds.test_y, ds.train_x, ds.train_y, 16.0,
+                 time.perf_counter() - t0)
+
+
+def print_table(rows: list[dict[str, float]], cols: list[str] = COLS) -> None:
+    print(" | ".join(f"{c:>12}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{r[c]:>12}" if isinstance(r[c], (int, str)) else f"{r[c]:>12.4f}" for c in COLS))
+        print(" | ".join(f"{r[c]:>12}" if isinstance(r[c], (int, str)) else f"{r[c]:>12.4f}" for c in cols))
 
 
 def main() -> None:

@@ -19,6 +19,11 @@ from typing import Any
 
 import tomllib
 
+#: A setting that takes a number or "auto" (calibrated by the engine on the trusted data; see
+#: curator.select.calibrate). Annotated `AutoFloat`; its coercion and flag say so.
+AutoFloat = typing.Union[float, str]  # noqa: UP007 - a runtime value, read by _field_type
+AUTO = "auto"
+
 
 def setting(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A config field with its help text (and `choices`): what flags and the reference are made from."""
@@ -71,9 +76,19 @@ class SelectorConfig:
     seed: int = setting(0, "seed of the selector's own RNG (budget sampling); decisions are deterministic given it")
     k_gain: int = setting(4, "neighbours averaged for the gain (the paper's best: 4)")
     k_label: int = setting(10, "neighbours that vote on a label")
-    tau_noise: float = setting(0.3, "a label is noisy when the similarity-weighted share of neighbours agreeing is below this")
-    tau_relabel: float = setting(0.5, "a noisy label is corrected when the neighbours' majority share is at least this, "
-                                 "else the item is dropped")
+    tau_noise: AutoFloat = setting(AUTO, "a label is noisy when the similarity-weighted share of neighbours agreeing "
+                                   "is below this; 'auto': the Bayes threshold between the trusted labels' agreement "
+                                   "and that of simulated flips of them, at the noise rate the stream shows")
+    tau_relabel: AutoFloat = setting(AUTO, "a noisy label is corrected when the neighbours' majority share is at least "
+                                     "this; 'auto': the lowest share at which the trusted items' own votes are right "
+                                     "with precision >= relabel_precision (lower confidence bound)")
+    relabel_precision: float = setting(0.95, "tau_relabel = 'auto': the precision a correction's vote must show on the "
+                                       "trusted items")
+    relabel_radius: AutoFloat = setting(AUTO, "a correction also needs the nearest neighbour within this cosine "
+                                        "distance; 'auto': the median nearest-neighbour distance of accepted items "
+                                        "(corrections only where the index is at least as dense as usual)")
+    relabel_abstain: str = setting("drop", "a noisy label without strong evidence for a correction: 'drop' the item, "
+                                   "or 'keep' it with its label, flagged", choices=("drop", "keep"))
     vote_temperature: float = setting(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
     label_action: str = setting("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
                            choices=("relabel", "discard"))
@@ -82,14 +97,21 @@ class SelectorConfig:
     align_mode: str = setting("fixed", "caption cleaning: 'fixed' threshold, 'bootstrap' (calibrated on the trusted "
                                   "bootstrap pairs), 'adaptive' (drop the bottom quantile seen so far), or 'off'",
                          choices=("fixed", "bootstrap", "adaptive", "off"))
-    align_threshold: float = setting(0.25, "fixed threshold on cos(image, text); per model "
-                                      "(DataComp keeps ViT-B/32 pairs at 0.25-0.28)")
+    align_threshold: AutoFloat = setting(AUTO, "threshold on cos(image, text) (align_mode 'fixed'); 'auto': the Bayes "
+                                         "threshold between the trusted pairs' alignments and those of the same images "
+                                         "with other trusted captions, at the mismatch rate the stream shows; a number "
+                                         "is per model (DataComp keeps ViT-B/32 pairs at 0.25-0.28)")
     align_drop_quantile: float = setting(0.2, "adaptive mode: drop pairs below this quantile of alignments seen so far")
     align_bootstrap_quantile: float = setting(0.0, "bootstrap mode: the threshold is this quantile of the trusted pairs' "
                                               "alignments (0 = the lowest: no trusted pair would be dropped)")
     align_warmup: int = setting(100, "adaptive mode: pairs seen before the quantile replaces the fixed threshold")
     recaption_hook: str = setting("", "'module:function' called with noisy captions' items to propose new captions")
-    eps_dup: float = setting(0.02, "near-duplicate when cos to an accepted item >= 1 - eps_dup")
+    eps_dup: AutoFloat = setting(AUTO, "near-duplicate when cos to an accepted item >= 1 - eps_dup; 'auto': the "
+                                 "dup_false_rate quantile of accepted items' nearest-neighbour distances, extrapolated "
+                                 "below the observed body by its power-law tail")
+    dup_false_rate: float = setting(0.001, "eps_dup = 'auto': the share of distinct items the duplicate rule may drop")
+    calibrate_every: int = setting(256, "'auto' settings are recalibrated every this many decided items (and when the "
+                                   "stream starts after a bootstrap)")
     dedup_on: str = setting("auto", "modality compared for near-duplicates: 'auto' (image when present), "
                                "'image', 'text'", choices=("auto", "image", "text"))
     gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
@@ -160,9 +182,26 @@ def _field_type(cls: type, name: str) -> type:
     return t
 
 
+def is_auto_field(cls: type, name: str) -> bool:
+    """A setting that takes a number or 'auto'."""
+    return typing.get_type_hints(cls)[name] == AutoFloat
+
+
 def _coerce(section: str, cls: type, name: str, value: Any) -> Any:
-    t = _field_type(cls, name)
     where = f"{section}.{name}"
+    if is_auto_field(cls, name):
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            f = float(value)
+            if f != f or f in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return f
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number or 'auto', got {value!r}") from None
+    t = _field_type(cls, name)
     try:
         if t is bool:
             if isinstance(value, str):
@@ -237,14 +276,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
     return cfg
 
 
+def _auto_or(v: Any, ok: Any) -> bool:
+    return v == AUTO or (isinstance(v, (int, float)) and not isinstance(v, bool) and bool(ok(float(v))))
+
+
 def validate_config(cfg: RunConfig) -> None:
     s = cfg.selector
     checks = [
         (s.k_gain >= 1, "selector.k_gain must be >= 1"),
         (s.k_label >= 1, "selector.k_label must be >= 1"),
-        (0.0 <= s.tau_noise <= 1.0, "selector.tau_noise must be in [0, 1]"),
-        (0.0 <= s.tau_relabel <= 1.0, "selector.tau_relabel must be in [0, 1]"),
-        (0.0 <= s.eps_dup < 1.0, "selector.eps_dup must be in [0, 1)"),
+        (_auto_or(s.tau_noise, lambda v: 0.0 <= v <= 1.0), "selector.tau_noise must be 'auto' or in [0, 1]"),
+        (_auto_or(s.tau_relabel, lambda v: 0.0 <= v <= 1.0), "selector.tau_relabel must be 'auto' or in [0, 1]"),
+        (_auto_or(s.eps_dup, lambda v: 0.0 <= v < 1.0), "selector.eps_dup must be 'auto' or in [0, 1)"),
+        (_auto_or(s.relabel_radius, lambda v: 0.0 <= v <= 2.0), "selector.relabel_radius must be 'auto' or in [0, 2]"),
+        (_auto_or(s.align_threshold, lambda v: -1.0 <= v <= 1.0),
+         "selector.align_threshold must be 'auto' or in [-1, 1]"),
+        (0.0 < s.relabel_precision < 1.0, "selector.relabel_precision must be in (0, 1)"),
+        (0.0 < s.dup_false_rate < 0.05, "selector.dup_false_rate must be in (0, 0.05)"),
+        (s.calibrate_every >= 1, "selector.calibrate_every must be >= 1"),
         (0.0 < s.gain_quantile <= 1.0, "selector.gain_quantile must be in (0, 1]"),
         (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),
         (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
@@ -271,7 +320,9 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -
         flag = f"--{section}.{f.name.replace('_', '-')}"
         kw: dict[str, Any] = {"dest": f"cfg__{section}__{f.name}", "default": None}
         t = _field_type(type(obj), f.name)
-        if t is list:
+        if is_auto_field(type(obj), f.name):
+            kw["metavar"] = "NUMBER|auto"
+        elif t is list:
             kw["metavar"] = "A,B,..."
         elif t is dict:
             kw["metavar"] = "JSON"

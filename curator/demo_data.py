@@ -88,11 +88,10 @@ def digits_stream(seed: int = 0, bootstrap: int = 100, flip: float = 0.2, dup: f
     return DigitsStream(boot_recs, recs, truth_tbl, xtr, ytr, xte, yte)
 
 
-#: Settings the demo's embedding (L2-normalised pixel intensities) needs; flags override them.
+#: What the demo's data needs (its embedding is the precomputed pixels); the thresholds are the
+#: library's calibrated defaults. Flags override them.
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "embedder": {"kind": "precomputed", "model": "digits-pixels", "pretrained": ""},
-    # copies (pixel noise std 0.5) sit at cos >= 0.9969; distinct digits at most 0.9956
-    "selector": {"eps_dup": 0.004, "k_label": 5},
     "source": {"batch_size": 128},
     "store": {"commit_every": 512},
 }

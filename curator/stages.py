@@ -198,6 +198,11 @@ class SelectStage:
         assert self.selector is not None
         return self.selector.state_dict()
 
+    def calibration(self) -> dict[str, Any]:
+        """The thresholds in force and their evidence (the manifest's "calibration")."""
+        assert self.selector is not None
+        return self.selector.calibration_report()
+
     def restore(self, state: dict[str, Any]) -> None:
         assert self.selector is not None
         self.selector.load_state_dict(state)
@@ -314,7 +319,8 @@ class WriteStage:
         durable = [p.result() for p in [c.write(no) for c in self.select.shards]]
         shards = {"n": len(self.select.shards), "probe": self.cfg.selector.probe}
         m = w.commit(self.positions, self.select.state(), None,
-                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts), **(extra or {}),
+                     {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
+                      "calibration": self.select.calibration(), **(extra or {}),
                       "shards": {**(w.manifest.get("shards") or {}), **shards}}, durable)
         self._pending = 0
         return Committed(int(m["commit"]), positions_from_json(m["positions"]), time.perf_counter() - t0)

@@ -80,9 +80,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.reference:
         print(reference_markdown())
+    elif args.show:
+        print(show_calibration(args.show))
     else:
         print(to_toml(_config(args)))
     return 0
+
+
+def show_calibration(run_dir: str) -> str:
+    """The thresholds a run used: each setting's value in force, where it came from, and its evidence."""
+    import json
+
+    from curator.store import read_manifest
+
+    m = read_manifest(Path(run_dir))
+    if not m:
+        raise FileNotFoundError(f"{run_dir} holds no committed run (no manifest.json); give a run directory")
+    cal = m.get("calibration") or {}
+    if not cal:
+        return f"{run_dir}: the manifest records no calibration (a run from before calibrated thresholds)"
+    lines = [f"thresholds in force at commit {m.get('commit')} (decided items: {cal.get('at_seq')}):"]
+    for name, info in cal.items():
+        if not isinstance(info, dict):
+            continue
+        v = info.get("value")
+        shown = "none" if v is None else f"{v:.6g}"
+        lines.append(f"  selector.{name} = {shown}  ({info.get('origin')})")
+        for k, e in info.items():
+            if k not in ("value", "origin"):
+                lines.append(f"      {k}: {json.dumps(e) if not isinstance(e, str) else e}")
+    return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -181,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the effective configuration as TOML, or the reference")
     c.add_argument("--config", help="TOML run configuration")
     c.add_argument("--reference", action="store_true", help="every setting with its default and meaning")
+    c.add_argument("--show", metavar="RUN_DIR", help="the thresholds a run used: calibrated values ('auto' settings) "
+                                                     "and the evidence behind them, from its manifest")
     add_config_flags(c)
     c.set_defaults(func=cmd_config)
 

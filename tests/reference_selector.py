@@ -12,8 +12,14 @@ import math
 
 import numpy as np
 
+import curator.select.calibrate as cal
 import curator.select.kernel as kern
-from curator.select.selector import MODALITIES, BatchView, InfoGrowthSelector, Scores
+from curator.select.outcome import MODALITIES, BatchView, Scores
+from curator.select.selector import InfoGrowthSelector
+
+
+def _bin(v: float, lo: float, hi: float, bins: int) -> int:
+    return min(max(int(math.floor((v - lo) / (hi - lo) * bins)), 0), bins - 1)
 
 
 class ReferenceSelector(InfoGrowthSelector):
@@ -36,7 +42,10 @@ class ReferenceSelector(InfoGrowthSelector):
         c, n = self.cfg, len(v.ids)
         s = Scores.empty(n)
         acc: list[list[int]] = [[], []]
+        ev = self.evidence
         for i in range(n):
+            self._begin_item(s, i, trusted)
+            val = self.cal.values
             nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
             prim, dmod = v.prim, v.dmod
             n_trusted = int(v.n_index[prim]) + len(acc[prim]) if prim >= 0 and v.present[prim] else 0
@@ -45,6 +54,8 @@ class ReferenceSelector(InfoGrowthSelector):
             if v.pair[i] and trusted:
                 self.boot_align_sketch.update(v.align[i])
             if v.pair[i] and not trusted and c.align_mode != "off":
+                ev.sums[cal.STREAM_ALIGN] += v.align[i]
+                ev.sums[cal.STREAM_PAIRS] += 1.0
                 thr = self._align_threshold(judged)
                 s.thr[i] = thr
                 if v.align[i] < thr:
@@ -55,6 +66,12 @@ class ReferenceSelector(InfoGrowthSelector):
                     else:
                         dec, why = kern.DROPPED_NOISY, kern.WHY_MISALIGNED
                 self.align_sketch.update(v.align[i])
+            if v.pair[i] and (trusted or not judged):
+                ev.sums[cal.CLEAN_ALIGN] += v.align[i]
+                ev.sums[cal.CLEAN_ALIGN2] += v.align[i] * v.align[i]
+                ev.sums[cal.CLEAN_PAIRS] += 1.0
+                if v.cross_ok[i]:
+                    ev.cross += (v.cross[i], v.cross[i] * v.cross[i], 1.0)
             label = int(v.labels_in[i])
             if label >= 0 and prim in nb:
                 sims, lab, _ = nb[prim]
@@ -69,15 +86,36 @@ class ReferenceSelector(InfoGrowthSelector):
                     votes = np.array([w[lv == u].sum() for u in uniq])
                     s.agreement[i] = w[lv == label].sum() / total
                     s.best[i], s.share[i] = int(uniq[int(np.argmax(votes))]), votes.max() / total
-                    if judged and not trusted and dec != kern.DROPPED_NOISY:
-                        noisy = s.agreement[i] < c.tau_noise
+                    if not judged and not trusted:  # evidence from the items taken unjudged
+                        if label not in ev.labels[1:1 + ev.labels[0]] and ev.labels[0] + 1 < len(ev.labels):
+                            ev.labels[1 + ev.labels[0]] = label
+                            ev.labels[0] += 1
+                        ev.clean[_bin(s.agreement[i], 0.0, 1.0, cal.AGR_BINS)] += 1
+                        ev.sums[cal.CLEAN_AGR] += s.agreement[i]
+                        ev.sums[cal.CLEAN_VOTES] += 1.0
+                        ev.prec[int(s.best[i] == label), _bin(s.share[i], 0.0, 1.0, cal.SHARE_BINS)] += 1
+                        for u, vt in zip(uniq, votes, strict=True):
+                            if u != label:
+                                ev.noisy[_bin(vt / total, 0.0, 1.0, cal.AGR_BINS)] += 1
+                    if judged and not trusted and math.isnan(val["tau_noise"]):
+                        s.unjudged[i], s.n_trusted[i] = True, kern.UNJUDGED_CALIBRATING
+                    elif judged and not trusted and dec != kern.DROPPED_NOISY:
+                        if _bin(s.agreement[i], 0.0, 1.0, cal.AGR_BINS) == 0:
+                            ev.sums[cal.STREAM_LOW] += 1.0
+                        ev.sums[cal.STREAM_VOTES] += 1.0
+                        noisy = s.agreement[i] < val["tau_noise"]
                         s.label_noisy[i] = int(noisy)
-                        if noisy and c.label_action == "relabel" and s.share[i] >= c.tau_relabel \
-                                and s.best[i] != label:
+                        s.nn_dist[i] = 1.0 - float(sims[0])
+                        strong = s.share[i] >= val["tau_relabel"] and s.best[i] != label \
+                            and s.nn_dist[i] <= val["relabel_radius"]
+                        if noisy and c.label_action == "relabel" and strong:
                             v.label_out[i], v.vote_label[i], s.relabel_note[i] = s.best[i], -1, True
                             dec = kern.RELABELLED if dec == kern.KEPT else dec
+                        elif noisy and c.label_action == "relabel" and c.relabel_abstain == "keep":
+                            v.vote_label[i], s.abstain_note[i] = -1, True
                         elif noisy:
                             dec, why = kern.DROPPED_NOISY, kern.WHY_LABEL
+                            s.abstain_note[i] = c.label_action == "relabel"
             if not judged and not trusted:
                 s.unjudged[i], s.n_trusted[i] = True, n_trusted
             if dec == kern.DROPPED_NOISY:
@@ -90,10 +128,19 @@ class ReferenceSelector(InfoGrowthSelector):
                 s.gain[i] = float(np.mean([s.gain_m[m, i] for m in nb]))
             if dmod in nb and len(nb[dmod][0]):
                 s.max_sim[i] = float(nb[dmod][0][0])
-                if s.max_sim[i] >= 1.0 - c.eps_dup:
+                if s.max_sim[i] >= 1.0 - val["eps_dup"]:
                     dec, why = kern.DROPPED_DUPLICATE, kern.WHY_DUPLICATE
                     s.dup_src[i], s.dup_row[i] = nb[dmod][2][0]
             if dec != kern.DROPPED_DUPLICATE and nb:
+                if dmod in nb and len(nb[dmod][0]):  # the windowed sketch of nearest-neighbour distances
+                    d = 1.0 - s.max_sim[i]
+                    b = 0 if not d > 0 else _bin(math.log10(d), cal.NN_LO, cal.NN_HI, cal.NN_BINS)
+                    ev.nn[ev.nn_meta[0], b] += 1
+                    ev.nn_meta[1] += 1
+                    if ev.nn_meta[1] >= cal.NN_WINDOW:
+                        ev.nn_meta[0] = 1 - ev.nn_meta[0]
+                        ev.nn[ev.nn_meta[0]] = 0
+                        ev.nn_meta[1] = 0
                 q = self.gain_sketch.quantile(c.gain_quantile)
                 s.gain_norm[i] = 1.0 if not q else min(1.0, s.gain[i] / q)
                 self.gain_sketch.update(s.gain[i])

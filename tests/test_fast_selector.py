@@ -14,7 +14,7 @@ from curator.demo_data import digits_stream
 from curator.embed import Embeddings
 from curator.records import Position
 from curator.select import InfoGrowthSelector
-from curator.select.rules import label_vote, pairwise_sum
+from curator.select.rules import label_shares, label_vote, pairwise_sum
 from curator.validate import validate_records
 from tests.reference_selector import ReferenceSelector
 
@@ -55,6 +55,10 @@ def assert_same(a: tuple, b: tuple) -> None:
         assert da.column(col).to_pylist() == db.column(col).to_pylist(), col
     for name in ("gain_sketch", "align_sketch", "boot_align_sketch"):
         assert np.array_equal(getattr(sa, name).counts, getattr(sb, name).counts), name
+    ea, eb = sa.evidence.state_dict(), sb.evidence.state_dict()
+    for key in ea:
+        assert ea[key] == eb[key], key
+    assert sa.cal.state_dict() == sb.cal.state_dict()
     assert (sa.g_sum, sa.g_count, sa.seq) == (sb.g_sum, sb.g_count, sb.seq)
     assert sa.rng.bit_generator.state == sb.rng.bit_generator.state
     for ca, cb in zip(sa.shards, sb.shards, strict=True):
@@ -77,10 +81,12 @@ def test_equal_on_the_demo_stream_with_a_budget() -> None:
 
     batches = [(tbl(ds.stream[s:s + 128], s), emb(x[s:s + 128])) for s in range(0, len(x), 128)]
     boot = (tbl(ds.bootstrap, 0), emb(xb))
-    for cfg in (SelectorConfig(eps_dup=0.004, k_label=5), SelectorConfig(keep_rate=0.6, seed=3, k_label=7)):
+    for cfg in (SelectorConfig(), SelectorConfig(keep_rate=0.6, seed=3, k_label=7, calibrate_every=50),
+                SelectorConfig(relabel_abstain="keep", eps_dup=0.004, tau_noise=0.3)):
         fast, ref = _run(InfoGrowthSelector, cfg, batches, boot), _run(ReferenceSelector, cfg, batches, boot)
         assert_same(fast, ref)
         assert set(fast[1].column("decision").to_pylist()) >= {"kept", "relabelled", "dropped-duplicate"}
+        assert fast[0].calibration_report() == ref[0].calibration_report()
 
 
 @st.composite
@@ -91,15 +97,18 @@ def streams(draw: st.DrawFn) -> tuple:
     dup = draw(st.floats(0.0, 0.5))
     noise = draw(st.floats(0.0, 0.4))
     sizes = draw(st.lists(st.integers(1, 97), min_size=1, max_size=8))
+    auto = st.just("auto")
     cfg = SelectorConfig(
         seed=seed, k_gain=draw(st.integers(1, 6)), k_label=draw(st.integers(1, 12)),
-        tau_noise=draw(st.floats(0.1, 0.6)), tau_relabel=draw(st.floats(0.3, 0.9)),
+        tau_noise=draw(auto | st.floats(0.1, 0.6)), tau_relabel=draw(auto | st.floats(0.3, 0.9)),
+        relabel_radius=draw(auto | st.floats(0.0, 2.0)), relabel_abstain=draw(st.sampled_from(["drop", "keep"])),
+        calibrate_every=draw(st.integers(1, 60)), dup_false_rate=draw(st.sampled_from([0.001, 0.01])),
         vote_temperature=draw(st.sampled_from([0.0, 0.05, 0.2])),
         label_action=draw(st.sampled_from(["relabel", "discard"])), min_trusted=draw(st.integers(0, 30)),
         align_mode=draw(st.sampled_from(["fixed", "adaptive", "bootstrap", "off"])),
-        align_threshold=draw(st.floats(-0.2, 0.6)), align_warmup=draw(st.integers(0, 40)),
+        align_threshold=draw(auto | st.floats(-0.2, 0.6)), align_warmup=draw(st.integers(0, 40)),
         recaption_hook="tests.test_fast_selector:propose" if draw(st.booleans()) else "",
-        eps_dup=draw(st.sampled_from([0.0, 0.01, 0.05])), keep_rate=draw(st.sampled_from([0.0, 0.3, 0.8])),
+        eps_dup=draw(st.sampled_from(["auto", 0.0, 0.01, 0.05])), keep_rate=draw(st.sampled_from([0.0, 0.3, 0.8])),
         dedup_on=draw(st.sampled_from(["auto", "image", "text"])))
     return seed, n, pairs, dup, noise, sizes, cfg, draw(st.booleans())
 
@@ -153,4 +162,7 @@ def test_pairwise_sum_and_the_vote_match_numpy() -> None:
     ok, agreement, best, share = label_vote(sims, np.array([2, 1, 1, -1]), 4, 2, 0.0)
     w = np.array([0.9, 0.8, 0.8], np.float32).astype(np.float64)
     assert ok and best == 1 and agreement == w[0] / w.sum() and share == (w[1] + w[2]) / w.sum()
+    lab, shr = np.empty(4, np.int64), np.empty(4)
+    assert label_shares(sims, np.array([2, 1, 1, -1]), 4, 0.0, lab, shr) == 2
+    assert lab[:2].tolist() == [1, 2] and shr[:2].tolist() == [share, agreement]
     assert not label_vote(sims, np.array([-1, -1, -1, -1]), 4, 0, 0.05)[0]

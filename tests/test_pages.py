@@ -153,7 +153,8 @@ def test_demo_report_in_chromium(demo_run: Path) -> None:
         training = page.text("#training")
         assert "mlp-test" in training and "achieved InfoBatch saving" in training
         th = page.text("#thresholds")
-        assert "0.9960" in th and "selector.eps_dup" in th  # the demo's eps_dup = 0.004, from config.toml
+        eps = read_manifest(demo_run)["calibration"]["eps_dup"]["value"]  # the demo's eps_dup is calibrated
+        assert f"{1 - eps:.4f}" in th and "selector.eps_dup" in th and "manifest calibration" in th
 
 
 # =====================================================================================

@@ -92,6 +92,8 @@ def test_config_file_and_overrides(tmp_path):
         ("[index]\nkind = 'annoy'\n", "must be one of"),
         ("[selector]\nk_gain = 'many'\n", "expected int"),
         ("[selector]\nk_gain = 0\n", "k_gain must be >= 1"),
+        ("[selector]\neps_dup = 'automatic'\n", "selector.eps_dup: expected a number or 'auto'"),
+        ("[selector]\ntau_noise = 1.5\n", "tau_noise must be 'auto' or in"),
         ("not toml [", "not valid TOML"),
     ],
 )
@@ -100,6 +102,16 @@ def test_config_errors_name_the_setting(tmp_path, text, msg):
     p.write_text(text)
     with pytest.raises(ConfigError, match=msg):
         load_config(p)
+
+
+def test_auto_settings_take_auto_or_a_number(tmp_path):
+    assert RunConfig().selector.eps_dup == "auto"
+    cfg = load_config(None, {"selector": {"eps_dup": "0.004", "tau_noise": "AUTO", "align_threshold": 0.3}})
+    assert cfg.selector.eps_dup == 0.004 and cfg.selector.tau_noise == "auto" and cfg.selector.align_threshold == 0.3
+    assert cfg.fingerprint() != RunConfig().fingerprint()  # "auto" is a value like any other
+    q = tmp_path / "c.toml"
+    q.write_text(to_toml(cfg))
+    assert load_config(q).to_dict() == cfg.to_dict()
 
 
 def test_missing_config_file(tmp_path):

@@ -24,7 +24,7 @@ from curator.report.payloads import read_payloads
 from curator.report.thresholds import thresholds_in_force
 from curator.report.thumbs import MAX_SIDE, thumbnail_uri
 from curator.report.training import training_runs
-from curator.store import read_table
+from curator.store import read_manifest, read_table
 from curator.store.query import query
 from pipelines.demo import run_demo
 
@@ -82,8 +82,10 @@ def test_report_numbers_match_the_run(demo: Path) -> None:
 
 def test_thresholds_prefer_the_manifest_then_the_config(demo: Path, tmp_path: Path) -> None:
     t = thresholds_in_force(demo)
-    assert t["max_sim"].value == pytest.approx(1 - 0.004) and t["max_sim"].origin == "config.toml"
-    assert t["label_agreement"].value == 0.3 and t["align"].value == 0.25
+    cal = read_manifest(demo)["calibration"]  # the demo runs on the calibrated defaults
+    assert t["max_sim"].value == pytest.approx(1 - cal["eps_dup"]["value"])
+    assert t["max_sim"].origin == "manifest calibration"
+    assert t["label_agreement"].value == cal["tau_noise"]["value"] and t["align"].value is None  # no captions
     assert t["gain"].value is not None and t["gain"].origin == "selector state"
     run = tmp_path / "run"
     shutil.copytree(demo, run, ignore=shutil.ignore_patterns("inputs", "checkpoints"))

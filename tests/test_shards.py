@@ -69,7 +69,7 @@ def test_fewer_probes_stay_batch_independent_and_close_to_one_shard() -> None:
     one = select(SelectorConfig(min_trusted=0), [97], x, given)
     agree = np.mean([p == q for p, q in zip(a.column("decision").to_pylist(), one.column("decision").to_pylist(),
                                             strict=True)])
-    assert 0.97 <= agree < 1.0, agree  # probing 2 of 4 shards misses a few neighbours across borders
+    assert agree >= 0.97, agree  # probing 2 of 4 shards can miss a few neighbours across borders
 
 
 def _demo(root: Path, out: Path, **selector: object):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from curator.select.kept import kept_table
-from curator.select.selector import InfoGrowthSelector, Selection, load_hook
+from curator.select.outcome import Selection
+from curator.select.selector import InfoGrowthSelector, load_hook
 
 __all__ = ["InfoGrowthSelector", "Selection", "kept_table", "load_hook"]

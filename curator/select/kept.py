@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from curator.embed.base import Embeddings
 from curator.records import kept_schema
-from curator.select.selector import Selection
+from curator.select.outcome import Selection
 
 
 def kept_table(samples: pa.Table, emb: Embeddings, sel: Selection, store_images: bool = True) -> pa.Table:

@@ -8,6 +8,8 @@ plain arrays, calling the rules of `curator.select.rules` in the order the spec 
 
 The loop stops before an item whose caption needs a recaption (a Python hook): the selector asks
 the hook, fills in `recap`, and calls it again from that item; nothing of that item was touched.
+It also stops at `stop`, where the selector recalibrates its 'auto' thresholds
+(`curator.select.calibrate`) from the evidence arrays this loop fills in item by item.
 """
 
 from __future__ import annotations
@@ -27,6 +29,45 @@ WHY_NONE, WHY_MISALIGNED, WHY_LABEL, WHY_DUPLICATE, WHY_BUDGET = 0, 1, 2, 3, 4
 ALIGN_OFF, ALIGN_FIXED, ALIGN_BOOTSTRAP, ALIGN_ADAPTIVE = 0, 1, 2, 3
 # recaption outcomes (recap[i])
 RECAP_UNKNOWN, RECAP_REJECTED, RECAP_ACCEPTED, RECAP_NONE = -1, 0, 1, 2
+# evidence sums (curator.select.calibrate: ev_sums slots)
+CLEAN_AGR, CLEAN_VOTES, STREAM_AGR, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, CLEAN_ALIGN, CLEAN_ALIGN2, \
+    CLEAN_PAIRS = 0, 1, 2, 3, 4, 5, 6, 7, 8
+#: n_trusted_out of an item left unjudged because the label thresholds are not calibrated yet
+UNJUDGED_CALIBRATING = -1
+
+
+@njit(cache=True)
+def nn_bin(max_sim: float, lo: float, hi: float, bins: int) -> int:
+    """The bin of log10(1 - max_sim) in the nearest-neighbour distance sketch (distance 0: bin 0)."""
+    d = 1.0 - max_sim
+    if not d > 0.0:
+        return 0
+    return sketch_bin(math.log10(d), lo, hi, bins)
+
+
+@njit(cache=True)
+def nn_add(nn: np.ndarray, meta: np.ndarray, b: int, window: int) -> None:
+    """One accepted item's distance into the windowed sketch: two buckets, the older cleared and
+    reused when the newer holds `window` items (so it covers the last window..2*window items)."""
+    cur = meta[0]
+    nn[cur, b] += 1
+    meta[1] += 1
+    if meta[1] >= window:
+        cur = 1 - cur
+        nn[cur, :] = 0
+        meta[0], meta[1] = cur, 0
+
+
+@njit(cache=True)
+def note_label(labels: np.ndarray, label: int) -> None:
+    """Remember a label (labels[0] = how many distinct, up to the array's capacity)."""
+    n = labels[0]
+    for j in range(n):
+        if labels[1 + j] == label:
+            return
+    if n + 1 < labels.shape[0]:
+        labels[1 + n] = label
+        labels[0] = n + 1
 
 
 @njit(cache=True)
@@ -101,21 +142,33 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
             best: np.ndarray, share: np.ndarray, thr_out: np.ndarray, gain_m: np.ndarray, gain: np.ndarray,
             gain_norm: np.ndarray, max_sim: np.ndarray, dup_src: np.ndarray, dup_row: np.ndarray,
             keep_prob: np.ndarray, unjudged: np.ndarray, n_trusted_out: np.ndarray, relabel_note: np.ndarray,
-            recap_note: np.ndarray) -> int:
-    """Decide items start..n-1 in order; returns n, or the item that waits for a recaption.
+            recap_note: np.ndarray, stop: int, ev_nn: np.ndarray, ev_nn_meta: np.ndarray, ev_clean: np.ndarray,
+            ev_noisy: np.ndarray, ev_prec: np.ndarray, ev_labels: np.ndarray, ev_sums: np.ndarray,
+            abstain_note: np.ndarray, cross: np.ndarray, cross_ok: np.ndarray, ev_cross: np.ndarray,
+            nn_dist: np.ndarray) -> int:
+    """Decide items start..stop-1 in order; returns stop, or the item that waits for a recaption.
 
-    ip = (k_gain, k_label, min_trusted, align_mode, align_warmup, relabel, keep_rate > 0)
+    ip = (k_gain, k_label, min_trusted, align_mode, align_warmup, relabel, keep_rate > 0, nn window,
+          abstain keeps)
     fp = (tau_noise, tau_relabel, temperature, eps_dup, gain_quantile, keep_rate, align_threshold,
-          align_drop_quantile, bootstrap threshold, gain lo, gain hi, align lo, align hi)
+          align_drop_quantile, bootstrap threshold, gain lo, gain hi, align lo, align hi, relabel radius,
+          nn lo, nn hi) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions.
+    ev_* = the calibration evidence (curator.select.calibrate.Evidence), updated in place; cross[i] is
+    item i's image against the previous item's caption (valid where cross_ok): a mismatched pair.
     state = (g_sum, g_count, uniforms used) -- updated in place. `uniforms` are the budget's draws,
     taken in order (a numpy Generator is not passed in: cached compiled code must not hold its address).
     """
-    n = labels_in.shape[0]
     k_gain, k_label, min_trusted, align_mode, warmup, relabel, budget = ip[0], ip[1], ip[2], ip[3], ip[4], \
         ip[5] != 0, ip[6] != 0
     tau_noise, tau_relabel, temp, eps_dup, gq, keep_rate = fp[0], fp[1], fp[2], fp[3], fp[4], fp[5]
     align_fixed, align_dq, boot_thr, g_lo, g_hi, a_lo, a_hi = fp[6], fp[7], fp[8], fp[9], fp[10], fp[11], fp[12]
+    radius, nn_lo, nn_hi = fp[13], fp[14], fp[15]
+    window, abstain_keep = ip[7], ip[8] != 0
+    label_ready = tau_noise == tau_noise
     gbins, abins = gain_counts.shape[0], align_counts.shape[0]
+    nbins, sbins, agbins = ev_nn.shape[1], ev_prec.shape[1], ev_clean.shape[0]
+    sh_lab = np.empty(k, np.int64)
+    sh_val = np.empty(k, np.float64)
     g_n, a_n = int(gain_counts.sum()), int(align_counts.sum())
     gb, gcum = _locate(gain_counts, g_n, gq)
     ab, acum = _locate(align_counts, a_n, align_dq)
@@ -125,7 +178,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     nb_src = np.empty((2, k), np.int8)
     nb_row = np.empty((2, k), np.int64)
     nb_cnt = np.zeros(2, np.int64)
-    for i in range(start, n):
+    for i in range(start, stop):
         for m in range(2):
             nb_cnt[m] = -1  # no neighbour list: the item lacks the modality
             if present[m] and has[m, i]:
@@ -140,7 +193,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
             thr = align_fixed
             if align_mode == ALIGN_BOOTSTRAP and boot_thr == boot_thr:  # (NaN: no trusted pair yet)
                 thr = boot_thr
-            elif align_mode == ALIGN_ADAPTIVE and judged and a_n >= warmup:
+            elif align_mode == ALIGN_ADAPTIVE and judged and a_n >= warmup and a_n > 0:
                 thr = a_lo + (ab + 1) * (a_hi - a_lo) / abins
             if rules.misaligned(align[i], thr):
                 if has_hook and recap[i] == RECAP_UNKNOWN:
@@ -153,6 +206,8 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                 else:
                     dec, w = DROPPED_NOISY, WHY_MISALIGNED
             thr_out[i] = thr
+            ev_sums[STREAM_ALIGN] += align[i]  # evidence: the stream's mean alignment (before any recaption)
+            ev_sums[STREAM_PAIRS] += 1.0
             j = sketch_bin(align[i], a_lo, a_hi, abins)
             align_counts[j] += 1
             a_n += 1
@@ -162,13 +217,40 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                 if j <= ab:
                     acum += 1
                 ab, acum = _relocate(align_counts, a_n, align_dq, ab, acum)
+        if pair[i] and (trusted or not judged):  # evidence: what a right caption scores
+            ev_sums[CLEAN_ALIGN] += align[i]
+            ev_sums[CLEAN_ALIGN2] += align[i] * align[i]
+            ev_sums[CLEAN_PAIRS] += 1.0
+            if cross_ok[i]:
+                ev_cross[0] += cross[i]
+                ev_cross[1] += cross[i] * cross[i]
+                ev_cross[2] += 1.0
         label = labels_in[i]
         if label >= 0 and prim >= 0 and nb_cnt[prim] >= 0:  # 1b) label agreement with the neighbours
             voted, agr, bst, shr = rules.label_vote(nb_s[prim], nb_l[prim], min(k_label, nb_cnt[prim]), label, temp)
             if voted:
                 agreement[i], best[i], share[i] = agr, bst, shr
-                if judged and not trusted and dec != DROPPED_NOISY:
-                    verdict = rules.label_rule(agr, bst, shr, label, tau_noise, tau_relabel, relabel)
+                if not judged and not trusted:  # evidence: a right label's vote, and what flipped ones would get
+                    note_label(ev_labels, label)
+                    ev_clean[sketch_bin(agr, 0.0, 1.0, agbins)] += 1
+                    ev_sums[CLEAN_AGR] += agr
+                    ev_sums[CLEAN_VOTES] += 1.0
+                    ev_prec[1 if bst == label else 0, sketch_bin(shr, 0.0, 1.0, sbins)] += 1
+                    u_count = rules.label_shares(nb_s[prim], nb_l[prim], min(k_label, nb_cnt[prim]), temp,
+                                                 sh_lab, sh_val)
+                    for j in range(u_count):
+                        if sh_lab[j] != label:
+                            ev_noisy[sketch_bin(sh_val[j], 0.0, 1.0, agbins)] += 1
+                if judged and not trusted and not label_ready:
+                    unjudged[i] = True
+                    n_trusted_out[i] = UNJUDGED_CALIBRATING
+                elif judged and not trusted and dec != DROPPED_NOISY:
+                    if sketch_bin(agr, 0.0, 1.0, agbins) == 0:  # evidence: how often labels find no support
+                        ev_sums[STREAM_AGR] += 1.0
+                    ev_sums[STREAM_VOTES] += 1.0
+                    nn_dist[i] = 1.0 - nb_s[prim, 0]
+                    verdict = rules.label_rule(agr, bst, shr, label, tau_noise, tau_relabel, relabel, nn_dist[i],
+                                               radius)
                     label_noisy[i] = 0 if verdict == rules.LABEL_OK else 1
                     if verdict == rules.LABEL_RELABEL:
                         label_out[i] = bst
@@ -176,8 +258,12 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                         relabel_note[i] = True
                         if dec == KEPT:
                             dec = RELABELLED
-                    elif verdict == rules.LABEL_DROP:
+                    elif verdict == rules.LABEL_ABSTAIN and abstain_keep:
+                        vote_label[i] = -1  # a doubted label never votes either
+                        abstain_note[i] = True
+                    elif verdict != rules.LABEL_OK:
                         dec, w = DROPPED_NOISY, WHY_LABEL
+                        abstain_note[i] = verdict == rules.LABEL_ABSTAIN
         if not judged and not trusted:
             unjudged[i] = True
             n_trusted_out[i] = n_trusted
@@ -196,6 +282,8 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                     dec, w = DROPPED_DUPLICATE, WHY_DUPLICATE
                     dup_src[i], dup_row[i] = nb_src[dmod, 0], nb_row[dmod, 0]
             if dec != DROPPED_DUPLICATE and cnt_m:  # 4) insert every clean, non-duplicate item
+                if dmod >= 0 and nb_cnt[dmod] > 0:  # evidence: how far distinct items sit from their nearest
+                    nn_add(ev_nn, ev_nn_meta, nn_bin(max_sim[i], nn_lo, nn_hi, nbins), window)
                 has_q = g_n > 0
                 q = g_lo + (gb + 1) * (g_hi - g_lo) / gbins
                 gain_norm[i] = rules.normalised_gain(gain[i], has_q, q)
@@ -221,4 +309,4 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                         dec, w = DROPPED_BY_BUDGET, WHY_BUDGET
         decision[i], why[i] = dec, w
     state[0], state[1], state[2] = g_sum, g_count, used
-    return n
+    return stop

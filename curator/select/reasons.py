@@ -7,8 +7,12 @@ reason combine; the fast loop and the reference loop both call these.
 from __future__ import annotations
 
 
-def misaligned(align: float, threshold: float, why: str) -> str:
-    return f"caption misaligned: cos(image, text) {align:.3f} < {threshold:.3f}; {why}"
+def _auto(auto: bool) -> str:
+    return " calibrated" if auto else ""
+
+
+def misaligned(align: float, threshold: float, why: str, auto: bool = False) -> str:
+    return f"caption misaligned: cos(image, text) {align:.3f} < {threshold:.3f}{_auto(auto)}; {why}"
 
 
 def recaptioned(align: float, threshold: float, align_out: float) -> str:
@@ -21,27 +25,46 @@ def not_recaptioned(has_hook: bool, proposed: bool, align_out: float | None) -> 
     return f"recaption scores {align_out:.3f}" if proposed else "no recaption proposed"
 
 
-def label_base(label: int, agreement: float, tau_noise: float) -> str:
-    return f"label {label} disagrees with neighbours (agreement {agreement:.2f} < {tau_noise})"
+def label_base(label: int, agreement: float, tau_noise: float, auto: bool = False) -> str:
+    return f"label {label} disagrees with neighbours (agreement {agreement:.2f} < {tau_noise:g}{_auto(auto)})"
+
+
+def weak_evidence(share: float, tau_relabel: float, nn_dist: float, radius: float) -> str:
+    """Why a noisy label was not corrected: which part of the evidence was too weak."""
+    parts = []
+    if not share >= tau_relabel:
+        parts.append("no correction is precise enough" if tau_relabel > 1 else
+                     f"majority share {share:.2f} < {tau_relabel:g}")
+    if not nn_dist <= radius:
+        parts.append("correction radius not calibrated yet" if radius != radius else
+                     f"nearest neighbour at distance {nn_dist:.4f} > radius {radius:.4f}")
+    return "weak evidence for a correction: " + ("; ".join(parts) or "majority is the same label")
+
+
+def kept_flagged(base: str, weak: str) -> str:
+    return f"{base}; {weak}; kept with its label, flagged (relabel_abstain=keep)"
 
 
 def relabelled(base: str, best: int, share: float) -> str:
     return f"{base}; corrected to {best} (share {share:.2f})"
 
 
-def label_dropped(base: str, share: float, tau_relabel: float, relabel: bool) -> str:
+def label_dropped(base: str, share: float, tau_relabel: float, relabel: bool, weak: str = "") -> str:
     if relabel:
-        return f"{base}; no confident majority (share {share:.2f} < {tau_relabel})"
+        return f"{base}; {weak or f'no confident majority (share {share:.2f} < {tau_relabel:g})'}; dropped"
     return f"{base}; label_action=discard"
 
 
-def unjudged(n_trusted: int, min_trusted: int) -> str:
+def unjudged(n_trusted: int, min_trusted: int, calibration: str = "") -> str:
+    if n_trusted < 0:
+        return f"label unjudged: tau_noise {calibration}; give a trusted bootstrap"
     return (f"unjudged: only {n_trusted} accepted items (< selector.min_trusted {min_trusted}); "
             "give a trusted bootstrap")
 
 
-def duplicate(dup_of: str, max_sim: float, eps_dup: float) -> str:
-    return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f})"
+def duplicate(dup_of: str, max_sim: float, eps_dup: float, auto: bool = False) -> str:
+    how = f", eps_dup {eps_dup:.2g} calibrated" if auto else ""
+    return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f}{how})"
 
 
 def budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:

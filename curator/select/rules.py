@@ -15,8 +15,8 @@ import math
 import numpy as np
 from numba import njit
 
-#: label_rule verdicts
-LABEL_OK, LABEL_RELABEL, LABEL_DROP = 0, 1, 2
+#: label_rule verdicts (ABSTAIN: noisy, but the evidence for a correction is weak)
+LABEL_OK, LABEL_RELABEL, LABEL_DROP, LABEL_ABSTAIN = 0, 1, 2, 3
 
 
 @njit(cache=True)
@@ -88,13 +88,13 @@ def pairwise_sum(a: np.ndarray, start: int, n: int) -> float:
 
 
 @njit(cache=True)
-def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
-               temperature: float) -> tuple[bool, float, int, float]:
+def label_shares(sims: np.ndarray, labels: np.ndarray, n: int, temperature: float, out_labels: np.ndarray,
+                 out_shares: np.ndarray) -> int:
     """The similarity-weighted vote of the first `n` neighbours that carry a label (-1: none, or a
-    corrected one): (any voted, share of the weight on `label`, the label with the most weight -- the
-    smallest on a tie --, its share). Weights are softmax(sim / T), or the clipped similarity when
-    T = 0: with raw CLIP or pixel cosines every neighbour sits at 0.7-0.95, so linear weights are
-    nearly uniform, and a temperature lets the closest neighbours decide."""
+    corrected one): every label voted for (ascending) and its share of the weight, in `out_*`;
+    returns how many. Weights are softmax(sim / T), or the clipped similarity when T = 0: with raw
+    CLIP or pixel cosines every neighbour sits at 0.7-0.95, so linear weights are nearly uniform,
+    and a temperature lets the closest neighbours decide."""
     m = 0
     s = np.empty(n, np.float64)
     lv = np.empty(n, np.int64)
@@ -104,7 +104,7 @@ def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
             lv[m] = labels[j]
             m += 1
     if m == 0:
-        return False, 0.0, -1, 0.0
+        return 0
     w = np.empty(m, np.float64)
     if temperature > 0:
         smax = s[0]
@@ -119,8 +119,7 @@ def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
     total = pairwise_sum(w, 0, m)
     order = np.argsort(lv[:m], kind="mergesort")
     sub = np.empty(m, np.float64)
-    agreement = 0.0
-    best, best_votes = -1, -1.0
+    u_count = 0
     k = 0
     while k < m:
         u = lv[order[k]]
@@ -129,14 +128,32 @@ def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
             if lv[j] == u:
                 sub[c] = w[j]
                 c += 1
-        votes = pairwise_sum(sub, 0, c)
-        if votes > best_votes:
-            best, best_votes = u, votes
-        if u == label:
-            agreement = votes / total
+        out_labels[u_count] = u
+        out_shares[u_count] = pairwise_sum(sub, 0, c) / total
+        u_count += 1
         while k < m and lv[order[k]] == u:
             k += 1
-    return True, agreement, best, best_votes / total
+    return u_count
+
+
+@njit(cache=True)
+def label_vote(sims: np.ndarray, labels: np.ndarray, n: int, label: int,
+               temperature: float) -> tuple[bool, float, int, float]:
+    """(any voted, share of the weight on `label`, the label with the most weight -- the smallest on
+    a tie --, its share), from `label_shares`."""
+    lab = np.empty(max(n, 1), np.int64)
+    shr = np.empty(max(n, 1), np.float64)
+    m = label_shares(sims, labels, n, temperature, lab, shr)
+    if m == 0:
+        return False, 0.0, -1, 0.0
+    agreement = 0.0
+    best, best_share = -1, -1.0
+    for j in range(m):
+        if shr[j] > best_share:
+            best, best_share = lab[j], shr[j]
+        if lab[j] == label:
+            agreement = shr[j]
+    return True, agreement, best, best_share
 
 
 @njit(cache=True)
@@ -168,14 +185,17 @@ def misaligned(align: float, threshold: float) -> bool:
 
 @njit(cache=True)
 def label_rule(agreement: float, best: int, share: float, label: int, tau_noise: float, tau_relabel: float,
-               relabel: bool) -> int:
-    """Label cleaning: keep an agreeing label; correct a disagreeing one to a confident majority
-    (when `relabel`), else drop the item."""
+               relabel: bool, nn_dist: float, radius: float) -> int:
+    """Label cleaning: keep an agreeing label; correct a disagreeing one only on strong evidence --
+    a majority share of at least `tau_relabel` from neighbours whose nearest is within `radius`
+    (when `relabel`) --, else abstain (the selector drops or keeps it flagged); `discard`: drop."""
     if agreement >= tau_noise:
         return LABEL_OK
-    if relabel and share >= tau_relabel and best != label:
+    if not relabel:
+        return LABEL_DROP
+    if share >= tau_relabel and best != label and nn_dist <= radius:
         return LABEL_RELABEL
-    return LABEL_DROP
+    return LABEL_ABSTAIN
 
 
 @njit(cache=True)

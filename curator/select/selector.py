@@ -19,7 +19,6 @@ import importlib
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import curator.select.kernel as kern
-import curator.select.reasons as reasons
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
-from curator.records import DECISION_SCHEMA, KEPT_DECISIONS, Decision
+from curator.records import KEPT_DECISIONS, Decision
+from curator.select.calibrate import (
+    LOO_CAP,
+    NN_HI,
+    NN_LO,
+    NN_WINDOW,
+    Calibration,
+    Evidence,
+    calibrate,
+    trusted_votes,
+)
+from curator.select.outcome import (
+    MODALITIES,
+    BatchView,
+    Scores,
+    Selection,
+    concat_selections,
+    decisions_table,
+)
 from curator.select.routing import Router
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
@@ -39,7 +55,6 @@ from curator.select.sketch import StreamingQuantile
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text")
 #: Decision by the kernel's code (curator.select.kernel: KEPT .. DROPPED_BY_BUDGET)
 DECISIONS = (Decision.KEPT, Decision.RELABELLED, Decision.RECAPTIONED, Decision.DROPPED_NOISY,
              Decision.DROPPED_DUPLICATE, Decision.DROPPED_BY_BUDGET)
@@ -63,92 +78,6 @@ def load_hook(spec: str) -> RecaptionHook | None:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load recaption hook {spec!r}: {exc}") from None
-
-
-@dataclass
-class Selection:
-    """Outcome of one batch: one decision per input row, and what the kept rows become."""
-
-    decisions: pa.Table
-    kept_rows: np.ndarray  # row numbers (into the batch) of kept items, in order
-    label_out: np.ndarray  # per row, the label after correction (-1 none)
-    text_out: list[str | None]  # per row, the caption after a recaption (None = unchanged)
-    text_emb_out: np.ndarray | None  # per row, text embedding after a recaption
-    gain: np.ndarray
-    gain_norm: np.ndarray
-    homes: np.ndarray | None = None  # per row, the shard whose rows it belongs to (its primary index's home)
-
-
-@dataclass
-class BatchView:
-    """One batch as the per-item loop sees it (modality m: 0 image, 1 text)."""
-
-    samples: pa.Table
-    ids: list[str]
-    mods: dict[str, np.ndarray]  # vectors per modality present (text rows change on a recaption)
-    present: np.ndarray  # bool[2]
-    has: np.ndarray  # bool[2, n]
-    isims: np.ndarray  # float32[2, n, k]: the index's nearest accepted items, nearest first
-    ilab: np.ndarray  # int64[2, n, k]: their vote labels (-1: none)
-    irow: np.ndarray  # int64[2, n, k]: their index rows (-1: padding)
-    gram: np.ndarray  # float32[2, n, n]: in-batch similarities
-    n_index: np.ndarray  # int64[2]: items in each index
-    labels_in: np.ndarray
-    label_out: np.ndarray
-    vote_label: np.ndarray  # labels that may vote: a corrected label never does
-    pair: np.ndarray  # bool[n]: has both an image and a caption
-    align: np.ndarray  # float64[n]: cos(image, text) of pairs (NaN otherwise)
-    text_out: list[str | None]
-    acc: np.ndarray  # int64[2, n]: the batch's accepted rows per modality, in insertion order
-    n_acc: np.ndarray  # int64[2]
-    prim: int  # the modality whose neighbours vote on labels (-1: none)
-    dmod: int  # the modality compared for near-duplicates (-1: none)
-
-
-@dataclass
-class Scores:
-    """Per-item results of one batch (arrays of n; NaN or -1 where a score was not computed)."""
-
-    decision: np.ndarray
-    why: np.ndarray
-    label_noisy: np.ndarray  # -1 not judged, 0 agrees, 1 noisy
-    agreement: np.ndarray
-    best: np.ndarray
-    share: np.ndarray
-    thr: np.ndarray
-    recap: np.ndarray
-    align_out: np.ndarray
-    gain_m: np.ndarray  # float64[2, n]
-    gain: np.ndarray
-    gain_norm: np.ndarray
-    max_sim: np.ndarray
-    dup_src: np.ndarray  # -1 none, 0 an index item, 1 an earlier item of the batch
-    dup_row: np.ndarray
-    keep_prob: np.ndarray
-    unjudged: np.ndarray
-    n_trusted: np.ndarray
-    relabel_note: np.ndarray
-    recap_note: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int) -> Scores:
-        def nan(*shape: int) -> np.ndarray:
-            return np.full(shape or (n,), np.nan)
-
-        return cls(np.zeros(n, np.int8), np.zeros(n, np.int8), np.full(n, -1, np.int8), nan(),
-                   np.full(n, -1, np.int64), nan(), nan(), np.full(n, kern.RECAP_UNKNOWN, np.int8), nan(), nan(2, n),
-                   nan(), nan(), nan(), np.full(n, -1, np.int8), np.full(n, -1, np.int64), nan(), np.zeros(n, bool),
-                   np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool))
-
-
-def concat_selections(a: Selection, b: Selection) -> Selection:
-    """Two consecutive parts of one batch as one Selection (rows of b after a's)."""
-    te = None if a.text_emb_out is None or b.text_emb_out is None else np.concatenate([a.text_emb_out, b.text_emb_out])
-    return Selection(pa.concat_tables([a.decisions, b.decisions]),
-                     np.concatenate([a.kept_rows, b.kept_rows + a.decisions.num_rows]),
-                     np.concatenate([a.label_out, b.label_out]), a.text_out + b.text_out, te,
-                     np.concatenate([a.gain, b.gain]), np.concatenate([a.gain_norm, b.gain_norm]),
-                     None if a.homes is None or b.homes is None else np.concatenate([a.homes, b.homes]))
 
 
 class InfoGrowthSelector:
@@ -181,6 +110,14 @@ class InfoGrowthSelector:
         self.g_count = 0
         self.counts: Counter[str] = Counter()
         self._warned_unjudged = False
+        self.evidence = Evidence()
+        self.boot_evidence = Evidence()  # the trusted items' leave-one-out votes
+        self._trusted_x: list[np.ndarray] = []  # up to LOO_CAP trusted vectors (primary modality) while bootstrapping
+        self._trusted_y: list[np.ndarray] = []
+        self.trusted_seen = 0  # trusted items decided (bootstrap)
+        self.cal_pending = False  # trusted items decided since the last calibration
+        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), -1)
+        self._warned_uncalibrated = False
 
     # --- state --------------------------------------------------------------------------
     @property
@@ -219,6 +156,11 @@ class InfoGrowthSelector:
             "indexed": {m: len(i) for m, i in self.indexes.items()},
             "dims": {m: int(i.dim) for m, i in self.indexes.items()},
             "routers": {m: i.router.to_json() for m, i in self.indexes.items() if getattr(i, "router", None)},
+            "evidence": self.evidence.state_dict(),
+            "boot_evidence": self.boot_evidence.state_dict(),
+            "calibration": self.cal.state_dict(),
+            "trusted_seen": self.trusted_seen,
+            "cal_pending": self.cal_pending,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,6 +178,72 @@ class InfoGrowthSelector:
                         for m in state["modalities"]}
         for m, n in (state.get("indexed") or {}).items():
             self.indexes[m].n = int(n)
+        if "evidence" in state:  # a checkpoint from before calibration: start the evidence afresh
+            self.evidence.load_state_dict(state["evidence"])
+            self.boot_evidence.load_state_dict(state["boot_evidence"])
+            self.cal = Calibration.from_state(state["calibration"])
+            self.trusted_seen = int(state["trusted_seen"])
+            self.cal_pending = bool(state["cal_pending"])
+
+    # --- calibration --------------------------------------------------------------------
+    def _evidence_source(self) -> str:
+        return "trusted bootstrap" if self.trusted_seen else "first accepted items (no trusted bootstrap)"
+
+    def calibration_report(self) -> dict[str, Any]:
+        """The thresholds in force and the evidence behind each (the manifest's "calibration")."""
+        return self.cal.report()
+
+    def _calibration_due(self, pos: int) -> bool:
+        """Recalibrate before deciding the item at stream position `pos` (a pure function of the
+        stream: at multiples of calibrate_every, and where the stream starts after trusted items)."""
+        return self.cal.seq < 0 or self.cal_pending or (pos % self.cfg.calibrate_every == 0 and self.cal.seq != pos)
+
+    def _recalibrate(self, pos: int) -> None:
+        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self.boot_evidence)
+        self.cal_pending = False
+        self._trusted_x, self._trusted_y = [], []
+        if not self.trusted_seen and not self._warned_uncalibrated and any(
+                o.startswith("calibrated") for o in self.cal.origin.values()):
+            log.warning("no trusted bootstrap: the 'auto' thresholds are calibrated on the first accepted items "
+                        "(taken unjudged); give source.bootstrap for thresholds calibrated on trusted data")
+            self._warned_uncalibrated = True
+
+    def _note_trusted(self, v: BatchView) -> None:
+        """Keep trusted vectors (up to LOO_CAP) and redo their leave-one-out votes over all kept so far:
+        after the last bootstrap batch the evidence is the same however the bootstrap was batched."""
+        if v.prim < 0:
+            return
+        held = sum(len(y) for y in self._trusted_y)
+        rows = np.flatnonzero(v.has[v.prim] & (v.labels_in >= 0))[: max(0, LOO_CAP - held)]
+        if not len(rows):
+            return
+        self._trusted_x.append(v.mods[MODALITIES[v.prim]][rows].astype(np.float32))
+        self._trusted_y.append(v.labels_in[rows])
+        self.boot_evidence = trusted_votes(np.concatenate(self._trusted_x), np.concatenate(self._trusted_y),
+                                           self.cfg.k_label, self.cfg.vote_temperature)
+
+    def _segment_end(self, i: int, n: int, trusted: bool) -> int:
+        """Where the compiled loop stops next: the batch's end, or the next calibration point."""
+        if trusted:
+            return n
+        r = self.cfg.calibrate_every
+        return min(n, i + r - (self.seq + i) % r)
+
+    def _begin_item(self, s: Scores, i: int, trusted: bool) -> None:
+        """Before deciding item i (of this batch): recalibrate when due, note the values in force."""
+        if not trusted and self._calibration_due(self.seq + i):
+            self._recalibrate(self.seq + i)
+        if not s.cals or s.cals[-1] is not self.cal:
+            s.cals.append(self.cal)
+        s.cal_idx[i] = len(s.cals) - 1
+
+    def _fp(self) -> np.ndarray:
+        c, val = self.cfg, self.cal.values
+        boot = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
+        return np.array([val["tau_noise"], val["tau_relabel"], c.vote_temperature, val["eps_dup"], c.gain_quantile,
+                         c.keep_rate, val["align_threshold"], c.align_drop_quantile, np.nan if boot is None else boot,
+                         self.gain_sketch.lo, self.gain_sketch.hi, self.align_sketch.lo, self.align_sketch.hi,
+                         val["relabel_radius"], NN_LO, NN_HI])
 
     def save_indexes(self, directory: str | Path) -> None:
         """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`)."""
@@ -282,6 +290,10 @@ class InfoGrowthSelector:
             return concat_selections(first, rest)
         view = self._prepare(samples, emb)
         scores = self._resolve(view, trusted)
+        if trusted and samples.num_rows:
+            self.trusted_seen += samples.num_rows
+            self.cal_pending = True
+            self._note_trusted(view)
         return self._finish(view, scores, trusted)
 
     def _router_cut(self, n: int, trusted: bool) -> int | None:
@@ -331,36 +343,62 @@ class InfoGrowthSelector:
             align[pair] = np.einsum("ij,ij->i", mods["image"][pair], mods["text"][pair])
         labels_in = pc.fill_null(samples.column("label"), -1).to_numpy().astype(np.int64)
         prim, dmod = self.primary, self._dedup_modality()
+        cross, cross_ok = self._cross_pairs(mods, has)
         return BatchView(samples, samples.column("id").to_pylist(), mods, present, has, isims, ilab, irow, gram,
                          n_index, labels_in, labels_in.copy(), labels_in.copy(), pair, align, [None] * n,
                          np.zeros((2, n), np.int64), np.zeros(2, np.int64),
-                         MODALITIES.index(prim) if prim else -1, MODALITIES.index(dmod) if dmod else -1)
+                         MODALITIES.index(prim) if prim else -1, MODALITIES.index(dmod) if dmod else -1,
+                         cross, cross_ok)
+
+    def _cross_pairs(self, mods: dict[str, np.ndarray], has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos(image i, caption of the stream's previous item): mismatched pairs, in stream order."""
+        n = has.shape[1]
+        cross, ok = np.zeros(n), np.zeros(n, bool)
+        if "image" not in mods or "text" not in mods:
+            return cross, ok
+        img, txt = mods["image"], mods["text"]
+        prev = np.empty_like(txt)
+        prev[1:] = txt[:-1]
+        prev_has = np.zeros(n, bool)
+        prev_has[1:] = has[1, :-1]
+        last = self.evidence.last_text
+        if last is not None and len(last) == txt.shape[1]:
+            prev[0], prev_has[0] = np.asarray(last, np.float32), True
+        ok = has[0] & prev_has
+        cross[ok] = np.einsum("ij,ij->i", img[ok], prev[ok])
+        rows = np.flatnonzero(has[1])
+        if len(rows):
+            self.evidence.last_text = txt[rows[-1]].astype(np.float64).tolist()
+        return cross, ok
 
     def _resolve(self, v: BatchView, trusted: bool) -> Scores:
-        """The per-item loop (compiled), stopping only to ask a recaption hook."""
-        c, s = self.cfg, Scores.empty(len(v.ids))
-        boot = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
+        """The per-item loop (compiled), stopping to ask a recaption hook and to recalibrate."""
+        c, s, n = self.cfg, Scores.empty(len(v.ids)), len(v.ids)
         ip = np.array([c.k_gain, c.k_label, c.min_trusted, ALIGN_MODES[c.align_mode], c.align_warmup,
-                       c.label_action == "relabel", c.keep_rate > 0], np.int64)
-        fp = np.array([c.tau_noise, c.tau_relabel, c.vote_temperature, c.eps_dup, c.gain_quantile, c.keep_rate,
-                       c.align_threshold, c.align_drop_quantile, np.nan if boot is None else boot,
-                       self.gain_sketch.lo, self.gain_sketch.hi, self.align_sketch.lo, self.align_sketch.hi])
+                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, c.relabel_abstain == "keep"],
+                      np.int64)
         state = np.array([self.g_sum, float(self.g_count), 0.0])
         budget = c.keep_rate > 0 and not trusted
         rng_state = self.rng.bit_generator.state
-        uniforms = self.rng.random(len(v.ids)) if budget else np.zeros(0)  # at most one draw per item
+        uniforms = self.rng.random(n) if budget else np.zeros(0)  # at most one draw per item
+        ev = self.evidence
         i = 0
-        while True:
-            i = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
+        while i < n:
+            self._begin_item(s, i, trusted)
+            stop = self._segment_end(i, n, trusted)
+            s.cal_idx[i:stop] = s.cal_idx[i]
+            j = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
                              v.gram, v.n_index, v.labels_in, v.vote_label, v.label_out, v.pair, v.align, s.recap,
-                             s.align_out, self.recaption is not None, ip, fp, self.gain_sketch.counts,
+                             s.align_out, self.recaption is not None, ip, self._fp(), self.gain_sketch.counts,
                              self.align_sketch.counts, self.boot_align_sketch.counts, v.acc, v.n_acc, state,
                              uniforms, s.decision, s.why, s.label_noisy, s.agreement, s.best, s.share, s.thr,
                              s.gain_m, s.gain, s.gain_norm, s.max_sim, s.dup_src, s.dup_row, s.keep_prob,
-                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note)
-            if i >= len(v.ids):
-                break
-            self._recaption_item(v, s, i)
+                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note, stop, ev.nn, ev.nn_meta, ev.clean,
+                             ev.noisy, ev.prec, ev.labels, ev.sums, s.abstain_note, v.cross, v.cross_ok, ev.cross,
+                             s.nn_dist)
+            if j < stop:
+                self._recaption_item(v, s, j)
+            i = j
         self.g_sum, self.g_count = float(state[0]), int(state[1])
         if budget:  # the generator moves by the draws used, as if drawn one by one
             self.rng.bit_generator.state = rng_state
@@ -404,7 +442,7 @@ class InfoGrowthSelector:
         index = self.indexes[MODALITIES[prim]] if v.present[prim] else None
         homes = index.route(v.mods[MODALITIES[prim]])[0] if isinstance(index, ShardedIndex) else np.zeros(n, np.int64)
         return Selection(
-            decisions=self._decisions_table(v, s, seqs, values, trusted),
+            decisions=decisions_table(self, v, s, seqs, values, trusted),
             kept_rows=np.flatnonzero(_KEPT_CODES[s.decision]).astype(np.int64),
             label_out=v.label_out,
             text_out=v.text_out,
@@ -414,96 +452,17 @@ class InfoGrowthSelector:
             homes=homes,
         )
 
-    def _dup_ids(self, v: BatchView, s: Scores) -> list[str | None]:
-        out: list[str | None] = [None] * len(v.ids)
-        rows = np.flatnonzero(s.dup_src == 0)
-        if len(rows) and v.dmod >= 0:
-            for r, name in zip(rows, self.indexes[MODALITIES[v.dmod]].ids_of(s.dup_row[rows]), strict=True):
-                out[r] = name
-        for r in np.flatnonzero(s.dup_src == 1):
-            out[r] = v.ids[s.dup_row[r]]
-        return out
-
-    def _reasons(self, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
-        c = self.cfg
-        relabel = c.label_action == "relabel"
-        out = []
-        for i in range(len(v.ids)):
-            notes = []
-            if s.recap_note[i]:
-                notes.append(reasons.recaptioned(v.align[i], s.thr[i], s.align_out[i]))
-            base = reasons.label_base(int(v.labels_in[i]), s.agreement[i], c.tau_noise) \
-                if s.label_noisy[i] == 1 else ""
-            if s.relabel_note[i]:
-                notes.append(reasons.relabelled(base, int(s.best[i]), s.share[i]))
-            if s.unjudged[i]:
-                notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted))
-            w = s.why[i]
-            drop = ""
-            if w == kern.WHY_MISALIGNED:
-                drop = reasons.misaligned(v.align[i], s.thr[i], reasons.not_recaptioned(
-                    self.recaption is not None, s.recap[i] in (kern.RECAP_ACCEPTED, kern.RECAP_REJECTED),
-                    s.align_out[i]))
-            elif w == kern.WHY_LABEL:
-                drop = reasons.label_dropped(base, s.share[i], c.tau_relabel, relabel)
-            elif w == kern.WHY_DUPLICATE:
-                drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], c.eps_dup)
-            elif w == kern.WHY_BUDGET:
-                drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
-            out.append(reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i])))
-        return out
-
-    def _decisions_table(self, v: BatchView, s: Scores, seqs: np.ndarray, values: np.ndarray,
-                         trusted: bool) -> pa.Table:
-        n = len(v.ids)
-        samples = v.samples
-
-        def f32(x: np.ndarray) -> pa.Array:
-            return pa.array(x.astype(np.float32), pa.float32(), mask=np.isnan(x))
-
-        def label(x: np.ndarray) -> pa.Array:
-            return pa.array(x, pa.int64(), mask=x < 0)
-
-        shown_align = v.pair & (trusted or self.cfg.align_mode != "off")
-        align = np.where(shown_align, v.align, np.nan)
-        dup_of = self._dup_ids(v, s)
-        cols: dict[str, Any] = {
-            "id": samples.column("id"),
-            "source": samples.column("source"),
-            "partition": samples.column("partition"),
-            "offset": samples.column("offset"),
-            "seq": pa.array(seqs, pa.int64()),
-            "decision": pa.array(values.tolist(), pa.string()),
-            "reason": pa.array(self._reasons(v, s, dup_of, trusted), pa.string()),
-            "label_in": label(v.labels_in),
-            "label_out": label(v.label_out),
-            "label_noisy": pa.array(s.label_noisy == 1, pa.bool_(), mask=s.label_noisy < 0),
-            "label_agreement": f32(s.agreement),
-            "align": f32(align),
-            "align_out": f32(s.align_out),
-            "text_out": pa.array(v.text_out, pa.string()),
-            "gain": f32(s.gain),
-            "gain_image": f32(s.gain_m[0]),
-            "gain_text": f32(s.gain_m[1]),
-            "gain_norm": f32(s.gain_norm),
-            "max_sim": f32(s.max_sim),
-            "dup_of": pa.array(dup_of, pa.string()),
-            "keep_prob": f32(s.keep_prob),
-            "model": pa.array([self.model_id] * n, pa.string()),
-            "config_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
-        }
-        return pa.table(cols, schema=DECISION_SCHEMA)
-
     def _align_threshold(self, judged: bool) -> float:
-        """The caption threshold in force now (the loop computes the same inline)."""
-        c = self.cfg
+        """The caption threshold in force now (the loop computes the same inline; NaN: not calibrated
+        yet, captions pass)."""
+        c, fixed = self.cfg, self.cal.values["align_threshold"]
         if c.align_mode == "bootstrap" and self.boot_align_sketch.n:
             q = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
-            return float(q) if q is not None else c.align_threshold
+            return float(q) if q is not None else fixed
         if c.align_mode == "adaptive" and judged and self.align_sketch.n >= c.align_warmup:
             q = self.align_sketch.quantile(c.align_drop_quantile)
-            return float(q) if q is not None else c.align_threshold
-        return c.align_threshold
+            return float(q) if q is not None else fixed
+        return fixed
 
     def _recaption(self, samples: pa.Table, i: int) -> str | None:
         if self.recaption is None:

@@ -1,0 +1,303 @@
+"""Calibrated ("auto") thresholds: derived from trusted data, refined in stream order.
+
+A fixed epsilon or threshold is right for one embedding space and wrong for the next, so each
+'auto' setting is derived from evidence the engine has about *this* space:
+
+- ``eps_dup``: the nearest-neighbour cosine distances of accepted items (the trusted bootstrap's
+  first, then the stream's, over a window of the most recent ones, since distances shrink as the
+  index grows). Its lower tail follows a power law ``F(t) ~ t^s`` (s is half the local intrinsic
+  dimension); ``s`` is fitted between the 5% and 25% quantiles and extrapolated down to
+  ``dup_false_rate``: the distance below which that share of *distinct* items would fall. Only
+  the body of the distribution is used, far above the cut, so the items the rule removes (which
+  never reach the sketch) cannot pull the cut up after them.
+- ``tau_noise``: the trusted items' votes (each against the trusted items before it) give the
+  agreement a right label gets; the same votes for the *other* labels give what a flipped label
+  gets. The threshold minimises the expected error at the noise rate, which is estimated from the
+  stream's mean agreement (a mixture of the two) -- recorded for every judged item before its
+  decision, so it is not censored by the rule.
+- ``tau_relabel``: the lowest majority share at which the trusted items' own votes are right with
+  precision ``relabel_precision`` (Wilson lower bound): a correction is a claim about the true
+  label, and the trusted votes are the only ones whose truth is known.
+- ``relabel_radius``: the median nearest-neighbour distance of accepted items: corrections only
+  where the neighbours are at least as close as usual (far neighbours do not speak for an item).
+- ``align_threshold``: the trusted pairs' alignments against the same images with *other* trusted
+  captions (what a mismatched caption scores), two Gaussians, and the Bayes cut at the mismatch
+  rate estimated from the stream's mean alignment.
+
+The evidence arrays are updated by the compiled loop item by item; `calibrate` runs at fixed
+decided-item counts (`selector.calibrate_every`) and when the stream starts after a bootstrap, so
+values are a pure function of stream order, and the whole state checkpoints with the selector.
+Without a bootstrap, the items accepted unjudged at the start are the trusted evidence (and the
+reasons and a warning say so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from curator.config import AUTO, SelectorConfig
+
+NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
+NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
+AGR_BINS = 100  # agreement / share histograms over [0, 1]
+SHARE_BINS = 20
+MAX_LABELS = 4096  # distinct labels tracked (for the flipped-label model)
+MIN_NN = 50  # accepted items before eps_dup / relabel_radius are calibrated
+MIN_VOTES = 30  # trusted votes before tau_noise / tau_relabel are
+MIN_PAIRS = 20  # trusted pairs before align_threshold is
+MIN_STREAM = 50  # stream votes / pairs before the noise / mismatch rate is estimated from them
+PRIOR_RATE = 0.1  # noise / mismatch rate assumed until then
+EPS_UNCALIBRATED = 1e-6  # before eps_dup is calibrated: exact duplicates only
+NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
+Z = 1.0  # the Wilson bound one standard error below (the trusted set is small; its votes see a sparser index)
+#: ev_sums slots
+CLEAN_AGR, CLEAN_VOTES, STREAM_LOW, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, \
+    CLEAN_ALIGN, CLEAN_ALIGN2, CLEAN_PAIRS = range(9)
+CALIBRATED = ("eps_dup", "tau_noise", "tau_relabel", "relabel_radius", "align_threshold")
+
+
+@dataclass
+class Evidence:
+    """What calibration is computed from; the compiled loop updates the arrays in place."""
+
+    nn: np.ndarray = field(default_factory=lambda: np.zeros((2, NN_BINS), np.int64))
+    nn_meta: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))  # (bucket, fill)
+    clean: np.ndarray = field(default_factory=lambda: np.zeros(AGR_BINS, np.int64))
+    noisy: np.ndarray = field(default_factory=lambda: np.zeros(AGR_BINS, np.int64))  # present other labels
+    prec: np.ndarray = field(default_factory=lambda: np.zeros((2, SHARE_BINS), np.int64))  # (wrong, right)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(MAX_LABELS + 1, np.int64))  # [count, ...]
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(9, np.float64))
+    cross: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float64))  # other-caption sum, sum2, n
+    last_text: list[float] | None = None  # the stream's last caption vector (its next image's other caption)
+
+    ARRAYS = ("nn", "nn_meta", "clean", "noisy", "prec", "labels", "sums", "cross")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k).tolist() for k in self.ARRAYS}, "last_text": self.last_text}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.ARRAYS:
+            cur = getattr(self, k)
+            cur[...] = np.asarray(state[k], cur.dtype).reshape(cur.shape)
+        self.last_text = state.get("last_text")
+
+
+LOO_CAP = 2048  # trusted items whose leave-one-out votes are the label evidence
+
+
+def trusted_votes(vectors: np.ndarray, labels: np.ndarray, k: int, temperature: float) -> Evidence:
+    """Label evidence from trusted items: each votes against all the *other* trusted items (leave
+    one out), so every vote sees the bootstrap's full density, whatever its batches were."""
+    from curator.select.kernel import sketch_bin
+    from curator.select.rules import label_shares
+
+    ev = Evidence()
+    ok = labels >= 0
+    x, y = vectors[ok], labels[ok]
+    n = len(y)
+    if n < 2:
+        return ev
+    g = x @ x.T
+    np.fill_diagonal(g, -np.inf)
+    kk = min(k, n - 1)
+    nb = np.argsort(-g, axis=1, kind="stable")[:, :kk]
+    lab, shr = np.empty(kk, np.int64), np.empty(kk, np.float64)
+    for i in range(n):
+        sims = g[i, nb[i]].astype(np.float32)
+        m = label_shares(sims, y[nb[i]], kk, temperature, lab, shr)
+        if m == 0:
+            continue
+        agr = float(shr[:m][lab[:m] == y[i]].sum())
+        b = int(np.argmax(shr[:m]))
+        ev.clean[sketch_bin(agr, 0.0, 1.0, AGR_BINS)] += 1
+        ev.sums[CLEAN_AGR] += agr
+        ev.sums[CLEAN_VOTES] += 1
+        ev.prec[int(lab[b] == y[i]), sketch_bin(float(shr[b]), 0.0, 1.0, SHARE_BINS)] += 1
+        for j in range(m):
+            if lab[j] != y[i]:
+                ev.noisy[sketch_bin(float(shr[j]), 0.0, 1.0, AGR_BINS)] += 1
+    uniq = np.unique(y)[:MAX_LABELS]
+    ev.labels[0] = len(uniq)
+    ev.labels[1:1 + len(uniq)] = uniq
+    return ev
+
+
+def _quantile_log(counts: np.ndarray, q: float) -> float:
+    """log10 distance at quantile q of the nn histogram (linear within the bin)."""
+    n = int(counts.sum())
+    c = np.cumsum(counts)
+    b = int(np.searchsorted(c, q * n))
+    prev = int(c[b - 1]) if b else 0
+    frac = (q * n - prev) / max(int(counts[b]), 1)
+    w = (NN_HI - NN_LO) / NN_BINS
+    return NN_LO + (b + min(max(frac, 0.0), 1.0)) * w
+
+
+def wilson_lower(right: float, n: float, z: float = Z) -> float:
+    if n <= 0:
+        return 0.0
+    p = right / n
+    den = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    return (centre - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / den
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _rate(mu_clean: float, mu_noisy: float, stream_sum: float, stream_n: float) -> tuple[float, str]:
+    """The weight of the noisy component in the stream: its mean statistic m = (1 - r) mu_clean +
+    r mu_noisy, solved for r (method of moments; the statistic is recorded before each decision)."""
+    if stream_n < MIN_STREAM or abs(mu_clean - mu_noisy) < 1e-6:
+        return PRIOR_RATE, f"prior {PRIOR_RATE} (fewer than {MIN_STREAM} stream items)"
+    m = stream_sum / stream_n
+    r = (mu_clean - m) / (mu_clean - mu_noisy)
+    return float(min(max(r, 0.005), 0.5)), f"from the stream's mean {m:.3f} over {int(stream_n)} items"
+
+
+@dataclass
+class Calibration:
+    """The values in force and the evidence behind each (what the manifest and reasons show)."""
+
+    values: dict[str, float]
+    origin: dict[str, str]  # "config", "calibrated", "not calibrated yet"
+    evidence: dict[str, dict[str, Any]]
+    seq: int = -1  # decided items when computed
+
+    def report(self) -> dict[str, Any]:
+        """Per setting {"value", "origin", evidence...} (what the manifest's "calibration" holds)."""
+        out: dict[str, Any] = {name: {"value": None if not math.isfinite(v) else float(v), "origin": self.origin[name],
+                                      **self.evidence.get(name, {})} for name, v in self.values.items()}
+        out["at_seq"] = self.seq
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": {k: (None if not math.isfinite(v) else v) for k, v in self.values.items()},
+                "origin": self.origin, "evidence": self.evidence, "seq": self.seq}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Calibration:
+        return cls({k: (math.nan if v is None else float(v)) for k, v in state["values"].items()},
+                   dict(state["origin"]), dict(state["evidence"]), int(state["seq"]))
+
+
+def _merged_labels(a: np.ndarray, b: np.ndarray) -> int:
+    return len(set(a[1:1 + a[0]].tolist()) | set(b[1:1 + b[0]].tolist()))
+
+
+def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
+              boot: Evidence | None = None) -> Calibration:
+    """The values in force from the configured numbers and, for 'auto', the evidence so far (`ev`,
+    filled in stream order; `boot`, the trusted items' leave-one-out votes)."""
+    if boot is not None:  # label evidence: the trusted votes plus those of items taken unjudged
+        merged = Evidence(ev.nn, ev.nn_meta, ev.clean + boot.clean, ev.noisy + boot.noisy, ev.prec + boot.prec,
+                          ev.labels, ev.sums.copy(), ev.cross)
+        merged.sums[CLEAN_AGR] += boot.sums[CLEAN_AGR]
+        merged.sums[CLEAN_VOTES] += boot.sums[CLEAN_VOTES]
+        n_labels = _merged_labels(ev.labels, boot.labels)
+        ev = merged
+    else:
+        n_labels = int(ev.labels[0])
+    values: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    evidence: dict[str, dict[str, Any]] = {}
+
+    def fixed(name: str) -> bool:
+        v = getattr(cfg, name)
+        if v != AUTO:
+            values[name], origin[name] = float(v), "config"
+            return True
+        return False
+
+    counts = ev.nn[0] + ev.nn[1]
+    n_nn = int(counts.sum())
+    nn_info = {"accepted_items": n_nn}
+    if n_nn >= MIN_NN:
+        l05, l25, l50 = (_quantile_log(counts, q) for q in (0.05, 0.25, 0.5))
+        slope = math.log(5.0) / (math.log(10.0) * max(l25 - l05, 1e-9))
+        l_eps = l05 + math.log10(cfg.dup_false_rate / 0.05) / slope
+        nn_info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
+                    "tail_exponent": round(slope, 3)}
+    if not fixed("eps_dup"):
+        if n_nn >= MIN_NN:
+            values["eps_dup"], origin["eps_dup"] = 10 ** l_eps, "calibrated"
+        else:
+            values["eps_dup"], origin["eps_dup"] = EPS_UNCALIBRATED, "not calibrated yet (exact duplicates only)"
+        evidence["eps_dup"] = {"from": f"nearest-neighbour distances of accepted items ({trusted_source} first)",
+                               "dup_false_rate": cfg.dup_false_rate, **nn_info}
+    if not fixed("relabel_radius"):
+        ok = n_nn >= MIN_NN
+        values["relabel_radius"] = 10 ** l50 if ok else math.nan
+        origin["relabel_radius"] = "calibrated" if ok else "not calibrated yet (no corrections)"
+        evidence["relabel_radius"] = {"from": "median nearest-neighbour distance of accepted items", **nn_info}
+
+    n_votes = ev.sums[CLEAN_VOTES]
+    vote_info: dict[str, Any] = {"trusted_votes": int(n_votes), "classes": n_labels}
+    if not fixed("tau_noise"):
+        if n_votes >= MIN_VOTES and n_labels >= 2:
+            f_clean = np.cumsum(ev.clean) / n_votes  # F_c(t_b), t_b = (b + 1) / AGR_BINS
+            noisy = ev.noisy.astype(np.float64).copy()
+            noisy[0] += n_votes * (n_labels - 1) - noisy.sum()  # labels absent from the neighbours: share 0
+            f_noisy = np.cumsum(noisy) / noisy.sum()
+            # the noise rate: the stream's share of unsupported labels (agreement in the lowest bin) is
+            # (1 - rate) F_c + rate F_n there; the lowest bin is where the two differ most
+            rate, how = _rate(f_clean[0], f_noisy[0], ev.sums[STREAM_LOW], ev.sums[STREAM_VOTES])
+            rate_info = {"unsupported_share_of_stream": round(ev.sums[STREAM_LOW] / max(ev.sums[STREAM_VOTES], 1), 4)}
+            risk = (1 - rate) * f_clean + rate * (1 - f_noisy)
+            best = np.flatnonzero(risk <= risk.min() + 1e-12)
+            b = int(best[len(best) // 2])
+            values["tau_noise"], origin["tau_noise"] = (b + 1) / AGR_BINS, "calibrated"
+            prec = rate * f_noisy[b] / max(rate * f_noisy[b] + (1 - rate) * f_clean[b], 1e-12)
+            vote_info |= {"noise_rate": round(rate, 4), "noise_rate_from": how, **rate_info,
+                          "expected_flag_recall": round(float(f_noisy[b]), 4),
+                          "expected_clean_flagged": round(float(f_clean[b]), 4),
+                          "expected_flag_precision": round(float(prec), 4)}
+        else:
+            values["tau_noise"], origin["tau_noise"] = math.nan, "not calibrated yet (labels unjudged)"
+        evidence["tau_noise"] = {"from": f"{trusted_source} votes vs the same votes for other labels", **vote_info}
+    if not fixed("tau_relabel"):
+        right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
+        if n_votes >= MIN_VOTES:
+            ok = [b for b in range(SHARE_BINS) if wilson_lower(right[b], total[b]) >= cfg.relabel_precision]
+            if ok:
+                b = ok[0]
+                values["tau_relabel"] = b / SHARE_BINS
+                info = {"votes_at_or_above": int(total[b]), "right": int(right[b]),
+                        "precision_lower_bound": round(wilson_lower(right[b], total[b]), 4)}
+            else:
+                values["tau_relabel"] = NEVER
+                info = {"note": f"no share level reaches precision {cfg.relabel_precision}: no corrections"}
+            origin["tau_relabel"] = "calibrated"
+        else:
+            values["tau_relabel"], origin["tau_relabel"], info = NEVER, "not calibrated yet (no corrections)", {}
+        evidence["tau_relabel"] = {"from": f"{trusted_source} items' own votes, right or wrong by majority share",
+                                   "relabel_precision": cfg.relabel_precision, "trusted_votes": int(n_votes), **info}
+
+    if not fixed("align_threshold"):
+        n_p, n_x = ev.sums[CLEAN_PAIRS], ev.cross[2]
+        info = {"trusted_pairs": int(n_p), "other_caption_pairs": int(n_x)}
+        if n_p >= MIN_PAIRS and n_x >= MIN_PAIRS:
+            mu_c = ev.sums[CLEAN_ALIGN] / n_p
+            sd_c = math.sqrt(max(ev.sums[CLEAN_ALIGN2] / n_p - mu_c * mu_c, 1e-12))
+            mu_x = ev.cross[0] / n_x
+            sd_x = math.sqrt(max(ev.cross[1] / n_x - mu_x * mu_x, 1e-12))
+            rate, how = _rate(mu_c, mu_x, ev.sums[STREAM_ALIGN], ev.sums[STREAM_PAIRS])
+            lo, hi = min(mu_x, mu_c), max(mu_x, mu_c)
+            grid = np.linspace(lo, hi, 2001)
+            risk = [(1 - rate) * _phi((t - mu_c) / sd_c) + rate * (1 - _phi((t - mu_x) / sd_x)) for t in grid]
+            t = float(grid[int(np.argmin(risk))])
+            values["align_threshold"], origin["align_threshold"] = t, "calibrated"
+            info |= {"trusted_mean": round(mu_c, 4), "trusted_std": round(sd_c, 4), "mismatch_mean": round(mu_x, 4),
+                     "mismatch_std": round(sd_x, 4), "mismatch_rate": round(rate, 4), "mismatch_rate_from": how,
+                     "expected_clean_dropped": round(_phi((t - mu_c) / sd_c), 5),
+                     "expected_mismatch_kept": round(1 - _phi((t - mu_x) / sd_x), 5)}
+        else:
+            values["align_threshold"] = math.nan
+            origin["align_threshold"] = "not calibrated yet (captions accepted unjudged)"
+        evidence["align_threshold"] = {"from": f"{trusted_source} pairs vs their images with other captions", **info}
+    return Calibration(values, origin, evidence, seq)

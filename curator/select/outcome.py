@@ -1,0 +1,197 @@
+"""What one batch's selection produces: the per-item scores, the view of the batch the loop works on,
+and the decisions table (with its reasons) built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import curator.select.kernel as kern
+import curator.select.reasons as reasons
+from curator.records import DECISION_SCHEMA
+from curator.select.calibrate import Calibration
+
+MODALITIES = ("image", "text")
+
+
+@dataclass
+class Selection:
+    """Outcome of one batch: one decision per input row, and what the kept rows become."""
+
+    decisions: pa.Table
+    kept_rows: np.ndarray  # row numbers (into the batch) of kept items, in order
+    label_out: np.ndarray  # per row, the label after correction (-1 none)
+    text_out: list[str | None]  # per row, the caption after a recaption (None = unchanged)
+    text_emb_out: np.ndarray | None  # per row, text embedding after a recaption
+    gain: np.ndarray
+    gain_norm: np.ndarray
+    homes: np.ndarray | None = None  # per row, the shard whose rows it belongs to (its primary index's home)
+
+
+@dataclass
+class BatchView:
+    """One batch as the per-item loop sees it (modality m: 0 image, 1 text)."""
+
+    samples: pa.Table
+    ids: list[str]
+    mods: dict[str, np.ndarray]  # vectors per modality present (text rows change on a recaption)
+    present: np.ndarray  # bool[2]
+    has: np.ndarray  # bool[2, n]
+    isims: np.ndarray  # float32[2, n, k]: the index's nearest accepted items, nearest first
+    ilab: np.ndarray  # int64[2, n, k]: their vote labels (-1: none)
+    irow: np.ndarray  # int64[2, n, k]: their index rows (-1: padding)
+    gram: np.ndarray  # float32[2, n, n]: in-batch similarities
+    n_index: np.ndarray  # int64[2]: items in each index
+    labels_in: np.ndarray
+    label_out: np.ndarray
+    vote_label: np.ndarray  # labels that may vote: a corrected label never does
+    pair: np.ndarray  # bool[n]: has both an image and a caption
+    align: np.ndarray  # float64[n]: cos(image, text) of pairs (NaN otherwise)
+    text_out: list[str | None]
+    acc: np.ndarray  # int64[2, n]: the batch's accepted rows per modality, in insertion order
+    n_acc: np.ndarray  # int64[2]
+    prim: int  # the modality whose neighbours vote on labels (-1: none)
+    dmod: int  # the modality compared for near-duplicates (-1: none)
+    cross: np.ndarray  # float64[n]: cos(image i, caption of item i - 1): what a mismatched caption scores
+    cross_ok: np.ndarray  # bool[n]
+
+
+@dataclass
+class Scores:
+    """Per-item results of one batch (arrays of n; NaN or -1 where a score was not computed)."""
+
+    decision: np.ndarray
+    why: np.ndarray
+    label_noisy: np.ndarray  # -1 not judged, 0 agrees, 1 noisy
+    agreement: np.ndarray
+    best: np.ndarray
+    share: np.ndarray
+    thr: np.ndarray
+    recap: np.ndarray
+    align_out: np.ndarray
+    gain_m: np.ndarray  # float64[2, n]
+    gain: np.ndarray
+    gain_norm: np.ndarray
+    max_sim: np.ndarray
+    dup_src: np.ndarray  # -1 none, 0 an index item, 1 an earlier item of the batch
+    dup_row: np.ndarray
+    keep_prob: np.ndarray
+    unjudged: np.ndarray
+    n_trusted: np.ndarray
+    relabel_note: np.ndarray
+    recap_note: np.ndarray
+    abstain_note: np.ndarray  # noisy label, no strong evidence for a correction
+    cal_idx: np.ndarray  # per item, which of `cals` was in force
+    cals: list[Calibration]
+    nn_dist: np.ndarray  # distance to the nearest voting neighbour, where a label was judged
+
+    @classmethod
+    def empty(cls, n: int) -> Scores:
+        def nan(*shape: int) -> np.ndarray:
+            return np.full(shape or (n,), np.nan)
+
+        return cls(np.zeros(n, np.int8), np.zeros(n, np.int8), np.full(n, -1, np.int8), nan(),
+                   np.full(n, -1, np.int64), nan(), nan(), np.full(n, kern.RECAP_UNKNOWN, np.int8), nan(), nan(2, n),
+                   nan(), nan(), nan(), np.full(n, -1, np.int8), np.full(n, -1, np.int64), nan(), np.zeros(n, bool),
+                   np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool),
+                   np.zeros(n, np.int64), [], nan())
+
+
+def concat_selections(a: Selection, b: Selection) -> Selection:
+    """Two consecutive parts of one batch as one Selection (rows of b after a's)."""
+    te = None if a.text_emb_out is None or b.text_emb_out is None else np.concatenate([a.text_emb_out, b.text_emb_out])
+    return Selection(pa.concat_tables([a.decisions, b.decisions]),
+                     np.concatenate([a.kept_rows, b.kept_rows + a.decisions.num_rows]),
+                     np.concatenate([a.label_out, b.label_out]), a.text_out + b.text_out, te,
+                     np.concatenate([a.gain, b.gain]), np.concatenate([a.gain_norm, b.gain_norm]),
+                     None if a.homes is None or b.homes is None else np.concatenate([a.homes, b.homes]))
+
+
+def dup_ids(sel: Any, v: BatchView, s: Scores) -> list[str | None]:
+    out: list[str | None] = [None] * len(v.ids)
+    rows = np.flatnonzero(s.dup_src == 0)
+    if len(rows) and v.dmod >= 0:
+        for r, name in zip(rows, sel.indexes[MODALITIES[v.dmod]].ids_of(s.dup_row[rows]), strict=True):
+            out[r] = name
+    for r in np.flatnonzero(s.dup_src == 1):
+        out[r] = v.ids[s.dup_row[r]]
+    return out
+
+def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
+    c = sel.cfg
+    relabel = c.label_action == "relabel"
+    out = []
+    for i in range(len(v.ids)):
+        cal = s.cals[s.cal_idx[i]] if s.cals else sel.cal
+        val, auto = cal.values, {k: o != "config" for k, o in cal.origin.items()}
+        notes = []
+        if s.recap_note[i]:
+            notes.append(reasons.recaptioned(v.align[i], s.thr[i], s.align_out[i]))
+        base = reasons.label_base(int(v.labels_in[i]), s.agreement[i], val["tau_noise"], auto["tau_noise"]) \
+            if s.label_noisy[i] == 1 else ""
+        weak = reasons.weak_evidence(s.share[i], val["tau_relabel"], s.nn_dist[i], val["relabel_radius"]) \
+            if s.abstain_note[i] else ""
+        if s.relabel_note[i]:
+            notes.append(reasons.relabelled(base, int(s.best[i]), s.share[i]))
+        elif s.abstain_note[i] and s.why[i] != kern.WHY_LABEL:
+            notes.append(reasons.kept_flagged(base, weak))
+        if s.unjudged[i]:
+            notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted, cal.origin.get("tau_noise", "")))
+        w = s.why[i]
+        drop = ""
+        if w == kern.WHY_MISALIGNED:
+            drop = reasons.misaligned(v.align[i], s.thr[i], reasons.not_recaptioned(
+                sel.recaption is not None, s.recap[i] in (kern.RECAP_ACCEPTED, kern.RECAP_REJECTED),
+                s.align_out[i]), auto["align_threshold"] and c.align_mode == "fixed")
+        elif w == kern.WHY_LABEL:
+            drop = reasons.label_dropped(base, s.share[i], val["tau_relabel"], relabel, weak)
+        elif w == kern.WHY_DUPLICATE:
+            drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], val["eps_dup"], auto["eps_dup"])
+        elif w == kern.WHY_BUDGET:
+            drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
+        out.append(reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i])))
+    return out
+
+def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values: np.ndarray,
+                    trusted: bool) -> pa.Table:
+    n = len(v.ids)
+    samples = v.samples
+
+    def f32(x: np.ndarray) -> pa.Array:
+        return pa.array(x.astype(np.float32), pa.float32(), mask=np.isnan(x))
+
+    def label(x: np.ndarray) -> pa.Array:
+        return pa.array(x, pa.int64(), mask=x < 0)
+
+    shown_align = v.pair & (trusted or sel.cfg.align_mode != "off")
+    align = np.where(shown_align, v.align, np.nan)
+    dup_of = dup_ids(sel, v, s)
+    cols: dict[str, Any] = {
+        "id": samples.column("id"),
+        "source": samples.column("source"),
+        "partition": samples.column("partition"),
+        "offset": samples.column("offset"),
+        "seq": pa.array(seqs, pa.int64()),
+        "decision": pa.array(values.tolist(), pa.string()),
+        "reason": pa.array(reason_texts(sel, v, s, dup_of, trusted), pa.string()),
+        "label_in": label(v.labels_in),
+        "label_out": label(v.label_out),
+        "label_noisy": pa.array(s.label_noisy == 1, pa.bool_(), mask=s.label_noisy < 0),
+        "label_agreement": f32(s.agreement),
+        "align": f32(align),
+        "align_out": f32(s.align_out),
+        "text_out": pa.array(v.text_out, pa.string()),
+        "gain": f32(s.gain),
+        "gain_image": f32(s.gain_m[0]),
+        "gain_text": f32(s.gain_m[1]),
+        "gain_norm": f32(s.gain_norm),
+        "max_sim": f32(s.max_sim),
+        "dup_of": pa.array(dup_of, pa.string()),
+        "keep_prob": f32(s.keep_prob),
+        "model": pa.array([sel.model_id] * n, pa.string()),
+        "config_fingerprint": pa.array([sel.fingerprint] * n, pa.string()),
+    }
+    return pa.table(cols, schema=DECISION_SCHEMA)
