@@ -62,8 +62,11 @@ class IndexConfig:
     hnsw_m: int = setting(32, "HNSW: graph degree")
     hnsw_ef_construction: int = setting(80, "HNSW: build-time beam width")
     hnsw_ef_search: int = setting(64, "HNSW: search-time beam width")
-    gpu: str = setting("auto", "FAISS GPU: 'auto' (use when present: exact search on the GPU), 'off', 'on'",
-                       choices=("auto", "off", "on"))
+    gpu: str = setting("auto", "exact search on a GPU: 'auto' (when present: a FAISS GPU index, or where FAISS has "
+                               "no GPU build, torch matmuls on CUDA with fp16 vectors), 'off', 'on' (as auto; an "
+                               "error without a GPU), 'torch' (the torch search even beside faiss-gpu; on the CPU "
+                               "without CUDA, in fp32: for parity checks)",
+                       choices=("auto", "off", "on", "torch"))
 
 
 @dataclass
