@@ -37,6 +37,11 @@ class EmbedderConfig:
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
     precision: str = setting("auto", "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', 'bf16'")
     batch_size: int = setting(64, "items per embedding forward pass")
+    decode: str = setting("auto", "image decoding: 'auto' (JPEGs on the GPU when the embedder runs on CUDA: nvJPEG, "
+                                  "then resize and normalise as batched tensor ops; else 'pil'), 'pil' (Pillow on the "
+                                  "CPU, image by image), 'torch' (the tensor path on the embedder's device, CPU "
+                                  "included); other formats, and JPEGs the device cannot decode, always go through "
+                                  "Pillow", choices=("auto", "pil", "torch"))
     cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
 
 
