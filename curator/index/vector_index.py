@@ -49,7 +49,8 @@ def torch_cuda_available() -> bool:
     global _torch_cuda
     if _torch_cuda is None:
         _torch_cuda = False
-        if os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi"):
+        if any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia")) or \
+                shutil.which("nvidia-smi"):
             try:
                 import torch
             except ImportError:
