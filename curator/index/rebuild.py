@@ -17,8 +17,8 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+import curator.index.kinds as kinds
 from curator.config import IndexConfig
-from curator.index import kinds
 
 log = logging.getLogger(__name__)
 

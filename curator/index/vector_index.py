@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import curator.index.kinds as kinds
 from curator.config import IndexConfig
-from curator.index import kinds
 from curator.index.rebuild import Rebuild, training_rows
 from curator.index.recent import RecentWindow, bounds, merge
 from curator.index.threads import share_cores_with_faiss
