@@ -32,7 +32,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +66,21 @@ def mixture(rng: np.random.Generator, c: np.ndarray, n: int) -> tuple[np.ndarray
 def base_chunks(n: int, c: np.ndarray) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
     """The indexed items, chunk by chunk, the same every time (seeded per chunk)."""
     for s in range(0, n, CHUNK):
-        m = min(CHUNK, n - s)
-        x, lab = mixture(np.random.default_rng(1000 + s // CHUNK), c, m)
-        yield x, [f"i{s + j}" for j in range(m)], lab
+        x, lab = base_chunk(n, c, s // CHUNK)
+        yield x, [f"i{s + j}" for j in range(len(x))], lab
 
 
-def queries(n_base: int, c: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """New items: the mixture, 10% near-copies of indexed items, 5% of earlier queries, 10% wrong labels."""
+def base_chunk(n_base: int, c: np.ndarray, ch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk `ch` of the indexed items (vectors, labels), as `base_chunks` yields it."""
+    return mixture(np.random.default_rng(1000 + ch), c, min(CHUNK, n_base - ch * CHUNK))
+
+
+def queries(n_base: int, c: np.ndarray, n: int, seed: int,
+            chunk: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """New items: the mixture, 10% near-copies of indexed items, 5% of earlier queries, 10% wrong labels.
+    `chunk(ch)` regenerates chunk `ch` of the indexed items (default: `base_chunk`; another generator
+    of the base -- e.g. on a GPU -- passes its own)."""
+    chunk = chunk or (lambda ch: base_chunk(n_base, c, ch))
     rng = np.random.default_rng(seed)
     x, lab = mixture(rng, c, n)
     dup_base = np.flatnonzero(rng.random(n) < 0.10)
@@ -82,7 +90,7 @@ def queries(n_base: int, c: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, 
         by_chunk.setdefault(int(t) // CHUNK, []).append(int(qi))
     tmap = dict(zip(dup_base.tolist(), targets.tolist(), strict=True))
     for ch, qis in by_chunk.items():  # regenerate only the chunks holding a target
-        bx, blab = mixture(np.random.default_rng(1000 + ch), c, min(CHUNK, n_base - ch * CHUNK))
+        bx, blab = chunk(ch)
         for qi in qis:
             x[qi], lab[qi] = bx[tmap[qi] - ch * CHUNK], blab[tmap[qi] - ch * CHUNK]
     for qi in np.flatnonzero(rng.random(n) < 0.05):

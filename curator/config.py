@@ -42,6 +42,11 @@ class EmbedderConfig:
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
     precision: str = setting("auto", "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', 'bf16'")
     batch_size: int = setting(64, "items per embedding forward pass")
+    decode: str = setting("auto", "image decoding: 'auto' (JPEGs on the GPU when the embedder runs on CUDA: nvJPEG, "
+                                  "then resize and normalise as batched tensor ops; else 'pil'), 'pil' (Pillow on the "
+                                  "CPU, image by image), 'torch' (the tensor path on the embedder's device, CPU "
+                                  "included); other formats, and JPEGs the device cannot decode, always go through "
+                                  "Pillow", choices=("auto", "pil", "torch"))
     cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
 
 
@@ -67,8 +72,11 @@ class IndexConfig:
     hnsw_m: int = setting(32, "HNSW: graph degree")
     hnsw_ef_construction: int = setting(80, "HNSW: build-time beam width")
     hnsw_ef_search: int = setting(64, "HNSW: search-time beam width")
-    gpu: str = setting("auto", "FAISS GPU: 'auto' (use when present: exact search on the GPU), 'off', 'on'",
-                       choices=("auto", "off", "on"))
+    gpu: str = setting("auto", "exact search on a GPU: 'auto' (when present: a FAISS GPU index, or where FAISS has "
+                               "no GPU build, torch matmuls on CUDA with fp16 vectors), 'off', 'on' (as auto; an "
+                               "error without a GPU), 'torch' (the torch search even beside faiss-gpu; on the CPU "
+                               "without CUDA, in fp32: for parity checks)",
+                       choices=("auto", "off", "on", "torch"))
 
 
 @dataclass

@@ -18,11 +18,13 @@ import pyarrow as pa
 
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
-from curator.embed.images import decode_image, load_image_uri
+from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
 from curator.records import InvalidRecord, Limits
 
 if TYPE_CHECKING:
     import torch
+
+    from curator.embed.jpeg import JpegPreprocess
 
 log = logging.getLogger("curator.embed")
 
@@ -120,6 +122,9 @@ def _resolve_device(spec: str) -> str:
     return spec
 
 
+DECODERS = ("auto", "pil", "torch")
+
+
 def _resolve_precision(spec: str, device: str) -> str:
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
@@ -135,7 +140,9 @@ class ClipEmbedder:
     ``cfg.model`` is an open_clip model name (``ViT-B-32``), ``hf-hub:ORG/REPO``,
     ``local-dir:PATH`` or the path of a model config JSON (registered under its stem);
     ``cfg.pretrained`` is a pretrained tag, a local checkpoint file, or ``""`` for random
-    init (tests only). Images are decoded with `curator.embed.images` (bytes, else URI).
+    init (tests only). Images are decoded with `curator.embed.images` (bytes, else URI); with
+    ``cfg.decode`` 'torch' (or 'auto' on CUDA) JPEGs are decoded and preprocessed on the device
+    (`curator.embed.jpeg`), after the same header checks.
     """
 
     def __init__(self, cfg: EmbedderConfig, limits: Limits | None = None) -> None:
@@ -145,6 +152,8 @@ class ClipEmbedder:
         self.text_dim: int | None = None
         self.device: str | None = None
         self.precision: str | None = None
+        self.decode: str | None = None  # 'pil' or 'torch', after setup
+        self._jpeg: JpegPreprocess | None = None
         self._model: Any = None
         self._preprocess: Any = None
         self._tokenizer: Any = None
@@ -300,6 +309,7 @@ class ClipEmbedder:
             raise self._fail(msg) from None
         model.eval()
         self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        self.decode = self._setup_decode()
         # Dimensions from a real forward pass: also proves the model runs before any data arrives.
         from PIL import Image
 
@@ -307,8 +317,29 @@ class ClipEmbedder:
             img = self._preprocess(Image.new("RGB", (8, 8))).unsqueeze(0)
             self.image_dim = int(self._encode_images(img).shape[1])
             self.text_dim = int(self._encode_tokens(self._tokenizer([""])).shape[1])
-        log.info("loaded %s on %s (%s), image dim %d, text dim %d", self.model_id, self.device,
-                 self.precision, self.image_dim, self.text_dim)
+        log.info("loaded %s on %s (%s), image dim %d, text dim %d, %s decoding", self.model_id, self.device,
+                 self.precision, self.image_dim, self.text_dim, self.decode)
+
+    def _setup_decode(self) -> str:
+        spec = (self.cfg.decode or "auto").strip().lower()
+        if spec not in DECODERS:
+            raise ModelLoadError(f"embedder.decode {spec!r} is not supported; use {', '.join(map(repr, DECODERS))}")
+        assert self.device is not None
+        if spec == "pil" or (spec == "auto" and not self.device.startswith("cuda")):
+            return "pil"
+        import open_clip
+
+        from curator.embed.jpeg import JpegPreprocess
+
+        try:
+            self._jpeg = JpegPreprocess(open_clip.get_model_preprocess_cfg(self._model), self.device)
+        except (ValueError, KeyError, TypeError) as exc:
+            if spec == "torch":
+                raise self._fail(f"embedder.decode = 'torch' cannot preprocess for this model ({exc})",
+                                 "Use --embedder.decode pil (or auto)") from None
+            log.info("decoding images with Pillow: %s", exc)
+            return "pil"
+        return "torch"
 
     def _encode_images(self, batch: torch.Tensor) -> np.ndarray:
         feats = self._model.encode_image(batch.to(self.device, dtype=self._dtype))
@@ -319,12 +350,61 @@ class ClipEmbedder:
         return feats.float().cpu().numpy()
 
     # --- embedding --------------------------------------------------------------------------
-    def _image_tensor(self, data: bytes | None, uri: str | None) -> torch.Tensor:
-        im = decode_image(data, self.limits) if data is not None else load_image_uri(uri or "", self.limits)
+    def _pil_tensor(self, data: bytes) -> torch.Tensor:
+        im = decode_image(data, self.limits)
         try:
             return self._preprocess(im)
         finally:
             im.close()
+
+    def _image_batch(self, rows: list[int], images: list[Any], uris: list[Any],
+                     errors: dict[int, str]) -> tuple[list[int], torch.Tensor | None]:
+        """The rows (of `rows`) whose image decodes, and their preprocessed images on the device; the
+        others go into `errors`. JPEGs go through the device decoder when it is on, everything else
+        -- and what it fails to decode -- through Pillow, one image at a time."""
+        import torch
+
+        pil: dict[int, torch.Tensor] = {}
+        jpegs: list[tuple[int, bytes, tuple[int, int]]] = []
+
+        def via_pil(i: int, data: bytes | None) -> None:
+            try:
+                pil[i] = self._pil_tensor(data if data is not None else fetch_image_bytes(uris[i] or "", self.limits))
+            except InvalidRecord as exc:
+                errors[i] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
+                errors[i] = f"image could not be preprocessed ({type(exc).__name__}: {exc})"
+
+        for i in rows:
+            data = images[i]
+            if self._jpeg is not None:
+                try:
+                    data = data if data is not None else fetch_image_bytes(uris[i] or "", self.limits)
+                    size = jpeg_size(data, self.limits)
+                except InvalidRecord as exc:
+                    errors[i] = str(exc)
+                    continue
+                if size is not None:
+                    jpegs.append((i, data, size))
+                    continue
+            via_pil(i, data)
+        decoded: dict[int, int] = {}  # row -> its place in `batch`
+        batch = None
+        if jpegs and self._jpeg is not None:
+            batch, done = self._jpeg([d for _, d, _ in jpegs], [z for _, _, z in jpegs])
+            decoded = {jpegs[j][0]: p for p, j in enumerate(done)}
+            for i, data, _ in jpegs:
+                if i not in decoded:
+                    via_pil(i, data)  # the device could not decode it: Pillow decodes it or says why
+        ok = [i for i in rows if i in pil or i in decoded]
+        if not ok:
+            return [], None
+        if batch is not None and len(decoded) == len(ok):
+            return ok, batch  # all decoded on the device, in row order
+        out = torch.empty((len(ok), *next(iter(pil.values())).shape), dtype=torch.float32, device=self.device)
+        for p, i in enumerate(ok):
+            out[p] = batch[decoded[i]] if i in decoded else pil[i]  # type: ignore[index]
+        return ok, out
 
     def embed(self, samples: pa.Table) -> Embeddings:
         import torch
@@ -340,31 +420,15 @@ class ClipEmbedder:
         has_img = np.zeros(n, bool)
         has_txt = np.zeros(n, bool)
 
-        def flush_images(rows: list[int], tensors: list[torch.Tensor]) -> None:
-            if rows:
-                img_out[rows] = self._encode_images(torch.stack(tensors))
-                has_img[rows] = True
-                rows.clear()
-                tensors.clear()
-
         with torch.inference_mode():
-            # Decode and preprocess one image at a time, so memory holds at most a batch of
-            # model-sized tensors, never a batch of full-resolution decoded images.
-            rows: list[int] = []
-            tensors: list[torch.Tensor] = []
-            for i in range(n):
-                if images[i] is None and not uris[i]:
-                    continue
-                try:
-                    tensors.append(self._image_tensor(images[i], uris[i]))
-                    rows.append(i)
-                except InvalidRecord as exc:
-                    errors[i] = str(exc)
-                except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
-                    errors[i] = f"image could not be preprocessed ({type(exc).__name__}: {exc})"
-                if len(rows) >= bs:
-                    flush_images(rows, tensors)
-            flush_images(rows, tensors)
+            # A batch of images at a time, so memory holds at most a batch of model-sized tensors
+            # (and, on the device path, a bounded number of decoded pixels), never a whole table's.
+            img_rows = [i for i in range(n) if images[i] is not None or uris[i]]
+            for start in range(0, len(img_rows), bs):
+                rows, batch = self._image_batch(img_rows[start:start + bs], images, uris, errors)
+                if batch is not None:
+                    img_out[rows] = self._encode_images(batch)
+                    has_img[rows] = True
 
             text_rows = [i for i in range(n) if isinstance(texts[i], str) and texts[i].strip() and i not in errors]
             for s in range(0, len(text_rows), bs):

@@ -39,6 +39,45 @@ def _allowed_formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
+def _checked_bytes(data: bytes, limits: Limits) -> bytes:
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise InvalidRecord(f"image must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InvalidRecord("image is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise InvalidRecord(f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}")
+    return data
+
+
+def _open_header(data: bytes, formats: tuple[str, ...], limits: Limits) -> Image.Image | None:
+    """Read the header only (lazy open) and apply the pixel-count guards; None: no plugin of `formats`
+    knows the data. Call with DecompressionBombWarning turned into an error."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidRecord(f"image rejected as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any plugin error on hostile input is a bad record
+        raise InvalidRecord(f"image header could not be read ({type(exc).__name__}: {exc})") from None
+    try:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise InvalidRecord(f"image has an empty size {width}x{height}")
+        if width * height > limits.max_image_pixels:
+            raise InvalidRecord(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{limits.max_image_pixels} (decompression-bomb guard; raise Limits.max_image_pixels "
+                "if such images are expected)"
+            )
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
 def decode_image(data: bytes, limits: Limits | None = None) -> Image.Image:
     """Decode image bytes into an RGB image, or raise InvalidRecord saying why not.
 
@@ -48,41 +87,18 @@ def decode_image(data: bytes, limits: Limits | None = None) -> Image.Image:
     here, so the effective limit is the smaller of the two.
     """
     limits = limits or Limits()
-    if isinstance(data, memoryview):
-        data = data.tobytes()
-    if not isinstance(data, (bytes, bytearray)):
-        raise InvalidRecord(f"image must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise InvalidRecord("image is empty (0 bytes)")
-    if len(data) > limits.max_image_bytes:
-        raise InvalidRecord(f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}")
-
+    data = _checked_bytes(data, limits)
     formats = _allowed_formats()
     with warnings.catch_warnings():
         # Pillow warns (rather than raises) between MAX_IMAGE_PIXELS and twice that.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=list(formats))
-        except UnidentifiedImageError:
+        im = _open_header(data, formats, limits)
+        if im is None:
             raise InvalidRecord(
                 f"not a supported image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
                 f"supported formats: {', '.join(formats)}"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidRecord(f"image rejected as a decompression bomb: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any plugin error on hostile input is a bad record
-            raise InvalidRecord(f"image header could not be read ({type(exc).__name__}: {exc})") from None
-
+            )
         try:
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise InvalidRecord(f"image has an empty size {width}x{height}")
-            if width * height > limits.max_image_pixels:
-                raise InvalidRecord(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                    f"{limits.max_image_pixels} (decompression-bomb guard; raise Limits.max_image_pixels "
-                    "if such images are expected)"
-                )
             try:
                 im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -97,6 +113,32 @@ def decode_image(data: bytes, limits: Limits | None = None) -> Image.Image:
                 raise InvalidRecord(f"{im.format} image in mode {im.mode} cannot be converted to RGB ({exc})") from None
         finally:
             im.close()
+
+
+def jpeg_size(data: bytes, limits: Limits | None = None) -> tuple[int, int] | None:
+    """(width, height) when `data` is a JPEG a JPEG decoder other than Pillow's may take (RGB or grayscale,
+    complete up to its end marker), after the guards `decode_image` applies, with the same reasons;
+    None for anything else: decode that with `decode_image` (it says what is wrong, if anything).
+
+    Only the header is read (~20 us), so a bomb is refused before any decoder sees its pixels."""
+    limits = limits or Limits()
+    data = _checked_bytes(data, limits)
+    if not (data.startswith(b"\xff\xd8\xff") and data.endswith(b"\xff\xd9")):
+        return None  # not a JPEG, or truncated: Pillow's reasons for those are the ones recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = _open_header(data, ("JPEG",), limits)
+        except InvalidRecord as exc:
+            if "header could not be read" in str(exc):
+                return None  # decode_image, trying every allowed format, words this one
+            raise
+    if im is None:
+        return None
+    try:
+        return im.size if im.format == "JPEG" and im.mode in ("RGB", "L") else None
+    finally:
+        im.close()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

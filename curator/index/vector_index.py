@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,25 @@ FORMAT = "curator-index/2"
 def gpu_count() -> int:
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get else 0
+
+
+_torch_cuda: bool | None = None
+
+
+def torch_cuda_available() -> bool:
+    """Whether torch sees a CUDA device, asked only where a driver is installed: importing torch costs
+    a selector process ~700 MB resident, too much to pay for the answer no on a CPU-only machine."""
+    global _torch_cuda
+    if _torch_cuda is None:
+        _torch_cuda = False
+        if any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia")) or \
+                shutil.which("nvidia-smi"):
+            try:
+                import torch
+            except ImportError:
+                return False
+            _torch_cuda = bool(torch.cuda.is_available())
+    return _torch_cuda
 
 
 def search_params(idx: faiss.Index, sel: faiss.IDSelector, cfg: IndexConfig) -> faiss.SearchParameters:
@@ -109,19 +129,33 @@ class VectorIndex:
 
     # --- placement ------------------------------------------------------------------------
     def _device(self, idx: faiss.Index) -> faiss.Index:
-        want, n = self.cfg.gpu, gpu_count()
-        if want == "on" and n == 0:
-            raise RuntimeError("index.gpu = 'on' but FAISS sees no GPU: install faiss-gpu on a CUDA machine "
-                               "or set index.gpu = 'auto'")
-        if want == "off" or n == 0 or not isinstance(faiss.downcast_index(idx), faiss.IndexFlat):
-            self.on_gpu = False
+        """Where an index serves: a flat index goes to a FAISS GPU index, else (no faiss-gpu) to the exact
+        torch search on CUDA (`curator.index.torch_flat`); everything else stays a CPU FAISS index."""
+        want = self.cfg.gpu
+        faiss_gpu = want in ("auto", "on") and gpu_count() > 0
+        torch_cuda = want != "off" and not faiss_gpu and torch_cuda_available()
+        if want == "on" and not (faiss_gpu or torch_cuda):
+            raise RuntimeError("index.gpu = 'on' but there is no GPU (neither FAISS nor torch sees one): install "
+                               "faiss-gpu or a CUDA build of torch on a CUDA machine, or set index.gpu = 'auto'")
+        self.on_gpu = False
+        if want == "off" or not isinstance(faiss.downcast_index(idx), faiss.IndexFlat):
             return idx
-        if self._gpu_res is None:
-            self._gpu_res = faiss.StandardGpuResources()
-        self.on_gpu = True
-        return faiss.index_cpu_to_gpu(self._gpu_res, 0, idx)
+        if faiss_gpu:
+            if self._gpu_res is None:
+                self._gpu_res = faiss.StandardGpuResources()
+            self.on_gpu = True
+            return faiss.index_cpu_to_gpu(self._gpu_res, 0, idx)
+        if torch_cuda or want == "torch":
+            from curator.index.torch_flat import TorchFlatIndex
+
+            self.on_gpu = torch_cuda
+            device, precision = ("cuda", "fp16") if torch_cuda else ("cpu", "fp32")
+            return TorchFlatIndex.from_faiss(idx, device, precision)  # type: ignore[return-value]
+        return idx
 
     def _cpu(self, idx: faiss.Index) -> faiss.Index:
+        if not isinstance(idx, faiss.Index):  # the torch search: its vectors as a FAISS flat index
+            return idx.to_faiss()
         return faiss.index_gpu_to_cpu(idx) if self.on_gpu else idx
 
     # --- data -------------------------------------------------------------------------------
@@ -158,7 +192,8 @@ class VectorIndex:
     def bytes_per_item(self) -> float:
         """Index codes plus the id, label and position columns, per indexed item."""
         ids = sum(a.nbytes for a in self._ids) / max(self._n, 1)
-        return kinds.bytes_per_vector(self.spec, self.dim) + 16 + ids
+        codes = getattr(self.index, "bytes_per_vector", None)  # the torch search may store fp16
+        return (codes if codes is not None else kinds.bytes_per_vector(self.spec, self.dim)) + 16 + ids
 
     def add(self, vectors: np.ndarray, ids: list[str], labels: np.ndarray | None = None,
             seqs: np.ndarray | None = None) -> None:
@@ -327,11 +362,13 @@ class VectorIndex:
     def _search(self, idx: faiss.Index, q: np.ndarray, k: int, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest of the rows before `upto` (all rows by default)."""
         kk = min(k, self._n if upto is None else upto)
-        params = None
-        if upto is not None and upto < self._n:
-            params = search_params(idx, faiss.IDSelectorRange(0, upto), self.cfg)
         with self._lock:
-            s, r = idx.search(q, kk, params=params)
+            if not isinstance(idx, faiss.Index):  # the torch search restricts rows itself
+                s, r = idx.search(q, kk, upto)
+            elif upto is not None and upto < self._n:
+                s, r = idx.search(q, kk, params=search_params(idx, faiss.IDSelectorRange(0, upto), self.cfg))
+            else:
+                s, r = idx.search(q, kk)
         if kk < k:
             s = np.pad(s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
             r = np.pad(r, ((0, 0), (0, k - kk)), constant_values=-1)
