@@ -85,6 +85,7 @@ class SelectedBatch:
     trusted: bool = False
     homes: np.ndarray | None = None  # per decision row, the shard that writes it (None: shard 0)
     kept_homes: np.ndarray | None = None  # per kept row
+    shards: dict[int, tuple[int, float]] = field(default_factory=dict)  # shard -> (items, search seconds)
     seconds: dict[str, float] = field(default_factory=dict)  # per stage so far
 
 
@@ -98,6 +99,7 @@ class BatchOutcome:
     index_size: int
     index_dim: int | None = None  # the primary index's dimension, once there is one
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    shards: dict[int, tuple[int, float]] = field(default_factory=dict)  # shard -> (items, search seconds)
 
 
 def record_nbytes(record: dict[str, Any]) -> int:

@@ -36,6 +36,7 @@ from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.records import Limits, Position, Rejection, rejection_decisions, rejections_table
 from curator.select import InfoGrowthSelector, kept_table
 from curator.select.shard import IndexShard, LocalShard, ShardClient
+from curator.select.sharded import ShardedIndex
 from curator.store.lock import RunDirLock
 from curator.store.writer import StoreError, StoreWriter, read_manifest
 from curator.validate import validate_batch
@@ -191,7 +192,15 @@ class SelectStage:
             homes.append(np.zeros(len(batch.rejects), np.int64))
         table = pa.concat_tables(decisions) if decisions else rejection_decisions([], "", "")
         return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted,
-                             np.concatenate(homes) if homes else None, kept_homes)
+                             np.concatenate(homes) if homes else None, kept_homes, self.shard_stats())
+
+    def shard_stats(self) -> dict[int, tuple[int, float]]:
+        """Per shard: items of the primary index, and the last batch's search seconds there."""
+        sel = self.selector
+        index = sel.indexes.get(sel.primary or "") if sel is not None else None
+        if not isinstance(index, ShardedIndex):
+            return {}
+        return {k: (int(n), float(index.latency.get(k, 0.0))) for k, n in enumerate(index.sizes)}
 
     # checkpoints: the selector's state goes into the manifest; each shard snapshots its own indexes
     def state(self) -> dict[str, Any]:
@@ -300,7 +309,8 @@ class WriteStage:
         if not batch.trusted:
             advance(self.positions, batch.positions)
         self._pending += batch.items
-        return BatchOutcome(batch.items, dict(counts), batch.rejects, batch.index_size, self.select.index_dim)
+        return BatchOutcome(batch.items, dict(counts), batch.rejects, batch.index_size, self.select.index_dim,
+                            shards=batch.shards)
 
     def pending_items(self) -> int:
         """Items processed since the last commit (what a commit now would make durable)."""

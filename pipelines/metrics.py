@@ -64,6 +64,10 @@ class Metrics:
                                    "retention before they were read, compacted away, or transaction markers",
                                    registry=r)
         self.index_size = Gauge("curator_index_size", "Items in the selector's FAISS index", registry=r)
+        self.shard_items = Gauge("curator_shard_items", "Items indexed per selector shard (selector.shards)",
+                                 ["shard"], registry=r)
+        self.shard_search_seconds = Histogram("curator_shard_search_seconds", "Latency of one batch's search per "
+                                              "selector shard", ["shard"], buckets=_LATENCY_BUCKETS, registry=r)
         self.commits = Counter("curator_commits", "Checkpoints (manifests) made durable", registry=r)
         self.last_commit = Gauge("curator_last_commit_timestamp_seconds", "Time of the last durable commit",
                                  registry=r)

@@ -96,6 +96,8 @@ def exported_metrics() -> set[str]:
     m.batch_seconds.labels("embed").observe(0.1)
     m.rss.labels("total").set(1)
     m.pss.labels("total").set(1)
+    m.shard_items.labels("0").set(1)
+    m.shard_search_seconds.labels("0").observe(0.1)
     text = m.render().decode()
     names = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
     families = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}

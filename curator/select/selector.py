@@ -155,6 +155,7 @@ class InfoGrowthSelector:
             "modalities": sorted(self.indexes),
             "indexed": {m: len(i) for m, i in self.indexes.items()},
             "dims": {m: int(i.dim) for m, i in self.indexes.items()},
+            "shard_sizes": {m: list(i.sizes) for m, i in self.indexes.items()},
             "routers": {m: i.router.to_json() for m, i in self.indexes.items() if getattr(i, "router", None)},
             "evidence": self.evidence.state_dict(),
             "boot_evidence": self.boot_evidence.state_dict(),
@@ -178,6 +179,8 @@ class InfoGrowthSelector:
                         for m in state["modalities"]}
         for m, n in (state.get("indexed") or {}).items():
             self.indexes[m].n = int(n)
+        for m, sizes in (state.get("shard_sizes") or {}).items():
+            self.indexes[m].sizes = list(sizes)
         if "evidence" in state:  # a checkpoint from before calibration: start the evidence afresh
             self.evidence.load_state_dict(state["evidence"])
             self.boot_evidence.load_state_dict(state["boot_evidence"])

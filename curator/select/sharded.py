@@ -12,6 +12,7 @@ those items move to their home shards.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class ShardedIndex:
         self.router = router
         self.seed = seed
         self.n = 0
+        self.sizes = [0] * len(clients)  # items indexed per shard (homes), for metrics
+        self.latency: dict[int, float] = {}  # the last search's seconds per shard queried
 
     @property
     def shards(self) -> int:
@@ -70,6 +73,7 @@ class ShardedIndex:
                              f"place the shards, but the {self.modality} index holds {len(x)}")
         self.router = train_router(x, self.shards, self.seed)
         home, _ = self.router.route(x, 1)
+        self.sizes = np.bincount(home, minlength=self.shards).tolist()
         for s, c in enumerate(self.clients):
             sel = np.flatnonzero(home == s)
             if len(sel):
@@ -87,8 +91,11 @@ class ShardedIndex:
         rows = np.full((n, self.shards * k), -1, np.int64)
         labels = np.full((n, self.shards * k), -1, np.int64)
         order = np.full((n, self.shards * k), np.iinfo(np.int64).max, np.int64)
+        t0 = time.perf_counter()
+        self.latency = {}
         for s, g, p in pending:
             ss, rr, ll, qq = p.result()
+            self.latency[s] = time.perf_counter() - t0
             cols = slice(s * k, (s + 1) * k)
             sims[g, cols] = ss
             rows[g, cols] = np.where(rr >= 0, (np.int64(s) << ROW_BITS) | rr, -1)
@@ -102,6 +109,7 @@ class ShardedIndex:
             sel = np.flatnonzero(home == s)
             if len(sel):
                 self.clients[s].add(self.modality, x[sel], [ids[i] for i in sel], labels[sel], seqs[sel])
+                self.sizes[s] += len(sel)
         self.n += len(x)
 
     def ids_of(self, rows: np.ndarray) -> list[str]:

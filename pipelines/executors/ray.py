@@ -290,6 +290,10 @@ class RayExecutor:
             for stage in ("select", "write"):
                 m.batch_seconds.labels(stage).observe(out.seconds.get(stage, 0.0))
             m.batch_seconds.labels("end_to_end").observe(time.perf_counter() - f.t0)
+            for k, (items, secs) in out.shards.items():
+                m.shard_items.labels(str(k)).set(items)
+                if secs:
+                    m.shard_search_seconds.labels(str(k)).observe(secs)
             m.index_size.set(self.index_size)
 
     def _on_commit(self, done: Committed) -> None:
