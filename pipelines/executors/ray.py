@@ -136,11 +136,12 @@ class RayExecutor:
         sel_stages: list[Stage] = [stages.select, stages.write]
         r = reserved(pool_stages)
         emb_cls = ray.remote(StageActor).options(num_cpus=r.cpus, num_gpus=r.gpus, max_restarts=3,
-                                                 max_task_retries=3)
+                                                 max_task_retries=3, scheduling_strategy="SPREAD")
         self.embedders = [emb_cls.remote(pool_stages) for _ in range(s.embed_actors)]
         self.embed_info = ray.get([a.setup.remote() for a in self.embedders])
         e0: EmbedInfo = self.embed_info[0].setup[1]
-        log.info("embedder pool: %d x %s (%s CPU, %s GPU each)", len(self.embedders), e0.model_id, r.cpus, r.gpus)
+        log.info("embedder pool: %d x %s (%s CPU, %s GPU each), on nodes %s", len(self.embedders), e0.model_id,
+                 r.cpus, r.gpus, sorted({i.node_id[:8] for i in self.embed_info}))
         # The selector/writer lives on the driver's node, so the run directory is where the logs say.
         here = ray.get_runtime_context().get_node_id()
         pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)
