@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import copy
 import gzip
 import json
 import lzma
@@ -227,15 +228,10 @@ class FileSource:
         """Records in all inputs when cheap to know (Parquet metadata, image counts), else None."""
         n = 0
         for u in self.units:
-            if u.kind == "images":
-                n += len(u.files)
-            elif u.kind == "parquet":
-                try:
-                    n += pq.ParquetFile(u.path).metadata.num_rows
-                except (OSError, pa.ArrowException):
-                    return None
-            else:
+            k = self._length(u)
+            if k is None:
                 return None
+            n += k
         return n
 
     # -- resume state (connectors.base.Source)
@@ -274,6 +270,57 @@ class FileSource:
         if len(batch):
             yield self._handed_out(batch)
         self._ended = True
+
+    # -- parallel reading (Ray Data): ranges of one unit, each read on its own
+
+    def ranges(self, start: Positions | None, rows_per_range: int) -> list[tuple[int, int, int | None]]:
+        """What is left to read after `start`, as (unit index, first offset, count) ranges in stream
+        order; count None = to the unit's end. Units whose length is cheap to know (Parquet
+        metadata, image folders) are cut every `rows_per_range` items, the others are one range."""
+        out: list[tuple[int, int, int | None]] = []
+        for i, u in enumerate(self.units):
+            first, n = _start_offset(start, u), self._length(u)
+            if n is None:
+                out.append((i, first, None))
+                continue
+            out += [(i, a, min(rows_per_range, n - a)) for a in range(first, n, max(1, rows_per_range))]
+        return out
+
+    def read_range(self, unit: int, first: int, count: int | None, batch_size: int) -> Iterator[RawBatch]:
+        """The items of one range (see `ranges`), exactly as `batches` reads them, in batches of
+        `batch_size` that do not cross the range's ends. Does not move this source's positions."""
+        batch, u = RawBatch(), self.units[unit]
+        stop = None if count is None else first + count
+        for item, pos in self._read(u, first, batch_size):
+            if stop is not None and pos.offset >= stop:
+                break
+            if isinstance(item, Rejection):
+                batch.errors.append(item)
+            else:
+                batch.records.append(item)
+                batch.positions.append(pos)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = RawBatch()
+        if len(batch):
+            yield batch
+
+    def only(self, unit: int) -> FileSource:
+        """A source of just one of this source's units (same index in `ranges`: 0), cheap to pickle."""
+        one = copy.copy(self)
+        one.units, one._start, one._yielded, one._ended = [self.units[unit]], {}, {}, False
+        return one
+
+    @staticmethod
+    def _length(u: _Unit) -> int | None:
+        if u.kind == "images":
+            return len(u.files)
+        if u.kind == "parquet":
+            try:
+                return pq.ParquetFile(u.path).metadata.num_rows
+            except (OSError, pa.ArrowException):
+                return None
+        return None
 
     def _handed_out(self, batch: RawBatch) -> RawBatch:
         advance(self._yielded, batch.positions + [e.position for e in batch.errors])

@@ -54,8 +54,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     if args.paths:
         overrides.setdefault("source", {})["paths"] = list(args.paths)
-    cfg = load_config(args.config, overrides)
-    m = run_ingest(cfg, progress=not args.quiet)
+    if args.engine == "ray":
+        from pipelines.config import load_serve_config
+        from pipelines.drivers.ray_data import run_ingest_ray
+
+        scfg = load_serve_config(args.config, overrides)
+        cfg = scfg.run
+        m = run_ingest_ray(scfg, progress=not args.quiet)
+    else:
+        overrides.pop("service", None)
+        cfg = load_config(args.config, overrides)
+        m = run_ingest(cfg, progress=not args.quiet)
     print(decision_summary(cfg.store.out))
     print(f"curated set: {Path(cfg.store.out).resolve()} (commit {m['commit']}); "
           f"query it with: curator query {cfg.store.out} \"SELECT count(*) FROM kept\"")
@@ -183,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("paths", nargs="*", help="input files or folders (or [source] paths in the config)")
     ing.add_argument("--config", help="TOML run configuration; flags below override it")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ing.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process, one batch at a time. ray: read, decode and embed on Ray Data "
+                          "(an actor pool of --service.embed-actors, with --service.embed-num-gpus each), select "
+                          "in the selector actor and its shards; joins $RAY_ADDRESS / --service.ray-address "
+                          "or starts a local Ray. Same decisions either way")
     add_config_flags(ing)
+    from pipelines.config import ServiceConfig, add_section_flags
+
+    add_section_flags(ing, "service", ServiceConfig())
     ing.set_defaults(func=cmd_ingest)
 
     q = sub.add_parser("query", help="read-only SQL over a run's views: kept, decisions, quarantine",

@@ -27,27 +27,6 @@ from pipelines.config import KafkaConfig, ServeConfig
 log = logging.getLogger("curator.service")
 
 
-def _init_ray(scfg: ServeConfig) -> tuple[Any, bool]:
-    """Join or start Ray; returns (ray, whether this call initialised it and so must shut it down)."""
-    import ray
-
-    if ray.is_initialized():  # embedded in a process that already runs Ray (tests, notebooks)
-        return ray, False
-    s = scfg.service
-    address = s.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
-        log.info("joined the Ray cluster at %s", address)
-    else:
-        shards = scfg.run.selector.shards
-        need = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (shards * s.shard_num_cpus if shards > 1 else 0)
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
-                 object_store_memory=s.object_store_mb * 1024 * 1024, log_to_driver=True)
-        log.info("started a local Ray instance (set service.ray_address or $RAY_ADDRESS to join a cluster)")
-    return ray, True
-
-
 class Service:
     """One service run: HTTP endpoints, the Ray graph, the driver loop, signal-driven drain."""
 
@@ -101,7 +80,9 @@ class Service:
                               "(0 = any free port) or service.host") from None
         log.info("serving /healthz /readyz /metrics on http://%s:%d", self.http.host, self.http.port)
         log.info("status page: http://%s:%d/ (report of the last commit: /report)", self.http.host, self.http.port)
-        ray, owned = _init_ray(self.scfg)
+        from pipelines.executors.ray import init_ray
+
+        ray, owned = init_ray(self.scfg)
         self._signals()  # after ray.init, which installs its own SIGTERM handler in the driver
         try:
             return self._run(ray, cfg, k)

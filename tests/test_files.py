@@ -287,6 +287,30 @@ def test_resume_from_positions_yields_exactly_the_rest(tmp_path: Path, batch_siz
         assert sorted(resumed, key=lambda t: (t[0].partition, t[0].offset)) == everything, cut
 
 
+@pytest.mark.parametrize("per_range", [1, 4, 100])
+def test_ranges_read_apart_give_the_stream(tmp_path: Path, per_range: int) -> None:
+    """Ray Data's read tasks (`ranges` + `read_range`, each on its own source copy) read exactly what
+    one `batches` pass reads after the same start, in the same order, and never move positions."""
+    src = FileSource(make_mixed(tmp_path))
+    full = drain(src, 3)
+    read_to = src.snapshot()
+    for cut in (0, 2, 5):
+        start: Positions = {}
+        for b in full[:cut]:
+            advance(start, b.positions + [e.position for e in b.errors])
+        plan = src.ranges(start, per_range)
+        assert [r[0] for r in plan] == sorted(r[0] for r in plan)
+        got: list[RawBatch] = []
+        for unit, first, count in plan:
+            assert count is None or 0 < count <= per_range
+            got += list(src.only(unit).read_range(0, first, count, 2))
+        assert all(0 < len(b) <= 2 for b in got)
+        assert items(got) == items(drain(FileSource(src.sources), 3, start)), cut
+    cut_once = {u.kind for u, (_, _, c) in zip(src.units, src.ranges({}, 10**9)) if c is not None}
+    assert cut_once == {"parquet", "images"}  # the kinds whose length is known without reading them
+    assert src.snapshot() == read_to
+
+
 def test_batches_span_files_and_respect_batch_size(tmp_path: Path) -> None:
     src = FileSource(make_mixed(tmp_path))
     sizes = [len(b) for b in drain(src, 10)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from curator.batch import BatchOutcome, RawBatch
+from curator.batch import BatchOutcome, EmbeddedBatch, RawBatch
 from curator.commit import Committed, DeadLetters, Offsets, commit
 from curator.config import ConfigError
 from curator.records import Rejection
@@ -37,6 +37,31 @@ from pipelines.executors.shards import start_shards
 from pipelines.memory import rss_bytes
 
 log = logging.getLogger("curator.service")
+
+
+def graph_cpus(scfg: ServeConfig) -> float:
+    """CPUs the actor graph reserves: the embedder pool, the selector/writer, the selector shards."""
+    s, n = scfg.service, scfg.run.selector.shards
+    return s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (n * s.shard_num_cpus if n > 1 else 0)
+
+
+def init_ray(scfg: ServeConfig, extra_cpus: float = 0.0) -> tuple[Any, bool]:
+    """Join or start Ray; returns (ray, whether this call initialised it and so must shut it down).
+    A local instance gets at least the CPUs the graph reserves (plus `extra_cpus`), so it can start."""
+    if ray.is_initialized():  # embedded in a process that already runs Ray (tests, notebooks)
+        return ray, False
+    s = scfg.service
+    address = s.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined the Ray cluster at %s", address)
+    else:
+        need = graph_cpus(scfg) + extra_cpus
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+                 object_store_memory=s.object_store_mb * 1024 * 1024, log_to_driver=True)
+        log.info("started a local Ray instance (set service.ray_address or $RAY_ADDRESS to join a cluster)")
+    return ray, True
 
 
 @dataclass(frozen=True)
@@ -122,10 +147,12 @@ class RayExecutor:
         self.observers: list[Any] = []  # note_rejections(rejects), note_commit(Committed): e.g. the status page
 
     # --- lifecycle ------------------------------------------------------------------
-    def start(self) -> Resume:
-        """Start the pool and the selector/writer actor; returns where the run resumes from."""
+    def start(self, pool: bool = True, extra_cpus: float = 0.0) -> Resume:
+        """Start the pool and the selector/writer actor; returns where the run resumes from.
+        ``pool=False``: no embedder actors -- embedded batches come from elsewhere (`submit_embedded`) that
+        needs the same resources, plus `extra_cpus` (its readers)."""
         s = self.scfg.service
-        self._check_resources()
+        self._check_resources(extra_cpus)
         clients = None
         if self.cfg.selector.shards > 1:  # the shards' actors, spread over the nodes; the selector talks to them
             self.shard_actors, clients = start_shards(self.cfg, s.shard_num_cpus)
@@ -137,11 +164,12 @@ class RayExecutor:
         r = reserved(pool_stages)
         emb_cls = ray.remote(StageActor).options(num_cpus=r.cpus, num_gpus=r.gpus, max_restarts=3,
                                                  max_task_retries=3, scheduling_strategy="SPREAD")
-        self.embedders = [emb_cls.remote(pool_stages) for _ in range(s.embed_actors)]
+        self.embedders = [emb_cls.remote(pool_stages) for _ in range(s.embed_actors if pool else 0)]
         self.embed_info = ray.get([a.setup.remote() for a in self.embedders])
-        e0: EmbedInfo = self.embed_info[0].setup[1]
-        log.info("embedder pool: %d x %s (%s CPU, %s GPU each), on nodes %s", len(self.embedders), e0.model_id,
-                 r.cpus, r.gpus, sorted({i.node_id[:8] for i in self.embed_info}))
+        if self.embed_info:
+            e0: EmbedInfo = self.embed_info[0].setup[1]
+            log.info("embedder pool: %d x %s (%s CPU, %s GPU each), on nodes %s", len(self.embedders), e0.model_id,
+                     r.cpus, r.gpus, sorted({i.node_id[:8] for i in self.embed_info}))
         # The selector/writer lives on the driver's node, so the run directory is where the logs say.
         here = ray.get_runtime_context().get_node_id()
         pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)
@@ -161,10 +189,10 @@ class RayExecutor:
                                s.max_inflight_mb * 2**20)
         return self.resume
 
-    def _check_resources(self) -> None:
+    def _check_resources(self, extra_cpus: float = 0.0) -> None:
         """Refuse a graph the cluster cannot place, instead of waiting forever for its actors."""
         s, n = self.scfg.service, self.cfg.selector.shards
-        cpus = s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (n * s.shard_num_cpus if n > 1 else 0)
+        cpus = graph_cpus(self.scfg) + extra_cpus
         gpus = s.embed_actors * s.embed_num_gpus
         have = ray.cluster_resources()
         if cpus > have.get("CPU", 0) + 1e-9 or gpus > have.get("GPU", 0) + 1e-9:
@@ -172,6 +200,7 @@ class RayExecutor:
                 f"the graph needs {cpus:g} CPUs and {gpus:g} GPUs ({s.embed_actors} embedder actors x "
                 f"{s.embed_num_cpus:g} CPU / {s.embed_num_gpus:g} GPU, the selector {s.selector_num_cpus:g} CPU"
                 + (f", {n} shards x {s.shard_num_cpus:g} CPU" if n > 1 else "")
+                + (f", readers {extra_cpus:g} CPU" if extra_cpus else "")
                 + f"), but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
                 "lower service.embed_actors / *_num_cpus / embed_num_gpus, or add nodes")
 
@@ -220,8 +249,21 @@ class RayExecutor:
         embedded, report = self.embedders[i].process_reported.options(num_returns=2).remote(batch)
         ref = self.selector.process.remote(embedded)
         self.sched.add(Flight(ref, "batch", len(batch), batch.nbytes(), trusted, worker=i, report_ref=report))
+        self._sent(len(batch), trusted)
+
+    def submit_embedded(self, batch: EmbeddedBatch) -> None:
+        """Send one batch embedded elsewhere (in stream order) straight to the selector: the Ray Data
+        engine's path (`pipelines.drivers.ray_data`). Its rejections are handled now."""
+        assert self.sched is not None
+        self._note_report(StageReport(batch.items, batch.rejects, dict(batch.seconds)))
+        nbytes = batch.samples.nbytes + sum(a.nbytes for a in (batch.emb.image, batch.emb.text) if a is not None) \
+            if batch.emb is not None else batch.samples.nbytes
+        self.sched.add(Flight(self.selector.process.remote(batch), "batch", batch.items, nbytes, batch.trusted))
+        self._sent(batch.items, batch.trusted)
+
+    def _sent(self, items: int, trusted: bool) -> None:
         if not trusted:
-            self.dirty += len(batch)
+            self.dirty += items
             if self.t_first is None:
                 self.t_first = time.monotonic()
             if self.dirty >= self.cfg.store.commit_every:
@@ -265,6 +307,9 @@ class RayExecutor:
         the offsets of the commit that covers them)."""
         r: StageReport = ray.get(f.report_ref)
         f.report_ref = None
+        self._note_report(r)
+
+    def _note_report(self, r: StageReport) -> None:
         for o in self.observers:
             o.note_rejections(r.rejects)
         if r.rejects:
