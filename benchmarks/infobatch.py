@@ -2,7 +2,7 @@
 
     python benchmarks/infobatch.py [--datasets digits digits-cnn fashion] [--seeds 0 1 2] [--json FILE]
 
-Runs in-process with plain PyTorch (the same curator.train_tasks loop the Ray Train
+Runs in-process with plain PyTorch (the same curator.train loop the Ray Train
 workers run, one process, ``--threads`` CPU threads), so it measures the sampler, not Ray.
 
 Data sets (all real, all offline):
@@ -67,7 +67,7 @@ from curator.cli import run_ingest  # noqa: E402
 from curator.config import load_config  # noqa: E402
 from curator.demo import demo_config, write_demo_inputs  # noqa: E402
 from curator.demo_data import png_bytes  # noqa: E402
-from curator.train_tasks import (  # noqa: E402
+from curator.train import (  # noqa: E402
     TASK_COLUMNS,
     EpochLoop,
     TrainSettings,

@@ -9,7 +9,7 @@ not change what this job trains on), then starts a ``TorchTrainer`` with that ma
 workers (GPU when the cluster has one per worker, unless told otherwise). Each worker
 reads the snapshot with pyarrow -- all of it: the InfoBatch sampler picks samples by
 index, which a streaming Ray Data split cannot serve -- builds the task's dataset and
-model (curator.train_tasks), and trains with an ``InfoBatchSampler`` sharded by its
+model (curator.train), and trains with an ``InfoBatchSampler`` sharded by its
 rank (losses are all-gathered, so every rank prunes identically). After each epoch it
 reports accuracy, loss, samples kept/pruned, the achieved saving so far and the
 sampler's overhead, and rank 0 checkpoints model, optimizer and sampler state. A
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from curator.train_tasks import (
+from curator.train import (
     TASK_COLUMNS,
     TASKS,
     EpochLoop,

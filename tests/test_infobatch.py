@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from curator.infobatch import (
+from curator.train import (
     MULTI_BAND,
     IndexedCollate,
     IndexedDataset,

@@ -16,7 +16,7 @@ import torch
 
 from curator.cli import run_ingest
 from curator.demo import demo_config, write_demo_inputs
-from curator.train_tasks import (
+from curator.train import (
     TASK_COLUMNS,
     EpochLoop,
     TrainSettings,

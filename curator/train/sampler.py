@@ -30,23 +30,17 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Sampler
 
-__all__ = [
-    "MULTI_BAND",
-    "IndexedCollate",
-    "IndexedDataset",
-    "InfoBatchSampler",
-    "InfoBatchStats",
-    "indexed_loader",
-]
+from curator.train.dist import all_gather_cat, collective_device, world_size
+
+__all__ = ["MAX_PRUNE_RATIO", "MULTI_BAND", "InfoBatchSampler", "InfoBatchStats"]
 
 #: The paper's multi-band variant: keep 25% below the 20th score percentile, 50% between
 #: the 20th and 85th, everything above.
@@ -83,38 +77,6 @@ def _as_float(name: str, value: Any) -> float:
     return v
 
 
-def _dist_world() -> int:
-    """World size of the default process group, or 1 when torch.distributed is not in use."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
-def _dist_device(hint: torch.Tensor | None = None) -> torch.device:
-    """NCCL only moves CUDA tensors; every other backend is happy on the CPU."""
-    if torch.distributed.get_backend() == "nccl":
-        if hint is not None and hint.is_cuda:
-            return hint.device
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """all_gather of tensors (rows x n) whose n differs by rank (the last batch may be short).
-
-    Two collectives: the sizes, then the padded data, concatenated along the last axis.
-    """
-    world = torch.distributed.get_world_size()
-    t = t.to(device)
-    n = torch.tensor([t.shape[-1]], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
-    padded = torch.zeros((*t.shape[:-1], m), dtype=t.dtype, device=device)
-    padded[..., : t.shape[-1]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(out, padded)
-    return torch.cat([o[..., : int(s)] for o, s in zip(out, sizes, strict=True)], dim=-1).cpu()
 
 
 @dataclass(frozen=True)
@@ -221,7 +183,7 @@ class InfoBatchSampler(Sampler[int]):
                 r = MAX_PRUNE_RATIO
             self.prune_ratio = r
 
-        world = _dist_world()
+        world = world_size()
         self.num_replicas = world if num_replicas is None else _as_int("num_replicas", num_replicas)
         if self.num_replicas <= 0:
             raise ValueError(f"num_replicas must be positive, got {self.num_replicas}")
@@ -471,15 +433,15 @@ class InfoBatchSampler(Sampler[int]):
             raise ValueError(f"losses must be 1-D with one value per index: got shape {tuple(loss_t.shape)} "
                              f"for {idx.size} indices")
         loss_t = loss_t.float()
-        world = _dist_world()
+        world = world_size()
         if self.num_replicas > 1 and world > 1:
             if world != self.num_replicas:
                 raise RuntimeError(f"InfoBatchSampler(num_replicas={self.num_replicas}) but the "
                                    f"torch.distributed world size is {world}")
-            device = _dist_device(hint)
+            device = collective_device(hint)
             # one int64 payload: indices (exact beyond 2**24) and the losses' float32 bits
             bits = loss_t.cpu().contiguous().view(torch.int32).to(torch.int64)
-            both = _all_gather_cat(torch.stack([torch.from_numpy(idx), bits]), device)
+            both = all_gather_cat(torch.stack([torch.from_numpy(idx), bits]), device)
             idx = both[0].numpy()
             vals = both[1].to(torch.int32).view(torch.float32).numpy()
         else:
@@ -531,12 +493,12 @@ class InfoBatchSampler(Sampler[int]):
 
     # ----------------------------------------------------------------- distributed consistency
     def _check_ranks_agree(self) -> None:
-        world = _dist_world()
+        world = world_size()
         if not (self.num_replicas > 1 and world == self.num_replicas):
             return
         crc = zlib.crc32(self._scores.tobytes())
         crc = zlib.crc32(self._seen.tobytes(), crc)
-        mine = torch.tensor([crc, self.seed], dtype=torch.int64, device=_dist_device())
+        mine = torch.tensor([crc, self.seed], dtype=torch.int64, device=collective_device())
         every = [torch.zeros_like(mine) for _ in range(world)]
         torch.distributed.all_gather(every, mine)
         if any(not torch.equal(e, every[0]) for e in every):
@@ -609,61 +571,3 @@ class InfoBatchSampler(Sampler[int]):
                                weights=state["plan_weights"].numpy().astype(np.float32, copy=True))
         self._updates_in_plan = 0
         self._iterated_plan = None
-
-
-# --------------------------------------------------------------------- carrying indices
-class IndexedDataset(Dataset):
-    """Wraps a map-style dataset so each item is ``(index, item)``.
-
-    The index is the position in *this* dataset (what the sampler yields), so it stays
-    right under ``Subset`` and other wrappers, and it travels inside the batch through
-    worker processes and prefetch queues: no hook has to guess which batch is which.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        if isinstance(dataset, IterableDataset):
-            raise TypeError("InfoBatch needs a map-style dataset (with __getitem__ and __len__), "
-                            "not an IterableDataset")
-        if not hasattr(dataset, "__len__"):
-            raise TypeError("InfoBatch needs a dataset with __len__")
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
-        # the DataLoader's batched fetch; keep the wrapped dataset's own fast path if it has one
-        getitems = getattr(self.dataset, "__getitems__", None)
-        items = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
-        return list(zip(indices, items, strict=True))
-
-
-class IndexedCollate:
-    """Collate ``(index, item)`` pairs into ``(int64 index tensor, collate_fn(items))``.
-
-    Lets a custom collate function see only the items, as it expects. A class rather than
-    a closure so that it pickles into spawned worker processes.
-    """
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
-        self.collate_fn = default_collate if collate_fn is None else collate_fn
-
-    def __call__(self, batch: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
-        indices = torch.tensor([int(i) for i, _ in batch], dtype=torch.int64)
-        return indices, self.collate_fn([item for _, item in batch])
-
-
-def indexed_loader(dataset: Dataset, sampler: InfoBatchSampler,
-                   collate_fn: Callable[[list[Any]], Any] | None = None, **loader_kwargs: Any) -> DataLoader:
-    """A DataLoader over ``dataset`` whose batches are ``(indices, collate_fn(items))``."""
-    if len(dataset) != sampler.num_samples:  # type: ignore[arg-type]
-        raise ValueError(f"dataset has {len(dataset)} items but the sampler was built for "  # type: ignore[arg-type]
-                         f"{sampler.num_samples}")
-    for bad in ("shuffle", "batch_sampler"):
-        if loader_kwargs.get(bad):
-            raise ValueError(f"{bad} conflicts with the InfoBatch sampler (it shuffles itself)")
-    return DataLoader(IndexedDataset(dataset), sampler=sampler, collate_fn=IndexedCollate(collate_fn),
-                      **loader_kwargs)
