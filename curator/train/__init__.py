@@ -33,7 +33,8 @@ from curator.train.datasets import (
 from curator.train.loader import IndexedCollate, IndexedDataset, indexed_loader
 from curator.train.loop import EpochLoop, TimedSampler, make_sampler
 from curator.train.models import Standardize, build_model, feature_stats, load_model
-from curator.train.sampler import MAX_PRUNE_RATIO, MULTI_BAND, InfoBatchSampler, InfoBatchStats
+from curator.train.rule import MAX_PRUNE_RATIO, MULTI_BAND
+from curator.train.sampler import InfoBatchSampler, InfoBatchStats
 from curator.train.tasks import TASK_COLUMNS, TASKS, TrainSettings, parse_bands
 
 __all__ = [

@@ -30,22 +30,26 @@ def collective_device(hint: torch.Tensor | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def all_gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """all_gather of tensors (rows x n) whose n differs by rank (the last batch may be short).
-
-    Two collectives: the sizes, then the padded data, concatenated along the last axis.
-    """
-    world = torch.distributed.get_world_size()
+def all_gather_fixed(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's ``t`` (same shape on every rank), stacked along a new first axis, on the CPU."""
     t = t.to(device)
-    n = torch.tensor([t.shape[-1]], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
+    out = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(out, t)
+    return torch.stack(out).cpu()
+
+
+def all_gather_varlen(t: torch.Tensor, counts: list[int], device: torch.device) -> torch.Tensor:
+    """all_gather of (rows x n) tensors whose n differs by rank, concatenated along n in rank order.
+
+    ``counts`` (every rank's n, e.g. from an earlier :func:`all_gather_fixed`) sizes the
+    padding, so this is one collective.
+    """
+    m = max(counts)
     padded = torch.zeros((*t.shape[:-1], m), dtype=t.dtype, device=device)
-    padded[..., : t.shape[-1]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
+    padded[..., : t.shape[-1]] = t.to(device)
+    out = [torch.empty_like(padded) for _ in counts]
     torch.distributed.all_gather(out, padded)
-    return torch.cat([o[..., : int(s)] for o, s in zip(out, sizes, strict=True)], dim=-1).cpu()
+    return torch.cat([o[..., :c] for o, c in zip(out, counts, strict=True)], dim=-1).cpu()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -27,9 +27,10 @@ __all__ = ["EpochLoop", "TimedSampler", "make_sampler"]
 class TimedSampler(InfoBatchSampler):
     """An InfoBatchSampler that adds up the wall time spent inside its own calls.
 
-    Counted: ``set_epoch`` (the draw), ``__iter__`` (handing the loader its indices) and
-    ``step`` (recording losses -- an all-gather under torch.distributed -- and weighting
-    the batch loss). ``seconds`` is what the sampler costs a training loop.
+    Counted: ``set_epoch`` (the draw), ``__iter__`` (handing the loader its indices),
+    ``step`` (recording losses and weighting the batch loss) and ``sync`` (applying the
+    epoch's losses -- under torch.distributed the one exchange between ranks). ``seconds``
+    is what the sampler costs a training loop.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -40,6 +41,13 @@ class TimedSampler(InfoBatchSampler):
         t = time.perf_counter()
         try:
             super().set_epoch(epoch)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    def sync(self) -> None:
+        t = time.perf_counter()
+        try:
+            super().sync()
         finally:
             self.seconds += time.perf_counter() - t
 
@@ -138,6 +146,7 @@ class EpochLoop:
                 loss_sum += float(losses.sum())
                 correct += float((logits.argmax(1) == y).sum())
                 seen += int(y.shape[0])
+        self.sampler.sync()  # the epoch's losses applied (exchanged between ranks) before anyone checkpoints
         train_s = time.perf_counter() - t0
         sampler_s = self.sampler.seconds - sampler_before
         loss_sum, correct, seen, sampler_s_all, train_s_all = all_reduce_sum(

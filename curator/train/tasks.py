@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from curator.train.sampler import MULTI_BAND
+from curator.train.rule import MULTI_BAND
 
 __all__ = ["TASKS", "TASK_COLUMNS", "TrainSettings", "parse_bands"]
 
