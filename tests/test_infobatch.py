@@ -292,6 +292,47 @@ def test_step_records_raw_losses_and_returns_weighted_mean() -> None:
     assert np.allclose(s.scores()[idx.numpy()], [1.0, 2.0, 3.0])  # raw, not weighted
 
 
+@pytest.mark.parametrize("batch", [64, 45, 7])
+def test_step_gradient_is_bit_for_bit_that_of_the_weighted_mean(batch: int) -> None:
+    rng = np.random.default_rng(batch)
+    s = _scored(rng.exponential(1.0, 300).astype(np.float32), num_epochs=3, prune_ratio=0.3, seed=1)
+    s.set_epoch(1)
+    idx = torch.tensor(list(s)[:batch])
+    x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(batch))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss = s.step(idx, (a ** 2).sum(1))
+    ref = ((b ** 2).sum(1) * s.weights(idx)).mean()  # the textbook form
+    loss.backward()
+    ref.backward()
+    assert set(s.weights(idx).tolist()) == {1.0, np.float32(1 / 0.7)}  # a batch with both weights
+    assert torch.equal(a.grad, b.grad)  # the same updates, so the same training run
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_step_accepts_other_index_and_loss_types() -> None:
+    s = _scored(np.linspace(0.1, 5.0, 20, dtype=np.float32), num_epochs=3, shuffle=False)
+    s.set_epoch(1)
+    kept = s.kept_indices()[:4]
+    expect = float((torch.arange(1.0, 5.0) * s.weights(kept)).mean())
+    strided = torch.from_numpy(np.repeat(kept, 2))[::2]  # not contiguous
+    for indices in (kept, kept.tolist(), torch.from_numpy(kept).int(), strided):
+        assert s.step(indices, torch.arange(1.0, 5.0)).item() == pytest.approx(expect)
+    loss64 = s.step(torch.from_numpy(kept), torch.arange(1.0, 5.0, dtype=torch.float64))
+    assert loss64.dtype == torch.float64 and loss64.item() == pytest.approx(expect)
+    assert np.allclose(s.scores()[kept], [1.0, 2.0, 3.0, 4.0])  # the last record of each sample
+
+
+def test_indices_modified_in_place_before_they_are_applied_are_an_error() -> None:
+    s = InfoBatchSampler(10, 3)
+    s.set_epoch(0)
+    buf = torch.tensor([0, 1, 2])
+    s.step(buf, torch.tensor([1.0, 2.0, 3.0]))
+    buf.copy_(torch.tensor([3, 4, 5]))  # a reused index buffer: the recorded step would now read 3, 4, 5
+    with pytest.raises(RuntimeError, match="modified in place"):
+        s.set_epoch(1)
+    assert not s.scores().any()  # nothing was attributed to the wrong samples
+
+
 def test_nonfinite_losses_are_skipped_with_a_warning() -> None:
     s = InfoBatchSampler(4, 3)
     s.update([0, 1, 2, 3], torch.tensor([1.0, 2.0, 3.0, 4.0]))
@@ -654,6 +695,11 @@ def test_step_errors_are_clear() -> None:
         s.update(torch.tensor([1.0, 2.0]), torch.ones(2))
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         s.update([3, 10], torch.ones(2))
+    for bad in ([3, 10], [-1, 2]):  # the loader's int64 tensors take the fast path: still checked
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            s.step(torch.tensor(bad), torch.ones(2))
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            s.update(torch.tensor(bad), torch.ones(2))
     with pytest.raises(ValueError, match="1-D"):
         s.step(torch.tensor([1, 2]), torch.ones(2, 4))
     with pytest.raises(ValueError, match="2 losses for 3 indices"):
