@@ -51,6 +51,8 @@ wall time (sum over epochs of each epoch's training time: the draw, every step, 
 epoch-end score exchange; evaluation excluded; under Ray the mean over ranks);
 ``time_saved`` = 1 - loop_s / loop_s of full data in the same executor and run, the
 wall-clock speed-up; ``gap`` = saving - time_saved, in points (target: under 5).
+``control`` (in-process): full data with a step that only averages the losses -- the
+cost of one reduction op where the step runs, the floor under the sampler's cost there.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from curator.demo_data import png_bytes  # noqa: E402
 from curator.train import (  # noqa: E402
     TASK_COLUMNS,
     EpochLoop,
+    TimedSampler,
     TrainSettings,
     build_dataset,
     build_model,
@@ -101,7 +104,7 @@ RATIOS = (0.3, 0.5, 0.7)
 VARIANTS = ("full", *(f"ib_r{r}" for r in RATIOS), *(f"random_r{r}" for r in RATIOS), "gain_r0.5")
 COLS = ["dataset", "variant", "acc_mean", "acc_std", "acc_median", "acc_vs_full", "saving", "train_s",
         "speedup", "time_saved", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
-COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5}
+COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5, "control": 0.0}  # control: in-process only (MeanStep)
 COST_COLS = ["dataset", "executor", "variant", "acc", "saving", "steps", "step_ms", "sampler_us_per_step",
              "sampler_share_pct", "loop_s", "time_saved", "gap", "runs"]
 
@@ -208,15 +211,31 @@ def fashion(work: Path, bootstrap: int = 500) -> Data | None:
 
 
 # --------------------------------------------------------------------- one training run
+class MeanStep(TimedSampler):
+    """Control for the cost table: a step that only averages the losses (no recording, no weights).
+
+    What any loop that reduces per-sample losses pays in the step's place, i.e. the least
+    the sampler's calls can cost there, and the loop time without InfoBatch's step.
+    """
+
+    def step(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        try:
+            return losses.mean()
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
 def train(data: Data, setup: dict[str, Any], seed: int, prune_ratio: float = 0.0, init_from_gain: bool = False,
-          subset: np.ndarray | None = None) -> dict[str, float]:
+          subset: np.ndarray | None = None, control: bool = False) -> dict[str, float]:
     s = TrainSettings(**setup, prune_ratio=prune_ratio, init_from_gain=init_from_gain, seed=seed)
     torch.manual_seed(seed)
     ds = data.train if subset is None else Subset(data.train, subset.tolist())
     model = build_model(s.task, data.train.sample_shape, data.num_classes, s.hidden,
                         feature_stats=feature_stats(ds))
     init = data.gains if subset is None else data.gains[subset]
-    loop = EpochLoop(model, ds, data.test, s, make_sampler(len(ds), s, init=init))
+    sampler = MeanStep(len(ds), s.epochs, prune_ratio=0.0, seed=seed) if control else make_sampler(len(ds), s, init=init)
+    loop = EpochLoop(model, ds, data.test, s, sampler)
     hist = [loop.run_epoch(e, evaluate=e == s.epochs - 1) for e in range(s.epochs)]
     train_s = sum(h["train_s"] for h in hist)
     sampler_s = sum(h["sampler_s"] for h in hist)
@@ -275,10 +294,11 @@ def cost(data: Data, setup: dict[str, Any], workers: list[int], repeats: int, wo
     """In-process, then each Ray Train worker count: full and r = 0.5 interleaved, ``repeats`` times."""
     rows = []
     for w in [0, *workers]:
-        runs: dict[str, list[dict[str, float]]] = {v: [] for v in COST_VARIANTS}
+        variants = {v: r for v, r in COST_VARIANTS.items() if w == 0 or v != "control"}
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         for _ in range(repeats):
-            for v, r in COST_VARIANTS.items():
-                runs[v].append(train(data, setup, 0, prune_ratio=r) if w == 0
+            for v, r in variants.items():
+                runs[v].append(train(data, setup, 0, prune_ratio=r, control=v == "control") if w == 0
                                else train_ray(data, setup, w, r, work))
         rows += cost_rows(data.name, "in-process" if w == 0 else f"ray x{w}", runs)
         print(f"{data.name} cost, {'in-process' if w == 0 else f'{w} Ray Train worker(s)'}: done", file=sys.stderr)

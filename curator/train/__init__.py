@@ -1,13 +1,14 @@
 """Training on a curated set with the InfoBatch sampler: the sampler, datasets, models, the loop.
 
-Everything a training worker needs that does not need Ray: the InfoBatch sampler and the
-loader that carries sample indices (``sampler``, ``loader``), the curated set's committed
-Parquet parts read with pyarrow and datasets over its Arrow columns (``datasets``), the
-three built-in models (``models``), and :class:`EpochLoop`, one epoch of training plus
-evaluation with the sampler (``loop``). ``pipelines/train.py`` runs it inside Ray Train
-workers; the InfoBatch benchmark runs it in-process. It works the same in one process and
-under ``torch.distributed`` (the sampler shares losses across ranks; the loop all-reduces
-the epoch's metrics).
+Everything a training worker needs that does not need Ray: the InfoBatch sampler, its
+pruning rule and score table, and the loader that carries sample indices (``sampler``,
+``rule``, ``scores``, ``loader``), the curated set's committed Parquet parts read with
+pyarrow and datasets over its Arrow columns (``datasets``), the three built-in models
+(``models``), and :class:`EpochLoop`, one epoch of training plus evaluation with the
+sampler (``loop``). ``pipelines/train.py`` runs it inside Ray Train workers; the InfoBatch
+benchmark runs it in-process. It works the same in one process and under
+``torch.distributed`` (the sampler exchanges losses between ranks once per epoch; the
+loop all-reduces the epoch's metrics).
 
 Built-in tasks:
 
