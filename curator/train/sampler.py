@@ -356,8 +356,7 @@ class InfoBatchSampler(Sampler[int]):
 
         Its range is checked by the weight lookup; anything else is validated and copied.
         """
-        if (type(indices) is torch.Tensor and indices.dtype is torch.int64 and indices.ndim == 1
-                and indices.device.type == "cpu"):
+        if type(indices) is torch.Tensor and indices.dtype is torch.int64 and indices.is_cpu and indices.ndim == 1:
             return indices
         return torch.from_numpy(self._indices(indices).copy())
 
@@ -372,20 +371,25 @@ class InfoBatchSampler(Sampler[int]):
         return self._weighted(self._index_tensor(indices), losses)
 
     def _weighted(self, idx: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        """mean(losses * weights) as one dot product, for any device and dtype, with checks."""
-        if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or len(losses) != len(idx):
-            self._check_losses(losses, idx)
-        b = len(idx)
-        if b == 0:
-            return losses.mean()
+        """mean(losses * weights) as one dot product. The per-step hot path: it does the work
+        first and only when that fails works out what was wrong with the input."""
+        plan = self._plan
+        if plan is None or plan.epoch != self._epoch:
+            plan = self._current_plan()
         try:
-            w = self._current_plan().scaled_weights(b).index_select(0, idx)  # raises outside [0, N)
-        except IndexError:
-            raise IndexError(f"indices must be in [0, {self.num_samples}); got "
-                             f"{int(idx.min())}..{int(idx.max())}") from None
-        if losses.dtype is not torch.float32 or not losses.is_cpu:
-            w = w.to(device=losses.device, dtype=losses.dtype, non_blocking=True)
-        return torch.dot(losses, w)
+            b = len(idx)
+            if b == 0 or len(losses) != b:
+                raise ValueError("empty or mismatched batch")
+            w = plan.scaled_weights(b).index_select(0, idx)  # also the range check: it raises outside [0, N)
+            if not (losses.is_cpu and losses.dtype is torch.float32):
+                w = w.to(device=losses.device, dtype=losses.dtype, non_blocking=True)
+            return torch.dot(losses, w)
+        except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+            self._check_losses(losses, idx)
+            self._indices(idx)  # raises for a wrong shape or range
+            if len(idx) == 0:
+                return losses.mean()  # an empty batch: NaN, the mean of nothing
+            raise
 
     @staticmethod
     def _check_losses(losses: torch.Tensor, indices: IndexLike) -> torch.Tensor:
@@ -426,17 +430,8 @@ class InfoBatchSampler(Sampler[int]):
         (detached) losses are kept as they are until the epoch boundary, so do not modify
         them in place afterwards (that is detected, as an error, when they are applied).
         """
-        plan, loss = self._plan, None
-        if type(indices) is torch.Tensor and indices.dtype is torch.int64 and plan is not None \
-                and plan.epoch == self._epoch and len(indices):
-            # a loader's batch: two ops; anything unusual (or wrong) falls through to the checked path
-            try:
-                loss = torch.dot(losses, plan.scaled_weights(len(indices)).index_select(0, indices))
-            except (IndexError, RuntimeError, TypeError):
-                loss = None
-        if loss is None:
-            indices = self._index_tensor(indices)
-            loss = self._weighted(indices, losses)  # checks the losses and the indices' range
+        indices = self._index_tensor(indices)
+        loss = self._weighted(indices, losses)
         self._table.record(indices, losses.detach())
         self._updates_in_plan += 1
         return loss
