@@ -227,20 +227,21 @@ class InfoBatchSampler(Sampler[int]):
             raise ValueError(f"epoch must be in [0, num_epochs={self.num_epochs}), got {epoch}")
         if self._plan is not None and self._plan.epoch == epoch and self._epoch == epoch:
             return
-        if not (self._closed and not self._table.pending and self._exchanges()):
-            self._sync(epoch)  # (right after sync() with nothing recorded since, every rank agrees already)
+        agreed = self._closed and not self._table.pending and self._exchanges()
+        if not agreed:  # (right after sync(), with nothing recorded since, the ranks agree already)
+            self._sync(epoch)
         self._epoch = epoch
         self._plan = self._draw(epoch)
 
     def sync(self) -> None:
         """Bring the score table up to date with every loss recorded so far.
 
-        Under torch.distributed this is collective (call it on every rank): it is the one
-        exchange of the ranks' recorded losses, which ``set_epoch`` otherwise makes: called
-        at the end of an epoch, where the ranks are in step, it spares the next ``set_epoch``
-        its collective. Call it before ``state_dict()`` when a rank checkpoints. Like every
-        collective, steps between ``sync()`` and ``set_epoch`` must be made on every rank
-        or on none. In one process it only applies the recorded losses.
+        Under torch.distributed this is collective (call it on every rank): the exchange of
+        the ranks' recorded losses that ``set_epoch`` otherwise makes. At the end of an
+        epoch, where the ranks are in step, it spares the next ``set_epoch`` a collective;
+        before ``state_dict()`` on a checkpointing rank it is required. Steps between
+        ``sync()`` and ``set_epoch`` must be made on every rank or on none, as with any
+        collective. In one process it only applies the recorded losses.
         """
         self._sync(self._epoch)
         self._closed = True
@@ -276,16 +277,14 @@ class InfoBatchSampler(Sampler[int]):
 
     def _current_plan(self) -> Plan:
         if self._plan is None or self._plan.epoch != self._epoch:
-            if not self._exchanges():
-                self._table.flush()
+            self._up_to_date()
             self._plan = self._draw(self._epoch)
         return self._plan
 
     def _draw(self, epoch: int) -> Plan:
         prunable = []
         if epoch < self.pruning_epochs:
-            eff, eligible = effective_scores(self._table.scores, self._table.seen, self._initial,
-                                                  self._initial_q)
+            eff, eligible = effective_scores(self._table.scores, self._table.seen, self._initial, self._initial_q)
             prunable = prunable_groups(eff, eligible, self.prune_ratio, self.bands)
         plan = draw_plan(epoch, self.num_samples, self.seed, prunable, self.shuffle)
         if 0 <= epoch < self.num_epochs:

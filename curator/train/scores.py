@@ -68,7 +68,7 @@ class ScoreTable:
         """Concatenate the records into ``_merged`` (checking that none was modified in place)."""
         if not self._records:
             return
-        for step, (idx, loss, v_idx, v_loss) in enumerate(self._records):
+        for step, (idx, loss, v_idx, v_loss) in enumerate(self._records, start=len(self._merged_sizes)):
             if idx._version != v_idx or loss._version != v_loss:
                 self.discard()
                 raise RuntimeError(
@@ -98,7 +98,7 @@ class ScoreTable:
 
     def flush(self) -> None:
         """Apply this process's pending records (one process: nothing to exchange)."""
-        if self._records or self._merged is not None:
+        if self.pending:
             idx, vals, _ = self._take(steps=False)
             self._apply(idx, vals)
 
