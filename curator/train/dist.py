@@ -21,11 +21,9 @@ def world_size() -> int:
     return 1
 
 
-def collective_device(hint: torch.Tensor | None = None) -> torch.device:
+def collective_device() -> torch.device:
     """NCCL only moves CUDA tensors; every other backend is happy on the CPU."""
     if torch.distributed.get_backend() == "nccl":
-        if hint is not None and hint.is_cuda:
-            return hint.device
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
