@@ -1,9 +1,14 @@
 """InfoBatch on curated sets: full data vs dynamic pruning vs static random pruning vs gain-initialised.
 
-    python benchmarks/infobatch.py [--datasets digits digits-cnn fashion] [--seeds 0 1 2] [--json FILE]
+    python benchmarks/infobatch.py [--datasets digits digits-cnn fashion] [--seeds 0 1 2]
+                                   [--cost-datasets digits] [--workers 1 2] [--repeats 3] [--json FILE]
 
-Runs in-process with plain PyTorch (the same curator.train_tasks loop the Ray Train
-workers run, one process, ``--threads`` CPU threads), so it measures the sampler, not Ray.
+Two tables. The first (accuracy) runs in-process with plain PyTorch (the same
+curator.train loop the Ray Train workers run, one process, ``--threads`` CPU threads), so
+it measures the sampler, not Ray. The second (cost) times what the sampler costs a
+training step and what pruning saves on the wall clock, in-process and as a real Ray
+Train job (``curator train``'s TorchTrainer, gloo, CPU workers) with each ``--workers``
+count: full data (r = 0) and InfoBatch r = 0.5, ``--repeats`` runs each, interleaved.
 
 Data sets (all real, all offline):
 
@@ -36,6 +41,18 @@ Columns: test accuracy mean, spread (sample std over seeds) and median; the diff
 the mean to ``full``; achieved saving = sum(pruned) / (C * N); training wall time (sum of
 the epochs' training time, evaluation excluded) mean; sampler overhead = time inside the
 sampler's calls (set_epoch, iteration, step) / training time, and per step in microseconds.
+
+Cost columns (medians over ``--repeats`` runs of seed 0's data; ``runs`` says how many):
+``executor`` in-process or ``ray xW`` (W Ray Train workers, per-worker batch = batch / W);
+``steps`` per rank over the run; ``step_ms`` = epoch-loop time / steps; sampler cost per
+step in microseconds and its share of the epoch-loop time (under Ray: summed over ranks /
+summed epoch-loop time); ``saving`` = sum(pruned) / (C * N); ``loop_s`` = the epoch loop's
+wall time (sum over epochs of each epoch's training time: the draw, every step, the
+epoch-end score exchange; evaluation excluded; under Ray the mean over ranks);
+``time_saved`` = 1 - loop_s / loop_s of full data in the same executor and run, the
+wall-clock speed-up; ``gap`` = saving - time_saved, in points (target: under 5).
+``control`` (in-process): full data with a step that only averages the losses -- the
+cost of one reduction op where the step runs, the floor under the sampler's cost there.
 """
 
 from __future__ import annotations
@@ -64,14 +81,11 @@ import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
 from curator.config import load_config  # noqa: E402
-from curator.demo_data import (  # noqa: E402
-    demo_config,
-    png_bytes,  # noqa: E402
-    write_demo_inputs,
-)
-from curator.train_tasks import (  # noqa: E402
+from curator.demo_data import demo_config, png_bytes, write_demo_inputs  # noqa: E402
+from curator.train import (  # noqa: E402
     TASK_COLUMNS,
     EpochLoop,
+    TimedSampler,
     TrainSettings,
     build_dataset,
     build_model,
@@ -88,7 +102,10 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RATIOS = (0.3, 0.5, 0.7)
 VARIANTS = ("full", *(f"ib_r{r}" for r in RATIOS), *(f"random_r{r}" for r in RATIOS), "gain_r0.5")
 COLS = ["dataset", "variant", "acc_mean", "acc_std", "acc_median", "acc_vs_full", "saving", "train_s",
-        "speedup", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
+        "speedup", "time_saved", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
+COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5, "control": 0.0}  # control: in-process only (MeanStep)
+COST_COLS = ["dataset", "executor", "variant", "acc", "saving", "steps", "step_ms", "sampler_us_per_step",
+             "sampler_share_pct", "loop_s", "time_saved", "gap", "runs"]
 
 #: Per data set: task and training settings (AdamW, cosine, no warm-up).
 SETUPS: dict[str, dict[str, Any]] = {
@@ -106,6 +123,8 @@ class Data:
     test: Any  # dataset over the held-out test split
     gains: np.ndarray  # gain_norm per training item
     num_classes: int
+    run_dir: Path  # the curated set's run directory (what a Ray Train job reads)
+    test_path: Path  # the test split as one Parquet file (the Ray Train job's --eval)
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,7 +147,9 @@ def _datasets(name: str, task: str, run: Path, test: pa.Table) -> Data:
     img = {"image_size": tr.size, "channels": tr.channels} if task == "cnn" else {}
     te = build_dataset(task, test, **img)
     k = int(max(labels_of(train_tbl).max(), labels_of(test).max())) + 1
-    return Data(name, task, tr, te, initial_scores(train_tbl), k)
+    test_path = run.parent / f"{run.name}-test.parquet"
+    pq.write_table(test, test_path)
+    return Data(name, task, tr, te, initial_scores(train_tbl), k, run, test_path)
 
 
 def digits(seed: int, work: Path, task: str) -> Data:
@@ -189,23 +210,39 @@ def fashion(work: Path, bootstrap: int = 500) -> Data | None:
 
 
 # --------------------------------------------------------------------- one training run
+class MeanStep(TimedSampler):
+    """Control for the cost table: a step that only averages the losses (no recording, no weights).
+
+    What any loop that reduces per-sample losses pays in the step's place, i.e. the least
+    the sampler's calls can cost there, and the loop time without InfoBatch's step.
+    """
+
+    def step(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        try:
+            return losses.mean()
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
 def train(data: Data, setup: dict[str, Any], seed: int, prune_ratio: float = 0.0, init_from_gain: bool = False,
-          subset: np.ndarray | None = None) -> dict[str, float]:
+          subset: np.ndarray | None = None, control: bool = False) -> dict[str, float]:
     s = TrainSettings(**setup, prune_ratio=prune_ratio, init_from_gain=init_from_gain, seed=seed)
     torch.manual_seed(seed)
     ds = data.train if subset is None else Subset(data.train, subset.tolist())
     model = build_model(s.task, data.train.sample_shape, data.num_classes, s.hidden,
                         feature_stats=feature_stats(ds))
     init = data.gains if subset is None else data.gains[subset]
-    loop = EpochLoop(model, ds, data.test, s, make_sampler(len(ds), s, init=init))
+    sampler = MeanStep(len(ds), s.epochs, prune_ratio=0.0, seed=seed) if control else make_sampler(len(ds), s, init=init)
+    loop = EpochLoop(model, ds, data.test, s, sampler)
     hist = [loop.run_epoch(e, evaluate=e == s.epochs - 1) for e in range(s.epochs)]
     train_s = sum(h["train_s"] for h in hist)
     sampler_s = sum(h["sampler_s"] for h in hist)
     steps = sum(h["steps"] for h in hist)
     n_full = len(data.train)
     saving = hist[-1]["saving"] if subset is None else 1.0 - len(subset) / n_full
-    return {"acc": hist[-1]["eval_acc"], "saving": saving, "train_s": train_s,
-            "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps)}
+    return {"acc": hist[-1]["eval_acc"], "saving": saving, "train_s": train_s, "sampler_s": sampler_s,
+            "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps)}
 
 
 def run_seed(data: Data, setup: dict[str, Any], seed: int) -> dict[str, dict[str, float]]:
@@ -218,6 +255,53 @@ def run_seed(data: Data, setup: dict[str, Any], seed: int) -> dict[str, dict[str
         res[f"random_r{r}"] = train(data, setup, seed, subset=subset)
     res["gain_r0.5"] = train(data, setup, seed, prune_ratio=0.5, init_from_gain=True)
     return res
+
+
+# --------------------------------------------------------------------- the cost of the sampler
+def train_ray(data: Data, setup: dict[str, Any], workers: int, prune_ratio: float, work: Path) -> dict[str, float]:
+    """One `curator train` job (TorchTrainer, gloo, CPU workers) on the same curated set and settings."""
+    from pipelines.train import run_train_job
+
+    s = TrainSettings(**setup, prune_ratio=prune_ratio, seed=0)
+    config = {"settings": s.as_dict(), "parts": curated_parts(data.run_dir), "eval_parts": [str(data.test_path)],
+              "eval_share": 0.0, "num_classes": data.num_classes, "checkpoint_every": s.epochs,
+              "run_dir": str(data.run_dir)}
+    out = run_train_job(config, workers=workers, use_gpu="off", storage_path=work / "ray-train",
+                        name=f"{data.name}-w{workers}-r{prune_ratio}-{time.time_ns()}")
+    hist = out["history"]
+    train_s = sum(h["train_s"] for h in hist)  # mean over ranks, per epoch
+    sampler_s = sum(h["sampler_s"] for h in hist)
+    steps = sum(h["steps"] for h in hist)
+    return {"acc": hist[-1]["eval_acc"], "saving": hist[-1]["saving"], "train_s": train_s, "sampler_s": sampler_s,
+            "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps)}
+
+
+def cost_rows(name: str, executor: str, runs: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+    rows = []
+    for v, m in med.items():
+        saved = 100 * (1.0 - m["train_s"] / med["full"]["train_s"])
+        rows.append({"dataset": name, "executor": executor, "variant": v, "acc": 100 * m["acc"],
+                     "saving": 100 * m["saving"], "steps": int(m["steps"]), "step_ms": 1e3 * m["train_s"] / m["steps"],
+                     "sampler_us_per_step": m["us_per_step"], "sampler_share_pct": 100 * m["overhead"],
+                     "loop_s": m["train_s"], "time_saved": saved, "gap": 100 * m["saving"] - saved,
+                     "runs": len(runs[v])})
+    return rows
+
+
+def cost(data: Data, setup: dict[str, Any], workers: list[int], repeats: int, work: Path) -> list[dict[str, Any]]:
+    """In-process, then each Ray Train worker count: full and r = 0.5 interleaved, ``repeats`` times."""
+    rows = []
+    for w in [0, *workers]:
+        variants = {v: r for v, r in COST_VARIANTS.items() if w == 0 or v != "control"}
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for _ in range(repeats):
+            for v, r in variants.items():
+                runs[v].append(train(data, setup, 0, prune_ratio=r, control=v == "control") if w == 0
+                               else train_ray(data, setup, w, r, work))
+        rows += cost_rows(data.name, "in-process" if w == 0 else f"ray x{w}", runs)
+        print(f"{data.name} cost, {'in-process' if w == 0 else f'{w} Ray Train worker(s)'}: done", file=sys.stderr)
+    return rows
 
 
 # --------------------------------------------------------------------- table
@@ -237,6 +321,7 @@ def summarise(name: str, per_seed: dict[int, dict[str, dict[str, float]]]) -> li
             "saving": 100 * statistics.mean(per_seed[s][v]["saving"] for s in per_seed),
             "train_s": t,
             "speedup": full_t / t,
+            "time_saved": 100 * (1.0 - t / full_t),
             "sampler_overhead_pct": 100 * statistics.mean(per_seed[s][v]["overhead"] for s in per_seed),
             "sampler_us_per_step": statistics.mean(per_seed[s][v]["us_per_step"] for s in per_seed),
             "seeds": len(acc),
@@ -244,21 +329,27 @@ def summarise(name: str, per_seed: dict[int, dict[str, dict[str, float]]]) -> li
     return rows
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
+def format_rows(rows: list[dict[str, Any]], cols: list[str], text_cols: int = 2) -> str:
     def cell(v: Any, k: str) -> str:
         if isinstance(v, float):
-            return f"{v:+.2f}" if k == "acc_vs_full" else f"{v:.2f}"
+            return f"{v:+.2f}" if k in ("acc_vs_full", "gap") else f"{v:.2f}"
         return str(v)
 
-    table = [COLS] + [[cell(r[k], k) for k in COLS] for r in rows]
-    w = [max(len(t[i]) for t in table) for i in range(len(COLS))]
-    return "\n".join("  ".join(c.rjust(w[i]) if i > 1 else c.ljust(w[i]) for i, c in enumerate(t)) for t in table)
+    table = [cols] + [[cell(r[k], k) for k in cols] for r in rows]
+    w = [max(len(t[i]) for t in table) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i >= text_cols else c.ljust(w[i]) for i, c in enumerate(t))
+                     for t in table)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["digits", "digits-cnn", "fashion"],
-                   choices=["digits", "digits-cnn", "fashion"])
+    p.add_argument("--datasets", nargs="*", default=["digits", "digits-cnn", "fashion"],
+                   choices=["digits", "digits-cnn", "fashion"], help="accuracy table (none: skip it)")
+    p.add_argument("--cost-datasets", nargs="*", default=["digits"], choices=["digits", "digits-cnn", "fashion"],
+                   help="cost table, on seed 0's data (none: skip it)")
+    p.add_argument("--workers", nargs="*", type=int, default=[1, 2],
+                   help="Ray Train worker counts for the cost table (none: in-process only)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant and executor in the cost table")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=0, help="override every setup's epochs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady timings)")
@@ -292,14 +383,40 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
         raw[name] = {"setup": setup, "per_seed": per_seed}
         rows += summarise(name, per_seed)
-    print(format_rows(rows))
+
+    cost_table: list[dict[str, Any]] = []
+    if args.cost_datasets and args.workers:
+        import ray
+
+        ray.init(log_to_driver=False, include_dashboard=False)  # workers' epoch lines would bury the tables
+    try:
+        for name in args.cost_datasets:
+            setup = dict(SETUPS[name])
+            if args.epochs:
+                setup["epochs"] = args.epochs
+            cdata = fashion(work) if name == "fashion" else digits(0, work, setup["task"])
+            if cdata is None:
+                notes.append(f"fashion cost skipped: {FASHION_DIR} not found")
+                continue
+            cost_table += cost(cdata, setup, args.workers, args.repeats, work)
+    finally:
+        if args.cost_datasets and args.workers:
+            ray.shutdown()
+
+    if rows:
+        print(format_rows(rows, COLS))
+    if cost_table:
+        print()
+        print(format_rows(cost_table, COST_COLS, text_cols=3))
     for n in notes:
         print(n)
-    print(f"({time.perf_counter() - t_all:.0f} s; accuracy and saving in %, train_s in seconds, "
-          f"{args.threads} CPU thread(s))")
+    print(f"({time.perf_counter() - t_all:.0f} s; accuracy, saving, time_saved, shares in %, gap in points, "
+          f"train_s and loop_s in seconds, {args.threads} CPU thread(s) in-process, 1 per Ray Train worker)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"columns": COLS, "rows": rows, "raw": raw, "notes": notes,
-                                               "seeds": args.seeds, "threads": args.threads}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            "columns": COLS, "rows": rows, "cost_columns": COST_COLS, "cost_rows": cost_table, "raw": raw,
+            "notes": notes, "seeds": args.seeds, "threads": args.threads, "workers": args.workers,
+            "repeats": args.repeats}, indent=1))
     if work_ctx is not None:
         work_ctx.cleanup()
     return 0

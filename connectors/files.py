@@ -19,8 +19,6 @@ file cannot stop a run. Only mistakes in the *call* (a missing path, an unknown 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bz2
 import copy
 import gzip
@@ -37,6 +35,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.json_records import json_id, record_from_json
 from curator.batch import Positions, RawBatch, advance
 from curator.records import Position, Rejection
 
@@ -64,37 +63,6 @@ SUPPORTED = (
 
 class FileSourceError(ValueError):
     """The paths given to a FileSource cannot be read as asked; the message says which and why."""
-
-
-# --------------------------------------------------------------------------- JSON records
-
-
-def record_from_json(obj: Any) -> dict[str, Any]:
-    """A raw record from one decoded JSON value; shared by JSONL files and Kafka JSON messages.
-
-    JSON has no bytes, so images travel as base64 text in ``image`` (or ``image_b64``). Raises
-    ValueError with the reason when the value is not an object or the base64 is broken.
-    """
-    if not isinstance(obj, dict):
-        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(obj), type(obj).__name__)
-        raise ValueError(f"expected a JSON object with fields, got {kind}")
-    rec = dict(obj)
-    b64 = rec.pop("image_b64", None)
-    if b64 is not None and rec.get("image") is None:
-        rec["image"] = b64
-    img = rec.get("image")
-    if isinstance(img, str):
-        try:
-            rec["image"] = base64.b64decode(img, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("field 'image' is not valid base64 (images in JSON must be base64 text)") from None
-    return rec
-
-
-def _json_id(obj: Any) -> str | None:
-    if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) and not isinstance(obj.get("id"), bool):
-        return str(obj["id"])[:200]
-    return None
 
 
 # --------------------------------------------------------------------------- units
@@ -415,7 +383,7 @@ class FileSource:
                     try:
                         rec = record_from_json(obj)
                     except ValueError as exc:
-                        yield self._reject(unit, line_no, f"line {line_no + 1}: {exc}", _json_id(obj), line)
+                        yield self._reject(unit, line_no, f"line {line_no + 1}: {exc}", json_id(obj), line)
                         continue
                     yield rec, Position(unit.source, unit.partition, line_no)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -603,20 +571,9 @@ def class_names(source: FileSource) -> dict[str, list[str]]:
     return out
 
 
-def read_json_bytes(data: bytes) -> dict[str, Any]:
-    """Decode one JSON message/line into a raw record (ValueError with the reason when it is not one)."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
-    return record_from_json(obj)
-
-
 __all__ = [
     "FORMATS",
     "FileSource",
     "FileSourceError",
     "class_names",
-    "read_json_bytes",
-    "record_from_json",
 ]

@@ -9,12 +9,12 @@ not change what this job trains on), then starts a ``TorchTrainer`` with that ma
 workers (GPU when the cluster has one per worker, unless told otherwise). Each worker
 reads the snapshot with pyarrow -- all of it: the InfoBatch sampler picks samples by
 index, which a streaming Ray Data split cannot serve -- builds the task's dataset and
-model (curator.train_tasks), and trains with an ``InfoBatchSampler`` sharded by its
-rank (losses are all-gathered, so every rank prunes identically). After each epoch it
-reports accuracy, loss, samples kept/pruned, the achieved saving so far and the
-sampler's overhead, and rank 0 checkpoints model, optimizer and sampler state. A
-restarted worker group (``--max-failures``) resumes from the latest checkpoint and
-prunes as the uninterrupted run would have.
+model (curator.train), and trains with an ``InfoBatchSampler`` sharded by its rank
+(each rank keeps its own losses; the ranks exchange them once per epoch, so every rank
+prunes identically). After each epoch it reports accuracy, loss, samples kept/pruned,
+the achieved saving so far and the sampler's overhead, and rank 0 checkpoints model,
+optimizer and sampler state. A restarted worker group (``--max-failures``) resumes
+from the latest checkpoint and prunes as the uninterrupted run would have.
 
 Evaluation: ``--eval PATH`` (a Parquet file, a folder of them, or another run directory)
 or, by default, a deterministic held-out share of the curated set (``--eval-share``,
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from curator.train_tasks import (
+from curator.train import (
     TASK_COLUMNS,
     TASKS,
     EpochLoop,

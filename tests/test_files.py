@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.files import FileSource, FileSourceError, class_names, read_json_bytes
+from connectors.files import FileSource, FileSourceError, class_names
+from connectors.json_records import read_json_bytes
 from curator.batch import Positions, RawBatch, advance
 from curator.records import Position
 from curator.validate import validate_records
@@ -306,7 +307,7 @@ def test_ranges_read_apart_give_the_stream(tmp_path: Path, per_range: int) -> No
             got += list(src.only(unit).read_range(0, first, count, 2))
         assert all(0 < len(b) <= 2 for b in got)
         assert items(got) == items(drain(FileSource(src.sources), 3, start)), cut
-    cut_once = {u.kind for u, (_, _, c) in zip(src.units, src.ranges({}, 10**9)) if c is not None}
+    cut_once = {u.kind for u, (_, _, c) in zip(src.units, src.ranges({}, 10**9), strict=True) if c is not None}
     assert cut_once == {"parquet", "images"}  # the kinds whose length is known without reading them
     assert src.snapshot() == read_to
 

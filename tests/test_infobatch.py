@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from curator.infobatch import (
+from curator.train import (
     MULTI_BAND,
     IndexedCollate,
     IndexedDataset,
@@ -292,12 +292,53 @@ def test_step_records_raw_losses_and_returns_weighted_mean() -> None:
     assert np.allclose(s.scores()[idx.numpy()], [1.0, 2.0, 3.0])  # raw, not weighted
 
 
+@pytest.mark.parametrize("batch", [64, 45, 7])
+def test_step_gradient_is_bit_for_bit_that_of_the_weighted_mean(batch: int) -> None:
+    rng = np.random.default_rng(batch)
+    s = _scored(rng.exponential(1.0, 300).astype(np.float32), num_epochs=3, prune_ratio=0.3, seed=1)
+    s.set_epoch(1)
+    idx = torch.tensor(list(s)[:batch])
+    x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(batch))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss = s.step(idx, (a ** 2).sum(1))
+    ref = ((b ** 2).sum(1) * s.weights(idx)).mean()  # the textbook form
+    loss.backward()
+    ref.backward()
+    assert set(s.weights(idx).tolist()) == {1.0, np.float32(1 / 0.7)}  # a batch with both weights
+    assert torch.equal(a.grad, b.grad)  # the same updates, so the same training run
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_step_accepts_other_index_and_loss_types() -> None:
+    s = _scored(np.linspace(0.1, 5.0, 20, dtype=np.float32), num_epochs=3, shuffle=False)
+    s.set_epoch(1)
+    kept = s.kept_indices()[:4]
+    expect = float((torch.arange(1.0, 5.0) * s.weights(kept)).mean())
+    strided = torch.from_numpy(np.repeat(kept, 2))[::2]  # not contiguous
+    for indices in (kept, kept.tolist(), torch.from_numpy(kept).int(), strided):
+        assert s.step(indices, torch.arange(1.0, 5.0)).item() == pytest.approx(expect)
+    loss64 = s.step(torch.from_numpy(kept), torch.arange(1.0, 5.0, dtype=torch.float64))
+    assert loss64.dtype == torch.float64 and loss64.item() == pytest.approx(expect)
+    assert np.allclose(s.scores()[kept], [1.0, 2.0, 3.0, 4.0])  # the last record of each sample
+
+
+def test_indices_modified_in_place_before_they_are_applied_are_an_error() -> None:
+    s = InfoBatchSampler(10, 3)
+    s.set_epoch(0)
+    buf = torch.tensor([0, 1, 2])
+    s.step(buf, torch.tensor([1.0, 2.0, 3.0]))
+    buf.copy_(torch.tensor([3, 4, 5]))  # a reused index buffer: the recorded step would now read 3, 4, 5
+    with pytest.raises(RuntimeError, match="modified in place"):
+        s.set_epoch(1)
+    assert not s.scores().any()  # nothing was attributed to the wrong samples
+
+
 def test_nonfinite_losses_are_skipped_with_a_warning() -> None:
     s = InfoBatchSampler(4, 3)
     s.update([0, 1, 2, 3], torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    with pytest.warns(UserWarning, match="non-finite"):
-        s.update([0, 1], torch.tensor([float("nan"), float("inf")]))
-    assert s.scores().tolist() == [1.0, 2.0, 3.0, 4.0]
+    s.update([0, 1], torch.tensor([float("nan"), float("inf")]))
+    with pytest.warns(UserWarning, match="non-finite"):  # when the recorded losses are applied
+        assert s.scores().tolist() == [1.0, 2.0, 3.0, 4.0]
     assert s.stats().nonfinite_losses_skipped == 2
 
 
@@ -449,37 +490,142 @@ def test_indexed_dataset_with_default_collate_and_batched_fetch() -> None:
 BIG = 2**24 + 5  # beyond float32's exact integers
 
 
+def _rank_losses(idx: np.ndarray, epoch: int, step: int, rank: int) -> torch.Tensor:
+    """Losses that differ by step and rank (so the order records apply in matters), with a few non-finite."""
+    out = _losses(idx, epoch) + 1e-3 * step + 1e-4 * rank
+    if (epoch, step, rank) == (1, 0, 1):
+        out[0] = float("nan")
+    if (epoch, step, rank) == (3, 1, 0):
+        out[-1] = float("inf")
+    return out
+
+
+def _per_step_gather(ref: np.ndarray, idx: np.ndarray, losses: torch.Tensor) -> int:
+    """The old per-step exchange, as a reference: all-gather (index, loss) and apply in rank order."""
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(2)]
+    torch.distributed.all_gather(sizes, torch.tensor([idx.size]))
+    m = int(max(sizes))
+    pad_i, pad_l = torch.zeros(m, dtype=torch.int64), torch.zeros(m)
+    pad_i[: idx.size], pad_l[: idx.size] = torch.from_numpy(idx), losses
+    every_i, every_l = [torch.empty_like(pad_i) for _ in range(2)], [torch.empty_like(pad_l) for _ in range(2)]
+    torch.distributed.all_gather(every_i, pad_i)
+    torch.distributed.all_gather(every_l, pad_l)
+    gi = torch.cat([t[: int(n)] for t, n in zip(every_i, sizes, strict=True)]).numpy()
+    gl = torch.cat([t[: int(n)] for t, n in zip(every_l, sizes, strict=True)]).numpy()
+    ok = np.isfinite(gl)
+    ref[gi[ok]] = gl[ok]
+    return int((~ok).sum())
+
+
+def _train(s: InfoBatchSampler, rank: int, epochs: range, first_step: int = 0,
+           on_step: object = None) -> list[dict]:
+    out = []
+    for e in epochs:
+        s.set_epoch(e)
+        mine = list(s)
+        out.append({"kept": s.kept_indices().tolist(), "mine": mine, "len": len(s),
+                    "weights": s.weights(np.arange(s.num_samples)).numpy().copy()})
+        for step, start in enumerate(range(0, len(mine), 8)):  # each rank only sees its own share
+            if e == epochs[0] and step < first_step:
+                continue
+            idx = np.array(mine[start:start + 8])
+            losses = _rank_losses(idx, e, step, rank)
+            s.step(torch.from_numpy(idx), losses)
+            if on_step is not None:
+                on_step(e, step, idx, losses)  # type: ignore[operator]
+        s.sync()  # the epoch's one exchange (set_epoch would make it otherwise)
+        out[-1]["scores"] = s.scores()
+    return out
+
+
 def _dist_worker(rank: int, tmp: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=2)
     try:
         s = InfoBatchSampler(103, num_epochs=6, seed=7)  # num_replicas and rank from torch.distributed
         assert (s.num_replicas, s.rank) == (2, rank)
-        epochs = []
-        for e in range(6):
-            s.set_epoch(e)
-            mine = list(s)
-            epochs.append({"kept": s.kept_indices().tolist(), "mine": mine, "len": len(s),
-                           "weights": s.weights(np.arange(103)).numpy().copy()})
-            for start in range(0, len(mine), 8):  # each rank only sees its own share
-                idx = np.array(mine[start:start + 8])
-                s.step(torch.from_numpy(idx), _losses(idx, e))
+        ref = np.zeros(103, dtype=np.float32)
+        skipped = [0]
+
+        def on_step(e: int, step: int, idx: np.ndarray, losses: torch.Tensor) -> None:
+            skipped[0] += _per_step_gather(ref, idx, losses)
+            if (e, step) == (2, 3):  # a mid-epoch checkpoint: exchange first, then rank 0 saves
+                s.sync()
+                if rank == 0:
+                    torch.save(s.state_dict(), f"{tmp}/mid.pt")
+
+        epochs = _train(s, rank, range(6), on_step=on_step)
+        stats = s.stats()
+
+        # one sample recorded by both ranks: rank 1 at step 0, rank 0 at step 1 (rank 0's is the later
+        # one, though rank 0 comes first); another by both in the same step (rank 1's is the later one)
+        order, order_ref = InfoBatchSampler(10, 2), np.zeros(10, dtype=np.float32)
+        for step, per_rank in enumerate([([6], [5]), ([5], [7]), ([8], [8])]):
+            idx, losses = np.array(per_rank[rank]), torch.tensor([1.0 + 2 * step + rank])
+            order.step(torch.from_numpy(idx), losses)
+            _per_step_gather(order_ref, idx, losses)
+        order.sync()
+
+        # resumed from the mid-epoch checkpoint on both ranks: the rest of epoch 2, then epochs 3-5
+        torch.distributed.barrier()
+        resumed = InfoBatchSampler(103, num_epochs=6, seed=7)
+        resumed.load_state_dict(torch.load(f"{tmp}/mid.pt", weights_only=True))
+        rest = _train(resumed, rank, range(2, 6), first_step=4)
+
+        # collectives the sampler makes: one check at the first draw, none per step, one at the epoch end
+        gathers, real_all_gather = [0], torch.distributed.all_gather
+
+        def counting_all_gather(*args: object, **kwargs: object) -> object:
+            gathers[0] += 1
+            return real_all_gather(*args, **kwargs)  # type: ignore[arg-type]
+
+        torch.distributed.all_gather = counting_all_gather  # type: ignore[assignment]
+        counted = InfoBatchSampler(103, num_epochs=6, seed=7)
+        collectives = []
+
+        def count(call: object) -> None:
+            before = gathers[0]
+            call()  # type: ignore[operator]
+            collectives.append(gathers[0] - before)
+
+        def steps() -> None:
+            mine = list(counted)
+            for start in range(0, len(mine), 8):
+                batch = torch.tensor(mine[start:start + 8])
+                counted.step(batch, torch.rand(len(batch)))
+
+        for call in (lambda: counted.set_epoch(0), steps, counted.sync, lambda: counted.set_epoch(1)):
+            count(call)
+        torch.distributed.all_gather = real_all_gather
+
+        pending = ""
+        try:
+            resumed.step(torch.tensor([rank]), torch.tensor([1.0]))
+            resumed.state_dict()
+        except RuntimeError as err:
+            pending = str(err)
+        resumed.sync()
+        resumed.state_dict()  # fine once exchanged
+
         big = InfoBatchSampler(BIG, 2)
         idx = [BIG - 4] if rank == 0 else [BIG - 3, BIG - 2]  # unequal batch sizes across ranks
         big.update(idx, torch.tensor([7.0] if rank == 0 else [8.0, 9.0]))
+        big.sync()
         tail = big.scores()[BIG - 5:].tolist()
         mismatch = ""
         try:
             InfoBatchSampler(10, 3, seed=rank).set_epoch(1)
         except RuntimeError as err:
             mismatch = str(err)
-        torch.save({"epochs": epochs, "scores": s.scores(), "tail": tail, "mismatch": mismatch},
-                   f"{tmp}/rank{rank}.pt")
+        torch.save({"epochs": epochs, "ref": ref, "skipped": skipped[0], "stats": stats, "rest": rest,
+                    "order": order.scores(), "order_ref": order_ref, "collectives": collectives,
+                    "pending": pending, "tail": tail,
+                    "mismatch": mismatch}, f"{tmp}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_ranks_prune_identically_and_share_scores(tmp_path: Path) -> None:
+def test_two_gloo_ranks_prune_identically_and_share_scores_once_per_epoch(tmp_path: Path) -> None:
     mp.spawn(_dist_worker, args=(str(tmp_path),), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for e, (a, b) in enumerate(zip(r0["epochs"], r1["epochs"], strict=True)):
@@ -489,7 +635,20 @@ def test_two_gloo_ranks_prune_identically_and_share_scores(tmp_path: Path) -> No
         assert set(a["mine"]) | set(b["mine"]) == set(a["kept"])
         assert len(set(a["mine"]) & set(b["mine"])) <= 1  # at most the one padding repeat
         assert (len(a["kept"]) < 103) == (1 <= e < 5)  # C=6, delta=0.875: epochs 1-4 prune, 5 anneals
-    assert np.array_equal(r0["scores"], r1["scores"])  # gathered: each rank saw only its half
+        assert np.array_equal(a["scores"], b["scores"])  # exchanged: each rank saw only its half
+    # exactly the scores a per-step all-gather gives: the padded repeat's later loss wins, NaN/inf skipped
+    last = r0["epochs"][-1]["scores"]
+    assert np.array_equal(last, r0["ref"]) and np.array_equal(last, r1["ref"])
+    assert r0["order"].tolist() == r1["order"].tolist() == r0["order_ref"].tolist() == [0, 0, 0, 0, 0, 3, 1, 4, 6, 0]
+    assert r0["skipped"] == r1["skipped"] == 2
+    assert r0["stats"].nonfinite_losses_skipped == r1["stats"].nonfinite_losses_skipped == 2
+    # resumed mid-epoch from rank 0's checkpoint: the same draws and scores as the uninterrupted job
+    for rank_out in (r0, r1):
+        for a, b in zip(rank_out["epochs"][2:], rank_out["rest"], strict=True):
+            assert a["kept"] == b["kept"] and a["mine"] == b["mine"]
+            assert np.array_equal(a["weights"], b["weights"]) and np.array_equal(a["scores"], b["scores"])
+    assert r0["collectives"] == r1["collectives"] == [1, 0, 1, 0]
+    assert "call sampler.sync() on every rank" in r0["pending"] and "sync()" in r1["pending"]
     assert r0["tail"] == r1["tail"] == [0.0, 7.0, 8.0, 9.0, 0.0]  # int64 indices: exact above 2**24
     assert "differ across ranks" in r0["mismatch"] and "differ across ranks" in r1["mismatch"]
 
@@ -536,6 +695,11 @@ def test_step_errors_are_clear() -> None:
         s.update(torch.tensor([1.0, 2.0]), torch.ones(2))
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         s.update([3, 10], torch.ones(2))
+    for bad in ([3, 10], [-1, 2]):  # the loader's int64 tensors take the fast path: still checked
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            s.step(torch.tensor(bad), torch.ones(2))
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            s.update(torch.tensor(bad), torch.ones(2))
     with pytest.raises(ValueError, match="1-D"):
         s.step(torch.tensor([1, 2]), torch.ones(2, 4))
     with pytest.raises(ValueError, match="2 losses for 3 indices"):

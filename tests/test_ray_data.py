@@ -45,7 +45,7 @@ def _assert_same(a_dir: Path, b_dir: Path) -> None:
             continue
         x, y = a.column(col).to_pylist(), b.column(col).to_pylist()
         if pa.types.is_floating(a.schema.field(col).type):
-            assert all((p is None) == (q is None) and (p is None or abs(p - q) <= 1e-5) for p, q in zip(x, y)), col
+            assert all((p is None) == (q is None) and (p is None or abs(p - q) <= 1e-5) for p, q in zip(x, y, strict=True)), col
         else:
             assert x == y, col
     assert sorted(read_table(a_dir, "kept").column("id").to_pylist()) == \

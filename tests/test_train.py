@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from curator.demo_data import demo_config, write_demo_inputs
-from curator.train_tasks import (
+from curator.train import (
     TASK_COLUMNS,
     EpochLoop,
     TrainSettings,

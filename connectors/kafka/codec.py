@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.files import record_from_json
+from connectors.json_records import record_from_json
 from curator.batch import RawBatch
 from curator.records import Position, Rejection
 

@@ -17,12 +17,15 @@ to the data, and the training step hands them back with the per-sample losses::
             losses = F.cross_entropy(model(x), y, reduction="none")
             loss = sampler.step(indices, losses)       # records raw losses, returns the weighted mean
             opt.zero_grad(); loss.backward(); opt.step()
+        sampler.sync()                                 # the epoch's losses applied (exchanged across ranks)
 
 Because the indices travel inside each batch, losses land on the right samples with
 wrapped datasets (``Subset``), custom collate functions and prefetching workers. The
 pruning draw comes from the sampler's own generator seeded by ``(seed, epoch)``: every
 rank makes the same draw, nothing global is reseeded, and ``state_dict()`` resumes a job
-so that it prunes exactly as the uninterrupted one would have.
+so that it prunes exactly as the uninterrupted one would have. A step costs two small
+tensor ops and no collective: losses are kept per rank and applied, or exchanged between
+ranks, once per epoch (``scores.py``).
 """
 
 from __future__ import annotations
@@ -30,39 +33,33 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Sampler
 
-__all__ = [
-    "MULTI_BAND",
-    "IndexedCollate",
-    "IndexedDataset",
-    "InfoBatchSampler",
-    "InfoBatchStats",
-    "indexed_loader",
-]
+from curator.train.dist import collective_device, world_size
+from curator.train.rule import (
+    MAX_PRUNE_RATIO,
+    Plan,
+    as_float,
+    check_bands,
+    draw_plan,
+    effective_scores,
+    floor_exact,
+    mid_ranks,
+    prunable_groups,
+)
+from curator.train.scores import ScoreTable
 
-#: The paper's multi-band variant: keep 25% below the 20th score percentile, 50% between
-#: the 20th and 85th, everything above.
-MULTI_BAND: tuple[tuple[float, float], ...] = ((0.2, 0.25), (0.85, 0.5))
-
-#: The paper clamps r here: beyond it the 1/(1-r) weights make the gradient too noisy.
-MAX_PRUNE_RATIO = 0.9
+__all__ = ["InfoBatchSampler", "InfoBatchStats"]
 
 _STATE_VERSION = 1
 
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
-
-
-def _floor(x: float) -> int:
-    """floor() that forgives binary rounding: 0.29 * 100 is 28.999999999999996, 29 was meant."""
-    return math.floor(x + 1e-9 * max(1.0, abs(x)))
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -72,49 +69,6 @@ def _as_int(name: str, value: Any) -> int:
         return int(value.__index__())
     except AttributeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
-def _dist_world() -> int:
-    """World size of the default process group, or 1 when torch.distributed is not in use."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
-def _dist_device(hint: torch.Tensor | None = None) -> torch.device:
-    """NCCL only moves CUDA tensors; every other backend is happy on the CPU."""
-    if torch.distributed.get_backend() == "nccl":
-        if hint is not None and hint.is_cuda:
-            return hint.device
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """all_gather of tensors (rows x n) whose n differs by rank (the last batch may be short).
-
-    Two collectives: the sizes, then the padded data, concatenated along the last axis.
-    """
-    world = torch.distributed.get_world_size()
-    t = t.to(device)
-    n = torch.tensor([t.shape[-1]], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
-    padded = torch.zeros((*t.shape[:-1], m), dtype=t.dtype, device=device)
-    padded[..., : t.shape[-1]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(out, padded)
-    return torch.cat([o[..., : int(s)] for o, s in zip(out, sizes, strict=True)], dim=-1).cpu()
 
 
 @dataclass(frozen=True)
@@ -134,15 +88,6 @@ class InfoBatchStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Plan:
-    """One epoch's pruning draw, made once in set_epoch and never redrawn on access."""
-
-    epoch: int
-    order: np.ndarray  # int64, the kept indices in visiting order, identical on every rank
-    weights: np.ndarray  # float32 [N]: loss weight of each sample this epoch (1 unless kept from a pruned band)
 
 
 class InfoBatchSampler(Sampler[int]):
@@ -174,6 +119,10 @@ class InfoBatchSampler(Sampler[int]):
     Call ``set_epoch(epoch)`` at the start of every epoch (collectively on all ranks under
     torch.distributed): it makes the epoch's single pruning draw, after which ``len(self)``
     and ``len(loader)`` are exact.
+
+    Losses are recorded without a collective: each rank keeps the (index, loss) pairs of
+    its own steps, and ``set_epoch`` (or ``sync()``, e.g. at the end of an epoch, before
+    rank 0 checkpoints) exchanges them once, with the result a per-step all-gather gives.
     """
 
     def __init__(
@@ -198,7 +147,7 @@ class InfoBatchSampler(Sampler[int]):
         self.num_epochs = _as_int("num_epochs", num_epochs)
         if self.num_epochs <= 0:
             raise ValueError(f"num_epochs must be positive, got {self.num_epochs}")
-        self.delta = _as_float("delta", delta)
+        self.delta = as_float("delta", delta)
         if not 0.0 <= self.delta <= 1.0:
             raise ValueError(f"delta must be in [0, 1] (share of epochs that prune), got {self.delta}")
         self.seed = _as_int("seed", seed)
@@ -210,9 +159,9 @@ class InfoBatchSampler(Sampler[int]):
         self.bands: tuple[tuple[float, float], ...] | None = None
         self.prune_ratio = 0.0
         if bands is not None:
-            self.bands = self._check_bands(bands)
+            self.bands = check_bands(bands)
         else:
-            r = 0.5 if prune_ratio is None else _as_float("prune_ratio", prune_ratio)
+            r = 0.5 if prune_ratio is None else as_float("prune_ratio", prune_ratio)
             if not 0.0 <= r <= 1.0:
                 raise ValueError(f"prune_ratio must be in [0, 1] (above 0.9 it is clamped to 0.9), got {r}")
             if r > MAX_PRUNE_RATIO:
@@ -221,7 +170,7 @@ class InfoBatchSampler(Sampler[int]):
                 r = MAX_PRUNE_RATIO
             self.prune_ratio = r
 
-        world = _dist_world()
+        world = world_size()
         self.num_replicas = world if num_replicas is None else _as_int("num_replicas", num_replicas)
         if self.num_replicas <= 0:
             raise ValueError(f"num_replicas must be positive, got {self.num_replicas}")
@@ -234,8 +183,7 @@ class InfoBatchSampler(Sampler[int]):
         self.drop_last = bool(drop_last)
 
         n = self.num_samples
-        self._scores = np.zeros(n, dtype=np.float32)  # latest raw loss of each sample
-        self._seen = np.zeros(n, dtype=bool)  # has a real loss been recorded?
+        self._table = ScoreTable(n)
         self._initial_q: np.ndarray | None = None
         self._initial: np.ndarray | None = None
         if initial_scores is not None:
@@ -247,55 +195,20 @@ class InfoBatchSampler(Sampler[int]):
             if not np.isfinite(init).all():
                 raise ValueError("initial_scores must be finite (fill missing gains before passing them)")
             self._initial = init.astype(np.float32)
-            self._initial_q = self._mid_ranks(init)
+            self._initial_q = mid_ranks(init)
         self._pruned = np.full(self.num_epochs, -1, dtype=np.int64)  # per planned epoch; -1 = not planned
-        self._nonfinite = 0
         self._epoch = 0
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
         self._updates_in_plan = 0
         self._iterated_plan: int | None = None
         self._warned_reiter = False
-        self._warned_nonfinite = False
+        self._closed = False  # sync() has exchanged every rank's losses since the last draw
 
     # ----------------------------------------------------------------- configuration
-    @staticmethod
-    def _check_bands(bands: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-        out: list[tuple[float, float]] = []
-        try:
-            pairs = [tuple(b) for b in bands]
-        except TypeError:
-            raise TypeError("bands must be a sequence of (quantile, keep_fraction) pairs") from None
-        if not pairs:
-            raise ValueError("bands must name at least one (quantile, keep_fraction) pair")
-        prev = 0.0
-        for pair in pairs:
-            if len(pair) != 2:
-                raise ValueError(f"each band must be a (quantile, keep_fraction) pair, got {pair!r}")
-            q = _as_float("band quantile", pair[0])
-            f = _as_float("band keep_fraction", pair[1])
-            if not prev < q <= 1.0:
-                raise ValueError(f"band quantiles must increase strictly within (0, 1], got {q} after {prev}")
-            if not 0.0 < f <= 1.0:
-                raise ValueError(f"band keep_fraction must be in (0, 1], got {f}")
-            if f < 1.0 - MAX_PRUNE_RATIO:
-                warnings.warn(f"band keep_fraction={f} clamped to {1.0 - MAX_PRUNE_RATIO:.2f} "
-                              "(the same limit as prune_ratio <= 0.9)", UserWarning, stacklevel=3)
-                f = 1.0 - MAX_PRUNE_RATIO
-            out.append((q, f))
-            prev = q
-        return tuple(out)
-
-    @staticmethod
-    def _mid_ranks(x: np.ndarray) -> np.ndarray:
-        """Quantile of each value in its own distribution, ties sharing their mid rank."""
-        _, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
-        mid = np.cumsum(cnt) - cnt / 2.0
-        return (mid[inv.reshape(-1)] / x.size).astype(np.float64)
-
     @property
     def pruning_epochs(self) -> int:
         """floor(delta * C): epochs below this prune, the rest anneal on full data."""
-        return min(self.num_epochs, _floor(self.delta * self.num_epochs))
+        return min(self.num_epochs, floor_exact(self.delta * self.num_epochs))
 
     @property
     def epoch(self) -> int:
@@ -305,76 +218,81 @@ class InfoBatchSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Make this epoch's pruning draw (once: calling it again for the same epoch keeps it).
 
-        Under torch.distributed this is collective: ranks check that their score tables
-        agree, since identical tables and seeds are what make every rank draw the same plan.
+        Under torch.distributed this is collective: ranks exchange the losses recorded since
+        the last exchange and check that their score tables, seeds, settings and epochs
+        agree, since those are what make every rank draw the same plan.
         """
         epoch = _as_int("epoch", epoch)
         if not 0 <= epoch < self.num_epochs:
             raise ValueError(f"epoch must be in [0, num_epochs={self.num_epochs}), got {epoch}")
         if self._plan is not None and self._plan.epoch == epoch and self._epoch == epoch:
             return
-        self._check_ranks_agree()
+        agreed = self._closed and not self._table.pending and self._exchanges()
+        if not agreed:  # (right after sync(), with nothing recorded since, the ranks agree already)
+            self._sync(epoch)
         self._epoch = epoch
         self._plan = self._draw(epoch)
 
-    def _current_plan(self) -> _Plan:
+    def sync(self) -> None:
+        """Bring the score table up to date with every loss recorded so far.
+
+        Under torch.distributed this is collective (call it on every rank): the exchange of
+        the ranks' recorded losses that ``set_epoch`` otherwise makes. At the end of an
+        epoch, where the ranks are in step, it spares the next ``set_epoch`` a collective;
+        before ``state_dict()`` on a checkpointing rank it is required. Steps between
+        ``sync()`` and ``set_epoch`` must be made on every rank or on none, as with any
+        collective. In one process it only applies the recorded losses.
+        """
+        self._sync(self._epoch)
+        self._closed = True
+
+    def _exchanges(self) -> bool:
+        """Are losses shared with other ranks? (num_replicas > 1 and torch.distributed matches)"""
+        if self.num_replicas == 1:
+            return False
+        world = world_size()
+        if world == 1:
+            return False
+        if world != self.num_replicas:
+            raise RuntimeError(f"InfoBatchSampler(num_replicas={self.num_replicas}) but the "
+                               f"torch.distributed world size is {world}")
+        return True
+
+    def _sync(self, epoch: int) -> None:
+        if not self._exchanges():
+            self._table.flush()
+            return
+        # records travel with the check in one collective when they fit this rank's share of the epoch
+        capacity = 0 if self._plan is None else self._rank_length(self._plan.order.size)
+        if not self._table.exchange([self.seed, epoch, self._settings_crc()], collective_device(), capacity):
+            raise RuntimeError("InfoBatchSampler score tables, seeds, settings or epochs differ across ranks, so "
+                               "ranks would prune differently: call set_epoch(epoch) with the same epoch on every "
+                               "rank with torch.distributed initialised, and give every rank the same settings, "
+                               "seed and initial_scores")
+
+    def _settings_crc(self) -> int:
+        settings = (self.num_samples, self.num_epochs, self.prune_ratio, self.delta, self.bands, self.shuffle,
+                    self.drop_last)
+        return zlib.crc32(repr(settings).encode())
+
+    def _current_plan(self) -> Plan:
         if self._plan is None or self._plan.epoch != self._epoch:
+            self._up_to_date()
             self._plan = self._draw(self._epoch)
         return self._plan
 
-    def _effective_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """Scores the rule sees, and which samples may be pruned at all."""
-        if self._initial_q is None:
-            return self._scores, self._seen  # untrained samples: unknown, so always kept
-        if not self._seen.any():
-            return self._initial, np.ones(self.num_samples, dtype=bool)  # type: ignore[return-value]
-        eff = self._scores.copy()
-        unseen = ~self._seen
-        if unseen.any():
-            # place an untrained sample at its initial-score quantile of the observed losses
-            eff[unseen] = np.quantile(self._scores[self._seen], self._initial_q[unseen])
-        return eff, np.ones(self.num_samples, dtype=bool)
-
-    def _groups(self, eff: np.ndarray, eligible: np.ndarray) -> list[tuple[np.ndarray, float]]:
-        """(members, keep_fraction) of each prunable group under the configured rule."""
-        if not eligible.any():
-            return []
-        if self.bands is None:
-            if self.prune_ratio <= 0.0:
-                return []
-            thr = eff[eligible].mean(dtype=np.float64)  # stale scores included, as published
-            return [(np.flatnonzero(eligible & (eff < thr)), 1.0 - self.prune_ratio)]
-        qs = np.quantile(eff[eligible].astype(np.float64), [q for q, _ in self.bands])
-        groups = []
-        lo = -np.inf
-        for hi, (_, f) in zip(qs, self.bands, strict=True):
-            groups.append((np.flatnonzero(eligible & (eff >= lo) & (eff < hi)), f))
-            lo = hi
-        return groups
-
-    def _draw(self, epoch: int) -> _Plan:
-        n = self.num_samples
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        weights = np.ones(n, dtype=np.float32)  # fresh every epoch: weights never leak across epochs
-        keep = np.ones(n, dtype=bool)
+    def _draw(self, epoch: int) -> Plan:
+        prunable = []
         if epoch < self.pruning_epochs:
-            eff, eligible = self._effective_scores()
-            for members, frac in self._groups(eff, eligible):
-                k = _floor(frac * members.size)
-                if k >= members.size:
-                    continue
-                kept = members[rng.choice(members.size, size=k, replace=False)]
-                keep[members] = False
-                keep[kept] = True
-                weights[kept] = np.float32(1.0 / frac)
-        order = np.flatnonzero(keep).astype(np.int64)
-        if self.shuffle:
-            order = rng.permutation(order)
+            eff, eligible = effective_scores(self._table.scores, self._table.seen, self._initial, self._initial_q)
+            prunable = prunable_groups(eff, eligible, self.prune_ratio, self.bands)
+        plan = draw_plan(epoch, self.num_samples, self.seed, prunable, self.shuffle)
         if 0 <= epoch < self.num_epochs:
-            self._pruned[epoch] = n - order.size
+            self._pruned[epoch] = self.num_samples - plan.order.size
         self._updates_in_plan = 0
         self._iterated_plan = None
-        return _Plan(epoch=epoch, order=order, weights=weights)
+        self._closed = False
+        return plan
 
     def _rank_indices(self, order: np.ndarray) -> np.ndarray:
         """This rank's share, like DistributedSampler: pad (or drop) to a multiple of R, stride by R."""
@@ -390,8 +308,11 @@ class InfoBatchSampler(Sampler[int]):
 
     def __len__(self) -> int:
         """This rank's number of indices for the current epoch: exact before iteration starts."""
-        k, r = self._current_plan().order.size, self.num_replicas
-        return k // r if self.drop_last else math.ceil(k / r)
+        return self._rank_length(self._current_plan().order.size)
+
+    def _rank_length(self, kept: int) -> int:
+        r = self.num_replicas
+        return kept // r if self.drop_last else math.ceil(kept / r)
 
     def __iter__(self) -> Iterator[int]:
         plan = self._current_plan()
@@ -429,19 +350,45 @@ class InfoBatchSampler(Sampler[int]):
             raise IndexError(f"indices must be in [0, {self.num_samples}); got {idx.min()}..{idx.max()}")
         return idx
 
+    def _index_tensor(self, indices: IndexLike) -> torch.Tensor:
+        """The indices as an int64 CPU tensor: a loader's index batch passes through as it is.
+
+        Its range is checked by the weight lookup; anything else is validated and copied.
+        """
+        if type(indices) is torch.Tensor and indices.dtype is torch.int64 and indices.is_cpu and indices.ndim == 1:
+            return indices
+        return torch.from_numpy(self._indices(indices).copy())
+
     def weights(self, indices: IndexLike, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Loss weight of each sample this epoch: 1/(1-r) if kept from the pruned set, else 1."""
-        return self._weights(self._indices(indices), device, dtype)
-
-    def _weights(self, idx: np.ndarray, device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
-        w = torch.from_numpy(self._current_plan().weights[idx])
+        w = torch.from_numpy(self._current_plan().weights[self._indices(indices)])
         return w.to(device=device, dtype=dtype)
 
     def weighted_mean(self, losses: torch.Tensor, indices: IndexLike) -> torch.Tensor:
         """The batch loss: per-sample losses times their weights, averaged over the batch size."""
-        losses = self._check_losses(losses, indices)
-        return (losses * self._weights(self._indices(indices), losses.device, losses.dtype)).mean()
+        return self._weighted(self._index_tensor(indices), losses)
+
+    def _weighted(self, idx: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """mean(losses * weights) as one dot product. The per-step hot path: it does the work
+        first and only when that fails works out what was wrong with the input."""
+        plan = self._plan
+        if plan is None or plan.epoch != self._epoch:
+            plan = self._current_plan()
+        try:
+            b = len(idx)
+            if b == 0 or len(losses) != b:
+                raise ValueError("empty or mismatched batch")
+            w = plan.scaled_weights(b).index_select(0, idx)  # also the range check: it raises outside [0, N)
+            if not (losses.is_cpu and losses.dtype is torch.float32):
+                w = w.to(device=losses.device, dtype=losses.dtype, non_blocking=True)
+            return torch.dot(losses, w)
+        except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+            self._check_losses(losses, idx)
+            self._indices(idx)  # raises for a wrong shape or range
+            if len(idx) == 0:
+                return losses.mean()  # an empty batch: NaN, the mean of nothing
+            raise
 
     @staticmethod
     def _check_losses(losses: torch.Tensor, indices: IndexLike) -> torch.Tensor:
@@ -457,54 +404,45 @@ class InfoBatchSampler(Sampler[int]):
     def update(self, indices: IndexLike, losses: torch.Tensor | np.ndarray | Sequence[float]) -> None:
         """Record raw (unweighted) losses as the samples' new scores.
 
-        Under torch.distributed every rank's indices (int64, exact at any dataset size) and
-        losses (float32) are all-gathered, so every rank keeps the same score table.
-        Non-finite losses (e.g. an fp16 overflow step) are skipped: the sample keeps its score.
+        They are applied to the score table in bulk when it is next read: at ``set_epoch``,
+        ``sync()``, ``scores()``, ``stats()`` or ``state_dict()`` -- under torch.distributed
+        only at ``set_epoch`` and ``sync()``, which exchange every rank's records (indices as
+        int64, exact at any dataset size; losses as float32), so every rank keeps the same
+        table. Non-finite losses (e.g. an fp16 overflow step) are skipped then, with a
+        warning: the sample keeps its score.
         """
-        self._update(self._indices(indices), losses)
-
-    def _update(self, idx: np.ndarray, losses: torch.Tensor | np.ndarray | Sequence[float]) -> None:
-        hint = losses if isinstance(losses, torch.Tensor) else None
+        idx = self._index_tensor(indices)
+        if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+            raise IndexError(f"indices must be in [0, {self.num_samples}); got {int(idx.min())}..{int(idx.max())}")
         loss_t = (losses.detach() if isinstance(losses, torch.Tensor)
-                  else torch.as_tensor(np.asarray(losses, dtype=np.float32)))
-        if loss_t.ndim != 1 or loss_t.shape[0] != idx.size:
+                  else torch.tensor(np.asarray(losses, dtype=np.float32)))
+        if loss_t.ndim != 1 or loss_t.shape[0] != idx.shape[0]:
             raise ValueError(f"losses must be 1-D with one value per index: got shape {tuple(loss_t.shape)} "
-                             f"for {idx.size} indices")
-        loss_t = loss_t.float()
-        world = _dist_world()
-        if self.num_replicas > 1 and world > 1:
-            if world != self.num_replicas:
-                raise RuntimeError(f"InfoBatchSampler(num_replicas={self.num_replicas}) but the "
-                                   f"torch.distributed world size is {world}")
-            device = _dist_device(hint)
-            # one int64 payload: indices (exact beyond 2**24) and the losses' float32 bits
-            bits = loss_t.cpu().contiguous().view(torch.int32).to(torch.int64)
-            both = _all_gather_cat(torch.stack([torch.from_numpy(idx), bits]), device)
-            idx = both[0].numpy()
-            vals = both[1].to(torch.int32).view(torch.float32).numpy()
-        else:
-            vals = loss_t.cpu().numpy()
-        ok = np.isfinite(vals)
-        if not ok.all():
-            self._nonfinite += int((~ok).sum())
-            if not self._warned_nonfinite:
-                warnings.warn("InfoBatchSampler.update got non-finite losses; those samples keep their "
-                              "previous score", UserWarning, stacklevel=2)
-                self._warned_nonfinite = True
-            idx, vals = idx[ok], vals[ok]
-        self._scores[idx] = vals
-        self._seen[idx] = True
+                             f"for {idx.shape[0]} indices")
+        self._table.record(idx, loss_t)
         self._updates_in_plan += 1
 
     def step(self, indices: IndexLike, losses: torch.Tensor) -> torch.Tensor:
-        """update() then weighted_mean(): the one call a training step needs."""
-        losses = self._check_losses(losses, indices)
-        idx = self._indices(indices)  # validated once for both halves
-        self._update(idx, losses)
-        return (losses * self._weights(idx, losses.device, losses.dtype)).mean()
+        """Record the raw losses and return the batch loss: the one call a training step needs.
+
+        No conversion, synchronisation or collective happens here: the step's indices and
+        (detached) losses are kept as they are until the epoch boundary, so do not modify
+        them in place afterwards (that is detected, as an error, when they are applied).
+        """
+        indices = self._index_tensor(indices)
+        loss = self._weighted(indices, losses)
+        self._table.record(indices, losses.detach())
+        self._updates_in_plan += 1
+        return loss
 
     # ----------------------------------------------------------------- accounting
+    def _up_to_date(self) -> None:
+        """Apply recorded losses before a read, where that needs no collective (one process)."""
+        if not self._exchanges():
+            self._table.flush()
+
     def stats(self) -> InfoBatchStats:
+        self._up_to_date()
         plan = self._current_plan()
         n, c = self.num_samples, self.num_epochs
         planned = self._pruned >= 0
@@ -522,32 +460,33 @@ class InfoBatchSampler(Sampler[int]):
             total_pruned=total,
             saving=total / (c * n),
             saving_projected=(total + remaining * per_epoch) / (c * n),
-            nonfinite_losses_skipped=self._nonfinite,
+            nonfinite_losses_skipped=self._table.nonfinite,
         )
 
     def scores(self) -> np.ndarray:
-        """The latest raw loss of each sample (a copy; 0 where none was recorded yet)."""
-        return self._scores.copy()
+        """The latest raw loss of each sample (a copy; 0 where none was recorded yet).
 
-    # ----------------------------------------------------------------- distributed consistency
-    def _check_ranks_agree(self) -> None:
-        world = _dist_world()
-        if not (self.num_replicas > 1 and world == self.num_replicas):
-            return
-        crc = zlib.crc32(self._scores.tobytes())
-        crc = zlib.crc32(self._seen.tobytes(), crc)
-        mine = torch.tensor([crc, self.seed], dtype=torch.int64, device=_dist_device())
-        every = [torch.zeros_like(mine) for _ in range(world)]
-        torch.distributed.all_gather(every, mine)
-        if any(not torch.equal(e, every[0]) for e in every):
-            raise RuntimeError("InfoBatchSampler score tables or seeds differ across ranks, so ranks would "
-                               "prune differently: call update() on every rank with torch.distributed "
-                               "initialised, and give every rank the same seed and initial_scores")
+        Under torch.distributed: as of the last exchange (``set_epoch`` or ``sync()``).
+        """
+        self._up_to_date()
+        return self._table.scores.copy()
 
     # ----------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed job needs to prune identically, as tensors (torch.save/load-safe)."""
+        """Everything a resumed job needs to prune identically, as tensors (torch.save/load-safe).
+
+        Under torch.distributed call ``sync()`` on every rank first (``EpochLoop`` does at
+        the end of each epoch): until then the other ranks' recent losses are theirs alone.
+        """
+        if self._exchanges():
+            if self._table.pending:
+                raise RuntimeError(f"InfoBatchSampler.state_dict() with {self._table.pending} steps' losses not yet "
+                                   "exchanged between ranks: call sampler.sync() on every rank first, so that "
+                                   "the checkpoint holds every rank's scores")
+        else:
+            self._table.flush()
         plan = self._plan
+        table = self._table
         return {
             "version": _STATE_VERSION,
             "num_samples": self.num_samples,
@@ -558,11 +497,11 @@ class InfoBatchSampler(Sampler[int]):
             "shuffle": self.shuffle,
             "seed": self.seed,
             "epoch": self._epoch,
-            "scores": torch.from_numpy(self._scores.copy()),
-            "seen": torch.from_numpy(self._seen.copy()),
+            "scores": torch.from_numpy(table.scores.copy()),
+            "seen": torch.from_numpy(table.seen.copy()),
             "initial": None if self._initial is None else torch.from_numpy(self._initial.copy()),
             "pruned": torch.from_numpy(self._pruned.copy()),
-            "nonfinite": self._nonfinite,
+            "nonfinite": table.nonfinite,
             # the current epoch's draw, so a job resumed mid-epoch visits the same samples
             "plan_epoch": -1 if plan is None else plan.epoch,
             "plan_order": None if plan is None else torch.from_numpy(plan.order.copy()),
@@ -590,80 +529,21 @@ class InfoBatchSampler(Sampler[int]):
                                  + "; pass strict=False to keep this sampler's settings")
         self.seed = int(state["seed"])
         self._epoch = int(state["epoch"])
-        self._scores = state["scores"].numpy().astype(np.float32, copy=True)
-        self._seen = state["seen"].numpy().astype(bool, copy=True)
+        self._table.load(state["scores"].numpy(), state["seen"].numpy(), int(state["nonfinite"]))
         if state["initial"] is None:
             self._initial = self._initial_q = None
         else:
             self._initial = state["initial"].numpy().astype(np.float32, copy=True)
-            self._initial_q = self._mid_ranks(self._initial.astype(np.float64))
+            self._initial_q = mid_ranks(self._initial.astype(np.float64))
         pruned = state["pruned"].numpy().astype(np.int64, copy=True)
         self._pruned = np.full(self.num_epochs, -1, dtype=np.int64)
         m = min(pruned.size, self.num_epochs)
         self._pruned[:m] = pruned[:m]
-        self._nonfinite = int(state["nonfinite"])
         self._plan = None
         if state["plan_order"] is not None and int(state["plan_epoch"]) == self._epoch:
-            self._plan = _Plan(epoch=self._epoch,
+            self._plan = Plan(epoch=self._epoch,
                                order=state["plan_order"].numpy().astype(np.int64, copy=True),
                                weights=state["plan_weights"].numpy().astype(np.float32, copy=True))
         self._updates_in_plan = 0
         self._iterated_plan = None
-
-
-# --------------------------------------------------------------------- carrying indices
-class IndexedDataset(Dataset):
-    """Wraps a map-style dataset so each item is ``(index, item)``.
-
-    The index is the position in *this* dataset (what the sampler yields), so it stays
-    right under ``Subset`` and other wrappers, and it travels inside the batch through
-    worker processes and prefetch queues: no hook has to guess which batch is which.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        if isinstance(dataset, IterableDataset):
-            raise TypeError("InfoBatch needs a map-style dataset (with __getitem__ and __len__), "
-                            "not an IterableDataset")
-        if not hasattr(dataset, "__len__"):
-            raise TypeError("InfoBatch needs a dataset with __len__")
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
-        # the DataLoader's batched fetch; keep the wrapped dataset's own fast path if it has one
-        getitems = getattr(self.dataset, "__getitems__", None)
-        items = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
-        return list(zip(indices, items, strict=True))
-
-
-class IndexedCollate:
-    """Collate ``(index, item)`` pairs into ``(int64 index tensor, collate_fn(items))``.
-
-    Lets a custom collate function see only the items, as it expects. A class rather than
-    a closure so that it pickles into spawned worker processes.
-    """
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
-        self.collate_fn = default_collate if collate_fn is None else collate_fn
-
-    def __call__(self, batch: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
-        indices = torch.tensor([int(i) for i, _ in batch], dtype=torch.int64)
-        return indices, self.collate_fn([item for _, item in batch])
-
-
-def indexed_loader(dataset: Dataset, sampler: InfoBatchSampler,
-                   collate_fn: Callable[[list[Any]], Any] | None = None, **loader_kwargs: Any) -> DataLoader:
-    """A DataLoader over ``dataset`` whose batches are ``(indices, collate_fn(items))``."""
-    if len(dataset) != sampler.num_samples:  # type: ignore[arg-type]
-        raise ValueError(f"dataset has {len(dataset)} items but the sampler was built for "  # type: ignore[arg-type]
-                         f"{sampler.num_samples}")
-    for bad in ("shuffle", "batch_sampler"):
-        if loader_kwargs.get(bad):
-            raise ValueError(f"{bad} conflicts with the InfoBatch sampler (it shuffles itself)")
-    return DataLoader(IndexedDataset(dataset), sampler=sampler, collate_fn=IndexedCollate(collate_fn),
-                      **loader_kwargs)
+        self._closed = False  # the loaded table is checked across ranks at the next set_epoch
