@@ -123,10 +123,16 @@ def dup_ids(sel: Any, v: BatchView, s: Scores) -> list[str | None]:
 def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
     c = sel.cfg
     relabel = c.label_action == "relabel"
-    out = []
-    for i in range(len(v.ids)):
+    # most items are plainly accepted: their reason is the head and the gain (as `reasons.accepted`)
+    head = "trusted bootstrap" if trusted else "clean"
+    out = [f"{head}; gain {g:.4f}" if g == g else f"{head}; no gain" for g in s.gain.tolist()]
+    plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
+              | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0))
+    autos: dict[int, dict[str, bool]] = {}
+    for i in np.flatnonzero(~plain).tolist():
         cal = s.cals[s.cal_idx[i]] if s.cals else sel.cal
-        val, auto = cal.values, {k: o != "config" for k, o in cal.origin.items()}
+        val = cal.values
+        auto = autos.get(id(cal)) or autos.setdefault(id(cal), {k: o != "config" for k, o in cal.origin.items()})
         notes = []
         if s.recap_note[i]:
             notes.append(reasons.recaptioned(v.align[i], s.thr[i], s.align_out[i]))
@@ -152,7 +158,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
             drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], val["eps_dup"], auto["eps_dup"])
         elif w == kern.WHY_BUDGET:
             drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
-        out.append(reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i])))
+        out[i] = reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i]))
     return out
 
 def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values: np.ndarray,

@@ -439,7 +439,7 @@ class InfoGrowthSelector:
         self.counts.update(values.tolist())
         if s.unjudged.any() and not self._warned_unjudged:
             log.warning("the index holds fewer than %d accepted items: accepting items without label "
-                        "cleaning until it does (give a trusted bootstrap source to avoid this)", self.cfg.min_trusted)
+                        "cleaning until it does (give a trusted bootstrap source to avoid this)", max(1, self.cfg.min_trusted))
             self._warned_unjudged = True
         prim = v.prim if v.prim >= 0 else 0
         index = self.indexes[MODALITIES[prim]] if v.present[prim] else None
