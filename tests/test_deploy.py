@@ -114,8 +114,9 @@ def ray_metrics() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression or a page (not config keys such as service.ray_address)."""
-    return set(re.findall(r"(?<![.\w])((?:curator|ray)_[a-z0-9_]+)", expr))
+    """Metric names in a PromQL expression or a page (not config keys such as service.ray_address,
+    nor module files such as ray_data.py)."""
+    return set(re.findall(r"(?<![.\w])((?:curator|ray)_[a-z0-9_]+)(?![a-z0-9_]|\.py)", expr))
 
 
 # =====================================================================================
