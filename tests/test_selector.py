@@ -189,6 +189,31 @@ def test_calibrated_duplicate_threshold_sits_between_copies_and_distinct_items()
     assert 0.0 < cal["tau_noise"]["value"] < 0.5 and 0.1 < cal["tau_noise"]["noise_rate"] < 0.35
 
 
+def test_copies_taken_before_the_cut_was_calibrated_do_not_pull_it_down():
+    """No bootstrap, a high-dimensional clustered space (distinct items' nearest neighbours all near
+    cos distance 0.4) and 15% near-copies (distance ~5e-6): the copies accepted while the cut was
+    still 'exact duplicates only' sit four decades under the body and must not be fitted as its tail."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(50, 256))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = centers[rng.integers(0, 50, 2000)] + rng.normal(0, 0.9 / 16, (2000, 256))
+    for i in np.flatnonzero(rng.random(2000) < 0.15)[1:]:
+        x[i] = x[rng.integers(0, i)] + rng.normal(0, 0.003 / 16, 256)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    recs = [{"id": f"x{i}", "image": b"png"} for i in range(2000)]
+    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+    dec = pa.concat_tables([sel.select(_batch(recs[s:s + 256], s), _emb(x[s:s + 256])).decisions
+                            for s in range(0, 2000, 256)])
+    cal = sel.calibration_report()["eps_dup"]
+    assert cal["separated_copies"] >= 1 and cal["q05"] > 0.1  # the fit reads the body only
+    assert 1e-3 < cal["value"] < cal["q05"]
+    late = dec.slice(1000)  # once calibrated, every copy is caught
+    ms = np.array(late.column("max_sim").to_pylist(), dtype=float)
+    copies = ms > 1 - 1e-4
+    assert copies.sum() > 100
+    assert all(d == "dropped-duplicate" for d, c in zip(late.column("decision").to_pylist(), copies, strict=True) if c)
+
+
 def test_without_a_bootstrap_thresholds_calibrate_on_the_first_items_and_say_so(caplog):
     ds, x, _ = _digits(0)
     sel = InfoGrowthSelector(SelectorConfig())

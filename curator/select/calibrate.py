@@ -9,7 +9,10 @@ A fixed epsilon or threshold is right for one embedding space and wrong for the 
   dimension); ``s`` is fitted between the 5% and 25% quantiles and extrapolated down to
   ``dup_false_rate``: the distance below which that share of *distinct* items would fall. Only
   the body of the distribution is used, far above the cut, so the items the rule removes (which
-  never reach the sketch) cannot pull the cut up after them.
+  never reach the sketch) cannot pull the cut up after them. Distances of distinct items spread
+  continuously in log scale; mass below an empty decade under the median is copies that got in
+  before the cut caught them (with no bootstrap, before it was calibrated): it is left out of the
+  fit, so it cannot pull the cut down, and the cut is placed at least in that gap.
 - ``tau_noise``: the trusted items' votes (each against the trusted items before it) give the
   agreement a right label gets; the same votes for the *other* labels give what a flipped label
   gets. The threshold minimises the expected error at the noise rate, which is estimated from the
@@ -43,6 +46,7 @@ from curator.config import AUTO, SelectorConfig
 
 NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
 NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
+NN_GAP_BINS = int(round(NN_BINS / (NN_HI - NN_LO)))  # one decade of empty bins separates copies from the body
 AGR_BINS = 100  # agreement / share histograms over [0, 1]
 SHARE_BINS = 20
 MAX_LABELS = 4096  # distinct labels tracked (for the flipped-label model)
@@ -137,6 +141,22 @@ def _quantile_log(counts: np.ndarray, q: float) -> float:
     return NN_LO + (b + min(max(frac, 0.0), 1.0)) * w
 
 
+def separated_copies(counts: np.ndarray) -> tuple[int, int, int]:
+    """(first empty bin of the gap, first bin of the body, items below the gap) for the first run of
+    at least `NN_GAP_BINS` empty bins under the median with mass below it; (0, 0, 0) when none."""
+    c = np.cumsum(counts)
+    median_bin = int(np.searchsorted(c, c[-1] / 2))
+    empty = 0
+    for b in range(median_bin - 1, -1, -1):
+        if not counts[b]:
+            empty += 1
+            continue
+        if empty >= NN_GAP_BINS:
+            return b + 1, b + 1 + empty, int(c[b])
+        empty = 0
+    return 0, 0, 0
+
+
 def wilson_lower(right: float, n: float, z: float = Z) -> float:
     if n <= 0:
         return 0.0
@@ -215,12 +235,19 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
         return False
 
     counts = ev.nn[0] + ev.nn[1]
-    n_nn = int(counts.sum())
-    nn_info = {"accepted_items": n_nn}
+    gap_from, body_from, n_copies = separated_copies(counts)
+    body = counts.copy()
+    body[:body_from] = 0
+    n_nn = int(body.sum())
+    nn_info: dict[str, Any] = {"accepted_items": n_nn}
+    if n_copies:
+        nn_info["separated_copies"] = n_copies
     if n_nn >= MIN_NN:
-        l05, l25, l50 = (_quantile_log(counts, q) for q in (0.05, 0.25, 0.5))
+        l05, l25, l50 = (_quantile_log(body, q) for q in (0.05, 0.25, 0.5))
         slope = math.log(5.0) / (math.log(10.0) * max(l25 - l05, 1e-9))
         l_eps = l05 + math.log10(cfg.dup_false_rate / 0.05) / slope
+        if n_copies:  # at least the middle of the empty decade(s) between the copies and the body
+            l_eps = max(l_eps, NN_LO + (gap_from + body_from) / 2 * (NN_HI - NN_LO) / NN_BINS)
         nn_info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
                     "tail_exponent": round(slope, 3)}
     if not fixed("eps_dup"):
