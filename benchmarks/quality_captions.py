@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,8 +100,10 @@ def png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def train_tiny_clip(seconds: float, out: Path, seed: int = 0) -> tuple[Path, int]:
-    """Contrastive training of curator-tiny on the synthetic world; returns the checkpoint."""
+def train_clip(images: list[np.ndarray], texts: list[str], *, seconds: float | None = None,
+               steps: int | None = None, seed: int = 0, batch: int = 128) -> tuple[Any, Any, int]:
+    """Contrastive training of a fresh curator-tiny on these pairs (HxWx3 uint8 images), for a time
+    or a number of steps; returns the model, its image preprocessing and the steps made."""
     import open_clip
     import torch
 
@@ -110,26 +113,35 @@ def train_tiny_clip(seconds: float, out: Path, seed: int = 0) -> tuple[Path, int
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, _, preprocess = open_clip.create_model_and_transforms("curator-tiny", pretrained=None)
-    tok = open_clip.get_tokenizer("curator-tiny")
+    tokens = open_clip.get_tokenizer("curator-tiny")(texts)
+    pixels = torch.stack([preprocess(Image.fromarray(x)) for x in images])
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     rng = np.random.default_rng(1000 + seed)
-    pool = [random_scene(rng) for _ in range(16384)]
-    images = torch.stack([preprocess(Image.fromarray(render(s))) for s in pool])
-    texts = [caption(s, rng) for s in pool]
-    tokens = tok(texts)
     model.train()
-    t0, steps = time.monotonic(), 0
-    while time.monotonic() - t0 < seconds:
-        idx = torch.from_numpy(rng.choice(len(pool), 128, replace=False))
-        img_f, txt_f, scale = model(images[idx], tokens[idx])
+    t0, made = time.monotonic(), 0
+    while (steps is None or made < steps) and (seconds is None or time.monotonic() - t0 < seconds):
+        idx = torch.from_numpy(rng.choice(len(texts), min(batch, len(texts)), replace=False))
+        img_f, txt_f, scale = model(pixels[idx], tokens[idx])
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        steps += 1
-        if steps % 200 == 0:
-            print(f"  train step {steps}: contrastive loss {loss.item():.3f}", file=sys.stderr, flush=True)
+        made += 1
+        if made % 200 == 0:
+            print(f"  train step {made}: contrastive loss {loss.item():.3f}", file=sys.stderr, flush=True)
+    model.eval()
+    return model, preprocess, made
+
+
+def train_tiny_clip(seconds: float, out: Path, seed: int = 0) -> tuple[Path, int]:
+    """The curation run's CLIP: curator-tiny trained on a pool of the synthetic world; returns the checkpoint."""
+    import torch
+
+    rng = np.random.default_rng(1000 + seed)
+    pool = [random_scene(rng) for _ in range(16384)]
+    texts = [caption(s, rng) for s in pool]
+    model, _, steps = train_clip([render(s) for s in pool], texts, seconds=seconds, seed=seed)
     path = out / "curator-tiny-shapes.pt"
     torch.save(model.state_dict(), path)
     return path, steps
@@ -161,9 +173,10 @@ def make_stream(seed: int, n_orig: int = 1200, n_dup: int = 300, n_mis: int = 30
     return boot, [recs[k] for k in perm], [truth[k] for k in perm]
 
 
-def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
+def curate(seed: int, ckpt: Path, work: Path) -> tuple[Path, list, float]:
+    """Seed `seed`'s stream through `curator ingest` with the library defaults and `ckpt` as the
+    CLIP; returns the run directory, the stream's truth rows and the seconds it took."""
     from curator.config import load_config
-    from curator.store import read_manifest, read_table
     from pipelines.ingest import run_ingest
 
     boot, stream, truth = make_stream(seed)
@@ -181,9 +194,15 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
     })
     t0 = time.perf_counter()
     run_ingest(cfg, progress=False)
-    select_s = time.perf_counter() - t0
-    dec = {r["id"]: r for r in read_table(d / "run", "decisions").to_pylist()}
-    cal = read_manifest(d / "run")["calibration"]
+    return d / "run", truth, time.perf_counter() - t0
+
+
+def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
+    from curator.store import read_manifest, read_table
+
+    run, truth, select_s = curate(seed, ckpt, work)
+    dec = {r["id"]: r for r in read_table(run, "decisions").to_pylist()}
+    cal = read_manifest(run)["calibration"]
     thr = float(cal["align_threshold"]["value"])  # the calibrated threshold in force at the end
     if os.environ.get("CURATOR_BENCH_DUMP"):
         Path(os.environ["CURATOR_BENCH_DUMP"]).write_text(json.dumps({"truth": truth, "dec": dec, "thr": thr}))
@@ -216,6 +235,19 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
             "select_s": select_s}
 
 
+def curation_clip(checkpoint: str | None, seconds: float, tmp: Path) -> tuple[Path, int]:
+    """The curation run's CLIP: `checkpoint` when it exists, else trained now (and saved there)."""
+    if checkpoint and Path(checkpoint).exists():
+        print(f"using trained weights {checkpoint}")
+        return Path(checkpoint), 0
+    t0 = time.monotonic()
+    ckpt, steps = train_tiny_clip(seconds, tmp)
+    print(f"trained curator-tiny for {steps} steps in {time.monotonic() - t0:.0f} s -> {ckpt.name}")
+    if checkpoint:
+        Path(checkpoint).write_bytes(ckpt.read_bytes())
+    return ckpt, steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-seconds", type=float, default=180.0)
@@ -224,16 +256,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here (keys as in the table)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="curator-captions-") as tmp:
-        steps = 0
-        if args.checkpoint and Path(args.checkpoint).exists():
-            ckpt = Path(args.checkpoint)
-            print(f"using trained weights {ckpt}")
-        else:
-            t0 = time.monotonic()
-            ckpt, steps = train_tiny_clip(args.train_seconds, Path(tmp))
-            print(f"trained curator-tiny for {steps} steps in {time.monotonic() - t0:.0f} s -> {ckpt.name}")
-            if args.checkpoint:
-                Path(args.checkpoint).write_bytes(ckpt.read_bytes())
+        ckpt, steps = curation_clip(args.checkpoint, args.train_seconds, Path(tmp))
         rows = [run_seed(s, ckpt, Path(tmp)) for s in args.seeds]
     mean = {c: ("mean" if c == "seed" else float(np.mean([r[c] for r in rows]))) for c in COLS}
     print(" | ".join(f"{c:>12}" for c in COLS))
