@@ -26,7 +26,7 @@ def test_generated_docs_are_current() -> None:
     assert "| `selector.eps_dup` |" in conf and "| `service.port` |" in conf
     bench = BENCHMARKS.read_text()
     assert render_benchmarks(bench, README.read_text()) == bench, "docs/benchmarks.md is stale: run `make docs`"
-    assert "selector_speed.py" in bench and "| flat |" in bench
+    assert "selector_speed.py" in bench and "| auto | ivf-pq |" in bench
 
 
 def test_readme_starts_with_the_two_entry_points() -> None:
