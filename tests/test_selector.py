@@ -241,3 +241,18 @@ def test_a_number_overrides_auto_and_weak_evidence_abstains():
     # radius 0: no neighbour is close enough for a correction, so every noisy label is kept, flagged
     assert len(flagged) > 40 and set(flagged.decision) == {"kept"} and (flagged.label_out == flagged.label_in).all()
     assert all("kept with its label, flagged" in r for r in flagged.reason)
+
+
+def test_a_stray_low_distance_is_not_a_mode_of_copies():
+    from curator.select.calibrate import NN_BINS, NN_HI, NN_LO, separated_copies
+
+    def hist(distances):
+        b = ((np.log10(distances) - NN_LO) / (NN_HI - NN_LO) * NN_BINS).astype(int)
+        return np.bincount(np.clip(b, 0, NN_BINS - 1), minlength=NN_BINS)
+
+    body = np.random.default_rng(0).uniform(0.2, 0.5, 500)
+    assert separated_copies(hist(body)) == (0, 0, 0)
+    assert separated_copies(hist(np.r_[body, 1e-4, 2e-4])) == (0, 0, 0)  # two strays, not copies
+    gap_from, body_from, n = separated_copies(hist(np.r_[body, [1e-5] * 3, 2e-5]))
+    assert n == 4 and gap_from < body_from
+    assert 10 ** (NN_LO + body_from * (NN_HI - NN_LO) / NN_BINS) <= body.min() * 1.02

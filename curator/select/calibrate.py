@@ -47,6 +47,7 @@ from curator.config import AUTO, SelectorConfig
 NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
 NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
 NN_GAP_BINS = int(round(NN_BINS / (NN_HI - NN_LO)))  # one decade of empty bins separates copies from the body
+NN_MIN_SEPARATED = 3  # items below the gap for it to be copies (the body's lowest one or two may stray that far)
 AGR_BINS = 100  # agreement / share histograms over [0, 1]
 SHARE_BINS = 20
 MAX_LABELS = 4096  # distinct labels tracked (for the flipped-label model)
@@ -143,7 +144,8 @@ def _quantile_log(counts: np.ndarray, q: float) -> float:
 
 def separated_copies(counts: np.ndarray) -> tuple[int, int, int]:
     """(first empty bin of the gap, first bin of the body, items below the gap) for the first run of
-    at least `NN_GAP_BINS` empty bins under the median with mass below it; (0, 0, 0) when none."""
+    at least `NN_GAP_BINS` empty bins under the median with `NN_MIN_SEPARATED` items or more below
+    it; (0, 0, 0) when none."""
     c = np.cumsum(counts)
     median_bin = int(np.searchsorted(c, c[-1] / 2))
     empty = 0
@@ -151,7 +153,7 @@ def separated_copies(counts: np.ndarray) -> tuple[int, int, int]:
         if not counts[b]:
             empty += 1
             continue
-        if empty >= NN_GAP_BINS:
+        if empty >= NN_GAP_BINS and c[b] >= NN_MIN_SEPARATED:
             return b + 1, b + 1 + empty, int(c[b])
         empty = 0
     return 0, 0, 0
