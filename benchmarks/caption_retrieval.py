@@ -83,18 +83,18 @@ def run_seed(seed: int, ckpt: Path, work: Path, steps: int, batch: int, n_heldou
     run, truth, _ = curate(seed, ckpt, work)
     mismatched = {t[0]: bool(t[1]) for t in truth}
     inputs = run.parent / "inputs"  # the trusted pairs are curated (and kept) too: every set starts from them
-    stream = pq.read_table(inputs / "bootstrap.parquet").to_pylist() + pq.read_table(inputs / "stream.parquet").to_pylist()
+    every = pq.read_table(inputs / "bootstrap.parquet").to_pylist() + pq.read_table(inputs / "stream.parquet").to_pylist()
     kept = read_table(run, "kept").select(["id", "image", "text"]).to_pylist()
     rng = np.random.default_rng(seed)
-    chosen = {"all": stream, "curated": kept,
-              "random": [stream[i] for i in sorted(rng.choice(len(stream), len(kept), replace=False))]}
+    chosen = {"all": every, "curated": kept,
+              "random": [every[i] for i in sorted(rng.choice(len(every), len(kept), replace=False))]}
     test_images, test_texts = heldout(seed, n_heldout)
     rows = []
     for name in SETS:
         pairs = chosen[name]
         model, preprocess, _ = train_clip([pixels(p["image"]) for p in pairs], [p["text"] for p in pairs],
                               steps=steps, seed=seed, batch=batch)
-        row = {"seed": seed, "set": name, "pairs": len(pairs), "fraction": len(pairs) / len(stream),
+        row = {"seed": seed, "set": name, "pairs": len(pairs), "fraction": len(pairs) / len(every),
                "mismatched": float(np.mean([mismatched.get(p["id"], False) for p in pairs])),
                **recall(model, preprocess, test_images, test_texts)}
         print(" | ".join(f"{row[c]:>10.4f}" if isinstance(row[c], float) else f"{row[c]:>10}" for c in COLS),
