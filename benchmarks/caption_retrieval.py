@@ -1,5 +1,5 @@
 """Does the curated set train a better CLIP? Retrieval of a tiny CLIP trained on the curated pairs,
-on all streamed pairs, and on a random subset of the curated size, with the same steps.
+on all pairs, and on a random subset of the curated size, with the same steps.
 
     python benchmarks/caption_retrieval.py [--checkpoint FILE] [--train-seconds 180] [--seeds 0 1 2]
         [--steps 400] [--batch 128] [--heldout 500] [--json FILE]
