@@ -22,6 +22,7 @@ from __future__ import annotations
 import bz2
 import copy
 import gzip
+import itertools
 import json
 import lzma
 import os
@@ -223,19 +224,8 @@ class FileSource:
             raise ValueError("batch_size must be >= 1")
         if start is not None:
             self.seek(start)
-        batch = RawBatch()
-        for unit in self.units:
-            first = _start_offset(self._start, unit)
-            for item, pos in self._read(unit, first, batch_size):
-                if isinstance(item, Rejection):
-                    batch.errors.append(item)
-                else:
-                    batch.records.append(item)
-                    batch.positions.append(pos)
-                if len(batch) >= batch_size:
-                    yield self._handed_out(batch)
-                    batch = RawBatch()
-        if len(batch):
+        items = (x for unit in self.units for x in self._read(unit, _start_offset(self._start, unit), batch_size))
+        for batch in _in_batches(items, batch_size):
             yield self._handed_out(batch)
         self._ended = True
 
@@ -257,21 +247,10 @@ class FileSource:
     def read_range(self, unit: int, first: int, count: int | None, batch_size: int) -> Iterator[RawBatch]:
         """The items of one range (see `ranges`), exactly as `batches` reads them, in batches of
         `batch_size` that do not cross the range's ends. Does not move this source's positions."""
-        batch, u = RawBatch(), self.units[unit]
-        stop = None if count is None else first + count
-        for item, pos in self._read(u, first, batch_size):
-            if stop is not None and pos.offset >= stop:
-                break
-            if isinstance(item, Rejection):
-                batch.errors.append(item)
-            else:
-                batch.records.append(item)
-                batch.positions.append(pos)
-            if len(batch) >= batch_size:
-                yield batch
-                batch = RawBatch()
-        if len(batch):
-            yield batch
+        items = self._read(self.units[unit], first, batch_size)
+        if count is not None:
+            items = itertools.takewhile(lambda item_pos: item_pos[1].offset < first + count, items)
+        yield from _in_batches(items, batch_size)
 
     def only(self, unit: int) -> FileSource:
         """A source of just one of this source's units (same index in `ranges`: 0), cheap to pickle."""
@@ -521,6 +500,22 @@ def _open_maybe_compressed(path: Path) -> IO[bytes]:
     if magic == b"\xfd7zXZ\x00":
         return lzma.LZMAFile(f, "rb")
     return f
+
+
+def _in_batches(items: Iterable[Item], batch_size: int) -> Iterator[RawBatch]:
+    """Records and rejections in read order, `batch_size` of them (together) per batch."""
+    batch = RawBatch()
+    for item, pos in items:
+        if isinstance(item, Rejection):
+            batch.errors.append(item)
+        else:
+            batch.records.append(item)
+            batch.positions.append(pos)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = RawBatch()
+    if len(batch):
+        yield batch
 
 
 def _start_offset(start: Positions | None, unit: _Unit) -> int:
