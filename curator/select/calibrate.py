@@ -138,8 +138,12 @@ def _quantile_log(counts: np.ndarray, q: float) -> float:
     b = int(np.searchsorted(c, q * n))
     prev = int(c[b - 1]) if b else 0
     frac = (q * n - prev) / max(int(counts[b]), 1)
-    w = (NN_HI - NN_LO) / NN_BINS
-    return NN_LO + (b + min(max(frac, 0.0), 1.0)) * w
+    return _bin_log(b + min(max(frac, 0.0), 1.0))
+
+
+def _bin_log(b: float) -> float:
+    """log10 distance at (fractional) bin b of the nn histogram."""
+    return NN_LO + b * ((NN_HI - NN_LO) / NN_BINS)
 
 
 def separated_copies(counts: np.ndarray) -> tuple[int, int, int]:
@@ -249,7 +253,7 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
         slope = math.log(5.0) / (math.log(10.0) * max(l25 - l05, 1e-9))
         l_eps = l05 + math.log10(cfg.dup_false_rate / 0.05) / slope
         if n_copies:  # at least the middle of the empty decade(s) between the copies and the body
-            l_eps = max(l_eps, NN_LO + (gap_from + body_from) / 2 * (NN_HI - NN_LO) / NN_BINS)
+            l_eps = max(l_eps, _bin_log((gap_from + body_from) / 2))
         nn_info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
                     "tail_exponent": round(slope, 3)}
     if not fixed("eps_dup"):
