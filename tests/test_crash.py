@@ -145,15 +145,25 @@ def check_exactly_once(out: Path, baseline: Path, broker: KafkaTestBroker, topic
     assert group_committed(broker, topic, group) == {int(p): o for p, o in m["positions"][topic].items()}
 
 
+def kills_then_restart_equal_uninterrupted(kills: int, seed: int, baseline: Path, ray: str, broker: KafkaTestBroker,
+                                           topic: str, digits: Digits, tmp: Path,  # noqa: F811
+                                           shards: int = 1) -> None:
+    t0 = time.monotonic()
+    out, story = crash_and_recover(kills, seed, ray, broker, topic, digits, tmp, shards)
+    check_exactly_once(out, baseline, broker, topic, digits, f"g-crash{seed}-{topic}")
+    if shards > 1:  # every shard wrote its own parts
+        kept = (read_manifest(out) or {})["parts"]["kept"]
+        assert {p.split("/")[1] for p in kept} == {f"shard={k}" for k in range(shards)}
+    print(f"\n{shards} shard(s): {kills} kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+
+
 @pytest.mark.timeout(600)
 def test_sigkill_at_5_points_then_restart_equals_uninterrupted(
     ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
     uninterrupted: Path, tmp_path: Path,
 ) -> None:
-    t0 = time.monotonic()
-    out, story = crash_and_recover(5, 1234, ray_cluster, kafka_broker, crash_topic, digits, tmp_path)
-    check_exactly_once(out, uninterrupted, kafka_broker, crash_topic, digits, f"g-crash1234-{crash_topic}")
-    print(f"\n5 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+    kills_then_restart_equal_uninterrupted(5, 1234, uninterrupted, ray_cluster, kafka_broker, crash_topic, digits,
+                                           tmp_path)
 
 
 @pytest.mark.slow
@@ -162,10 +172,8 @@ def test_sigkill_at_20_points_then_restart_equals_uninterrupted(
     ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
     uninterrupted: Path, tmp_path: Path,
 ) -> None:
-    t0 = time.monotonic()
-    out, story = crash_and_recover(20, 20, ray_cluster, kafka_broker, crash_topic, digits, tmp_path)
-    check_exactly_once(out, uninterrupted, kafka_broker, crash_topic, digits, f"g-crash20-{crash_topic}")
-    print(f"\n20 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+    kills_then_restart_equal_uninterrupted(20, 20, uninterrupted, ray_cluster, kafka_broker, crash_topic, digits,
+                                           tmp_path)
 
 
 @pytest.mark.timeout(600)
@@ -173,11 +181,8 @@ def test_two_shards_sigkill_at_5_points_then_restart_equals_uninterrupted(
     ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
     uninterrupted_sharded: Path, tmp_path: Path,
 ) -> None:
-    t0 = time.monotonic()
-    out, story = crash_and_recover(5, 77, ray_cluster, kafka_broker, crash_topic, digits, tmp_path, shards=2)
-    check_exactly_once(out, uninterrupted_sharded, kafka_broker, crash_topic, digits, f"g-crash77-{crash_topic}")
-    assert {p.split("/")[1] for p in (read_manifest(out) or {})["parts"]["kept"]} == {"shard=0", "shard=1"}
-    print(f"\n2 shards: 5 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+    kills_then_restart_equal_uninterrupted(5, 77, uninterrupted_sharded, ray_cluster, kafka_broker, crash_topic,
+                                           digits, tmp_path, shards=2)
 
 
 @pytest.mark.slow
@@ -186,7 +191,5 @@ def test_two_shards_sigkill_at_20_points_then_restart_equals_uninterrupted(
     ray_cluster: str, kafka_broker: KafkaTestBroker, crash_topic: str, digits: Digits,  # noqa: F811
     uninterrupted_sharded: Path, tmp_path: Path,
 ) -> None:
-    t0 = time.monotonic()
-    out, story = crash_and_recover(20, 2020, ray_cluster, kafka_broker, crash_topic, digits, tmp_path, shards=2)
-    check_exactly_once(out, uninterrupted_sharded, kafka_broker, crash_topic, digits, f"g-crash2020-{crash_topic}")
-    print(f"\n2 shards: 20 kills + final run in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(story))
+    kills_then_restart_equal_uninterrupted(20, 2020, uninterrupted_sharded, ray_cluster, kafka_broker, crash_topic,
+                                           digits, tmp_path, shards=2)
