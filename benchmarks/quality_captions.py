@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from quality_digits import report_seeds  # noqa: E402
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 225), "yellow": (235, 210, 40),
@@ -258,12 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="curator-captions-") as tmp:
         ckpt, steps = curation_clip(args.checkpoint, args.train_seconds, Path(tmp))
         rows = [run_seed(s, ckpt, Path(tmp)) for s in args.seeds]
-    mean = {c: ("mean" if c == "seed" else float(np.mean([r[c] for r in rows]))) for c in COLS}
-    print(" | ".join(f"{c:>12}" for c in COLS))
-    for r in [*rows, mean]:
-        print(" | ".join(f"{r[c]:>12}" if isinstance(r[c], (int, str)) else f"{r[c]:>12.4f}" for c in COLS))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"train_steps": steps, "rows": rows, "mean": mean}, indent=1))
+    report_seeds(rows, args.json, COLS, train_steps=steps)
 
 
 if __name__ == "__main__":

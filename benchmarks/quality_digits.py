@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,6 +142,14 @@ def print_table(rows: list[dict[str, float]], cols: list[str] = COLS) -> None:
         print(" | ".join(f"{r[c]:>12}" if isinstance(r[c], (int, str)) else f"{r[c]:>12.4f}" for c in cols))
 
 
+def report_seeds(rows: list[dict[str, Any]], json_path: str | None, cols: list[str] = COLS, **extra: Any) -> None:
+    """The per-seed rows and their mean as a table, and (with --json) as a file with `extra` first."""
+    mean = {c: (float(np.mean([r[c] for r in rows])) if c != "seed" else "mean") for c in cols}
+    print_table([*rows, mean], cols)
+    if json_path:
+        Path(json_path).write_text(json.dumps({**extra, "rows": rows, "mean": mean}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -155,10 +164,7 @@ def main() -> None:
         overrides.setdefault(sec, {})[name] = value
     with tempfile.TemporaryDirectory(prefix="curator-bench-") as tmp:
         rows = [run_seed(s, Path(tmp), overrides) for s in args.seeds]
-    mean = {c: (float(np.mean([r[c] for r in rows])) if c != "seed" else "mean") for c in COLS}
-    print_table([*rows, mean])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))
+    report_seeds(rows, args.json)
 
 
 if __name__ == "__main__":

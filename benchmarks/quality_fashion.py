@@ -19,7 +19,6 @@ with a note, when it is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from infobatch import FASHION_DIR, _idx  # noqa: E402
-from quality_digits import COLS, print_table, score  # noqa: E402
+from quality_digits import report_seeds, score  # noqa: E402
 
 from curator.config import load_config  # noqa: E402
 from pipelines.ingest import run_ingest  # noqa: E402
@@ -101,10 +100,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="curator-fashion-") as tmp:
         rows = [run_seed(s, Path(tmp)) for s in args.seeds]
-    mean = {c: (float(np.mean([r[c] for r in rows])) if c != "seed" else "mean") for c in COLS}
-    print_table([*rows, mean])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))
+    report_seeds(rows, args.json)
 
 
 if __name__ == "__main__":
