@@ -45,6 +45,10 @@ COLS = ["seed", "set", "pairs", "fraction", "mismatched", "i2t_r1", "t2i_r1", "i
 SETS = ("all", "curated", "random")
 
 
+def line(row: dict[str, Any]) -> str:
+    return " | ".join(f"{row[c]:>10.4f}" if isinstance(row[c], float) else f"{row[c]:>10}" for c in COLS)
+
+
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
@@ -97,8 +101,7 @@ def run_seed(seed: int, ckpt: Path, work: Path, steps: int, batch: int, n_heldou
         row = {"seed": seed, "set": name, "pairs": len(pairs), "fraction": len(pairs) / len(every),
                "mismatched": float(np.mean([mismatched.get(p["id"], False) for p in pairs])),
                **recall(model, preprocess, test_images, test_texts)}
-        print(" | ".join(f"{row[c]:>10.4f}" if isinstance(row[c], float) else f"{row[c]:>10}" for c in COLS),
-              flush=True)
+        print(line(row), flush=True)
         rows.append(row)
     return rows
 
@@ -123,7 +126,7 @@ def main() -> None:
         means.append({"seed": "mean", "set": name, "pairs": round(statistics.mean(r["pairs"] for r in mine)),
                       **{c: statistics.mean(r[c] for r in mine) for c in COLS[3:]}})
     for row in means:
-        print(" | ".join(f"{row[c]:>10.4f}" if isinstance(row[c], float) else f"{row[c]:>10}" for c in COLS))
+        print(line(row))
     if args.json:
         Path(args.json).write_text(json.dumps({"steps": args.steps, "rows": rows, "mean": means}, indent=1))
 
