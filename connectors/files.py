@@ -1,16 +1,21 @@
 """File sources: Parquet, JSONL, image folders and WebDataset tars, read as a resumable stream.
 
-Positions make a bounded run over files resumable exactly like a Kafka topic:
+A position names a file by what it is, not by where it sits in a listing, so a re-run on the same
+run directory decides exactly the items it has not decided, also after files were added, removed,
+renamed or appended to:
 
-- ``source``    the file path as given (a file found inside a given folder: ``folder/relative``;
-                an image folder: the folder path),
-- ``partition`` the index of that file (or image folder) in the expanded list -- the given paths
-                in the given order, each folder expanded to its files in sorted order,
-- ``offset``    the row (Parquet), line (JSONL, 0-based, blank lines count), image (index in the
-                folder's sorted file list) or sample (tar) within it.
+- ``source``    the file's path as given (a file found inside a given folder: ``folder/relative``;
+                an image in an image folder: ``folder/relative`` of the image itself),
+- ``partition`` the file's identity tag (`IDENTITY_BIT` set): a hash of its first record for data
+                files (the first JSONL line, the first tar header, the first Parquet row), so
+                appending rows keeps it; a hash of size and modification time for an image,
+- ``offset``    the row (Parquet), line (JSONL, 0-based, blank lines count) or sample (tar) within
+                the file; 0 for an image.
 
-``batches(batch_size, start)`` skips everything before ``start[source][partition]``. Resuming
-assumes the files did not change in between (an image added to a folder shifts the offsets).
+On `seek`, a file whose path and tag are in the positions resumes at its next offset; a path whose
+tag changed was rewritten and is read from its start (counted and logged); a new path carrying the
+tag of a path that disappeared was renamed and resumes where the old path stopped. Files are listed
+in the given order, folders expanded in sorted order; a path with ``*``, ``?`` or ``[`` is a glob.
 
 Nothing here trusts the input: unparseable lines, unreadable or corrupt files become
 ``Rejection``\\ s in ``RawBatch.errors`` (with the reason and position), never exceptions, so one bad
@@ -21,9 +26,12 @@ from __future__ import annotations
 
 import bz2
 import copy
+import glob
 import gzip
+import hashlib
 import itertools
 import json
+import logging
 import lzma
 import os
 import tarfile
@@ -39,6 +47,8 @@ import pyarrow.parquet as pq
 from connectors.json_records import json_id, record_from_json
 from curator.batch import Positions, RawBatch, advance
 from curator.records import Position, Rejection
+
+log = logging.getLogger("curator")
 
 FORMATS = ("auto", "parquet", "jsonl", "images", "webdataset")
 PARQUET_EXTS = (".parquet", ".pq")
@@ -69,15 +79,43 @@ class FileSourceError(ValueError):
 # --------------------------------------------------------------------------- units
 
 
+#: Set in every identity tag, so that a position keyed by listing index (curator before identity
+#: tags: small numbers) can never be taken for one.
+IDENTITY_BIT = 1 << 30
+_HEAD_BYTES = 64 * 1024  # what a data file's tag hashes at most of its first record
+
+
+def identity_tag(data: bytes) -> int:
+    """A file's identity tag from bytes that do not change while it grows (its first record)."""
+    return IDENTITY_BIT | (int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "big") & (IDENTITY_BIT - 1))
+
+
+def _image_tag(st: os.stat_result) -> int:
+    return identity_tag(f"{st.st_size}:{st.st_mtime_ns}".encode())
+
+
 @dataclass
 class _Unit:
-    """One partition of a file source: a data file, or an image folder with its sorted files."""
+    """One data file, or an image folder with its sorted files (each image is its own position).
+
+    `first` (data files) and `todo` (images: indices into `files`) say what is left to read after
+    the last `seek`."""
 
     source: str
-    partition: int
     kind: str  # parquet | jsonl | images | webdataset
     path: Path
     files: list[str] = field(default_factory=list)  # images: paths relative to `path`, posix, sorted
+    single: bool = False  # images: one image file given by itself (its key is `source`)
+    tag: int = 0  # data files: identity tag (computed on first use)
+    first: int = 0
+    todo: list[int] | None = None  # images: None = all of `files`
+
+    def key(self, i: int) -> str:
+        """The position source of image `i`: the image's own path."""
+        return self.source if self.single else os.path.join(self.source, self.files[i])
+
+    def remaining(self) -> list[int]:
+        return list(range(len(self.files))) if self.todo is None else self.todo
 
 
 def _has_ext(name: str, exts: Iterable[str]) -> bool:
@@ -113,11 +151,10 @@ def _expand(paths: Iterable[str | os.PathLike[str]], fmt: str) -> list[_Unit]:
         raise FileSourceError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     units: list[_Unit] = []
 
-    def add(source: str, kind: str, path: Path, files: list[str] | None = None) -> None:
-        units.append(_Unit(source, len(units), kind, path, files or []))
+    def add(source: str, kind: str, path: Path, files: list[str] | None = None, single: bool = False) -> None:
+        units.append(_Unit(source, kind, path, files or [], single))
 
-    for given in paths:
-        given_str = os.fspath(given)
+    for given_str in _globbed(paths):
         p = Path(given_str)
         if not p.exists():
             raise FileSourceError(f"input path {given_str!r} does not exist")
@@ -150,10 +187,54 @@ def _expand(paths: Iterable[str | os.PathLike[str]], fmt: str) -> list[_Unit]:
                 f"supported: {SUPPORTED}; or pass format= to force one"
             )
         if kind == "images":  # a single image file: a one-image folder named by the file
-            add(given_str, "images", p.parent, [p.name])
+            add(given_str, "images", p.parent, [p.name], single=True)
         else:
             add(given_str, kind, p)
     return units
+
+
+def _globbed(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """The given paths, each glob pattern (``*``, ``?``, ``[``) replaced by its sorted matches."""
+    for given in paths:
+        given_str = os.fspath(given)
+        if os.path.exists(given_str) or not glob.has_magic(given_str):
+            yield given_str
+            continue
+        found = sorted(glob.glob(given_str, recursive=True))
+        if not found:
+            raise FileSourceError(f"input pattern {given_str!r} matches no file")
+        yield from found
+
+
+def _data_tag(unit: _Unit) -> int:
+    """A data file's identity: its first record's bytes (first line, first tar header, first row)."""
+    try:
+        if unit.kind == "jsonl":
+            with _open_text(unit.path) as f:
+                return identity_tag(f.readline(_HEAD_BYTES))
+        if unit.kind == "webdataset":
+            with _open_maybe_compressed(unit.path) as f:
+                return identity_tag(f.read(tarfile.BLOCKSIZE))
+        pf = pq.ParquetFile(unit.path)
+        head = next(pf.iter_batches(batch_size=1, use_threads=False), None)
+        first = b"" if head is None else repr(head.to_pylist()[0]).encode()[:_HEAD_BYTES]
+        return identity_tag(pf.schema_arrow.to_string().encode() + first)
+    except (OSError, EOFError, ValueError, tarfile.TarError, zlib.error, lzma.LZMAError, pa.ArrowException):
+        return identity_tag(b"")  # unreadable: the reader reports it; the empty tag stays stable
+
+
+@dataclass
+class ResumeReport:
+    """What `FileSource.seek` found against the positions it resumed from (logged once)."""
+
+    done: int = 0  # files (images) or partly read data files already decided, left out or resumed
+    renamed: int = 0  # new paths carrying the identity of a vanished one: not decided again
+    changed: int = 0  # known paths rewritten since (a new identity): read from the start
+    new: int = 0  # paths not seen before
+
+    def line(self) -> str:
+        return (f"resume: {self.done} files already (partly) decided, {self.new} new, {self.renamed} renamed "
+                f"(not decided again), {self.changed} changed since decided (decided again from the start)")
 
 
 # --------------------------------------------------------------------------- the source
@@ -188,28 +269,36 @@ class FileSource:
         self._start: Positions = {}
         self._yielded: Positions = {}
         self._ended = False
+        self.resume = ResumeReport()
 
     @property
     def sources(self) -> list[str]:
         return [u.source for u in self.units]
 
     def total(self) -> int | None:
-        """Records in all inputs when cheap to know (Parquet metadata, image counts), else None."""
+        """Records left to read after the last `seek` when cheap to know (Parquet metadata, image
+        counts), else None."""
         n = 0
         for u in self.units:
             k = self._length(u)
             if k is None:
                 return None
-            n += k
+            n += k if u.kind == "images" else max(0, k - u.first)
         return n
 
     # -- resume state (connectors.base.Source)
 
     def seek(self, positions: Positions) -> None:
-        """Resume from these positions (the next offset per file): nothing before them is yielded."""
+        """Resume from these positions: only what they do not cover is yielded (see the module doc)."""
         self._start = {s: dict(parts) for s, parts in (positions or {}).items()}
         self._yielded = {s: dict(parts) for s, parts in self._start.items()}
         self._ended = False
+        self.resume = _plan(self.units, self._start)
+        if self._start and (self.resume.renamed or self.resume.changed or self.resume.new):
+            log.info("%s", self.resume.line())
+        if self.resume.changed:
+            log.warning("%d input file(s) changed since their items were decided (a new first record, size or "
+                        "time): their items are decided again", self.resume.changed)
 
     def snapshot(self) -> Positions:
         return {s: dict(parts) for s, parts in self._yielded.items()}
@@ -224,7 +313,7 @@ class FileSource:
             raise ValueError("batch_size must be >= 1")
         if start is not None:
             self.seek(start)
-        items = (x for unit in self.units for x in self._read(unit, _start_offset(self._start, unit), batch_size))
+        items = (x for unit in self.units for x in self._read(unit, unit.first if unit.kind != "images" else 0))
         for batch in _in_batches(items, batch_size):
             yield self._handed_out(batch)
         self._ended = True
@@ -232,12 +321,16 @@ class FileSource:
     # -- parallel reading (Ray Data): ranges of one unit, each read on its own
 
     def ranges(self, start: Positions | None, rows_per_range: int) -> list[tuple[int, int, int | None]]:
-        """What is left to read after `start`, as (unit index, first offset, count) ranges in stream
-        order; count None = to the unit's end. Units whose length is cheap to know (Parquet
+        """What is left to read after `start` (planned as `seek` does, without moving this source's
+        positions; the last `seek` when None), as (unit index, first, count)
+        ranges in stream order; `first` is a row for data files and an index into what is left for an
+        image folder; count None = to the unit's end. Units whose length is cheap to know (Parquet
         metadata, image folders) are cut every `rows_per_range` items, the others are one range."""
+        if start is not None:
+            _plan(self.units, {s: dict(parts) for s, parts in start.items()})
         out: list[tuple[int, int, int | None]] = []
         for i, u in enumerate(self.units):
-            first, n = _start_offset(start, u), self._length(u)
+            first, n = (0, len(u.remaining())) if u.kind == "images" else (u.first, self._length(u))
             if n is None:
                 out.append((i, first, None))
                 continue
@@ -247,9 +340,9 @@ class FileSource:
     def read_range(self, unit: int, first: int, count: int | None, batch_size: int) -> Iterator[RawBatch]:
         """The items of one range (see `ranges`), exactly as `batches` reads them, in batches of
         `batch_size` that do not cross the range's ends. Does not move this source's positions."""
-        items = self._read(self.units[unit], first, batch_size)
+        items: Iterator[Item] = self._read(self.units[unit], first)
         if count is not None:
-            items = itertools.takewhile(lambda item_pos: item_pos[1].offset < first + count, items)
+            items = itertools.islice(items, count)  # counted ranges yield one item per row or image
         yield from _in_batches(items, batch_size)
 
     def only(self, unit: int) -> FileSource:
@@ -261,7 +354,7 @@ class FileSource:
     @staticmethod
     def _length(u: _Unit) -> int | None:
         if u.kind == "images":
-            return len(u.files)
+            return len(u.remaining())
         if u.kind == "parquet":
             try:
                 return pq.ParquetFile(u.path).metadata.num_rows
@@ -275,7 +368,10 @@ class FileSource:
 
     # -- readers: each yields (record | Rejection, position) from offset `first` on
 
-    def _read(self, unit: _Unit, first: int, batch_size: int) -> Iterator[Item]:
+    def _read(self, unit: _Unit, first: int, batch_size: int = 256) -> Iterator[Item]:
+        """Items of `unit` from `first` on (a row, or an index into an image folder's `remaining()`)."""
+        if unit.kind != "images" and not unit.tag:
+            unit.tag = _data_tag(unit)
         reader = {
             "parquet": self._read_parquet,
             "jsonl": self._read_jsonl,
@@ -284,8 +380,9 @@ class FileSource:
         }[unit.kind]
         return reader(unit, first, batch_size)
 
-    def _reject(self, unit: _Unit, offset: int, reason: str, rid: str | None = None, raw: bytes | None = None) -> Item:
-        pos = Position(unit.source, unit.partition, offset)
+    def _reject(self, unit: _Unit, offset: int, reason: str, rid: str | None = None, raw: bytes | None = None,
+                pos: Position | None = None) -> Item:
+        pos = pos or Position(unit.source, unit.tag, offset)
         return Rejection(pos, reason, rid, None if raw is None else raw[:_PREVIEW_BYTES]), pos
 
     def _read_parquet(self, unit: _Unit, first: int, batch_size: int) -> Iterator[Item]:
@@ -318,18 +415,15 @@ class FileSource:
                     skip -= cut
                     offset += cut
                 for rec in rb.to_pylist():
-                    yield rec, Position(unit.source, unit.partition, offset)
+                    yield rec, Position(unit.source, unit.tag, offset)
                     offset += 1
         except (OSError, pa.ArrowException) as exc:
             yield self._reject(unit, offset, f"Parquet file is corrupt from row {offset} on: {exc}")
 
-    def _open_text(self, path: Path) -> IO[bytes]:
-        return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
-
     def _read_jsonl(self, unit: _Unit, first: int, batch_size: int) -> Iterator[Item]:
         limit = self.max_record_bytes
         try:
-            f = self._open_text(unit.path)
+            f = _open_text(unit.path)
         except OSError as exc:
             if first == 0:
                 yield self._reject(unit, 0, f"unreadable JSONL file: {exc}")
@@ -364,23 +458,25 @@ class FileSource:
                     except ValueError as exc:
                         yield self._reject(unit, line_no, f"line {line_no + 1}: {exc}", json_id(obj), line)
                         continue
-                    yield rec, Position(unit.source, unit.partition, line_no)
+                    yield rec, Position(unit.source, unit.tag, line_no)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 yield self._reject(unit, line_no + 1, f"JSONL file is corrupt after line {line_no + 1}: {exc}")
 
     def _read_images(self, unit: _Unit, first: int, batch_size: int) -> Iterator[Item]:
         labels = _folder_labels(unit.files)
-        for offset in range(first, len(unit.files)):
-            rel = unit.files[offset]
+        for i in unit.remaining()[first:]:
+            rel = unit.files[i]
             path = unit.path / rel
+            pos = Position(unit.key(i), identity_tag(b""), 0)
             try:
-                size = path.stat().st_size
-                if size > self.max_record_bytes:
-                    yield self._reject(unit, offset, f"image is {size} bytes, over max_record_bytes", rel)
+                st = path.stat()
+                pos = Position(pos.source, _image_tag(st), 0)
+                if st.st_size > self.max_record_bytes:
+                    yield self._reject(unit, 0, f"image is {st.st_size} bytes, over max_record_bytes", rel, pos=pos)
                     continue
                 image = path.read_bytes()
             except OSError as exc:
-                yield self._reject(unit, offset, f"unreadable image: {exc}", rel)
+                yield self._reject(unit, 0, f"unreadable image: {exc}", rel, pos=pos)
                 continue
             rec: dict[str, Any] = {"id": rel, "image": image}
             label, class_name = labels.get(rel, (None, None))
@@ -391,7 +487,7 @@ class FileSource:
             caption = _sidecar_caption(path)
             if caption is not None:
                 rec["text"] = caption
-            yield rec, Position(unit.source, unit.partition, offset)
+            yield rec, pos
 
     def _read_tar(self, unit: _Unit, first: int, batch_size: int) -> Iterator[Item]:
         """Stream the tar once (no seeking, no extraction to disk), grouping consecutive members by key.
@@ -409,7 +505,7 @@ class FileSource:
                 return None
             if problem is not None:
                 return self._reject(unit, index, problem, key)
-            return {"id": key, **sample}, Position(unit.source, unit.partition, index)
+            return {"id": key, **sample}, Position(unit.source, unit.tag, index)
 
         try:
             stream = _TailReader(_open_maybe_compressed(unit.path))
@@ -488,6 +584,10 @@ class _TailReader:
         self.close()
 
 
+def _open_text(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
 def _open_maybe_compressed(path: Path) -> IO[bytes]:
     """The file's bytes, decompressed by magic number (gzip, bzip2, xz); truncation raises EOFError."""
     f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
@@ -518,17 +618,57 @@ def _in_batches(items: Iterable[Item], batch_size: int) -> Iterator[RawBatch]:
         yield batch
 
 
-def _start_offset(start: Positions | None, unit: _Unit) -> int:
-    """Next offset to read for a unit. Keyed by source path; the partition index is only a tie-breaker,
-    so a file still resumes correctly when other files were added to or removed from the list."""
-    parts = (start or {}).get(unit.source)
-    if not parts:
+def _plan(units: list[_Unit], positions: Positions) -> ResumeReport:
+    """Set what is left to read in each unit after `positions` (see the module doc); say what was found."""
+    report = ResumeReport()
+    for parts in positions.values():
+        if any(int(k) < IDENTITY_BIT for k in parts):
+            raise FileSourceError(
+                "this run directory's file positions were written by an older curator that numbered files by "
+                "their place in the listing, which cannot be resumed safely: start a new run directory "
+                "(--store.out), or finish this one with the curator version that began it")
+    listed: dict[str, int] = {}  # every listed path -> its identity now
+    for u in units:
+        if u.kind != "images":
+            u.tag = u.tag or _data_tag(u)
+            listed[u.source] = u.tag
+        elif positions:
+            for i in range(len(u.files)):
+                try:
+                    listed[u.key(i)] = _image_tag((u.path / u.files[i]).stat())
+                except OSError:
+                    listed[u.key(i)] = identity_tag(b"")  # as the reader records an unreadable image
+    # identities no longer at the path they were decided under: where a renamed file comes from
+    moved: dict[int, list[int]] = {}
+    for key, parts in positions.items():
+        for tag, nxt in parts.items():
+            if listed.get(key) != int(tag):
+                moved.setdefault(int(tag), []).append(int(nxt))
+
+    def resumed(key: str, tag: int) -> int:
+        parts = positions.get(key)
+        if parts is not None and tag in parts:
+            report.done += 1
+            return int(parts[tag])
+        if moved.get(tag):
+            report.renamed += 1
+            moved[tag].sort()
+            return moved[tag].pop()  # the furthest a file of this identity was read
+        if parts is not None:
+            report.changed += 1
+        else:
+            report.new += 1
         return 0
-    if unit.partition in parts:
-        return int(parts[unit.partition])
-    if len(parts) == 1:
-        return int(next(iter(parts.values())))
-    return 0
+
+    for u in units:
+        u.first, u.todo = 0, None
+        if not positions:
+            continue
+        if u.kind != "images":
+            u.first = resumed(u.source, u.tag)
+            continue
+        u.todo = [i for i in range(len(u.files)) if resumed(u.key(i), listed[u.key(i)]) == 0]
+    return report
 
 
 def _folder_labels(files: list[str]) -> dict[str, tuple[int | None, str | None]]:

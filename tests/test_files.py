@@ -70,7 +70,7 @@ def items(batches: list[RawBatch]) -> list[tuple[Position, str]]:
     for b in batches:
         out += [(p, f"rec:{r.get('id')}") for r, p in zip(b.records, b.positions, strict=True)]
         out += [(e.position, f"err:{e.reason[:20]}") for e in b.errors]
-    return sorted(out, key=lambda t: (t[0].partition, t[0].offset))
+    return sorted(out, key=lambda t: (t[0].source, t[0].partition, t[0].offset))
 
 
 # --------------------------------------------------------------------------- formats
@@ -86,7 +86,7 @@ def test_parquet_reads_row_groups_in_order_with_positions(tmp_path: Path) -> Non
     recs = [r for b in batches for r in b.records]
     pos = [p for b in batches for p in b.positions]
     assert [r["id"] for r in recs] == [f"p{i}" for i in range(25)]
-    assert pos == [Position(str(f), 0, i) for i in range(25)]
+    assert pos == [Position(str(f), src.units[0].tag, i) for i in range(25)]
     assert isinstance(recs[0]["image"], bytes) and recs[3]["embedding"] == [4.0, 1.0, 0.5]
     table, rejects = validate_records(recs, pos)
     assert table.num_rows == 25 and not rejects
@@ -95,8 +95,9 @@ def test_parquet_reads_row_groups_in_order_with_positions(tmp_path: Path) -> Non
 def test_parquet_resume_inside_a_row_group(tmp_path: Path) -> None:
     f = tmp_path / "a.parquet"
     write_parquet(f, 25, row_group_size=7)
+    tag = FileSource(f).units[0].tag or next(FileSource(f).batches(1)).positions[0].partition
     for cut in (0, 1, 7, 13, 24, 25, 40):
-        rest = drain(FileSource(f), 4, {str(f): {0: cut}})
+        rest = drain(FileSource(f), 4, {str(f): {tag: cut}})
         got = [p.offset for b in rest for p in b.positions]
         assert got == list(range(cut, 25)), cut
 
@@ -116,7 +117,8 @@ def test_jsonl_base64_images_and_bad_lines_become_rejections(tmp_path: Path) -> 
             {"id": "d", "text": "plain caption", "extra": 5},
         ],
     )
-    batches = drain(FileSource(f), 100)
+    src = FileSource(f)
+    batches = drain(src, 100)
     assert len(batches) == 1
     b = batches[0]
     assert [r["id"] for r in b.records] == ["a", "b", "d"]
@@ -127,7 +129,7 @@ def test_jsonl_base64_images_and_bad_lines_become_rejections(tmp_path: Path) -> 
     assert "invalid JSON on line 3" in errs[2].reason and errs[2].raw == b"{not json\n"
     assert "expected a JSON object" in errs[4].reason and "array" in errs[4].reason
     assert "base64" in errs[5].reason and errs[5].id == "c"
-    assert all(e.position.source == str(f) and e.position.partition == 0 for e in b.errors)
+    assert all(e.position.source == str(f) and e.position.partition == src.units[0].tag for e in b.errors)
     table, rejects = validate_records(b.records, b.positions)
     assert table.num_rows == 3 and not rejects
 
@@ -167,8 +169,11 @@ def test_image_folder_named_classes_and_captions(tmp_path: Path) -> None:
     assert b.records[1]["text"] == "a grey cat" and "text" not in b.records[0]
     assert b.records[3]["metadata"] == {"class_name": "dog"}
     assert b.records[0]["image"] == png_bytes(0)
-    assert b.positions == [Position(str(root), 0, i) for i in range(6)]
-    rest = drain(src, 100, {str(root): {0: 4}})
+    assert [p.source for p in b.positions] == [str(root / i) for i in ids]
+    assert all(p.offset == 0 for p in b.positions)
+    done: Positions = {}
+    advance(done, b.positions[:4])
+    rest = drain(src, 100, done)
     assert [r["id"] for r in rest[0].records] == ["dog/1.png", "loose.jpg"]
 
 
@@ -208,7 +213,8 @@ def test_webdataset_tar_groups_members_by_key(tmp_path: Path) -> None:
     assert len(b.errors) == 1 and b.errors[0].position.offset == 2 and "UTF-8" in b.errors[0].reason
     table, rejects = validate_records(b.records, b.positions)
     assert table.num_rows == 3 and not rejects and table.column("label").to_pylist() == [2, None, None]
-    rest = drain(FileSource(f), 10, {str(f): {0: 2}})[0]
+    first = drain(FileSource(f), 2)[0]
+    rest = drain(FileSource(f), 10, {str(f): {first.positions[0].partition: 2}})[0]
     assert [p.offset for p in rest.positions] == [3] and [e.position.offset for e in rest.errors] == [2]
 
 
@@ -224,8 +230,9 @@ def test_truncated_tar_is_a_rejection_not_a_crash(tmp_path: Path) -> None:
     cut_at_boundary = tmp_path / "cut.tar"  # cut exactly between members: tarfile alone would not notice
     cut_at_boundary.write_bytes(plain.read_bytes()[: 512 * 4 * 8])  # 8 members of 4 blocks each
     batches = drain(FileSource([bad_gz, cut_at_boundary, good]), 50)
-    errs = {e.position.partition: e for b in batches for e in b.errors}
-    ok = [p.partition for b in batches for p in b.positions]
+    part = {s: i for i, s in enumerate(map(str, [bad_gz, cut_at_boundary, good]))}
+    errs = {part[e.position.source]: e for b in batches for e in b.errors}
+    ok = [part[p.source] for b in batches for p in b.positions]
     assert set(errs) == {0, 1} and all("truncated or corrupt" in e.reason for e in errs.values())
     assert 5 < ok.count(0) < 40 and errs[0].position.offset == ok.count(0)
     assert ok.count(1) == 7 and errs[1].position.offset == 7  # the last, possibly partial, sample is rejected
@@ -237,7 +244,9 @@ def test_unreadable_parquet_is_reported_once(tmp_path: Path) -> None:
     f.write_bytes(b"this is not parquet")
     b = drain(FileSource(f), 10)[0]
     assert not b.records and len(b.errors) == 1 and "unreadable Parquet" in b.errors[0].reason
-    assert drain(FileSource(f), 10, {str(f): {0: 1}}) == []
+    src = FileSource(f)
+    drain(src, 10)
+    assert drain(FileSource(f), 10, src.snapshot()) == []
 
 
 # --------------------------------------------------------------------------- expansion, resume, errors
@@ -267,8 +276,10 @@ def test_folders_expand_sorted_and_partitions_follow(tmp_path: Path) -> None:
     assert [u.kind for u in src.units] == ["parquet", "parquet", "jsonl", "webdataset", "images"]
     got = items(drain(src, 7))
     assert len(got) == 5 + 9 + 5 + 6 + 3
-    assert {p.partition for p, _ in got} == {0, 1, 2, 3, 4}
-    assert all(src.sources[p.partition] == p.source for p, _ in got)
+    images = [f"{paths[2]}/0/{i}.png" for i in range(3)]
+    assert {p.source for p, _ in got} == {*src.sources[:4], *images}
+    assert all(p.partition == src.units[src.sources.index(p.source)].tag for p, _ in got if p.source not in images)
+    assert all(p.offset == 0 for p, _ in got if p.source in images)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 11])
@@ -285,7 +296,7 @@ def test_resume_from_positions_yields_exactly_the_rest(tmp_path: Path, batch_siz
         positions = {s: {int(k): v for k, v in parts.items()} for s, parts in positions.items()}
         # the same inputs, given as their expanded file list: resume is keyed by source path
         resumed = items(full[:cut]) + items(drain(FileSource(src.sources), batch_size, positions))
-        assert sorted(resumed, key=lambda t: (t[0].partition, t[0].offset)) == everything, cut
+        assert sorted(resumed, key=lambda t: (t[0].source, t[0].partition, t[0].offset)) == everything, cut
 
 
 @pytest.mark.parametrize("per_range", [1, 4, 100])

@@ -156,6 +156,7 @@ def run_ingest_ray(scfg: ServeConfig, progress: bool = True) -> Manifest:
             else:
                 log.warning("no trusted bootstrap ([source] bootstrap): the first %d accepted items are taken "
                             "unjudged", cfg.selector.min_trusted)
+        src.seek(resume.positions)  # what is left: the bar's total, and the resume line in the log
         bar = tqdm(total=src.total(), unit="item", desc="curating (Ray Data)", disable=not progress,
                    dynamic_ncols=True)
         done = sum(sum(parts.values()) for parts in resume.positions.values())
@@ -163,7 +164,7 @@ def run_ingest_ray(scfg: ServeConfig, progress: bool = True) -> Manifest:
             bar.write(f"resuming {cfg.store.out} after commit {resume.commit}: {done} items already decided")
         bar.update(0)
         try:
-            _feed(ex, embedded_batches(scfg, src, resume.positions, False, dim), cfg.source.limit, bar)
+            _feed(ex, embedded_batches(scfg, src, None, False, dim), cfg.source.limit, bar)
             ex.commit_now()
         finally:
             bar.close()
