@@ -139,12 +139,20 @@ def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, 
 def print_table(rows: list[dict[str, float]], cols: list[str] = COLS) -> None:
     print(" | ".join(f"{c:>12}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{r[c]:>12}" if isinstance(r[c], (int, str)) else f"{r[c]:>12.4f}" for c in cols))
+        print(" | ".join(f"{r[c]:>12.4f}" if isinstance(r[c], float) else f"{r[c]!s:>12}" for c in cols))
 
 
 def report_seeds(rows: list[dict[str, Any]], json_path: str | None, cols: list[str] = COLS, **extra: Any) -> None:
     """The per-seed rows and their mean as a table, and (with --json) as a file with `extra` first."""
-    mean = {c: (float(np.mean([r[c] for r in rows])) if c != "seed" else "mean") for c in cols}
+    def avg(c: str) -> float | str:
+        nums = [r[c] for r in rows if isinstance(r[c], (int, float)) and not isinstance(r[c], bool)]
+        if c == "seed":
+            return "mean"
+        if len(nums) < len(rows):  # text (a set's name, a status) or a rule that abstained somewhere
+            return f"{float(np.mean(nums)):.4f} ({len(nums)}/{len(rows)})" if nums else ""
+        return float(np.mean(nums))
+
+    mean = {c: avg(c) for c in cols}
     print_table([*rows, mean], cols)
     if json_path:
         Path(json_path).write_text(json.dumps({**extra, "rows": rows, "mean": mean}, indent=1))

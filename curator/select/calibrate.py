@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,25 @@ NN_MIN_SEPARATED = 3  # items below the gap for it to be copies (the body's lowe
 AGR_BINS = 100  # agreement / share histograms over [0, 1]
 SHARE_BINS = 20
 MAX_LABELS = 4096  # distinct labels tracked (for the flipped-label model)
-MIN_NN = 50  # accepted items before eps_dup / relabel_radius are calibrated
+MIN_NN = 20  # accepted items before eps_dup / relabel_radius are calibrated (the 5% quantile is the first item)
 MIN_VOTES = 30  # trusted votes before tau_noise / tau_relabel are
 MIN_PAIRS = 20  # trusted pairs before align_threshold is
 MIN_STREAM = 50  # stream votes / pairs before the noise / mismatch rate is estimated from them
 PRIOR_RATE = 0.1  # noise / mismatch rate assumed until then
-EPS_UNCALIBRATED = 1e-6  # before eps_dup is calibrated: exact duplicates only
+#: eps_dup never goes below what the cosines can resolve: float32 dot products of unit vectors carry a rounding
+#: error of about sqrt(d) * 2^-24 (1e-6 at d = 512), so byte-identical copies score 1 - 1e-7 or 1 - 1e-6; the
+#: floor leaves a tenfold margin. Before calibration it is the whole rule: exact copies only.
+EPS_FLOOR = 1e-5
+#: An index that re-ranks with 8-bit codes (ivf-pq-sq8) is off by about one code step per dimension: cosines
+#: err by ~3e-4, so its floor is three of those.
+SQ8_FLOOR = 1e-3
+#: The bar a calibrated rule must pass to be applied: the upper bound (one standard error, Wilson) of the share
+#: of right labels / right captions it would drop, estimated from the trusted evidence, and the share of
+#: wrong ones it would catch. A rule below the bar is not applied: its items are "not judged" by it.
+MAX_CLEAN_DROP = 0.05
+MIN_CATCH = 0.5
 NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
+EARLY = (32, 64, 128)  # decided-item counts (below calibrate_every) where a young stream is recalibrated
 Z = 1.0  # the Wilson bound one standard error below (the trusted set is small; its votes see a sparser index)
 #: ev_sums slots
 CLEAN_AGR, CLEAN_VOTES, STREAM_LOW, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, \
@@ -191,12 +204,18 @@ class Calibration:
     """The values in force and the evidence behind each (what the manifest and reasons show)."""
 
     values: dict[str, float]
-    origin: dict[str, str]  # "config", "calibrated", "not calibrated yet"
+    origin: dict[str, str]  # the status: "config", "calibrated from N ...", "floor: ...", "not applied: ...", "never: ..."
     evidence: dict[str, dict[str, Any]]
     seq: int = -1  # decided items when computed
 
+    def applied(self, name: str) -> bool:
+        """Whether the rule of this setting judges items now ("not applied" and "never" do not)."""
+        return not self.origin[name].startswith(("not applied", "never"))
+
     def report(self) -> dict[str, Any]:
-        """Per setting {"value", "origin", evidence...} (what the manifest's "calibration" holds)."""
+        """Per setting {"value", "origin", evidence...} (what the manifest's "calibration" holds). The
+        origin is the setting's one status, shown as is everywhere: "config", "calibrated from N ...",
+        "floor: ...", "not applied: why", "never: why"."""
         out: dict[str, Any] = {name: {"value": None if not math.isfinite(v) else float(v), "origin": self.origin[name],
                                       **self.evidence.get(name, {})} for name, v in self.values.items()}
         out["at_seq"] = self.seq
@@ -217,9 +236,10 @@ def _merged_labels(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
-              boot: Evidence | None = None) -> Calibration:
+              boot: Evidence | None = None, eps_floor: float = EPS_FLOOR) -> Calibration:
     """The values in force from the configured numbers and, for 'auto', the evidence so far (`ev`,
-    filled in stream order; `boot`, the trusted items' leave-one-out votes)."""
+    filled in stream order; `boot`, the trusted items' leave-one-out votes). `eps_floor`: the least
+    cosine distance the index resolves (`EPS_FLOOR`, or `SQ8_FLOOR` on 8-bit re-ranking)."""
     if boot is not None:  # label evidence: the trusted votes plus those of items taken unjudged
         merged = Evidence(ev.nn, ev.nn_meta, ev.clean + boot.clean, ev.noisy + boot.noisy, ev.prec + boot.prec,
                           ev.labels, ev.sums.copy(), ev.cross)
@@ -257,16 +277,23 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
         nn_info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
                     "tail_exponent": round(slope, 3)}
     if not fixed("eps_dup"):
-        if n_nn >= MIN_NN:
-            values["eps_dup"], origin["eps_dup"] = 10 ** l_eps, "calibrated"
+        if n_nn >= MIN_NN and 10 ** l_eps >= eps_floor:
+            values["eps_dup"], origin["eps_dup"] = 10 ** l_eps, f"calibrated from {n_nn} items"
+        elif n_nn >= MIN_NN:
+            values["eps_dup"] = eps_floor
+            origin["eps_dup"] = (f"floor: calibration gave {10 ** l_eps:.2g} from {n_nn} items, below what the "
+                                 f"cosines resolve ({eps_floor:g}); exact and float-rounding copies only")
         else:
-            values["eps_dup"], origin["eps_dup"] = EPS_UNCALIBRATED, "not calibrated yet (exact duplicates only)"
+            values["eps_dup"] = eps_floor
+            origin["eps_dup"] = (f"floor: not calibrated yet ({n_nn} of {MIN_NN} accepted items); exact and "
+                                 "float-rounding copies only")
         evidence["eps_dup"] = {"from": f"nearest-neighbour distances of accepted items ({trusted_source} first)",
-                               "dup_false_rate": cfg.dup_false_rate, **nn_info}
+                               "dup_false_rate": cfg.dup_false_rate, "floor": eps_floor, **nn_info}
     if not fixed("relabel_radius"):
         ok = n_nn >= MIN_NN
         values["relabel_radius"] = 10 ** l50 if ok else math.nan
-        origin["relabel_radius"] = "calibrated" if ok else "not calibrated yet (no corrections)"
+        origin["relabel_radius"] = (f"calibrated from {n_nn} items" if ok else
+                                    f"not applied: not calibrated yet ({n_nn} of {MIN_NN} accepted items; no corrections)")
         evidence["relabel_radius"] = {"from": "median nearest-neighbour distance of accepted items", **nn_info}
 
     n_votes = ev.sums[CLEAN_VOTES]
@@ -282,16 +309,31 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             rate, how = _rate(f_clean[0], f_noisy[0], ev.sums[STREAM_LOW], ev.sums[STREAM_VOTES])
             rate_info = {"unsupported_share_of_stream": round(ev.sums[STREAM_LOW] / max(ev.sums[STREAM_VOTES], 1), 4)}
             risk = (1 - rate) * f_clean + rate * (1 - f_noisy)
-            best = np.flatnonzero(risk <= risk.min() + 1e-12)
+            below = np.cumsum(ev.clean)
+            clean_upper = np.array([1.0 - wilson_lower(n_votes - below[j], n_votes) for j in range(AGR_BINS)])
+            admissible = clean_upper <= MAX_CLEAN_DROP  # cuts whose clean drops the evidence can bound
+            risk = np.where(admissible, risk, np.inf)
+            best = np.flatnonzero(risk <= risk.min() + 1e-12) if admissible.any() else np.array([0])
             b = int(best[len(best) // 2])
-            values["tau_noise"], origin["tau_noise"] = (b + 1) / AGR_BINS, "calibrated"
             prec = rate * f_noisy[b] / max(rate * f_noisy[b] + (1 - rate) * f_clean[b], 1e-12)
             vote_info |= {"noise_rate": round(rate, 4), "noise_rate_from": how, **rate_info,
                           "expected_flag_recall": round(float(f_noisy[b]), 4),
                           "expected_clean_flagged": round(float(f_clean[b]), 4),
+                          "clean_flagged_upper": round(float(clean_upper[b]), 4),
                           "expected_flag_precision": round(float(prec), 4)}
+            if admissible.any() and f_noisy[b] >= MIN_CATCH:
+                values["tau_noise"] = (b + 1) / AGR_BINS
+                origin["tau_noise"] = f"calibrated from {int(n_votes)} trusted votes"
+            else:
+                values["tau_noise"] = math.nan
+                origin["tau_noise"] = (
+                    f"not applied: the {int(n_votes)} trusted votes do not separate right labels from wrong ones "
+                    f"(a cut flagging at most {MAX_CLEAN_DROP:.0%} of right labels catches "
+                    f"{float(f_noisy[b]) if admissible.any() else 0.0:.0%} of wrong ones; needs {MIN_CATCH:.0%})")
         else:
-            values["tau_noise"], origin["tau_noise"] = math.nan, "not calibrated yet (labels unjudged)"
+            values["tau_noise"] = math.nan
+            origin["tau_noise"] = (f"not applied: not calibrated yet ({int(n_votes)} of {MIN_VOTES} trusted votes"
+                                   + (")" if n_labels >= 2 or not n_votes else f", {n_labels} class)"))
         evidence["tau_noise"] = {"from": f"{trusted_source} votes vs the same votes for other labels", **vote_info}
     if not fixed("tau_relabel"):
         right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
@@ -302,12 +344,15 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
                 values["tau_relabel"] = b / SHARE_BINS
                 info = {"votes_at_or_above": int(total[b]), "right": int(right[b]),
                         "precision_lower_bound": round(wilson_lower(right[b], total[b]), 4)}
+                origin["tau_relabel"] = f"calibrated from {int(n_votes)} trusted votes"
             else:
                 values["tau_relabel"] = NEVER
-                info = {"note": f"no share level reaches precision {cfg.relabel_precision}: no corrections"}
-            origin["tau_relabel"] = "calibrated"
+                info = {}
+                origin["tau_relabel"] = (f"never: no majority share reaches precision {cfg.relabel_precision} in "
+                                         f"{int(n_votes)} trusted votes (no corrections)")
         else:
-            values["tau_relabel"], origin["tau_relabel"], info = NEVER, "not calibrated yet (no corrections)", {}
+            values["tau_relabel"], info = NEVER, {}
+            origin["tau_relabel"] = f"never: not calibrated yet ({int(n_votes)} of {MIN_VOTES} trusted votes; no corrections)"
         evidence["tau_relabel"] = {"from": f"{trusted_source} items' own votes, right or wrong by majority share",
                                    "relabel_precision": cfg.relabel_precision, "trusted_votes": int(n_votes), **info}
 
@@ -323,14 +368,24 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             lo, hi = min(mu_x, mu_c), max(mu_x, mu_c)
             grid = np.linspace(lo, hi, 2001)
             risk = [(1 - rate) * _phi((t - mu_c) / sd_c) + rate * (1 - _phi((t - mu_x) / sd_x)) for t in grid]
-            t = float(grid[int(np.argmin(risk))])
-            values["align_threshold"], origin["align_threshold"] = t, "calibrated"
+            # no cut that drops more right captions than the bar allows
+            t = min(float(grid[int(np.argmin(risk))]), mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * sd_c)
+            dropped, caught = _phi((t - mu_c) / sd_c), 1 - _phi((t - mu_x) / sd_x)
             info |= {"trusted_mean": round(mu_c, 4), "trusted_std": round(sd_c, 4), "mismatch_mean": round(mu_x, 4),
                      "mismatch_std": round(sd_x, 4), "mismatch_rate": round(rate, 4), "mismatch_rate_from": how,
-                     "expected_clean_dropped": round(_phi((t - mu_c) / sd_c), 5),
-                     "expected_mismatch_kept": round(1 - _phi((t - mu_x) / sd_x), 5)}
+                     "expected_clean_dropped": round(dropped, 5), "expected_mismatch_kept": round(1 - caught, 5)}
+            if mu_c > mu_x and caught >= MIN_CATCH:
+                values["align_threshold"] = t
+                origin["align_threshold"] = f"calibrated from {int(n_p)} trusted pairs"
+            else:
+                values["align_threshold"] = math.nan
+                origin["align_threshold"] = (
+                    f"not applied: trusted pairs (mean cos {mu_c:.3f}) do not separate from mismatched ones (mean "
+                    f"{mu_x:.3f}): a cut dropping at most {MAX_CLEAN_DROP:.0%} of right captions catches {caught:.0%} "
+                    f"of wrong ones; needs {MIN_CATCH:.0%}")
         else:
             values["align_threshold"] = math.nan
-            origin["align_threshold"] = "not calibrated yet (captions accepted unjudged)"
+            origin["align_threshold"] = (f"not applied: not calibrated yet ({int(min(n_p, n_x))} of {MIN_PAIRS} "
+                                         "trusted pairs)")
         evidence["align_threshold"] = {"from": f"{trusted_source} pairs vs their images with other captions", **info}
     return Calibration(values, origin, evidence, seq)

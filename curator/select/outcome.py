@@ -126,8 +126,9 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     # most items are plainly accepted: their reason is the head and the gain (as `reasons.accepted`)
     head = "trusted bootstrap" if trusted else "clean"
     out = [f"{head}; gain {g:.4f}" if g == g else f"{head}; no gain" for g in s.gain.tolist()]
+    caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off")
     plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
-              | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0))
+              | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0) | caption_unjudged)
     autos: dict[int, dict[str, bool]] = {}
     for i in np.flatnonzero(~plain).tolist():
         cal = s.cals[s.cal_idx[i]] if s.cals else sel.cal
@@ -146,6 +147,10 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
             notes.append(reasons.kept_flagged(base, weak))
         if s.unjudged[i]:
             notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted, cal.origin.get("tau_noise", "")))
+        if caption_unjudged[i] and not (s.unjudged[i] and s.n_trusted[i] >= 0):
+            notes.append(reasons.captions_unjudged(
+                f"align_threshold {cal.origin.get('align_threshold', '')}" if c.align_mode == "fixed" else
+                f"align_mode {c.align_mode}: too few pairs yet"))
         w = s.why[i]
         drop = ""
         if w == kern.WHY_MISALIGNED:

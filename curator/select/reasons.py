@@ -56,10 +56,15 @@ def label_dropped(base: str, share: float, tau_relabel: float, relabel: bool, we
 
 
 def unjudged(n_trusted: int, min_trusted: int, calibration: str = "") -> str:
+    """Why the label rule did not judge this item: a rule that did not judge says so, never "clean"."""
     if n_trusted < 0:
-        return f"label unjudged: tau_noise {calibration}; give a trusted bootstrap"
-    return (f"unjudged: only {n_trusted} accepted items (< selector.min_trusted {min_trusted}); "
-            "give a trusted bootstrap")
+        return f"not judged: labels (tau_noise {calibration})"
+    return (f"not judged: labels, captions (only {n_trusted} accepted items < selector.min_trusted {min_trusted}; "
+            "a trusted bootstrap judges from the first item)")
+
+
+def captions_unjudged(status: str) -> str:
+    return f"not judged: captions ({status})"
 
 
 def duplicate(dup_of: str, max_sim: float, eps_dup: float, auto: bool = False) -> str:
@@ -72,7 +77,9 @@ def budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:
 
 
 def accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
-    head = "trusted bootstrap" if trusted else "clean"
+    """A kept item: "clean" only when every rule that applies to it judged it; else its notes say which not."""
+    unjudged_note = any(n.startswith("not judged") for n in notes)
+    head = "trusted bootstrap" if trusted else ("kept" if unjudged_note else "clean")
     return "; ".join([head, *notes, f"gain {gain:.4f}" if gain is not None else "no gain"])
 
 

@@ -31,10 +31,13 @@ from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
 from curator.records import KEPT_DECISIONS, Decision
 from curator.select.calibrate import (
+    EARLY,
+    EPS_FLOOR,
     LOO_CAP,
     NN_HI,
     NN_LO,
     NN_WINDOW,
+    SQ8_FLOOR,
     Calibration,
     Evidence,
     calibrate,
@@ -118,6 +121,7 @@ class InfoGrowthSelector:
         self.cal_pending = False  # trusted items decided since the last calibration
         self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), -1)
         self._warned_uncalibrated = False
+        self._warned_rules: set[str] = set()
 
     # --- state --------------------------------------------------------------------------
     @property
@@ -196,14 +200,33 @@ class InfoGrowthSelector:
         """The thresholds in force and the evidence behind each (the manifest's "calibration")."""
         return self.cal.report()
 
+    def _calibration_point(self, pos: int) -> bool:
+        """Stream positions where calibration is redone (a pure function of the stream): multiples of
+        calibrate_every, and a few earlier points so that a short stream is calibrated on its own items."""
+        return pos % self.cfg.calibrate_every == 0 or (pos in EARLY and pos < self.cfg.calibrate_every)
+
     def _calibration_due(self, pos: int) -> bool:
-        """Recalibrate before deciding the item at stream position `pos` (a pure function of the
-        stream: at multiples of calibrate_every, and where the stream starts after trusted items)."""
-        return self.cal.seq < 0 or self.cal_pending or (pos % self.cfg.calibrate_every == 0 and self.cal.seq != pos)
+        """Recalibrate before deciding the item at stream position `pos`: at a calibration point, and
+        where the stream starts after trusted items."""
+        return self.cal.seq < 0 or self.cal_pending or (self._calibration_point(pos) and self.cal.seq != pos)
+
+    def _eps_floor(self) -> float:
+        """The least cosine distance the duplicate modality's index resolves (see calibrate.EPS_FLOOR)."""
+        m = self._dedup_modality()
+        index = self.indexes.get(m) if m else None
+        return SQ8_FLOOR if index is not None and "sq8" in index.kind else EPS_FLOOR
 
     def _recalibrate(self, pos: int) -> None:
-        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self.boot_evidence)
+        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self.boot_evidence,
+                             self._eps_floor())
         self.cal_pending = False
+        for name, status in self.cal.origin.items():  # one warning per rule the evidence does not support
+            if status.startswith("not applied") and "not calibrated yet" not in status \
+                    and name not in self._warned_rules:
+                log.warning("selector.%s = 'auto' is not applied: %s. Its items are recorded as not judged by it "
+                            "(evidence: %s)", name, status.removeprefix("not applied: "),
+                            {k: v for k, v in self.cal.evidence.get(name, {}).items() if k != "from"})
+                self._warned_rules.add(name)
         self._trusted_x, self._trusted_y = [], []
         if not self.trusted_seen and not self._warned_uncalibrated and any(
                 o.startswith("calibrated") for o in self.cal.origin.values()):
@@ -229,8 +252,9 @@ class InfoGrowthSelector:
         """Where the compiled loop stops next: the batch's end, or the next calibration point."""
         if trusted:
             return n
-        r = self.cfg.calibrate_every
-        return min(n, i + r - (self.seq + i) % r)
+        r, pos = self.cfg.calibrate_every, self.seq + i
+        nxt = min([p for p in EARLY if pos < p < r] + [pos + r - pos % r])
+        return min(n, i + nxt - pos)
 
     def _begin_item(self, s: Scores, i: int, trusted: bool) -> None:
         """Before deciding item i (of this batch): recalibrate when due, note the values in force."""
