@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -175,7 +176,38 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 
 
 class ConfigError(ValueError):
-    """A configuration file or flag is wrong; the message says which and how to fix it."""
+    """A configuration file or flag is wrong; the message says which and how to fix it.
+
+    It carries every problem found (`problems`, one line each, naming the key and what it takes), so
+    a user fixes a config in one go instead of one error per try."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems in the configuration:\n" + "\n".join(
+                f"  - {p}" for p in self.problems)
+        super().__init__(text)
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError with all of `problems`, if there are any."""
+    if problems:
+        raise ConfigError(problems)
+
+
+def _collect(found: list[str], problems: list[str] | None) -> None:
+    """Hand `found` to the caller's list, or raise them here when the caller gave none."""
+    if problems is None:
+        raise_problems(found)
+    else:
+        problems.extend(found)
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _section_cls(name: str) -> type:
@@ -238,27 +270,56 @@ def _coerce(section: str, cls: type, name: str, value: Any) -> Any:
         raise ConfigError(f"{where}: expected {what}, got {value!r}") from None
 
 
-def apply_section(obj: Any, section: str, values: Any, origin: str) -> None:
-    """Set one config dataclass's fields from a TOML table or flags, checking names, types and choices."""
+def apply_section(obj: Any, section: str, values: Any, origin: str, problems: list[str] | None = None) -> None:
+    """Set one config dataclass's fields from a TOML table or flags, checking names, types and choices.
+
+    Every problem is collected: into `problems` when given (the caller reports them with the rest),
+    else raised here, all in one ConfigError. A setting with a problem keeps its previous value."""
+    found: list[str] = []
     if not isinstance(values, dict):
-        raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+        found.append(f"{origin}: [{section}] must be a table of settings, got {type(values).__name__} {values!r:.60}")
+        values = {}
     known = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in values.items():
         if name not in known:
-            raise ConfigError(f"{origin}: unknown setting {section}.{name}; known: {', '.join(sorted(known))}")
-        value = _coerce(section, type(obj), name, value)
+            found.append(f"{origin}: unknown setting {section}.{name}{_did_you_mean(name, known)}; "
+                         f"[{section}] takes {', '.join(sorted(known))}")
+            continue
+        try:
+            value = _coerce(section, type(obj), name, value)
+        except ConfigError as exc:
+            found.append(f"{origin}: {exc}")
+            continue
         choices = known[name].metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
+            found.append(f"{origin}: {section}.{name} must be one of {', '.join(choices)}, got {value!r}")
+            continue
         setattr(obj, name, value)
+    _collect(found, problems)
 
 
-def apply_overrides(cfg: RunConfig, values: dict[str, dict[str, Any]], origin: str) -> RunConfig:
-    sec_names = [f.name for f in dataclasses.fields(RunConfig)]
+def apply_overrides(cfg: RunConfig, values: dict[str, Any], origin: str, problems: list[str] | None = None,
+                    others: dict[str, Any] | None = None) -> RunConfig:
+    """Set the sections of `values` (a TOML file's tables, or flags) on `cfg`, collecting every problem.
+
+    `others`: the config objects of sections another layer owns (the service's [kafka] and [service]),
+    set the same way, so that one file carries every section and any command can read it; a section
+    neither knows is an error."""
+    targets = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)} | dict(others or {})
+    found: list[str] = []
     for section, fields_ in values.items():
-        if section not in sec_names:
-            raise ConfigError(f"{origin}: unknown section [{section}]; sections are {', '.join(sec_names)}")
-        apply_section(getattr(cfg, section), section, fields_, origin)
+        if section in targets:
+            apply_section(targets[section], section, fields_, origin, found)
+        elif isinstance(fields_, dict):
+            found.append(f"{origin}: unknown section [{section}]{_did_you_mean(section, targets)}; "
+                         f"sections are {', '.join(targets)}")
+        else:
+            homes = [s for s, obj in targets.items() if section in {f.name for f in dataclasses.fields(obj)}]
+            where = f"put it under [{homes[0]}]" if len(homes) == 1 else (
+                f"put it under one of {', '.join(f'[{h}]' for h in homes)}" if homes else
+                f"settings go under a section: {', '.join(f'[{t}]' for t in targets)}")
+            found.append(f"{origin}: {section} is set outside any section; {where}")
+    _collect(found, problems)
     return cfg
 
 
@@ -275,12 +336,13 @@ def read_toml(path: str | Path, hint: str = "see `curator config --reference`") 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """Defaults, then the TOML file, then explicit overrides (CLI flags)."""
-    cfg = RunConfig()
+    cfg, problems = RunConfig(), []
     if path:
-        apply_overrides(cfg, read_toml(path), str(path))
+        apply_overrides(cfg, read_toml(path), str(path), problems)
     if overrides:
-        apply_overrides(cfg, overrides, "command line")
-    validate_config(cfg)
+        apply_overrides(cfg, overrides, "command line", problems)
+    validate_config(cfg, problems)
+    raise_problems(problems)
     return cfg
 
 
@@ -288,7 +350,9 @@ def _auto_or(v: Any, ok: Any) -> bool:
     return v == AUTO or (isinstance(v, (int, float)) and not isinstance(v, bool) and bool(ok(float(v))))
 
 
-def validate_config(cfg: RunConfig) -> None:
+def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
+    """Values each setting's type allows but the engine does not (ranges, combinations): every one found
+    goes into `problems` when given, else they are raised together."""
     s = cfg.selector
     checks = [
         (s.k_gain >= 1, "selector.k_gain must be >= 1"),
@@ -316,9 +380,7 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.source.batch_size >= 1, "source.batch_size must be >= 1"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    _collect([msg for ok, msg in checks if not ok], problems)
 
 
 def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -> None:

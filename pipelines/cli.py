@@ -17,12 +17,9 @@ from pathlib import Path
 
 from curator.config import (
     ConfigError,
-    RunConfig,
     add_config_flags,
-    load_config,
     overrides_from_args,
     reference_markdown,
-    to_toml,
 )
 
 log = logging.getLogger("curator")
@@ -43,27 +40,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, StoreError, QueryError, ModelLoadError, FileSourceError)
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(getattr(args, "config", None), overrides_from_args(args))
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     from curator.store.query import decision_summary
+    from pipelines.config import load_serve_config
     from pipelines.ingest import run_ingest
 
     overrides = overrides_from_args(args)
     if args.paths:
         overrides.setdefault("source", {})["paths"] = list(args.paths)
+    scfg = load_serve_config(args.config, overrides, serving=False)  # the same file as `curator serve`'s
+    cfg = scfg.run
     if args.engine == "ray":
-        from pipelines.config import load_serve_config
         from pipelines.drivers.ray_data import run_ingest_ray
 
-        scfg = load_serve_config(args.config, overrides)
-        cfg = scfg.run
         m = run_ingest_ray(scfg, progress=not args.quiet)
     else:
-        overrides.pop("service", None)
-        cfg = load_config(args.config, overrides)
         m = run_ingest(cfg, progress=not args.quiet)
     print(decision_summary(cfg.store.out))
     print(f"curated set: {Path(cfg.store.out).resolve()} (commit {m['commit']}); "
@@ -92,7 +83,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     elif args.show:
         print(show_calibration(args.show))
     else:
-        print(to_toml(_config(args)))
+        from pipelines.config import load_serve_config
+
+        print(load_serve_config(args.config, overrides_from_args(args), serving=False).to_toml())
     return 0
 
 
@@ -190,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "run directory", description="One bounded curation run over files. "
                                         "Re-running on the same --store.out resumes after the last commit.")
     ing.add_argument("paths", nargs="*", help="input files or folders (or [source] paths in the config)")
-    ing.add_argument("--config", help="TOML run configuration; flags below override it")
+    ing.add_argument("--config", help="TOML configuration (the same file as `curator serve --config`: [kafka] "
+                                      "and [service] are checked, and [service] sizes --engine ray); flags below "
+                                      "override it")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ing.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process, one batch at a time. ray: read, decode and embed on Ray Data "
@@ -213,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_query)
 
     d = sub.add_parser("demo", help="the main job: dirty scikit-learn digits through the whole selection",
-                       description="Streams scikit-learn's digits (real images) with 20%% flipped labels and 30%% "
+                       description="Streams scikit-learn's digits (real images) with 20% flipped labels and 30% "
                                    "near-duplicate copies after a trusted bootstrap of 100, writes the curated "
                                    "set and prints its decisions and a DuckDB query. Offline.")
     d.add_argument("--out", default="runs/demo", help="run directory (recreated)")
@@ -222,12 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(d, sections=("embedder", "index", "selector"))
     d.set_defaults(func=cmd_demo)
 
-    c = sub.add_parser("config", help="print the effective configuration as TOML, or the reference")
-    c.add_argument("--config", help="TOML run configuration")
+    c = sub.add_parser("config", help="print the effective configuration as TOML (every section), or the reference")
+    c.add_argument("--config", help="TOML configuration (any command's: the run's sections, [kafka], [service])")
     c.add_argument("--reference", action="store_true", help="every setting with its default and meaning")
     c.add_argument("--show", metavar="RUN_DIR", help="the thresholds a run used: calibrated values ('auto' settings) "
                                                      "and the evidence behind them, from its manifest")
-    add_config_flags(c)
+    from pipelines.config import add_serve_flags
+
+    add_serve_flags(c)
     c.set_defaults(func=cmd_config)
 
     add_serve_command(sub)

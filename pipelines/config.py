@@ -1,7 +1,9 @@
-"""Configuration of `curator serve`: the run's sections plus [kafka] and [service].
+"""The configuration file: the run's sections plus `curator serve`'s [kafka] and [service].
 
-One TOML file holds a whole service: the RunConfig sections that decide *what* is curated
-([embedder] [index] [selector] [store] [source]) and two sections that decide *how* it runs:
+Every command that takes ``--config`` reads it here (`load_serve_config`), so one file works with all
+of them; a section a command does not use is checked all the same. The RunConfig sections decide
+*what* is curated ([embedder] [index] [selector] [store] [source]); two sections decide *how* the
+service runs:
 
 - ``[kafka]``: where the stream comes from (empty ``bootstrap_servers`` = the files in
   ``[source] paths``), the consumer group, the dead-letter topic, client passthrough to
@@ -25,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from curator.config import (
-    ConfigError,
     RunConfig,
     add_config_flags,
     add_section_flags,
     apply_overrides,
-    apply_section,
+    raise_problems,
     read_toml,
     reference_rows,
     setting,
@@ -135,17 +136,18 @@ class ServeConfig:
 SERVICE_SECTIONS = {"kafka": KafkaConfig, "service": ServiceConfig}
 
 
-def apply_serve_overrides(cfg: ServeConfig, values: dict[str, Any], origin: str) -> ServeConfig:
-    run_part = {k: v for k, v in values.items() if k not in SERVICE_SECTIONS}
-    apply_overrides(cfg.run, run_part, origin)
-    for sec in SERVICE_SECTIONS:
-        if sec in values:
-            apply_section(getattr(cfg, sec), sec, values[sec], origin)
+def apply_serve_overrides(cfg: ServeConfig, values: dict[str, Any], origin: str,
+                          problems: list[str] | None = None) -> ServeConfig:
+    """Set every section of `values` (the run's and [kafka] / [service]); problems as `apply_overrides`."""
+    apply_overrides(cfg.run, values, origin, problems, {sec: getattr(cfg, sec) for sec in SERVICE_SECTIONS})
     return cfg
 
 
-def validate_serve_config(cfg: ServeConfig) -> None:
-    validate_config(cfg.run)
+def validate_serve_config(cfg: ServeConfig, problems: list[str] | None = None, serving: bool = True) -> None:
+    """Every setting's value, and (`serving`) that the service has an input: all problems at once,
+    into `problems` when given, else raised together."""
+    found: list[str] = []
+    validate_config(cfg.run, found)
     s, k = cfg.service, cfg.kafka
     checks = [
         (s.embed_actors >= 1, "service.embed_actors must be >= 1"),
@@ -159,32 +161,42 @@ def validate_serve_config(cfg: ServeConfig) -> None:
         (s.memory_limit_mb >= 0, "service.memory_limit_mb must be >= 0"),
         (s.embedding_dim >= 0, "service.embedding_dim must be >= 0"),
         (0 <= s.port <= 65535, "service.port must be in 0..65535"),
-        (not cfg.uses_kafka or bool(k.topic), "kafka.topic is required with kafka.bootstrap_servers"),
-        (cfg.uses_kafka or bool(cfg.run.source.paths),
-         "no input: set [kafka] bootstrap_servers and topic, or [source] paths"),
         (k.poll_timeout_ms >= 1 and k.max_poll_records >= 1, "kafka.poll_timeout_ms and max_poll_records must be >= 1"),
         (s.max_inflight_mb >= 0 and s.max_buffered_mb >= 0, "service.max_inflight_mb / max_buffered_mb must be >= 0"),
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    if cfg.uses_kafka or k.client or k.consumer or k.producer:
-        from connectors.kafka.clients import KafkaSettingsError, check_client_settings
+    if serving:
+        checks += [
+            (not cfg.uses_kafka or bool(k.topic), "kafka.topic is required with kafka.bootstrap_servers"),
+            (cfg.uses_kafka or bool(cfg.run.source.paths),
+             "no input: set [kafka] bootstrap_servers and topic, or [source] paths"),
+        ]
+    found += [msg for ok, msg in checks if not ok]
+    if k.client or k.consumer or k.producer:
+        from connectors.kafka.clients import client_settings_problems
 
-        try:
-            check_client_settings(k.client, k.consumer, k.producer)
-        except KafkaSettingsError as exc:
-            raise ConfigError(str(exc)) from None
+        found += client_settings_problems(k.client, k.consumer, k.producer)
+    if problems is None:
+        raise_problems(found)
+    else:
+        problems.extend(found)
 
 
-def load_serve_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServeConfig:
-    """Defaults, then the TOML file, then explicit overrides (flags), then validation."""
-    cfg = ServeConfig()
+def load_serve_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                      serving: bool = True) -> ServeConfig:
+    """Defaults, then the TOML file, then explicit overrides (flags), then validation: every problem
+    found, in one ConfigError.
+
+    Every command that takes ``--config`` reads the file through here, so one file serves them all:
+    a section a command does not use is still checked (its keys, types and values), never ignored.
+    `serving=False` (`curator ingest`, `curator config`): no check that [kafka] or [source] gives an input.
+    """
+    cfg, problems = ServeConfig(), []
     if path:
-        apply_serve_overrides(cfg, read_toml(path, "see deploy/curator.example.toml"), str(path))
+        apply_serve_overrides(cfg, read_toml(path, "see deploy/curator.example.toml"), str(path), problems)
     if overrides:
-        apply_serve_overrides(cfg, overrides, "command line")
-    validate_serve_config(cfg)
+        apply_serve_overrides(cfg, overrides, "command line", problems)
+    validate_serve_config(cfg, problems, serving)
+    raise_problems(problems)
     return cfg
 
 

@@ -3,8 +3,8 @@
 Users give client settings in three tables: ``[kafka.client]`` for what both clients accept (TLS,
 SASL, client id, timeouts), ``[kafka.consumer]`` for the source's consumer only (fetch sizes,
 session timeouts) and ``[kafka.producer]`` for the dead-letter producer only (acks, compression).
-`check_client_settings` rejects a key that a client would refuse, before anything starts, instead of
-a kafka-python traceback once the service is running. kafka-python is imported inside functions.
+`client_settings_problems` finds every key that a client would refuse, before anything starts,
+instead of a kafka-python traceback once the service is running. kafka-python is imported inside functions.
 """
 
 from __future__ import annotations
@@ -24,10 +24,6 @@ class KafkaSourceError(RuntimeError):
     """A Kafka connector cannot go on (unreachable broker, bad settings, missing topic, persistent errors)."""
 
 
-class KafkaSettingsError(ValueError):
-    """A client setting no Kafka client of that kind accepts; the message says where it belongs."""
-
-
 def parse_api_version(text: str) -> tuple[int, ...] | None:
     """'2.3' -> (2, 3); '' -> None (ask the broker). The librdkafka mock cluster needs '2.3'."""
     text = (text or "").strip()
@@ -42,29 +38,32 @@ def parse_api_version(text: str) -> tuple[int, ...] | None:
     return parts
 
 
-def check_client_settings(shared: dict[str, Any], consumer: dict[str, Any], producer: dict[str, Any]) -> None:
-    """Every key must be one its clients accept: shared keys both, the others their own client's."""
+def client_settings_problems(shared: dict[str, Any], consumer: dict[str, Any], producer: dict[str, Any]) -> list[str]:
+    """Every key no client of its table accepts (shared keys: both clients; the others their own), each
+    saying where it belongs; empty when all are fine."""
     from kafka import KafkaConsumer, KafkaProducer
 
     accepted = {"consumer": set(KafkaConsumer.DEFAULT_CONFIG), "producer": set(KafkaProducer.DEFAULT_CONFIG)}
+    out: list[str] = []
     for kind, other, values in (("consumer", "producer", consumer), ("producer", "consumer", producer)):
         for k in values:
             if k not in accepted[kind]:
                 where = f"; it is a {other} setting: put it under [kafka.{other}]" if k in accepted[other] else ""
-                raise KafkaSettingsError(f"[kafka.{kind}] {k}: not a kafka-python {kind} setting{where}")
+                out.append(f"[kafka.{kind}] {k}: not a kafka-python {kind} setting{where}")
     c_keys, p_keys = accepted["consumer"], accepted["producer"]
     for k in shared:
         if k in c_keys and k in p_keys:
             continue
         if k in c_keys:
-            raise KafkaSettingsError(f"[kafka.client] {k} is a consumer-only setting: put it under [kafka.consumer]")
-        if k in p_keys:
-            raise KafkaSettingsError(f"[kafka.client] {k} is a producer-only setting: put it under [kafka.producer]")
-        raise KafkaSettingsError(f"[kafka.client] {k}: not a kafka-python client setting (TLS: ssl_*, SASL: "
-                                 "sasl_*, security_protocol, client_id, ...)")
-    for k in RESERVED:
-        if k in shared or k in consumer:
-            raise KafkaSettingsError(f"Kafka client setting {k} is set by curator itself; use the [kafka] fields")
+            out.append(f"[kafka.client] {k} is a consumer-only setting: put it under [kafka.consumer]")
+        elif k in p_keys:
+            out.append(f"[kafka.client] {k} is a producer-only setting: put it under [kafka.producer]")
+        else:
+            out.append(f"[kafka.client] {k}: not a kafka-python client setting (TLS: ssl_*, SASL: sasl_*, "
+                       "security_protocol, client_id, ...)")
+    out += [f"Kafka client setting {k} is set by curator itself; use the [kafka] fields"
+            for k in RESERVED if k in shared or k in consumer]
+    return out
 
 
 def preflight(settings: dict[str, Any], timeout_s: float) -> None:
