@@ -9,7 +9,7 @@ of an earlier item, arriving in `--increments` equal increments.
 
 - **online**: curator's selector (`InfoGrowthSelector`, library defaults, `eps_dup = --eps`) decides
   each increment's items as they arrive, against the index of everything kept so far.
-- **offline, repeated**: SemDeDup (ALGORITHMS.md section 3) -- spherical k-means over all items seen
+- **offline, repeated**: SemDeDup (Abbas et al., 2023) -- spherical k-means over all items seen
   so far (k = sqrt(n), FAISS), then within each cluster an item is dropped when its similarity to an
   earlier item of the cluster is >= 1 - eps -- re-run from scratch at every increment, because an
   offline tool has no state to continue from.

@@ -1,7 +1,7 @@
 """Run configuration: one dataclass per component, one TOML file per run.
 
 CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and
-a config field are always the same thing, and the reference in the README is generated
+a config field are always the same thing, and the reference in docs/configuration.md is generated
 from the same field metadata (``curator config --reference``).
 """
 

@@ -1,4 +1,4 @@
-"""The oracle: the selector's per-item loop written plainly in Python (ALGORITHMS.md section 1).
+"""The oracle: the selector's per-item loop written plainly in Python (the rules of docs/concepts.md).
 
 `ReferenceSelector` is `InfoGrowthSelector` with its compiled loop (`curator.select.kernel`)
 replaced by this one: neighbours by concatenating the index's with the batch's earlier accepted

@@ -8,13 +8,13 @@ several sections gets all of them in one error, from every command alike.
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomllib
 import yaml
 
 from curator.config import ConfigError

@@ -3,7 +3,7 @@
 The selector first gathers an item's scores -- alignment, the neighbour vote, gain, nearest
 similarity -- and each rule below turns scores into a verdict; `curator.select.reasons` turns a
 verdict into the text a person reads. Nothing here holds state, so each rule is testable alone and
-the selector's loop only orders them (ALGORITHMS.md section 1). The same compiled functions serve
+the selector's loop only orders them (in the order docs/concepts.md gives). The same compiled functions serve
 the fast loop (`curator.select.kernel`) and the plainly written reference loop the tests keep as
 the oracle, so the two cannot differ in arithmetic.
 """

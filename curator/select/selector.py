@@ -1,6 +1,6 @@
 """InfoGrowth online selection: clean -> gain -> dedup -> insert -> sample, in stream order.
 
-ALGORITHMS.md section 1 is the spec. Every decision depends only on the items accepted
+docs/concepts.md states the rules. Every decision depends only on the items accepted
 before it (the index plus the earlier accepted items of the same batch) and on state
 updated item by item (quantile sketches, the budget RNG), so decisions do not depend
 on where batch boundaries fall: a Kafka run and a file run of the same stream agree,

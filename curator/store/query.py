@@ -72,7 +72,7 @@ def query(run_dir: str | Path, sql: str) -> pa.Table:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise QueryError(f"query failed: {exc}\nviews: kept, decisions, quarantine "
-                         "(see README 'Curated-set schema')") from None
+                         "(their columns: `DESCRIBE kept`, or docs/duckdb-recipes.md, 'The views')") from None
     finally:
         con.close()
 

@@ -1,4 +1,4 @@
-"""The InfoBatch pruning rule (ALGORITHMS.md section 2) as plain functions over score arrays.
+"""The InfoBatch pruning rule (Qin et al., ICLR 2024) as plain functions over score arrays.
 
 Kept apart from the sampler so that the rule reads in one place: which samples the rule
 sees as prunable, how they are grouped (below the mean, or the multi-band quantiles), and
