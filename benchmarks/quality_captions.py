@@ -47,7 +47,7 @@ POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom 
 SIZES = ("small", "large")
 TEMPLATES = ("a {size} {colour} {shape} at the {pos}", "a {colour} {shape} ({size}) {pos}")
 COLS = ["seed", "mismatch_p", "mismatch_r", "mismatch_f1", "peer_clipscore_f1", "dup_removed",
-        "clean_dropped_as_dup", "align_threshold", "mismatch_rate_est", "eps_dup", "kept", "select_s"]
+        "clean_dropped_as_dup", "align_threshold", "mismatch_rate_est", "eps_dup", "kept", "select_s", "captions_status"]
 
 
 def random_object(rng: np.random.Generator, taken: int | None = None) -> dict:
@@ -204,7 +204,7 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
     run, truth, select_s = curate(seed, ckpt, work)
     dec = {r["id"]: r for r in read_table(run, "decisions").to_pylist()}
     cal = read_manifest(run)["calibration"]
-    thr = float(cal["align_threshold"]["value"])  # the calibrated threshold in force at the end
+    thr = cal["align_threshold"]["value"]  # the calibrated threshold in force at the end (None: not applied)
     if os.environ.get("CURATOR_BENCH_DUMP"):
         Path(os.environ["CURATOR_BENCH_DUMP"]).write_text(json.dumps({"truth": truth, "dec": dec, "thr": thr}))
     mism = np.array([t[1] for t in truth])
@@ -231,9 +231,11 @@ def run_seed(seed: int, ckpt: Path, work: Path) -> dict:
             "peer_clipscore_f1": 2 * pp * pr / max(1e-9, pp + pr),
             "dup_removed": float(np.mean([sum(g) == 1 for g in dup_groups])),
             "clean_dropped_as_dup": 1.0 - float(np.mean(singles_clean)),
-            "align_threshold": thr, "mismatch_rate_est": float(cal["align_threshold"]["mismatch_rate"]),
+            "align_threshold": thr, "mismatch_rate_est": float(cal["align_threshold"].get("mismatch_rate", np.nan)),
             "eps_dup": float(cal["eps_dup"]["value"]), "kept": sum(r["decision"] == "kept" for r in decisions),
-            "select_s": select_s}
+            "select_s": select_s, "captions_status": cal["align_threshold"]["origin"]} | (
+        {} if thr is not None else {c: "abstained" for c in ("mismatch_p", "mismatch_r", "mismatch_f1",
+                                                               "align_threshold")})
 
 
 def curation_clip(checkpoint: str | None, seconds: float, tmp: Path) -> tuple[Path, int]:

@@ -40,7 +40,7 @@ from pipelines.ingest import run_ingest  # noqa: E402
 COLS = ["seed", "noise_p", "noise_r", "noise_f1", "relabel_ok", "relabels", "abstained", "peer_knn_f1",
         "peer_cleanlab_f1", "dup_groups_one", "dup_groups_both_kept", "clean_unique_lost", "clean_unique_lost_as_dup",
         "kept", "acc_full_noisy", "acc_random_subset", "acc_curated", "acc_cleanlab", "acc_clean", "eps_dup",
-        "tau_noise", "tau_relabel", "relabel_radius", "noise_rate_est", "select_s"]
+        "tau_noise", "tau_relabel", "relabel_radius", "noise_rate_est", "select_s", "labels_status"]
 
 
 def _acc(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, scale: float = 16.0) -> float:
@@ -123,7 +123,16 @@ def score(seed: int, out: Path, truth_tbl, stream: list[dict], boot: list[dict],
         "eps_dup": cal["eps_dup"]["value"], "tau_noise": cal["tau_noise"]["value"],
         "tau_relabel": cal["tau_relabel"]["value"], "relabel_radius": cal["relabel_radius"]["value"],
         "noise_rate_est": cal["tau_noise"].get("noise_rate", float("nan")), "select_s": select_s,
-    }
+    } | abstained(cal)
+
+
+def abstained(cal: dict) -> dict[str, str]:
+    """Columns of a rule the run did not apply (its calibration evidence did not support it) read
+    "abstained", not a number that would look like a result; the statuses are columns too."""
+    out = {"labels_status": cal["tau_noise"]["origin"], "dup_status": cal["eps_dup"]["origin"]}
+    if not cal["tau_noise"]["origin"].startswith(("calibrated", "config")):
+        out |= {c: "abstained" for c in ("noise_p", "noise_r", "noise_f1", "relabel_ok", "tau_noise")}
+    return out
 
 
 def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:

@@ -32,11 +32,10 @@ import pyarrow.parquet as pq  # noqa: E402
 from quality_digits import COLS, report_seeds, score  # noqa: E402
 
 from curator.config import load_config  # noqa: E402
-from curator.store import read_manifest  # noqa: E402
 from pipelines.ingest import run_ingest  # noqa: E402
 
 SETS = ("iris", "wine", "breast_cancer", "digits_z")
-TAB_COLS = ["set", *COLS, "labels_status", "dup_status"]
+TAB_COLS = ["set", *COLS]
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +97,6 @@ def run_one(name: str, seed: int, work: Path) -> dict:
     run_ingest(cfg, progress=False)
     row = score(seed, out, d["truth"], d["stream"], d["bootstrap"], d["test_x"], d["test_y"], d["clean_x"],
                 d["clean_y"], 1.0, time.perf_counter() - t0)
-    cal = read_manifest(out)["calibration"]
-    row["labels_status"] = cal["tau_noise"].get("status", cal["tau_noise"]["origin"])
-    row["dup_status"] = cal["eps_dup"].get("status", cal["eps_dup"]["origin"])
-    if not str(row["labels_status"]).startswith("calibrated"):
-        for c in ("noise_p", "noise_r", "noise_f1", "relabel_ok"):
-            row[c] = "abstained"
-    if not str(row["dup_status"]).startswith(("calibrated", "floor")):
-        for c in ("dup_groups_one", "dup_groups_both_kept", "clean_unique_lost_as_dup"):
-            row[c] = "abstained"
     return {"set": name, **row}
 
 

@@ -66,7 +66,7 @@ class ReferenceSelector(InfoGrowthSelector):
                     else:
                         dec, why = kern.DROPPED_NOISY, kern.WHY_MISALIGNED
                 self.align_sketch.update(v.align[i])
-            if v.pair[i] and (trusted or not judged):
+            if v.pair[i] and (trusted or not judged or self.collecting()[1]):
                 ev.sums[cal.CLEAN_ALIGN] += v.align[i]
                 ev.sums[cal.CLEAN_ALIGN2] += v.align[i] * v.align[i]
                 ev.sums[cal.CLEAN_PAIRS] += 1.0
@@ -86,17 +86,6 @@ class ReferenceSelector(InfoGrowthSelector):
                     votes = np.array([w[lv == u].sum() for u in uniq])
                     s.agreement[i] = w[lv == label].sum() / total
                     s.best[i], s.share[i] = int(uniq[int(np.argmax(votes))]), votes.max() / total
-                    if not judged and not trusted:  # evidence from the items taken unjudged
-                        if label not in ev.labels[1:1 + ev.labels[0]] and ev.labels[0] + 1 < len(ev.labels):
-                            ev.labels[1 + ev.labels[0]] = label
-                            ev.labels[0] += 1
-                        ev.clean[_bin(s.agreement[i], 0.0, 1.0, cal.AGR_BINS)] += 1
-                        ev.sums[cal.CLEAN_AGR] += s.agreement[i]
-                        ev.sums[cal.CLEAN_VOTES] += 1.0
-                        ev.prec[int(s.best[i] == label), _bin(s.share[i], 0.0, 1.0, cal.SHARE_BINS)] += 1
-                        for u, vt in zip(uniq, votes, strict=True):
-                            if u != label:
-                                ev.noisy[_bin(vt / total, 0.0, 1.0, cal.AGR_BINS)] += 1
                     if judged and not trusted and math.isnan(val["tau_noise"]):
                         s.unjudged[i], s.n_trusted[i] = True, kern.UNJUDGED_CALIBRATING
                     elif judged and not trusted and dec != kern.DROPPED_NOISY:

@@ -37,10 +37,10 @@ def test_demo_runs_offline_and_writes_a_queryable_curated_set(tmp_path):
     assert sims == pytest.approx(1.0, abs=1e-5)
     # the thresholds it chose, and why: in the manifest and from `curator config --show`
     cal = m["calibration"]
-    assert cal["eps_dup"]["origin"] == "calibrated" and cal["tau_noise"]["trusted_votes"] == 100
+    assert cal["eps_dup"]["origin"].startswith("calibrated from") and cal["tau_noise"]["trusted_votes"] == 100
     shown = curator("config", "--show", str(out))
     assert shown.returncode == 0, shown.stderr
-    assert f"selector.eps_dup = {cal['eps_dup']['value']:.6g}  (calibrated)" in shown.stdout
+    assert f"selector.eps_dup = {cal['eps_dup']['value']:.6g}  ({cal['eps_dup']['origin']})" in shown.stdout
     assert "noise_rate:" in shown.stdout and "q05:" in shown.stdout
     missing = curator("config", "--show", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr

@@ -74,8 +74,11 @@ def thresholds_in_force(run_dir: str | Path) -> dict[str, Threshold]:
     state = manifest.get("selector_state") if isinstance(manifest.get("selector_state"), dict) else None
 
     def pick(name: str, default: float) -> tuple[float | None, str]:
+        status = cal[name].get("origin") if isinstance(cal.get(name), dict) else None
+        if isinstance(status, str) and status.startswith(("not applied", "never")):
+            return None, status  # the rule judged nothing: no line to draw, the status says why
         if _number(cal.get(name)) is not None:
-            return _number(cal.get(name)), "manifest calibration"
+            return _number(cal.get(name)), status if isinstance(status, str) else "manifest calibration"
         if _number(sel.get(name)) is not None:
             return _number(sel.get(name)), "config.toml"
         return (default, "built-in default") if name not in sel else (None, f"config.toml ({sel[name]!r})")
@@ -90,8 +93,8 @@ def thresholds_in_force(run_dir: str | Path) -> dict[str, Threshold]:
 
     mode = sel.get("align_mode", "fixed")
     align: float | None
-    if _number(cal.get("align_threshold")) is not None:
-        align, origin = _number(cal.get("align_threshold")), "manifest calibration"
+    if mode == "fixed" and isinstance(cal.get("align_threshold"), dict):
+        align, origin = pick("align_threshold", 0.25)
     elif mode == "off":
         align, origin = None, "config.toml (align_mode = 'off')"
     elif mode == "bootstrap":

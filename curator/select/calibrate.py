@@ -44,16 +44,18 @@ from typing import Any
 import numpy as np
 
 from curator.config import AUTO, SelectorConfig
+from curator.select.kernel import AGR_BINS  # agreement histograms over [0, 1]
 
 NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
 NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
 NN_GAP_BINS = int(round(NN_BINS / (NN_HI - NN_LO)))  # one decade of empty bins separates copies from the body
 NN_MIN_SEPARATED = 3  # items below the gap for it to be copies (the body's lowest one or two may stray that far)
-AGR_BINS = 100  # agreement / share histograms over [0, 1]
-SHARE_BINS = 20
+
+SHARE_BINS = 20  # share histograms over [0, 1]
 MAX_LABELS = 4096  # distinct labels tracked (for the flipped-label model)
 MIN_NN = 20  # accepted items before eps_dup / relabel_radius are calibrated (the 5% quantile is the first item)
 MIN_VOTES = 30  # trusted votes before tau_noise / tau_relabel are
+VOTES_PER_CLASS = 10  # and at least this many per class: a leave-one-out vote needs same-class neighbours
 MIN_PAIRS = 20  # trusted pairs before align_threshold is
 MIN_STREAM = 50  # stream votes / pairs before the noise / mismatch rate is estimated from them
 PRIOR_RATE = 0.1  # noise / mismatch rate assumed until then
@@ -298,8 +300,9 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
 
     n_votes = ev.sums[CLEAN_VOTES]
     vote_info: dict[str, Any] = {"trusted_votes": int(n_votes), "classes": n_labels}
+    need_votes = max(MIN_VOTES, VOTES_PER_CLASS * n_labels)
     if not fixed("tau_noise"):
-        if n_votes >= MIN_VOTES and n_labels >= 2:
+        if n_votes >= need_votes and n_labels >= 2:
             f_clean = np.cumsum(ev.clean) / n_votes  # F_c(t_b), t_b = (b + 1) / AGR_BINS
             noisy = ev.noisy.astype(np.float64).copy()
             noisy[0] += n_votes * (n_labels - 1) - noisy.sum()  # labels absent from the neighbours: share 0
@@ -323,28 +326,28 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
                           "expected_flag_precision": round(float(prec), 4)}
             if admissible.any() and f_noisy[b] >= MIN_CATCH:
                 values["tau_noise"] = (b + 1) / AGR_BINS
-                origin["tau_noise"] = f"calibrated from {int(n_votes)} trusted votes"
+                origin["tau_noise"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
             else:
                 values["tau_noise"] = math.nan
                 origin["tau_noise"] = (
-                    f"not applied: the {int(n_votes)} trusted votes do not separate right labels from wrong ones "
-                    f"(a cut flagging at most {MAX_CLEAN_DROP:.0%} of right labels catches "
+                    f"not applied: {int(n_votes)} votes of the {trusted_source} do not separate right labels from "
+                    f"wrong ones (a cut flagging at most {MAX_CLEAN_DROP:.0%} of right labels catches "
                     f"{float(f_noisy[b]) if admissible.any() else 0.0:.0%} of wrong ones; needs {MIN_CATCH:.0%})")
         else:
             values["tau_noise"] = math.nan
-            origin["tau_noise"] = (f"not applied: not calibrated yet ({int(n_votes)} of {MIN_VOTES} trusted votes"
+            origin["tau_noise"] = (f"not applied: not calibrated yet ({int(n_votes)} of {need_votes} trusted votes"
                                    + (")" if n_labels >= 2 or not n_votes else f", {n_labels} class)"))
         evidence["tau_noise"] = {"from": f"{trusted_source} votes vs the same votes for other labels", **vote_info}
     if not fixed("tau_relabel"):
         right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
-        if n_votes >= MIN_VOTES:
+        if n_votes >= need_votes:
             ok = [b for b in range(SHARE_BINS) if wilson_lower(right[b], total[b]) >= cfg.relabel_precision]
             if ok:
                 b = ok[0]
                 values["tau_relabel"] = b / SHARE_BINS
                 info = {"votes_at_or_above": int(total[b]), "right": int(right[b]),
                         "precision_lower_bound": round(wilson_lower(right[b], total[b]), 4)}
-                origin["tau_relabel"] = f"calibrated from {int(n_votes)} trusted votes"
+                origin["tau_relabel"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
             else:
                 values["tau_relabel"] = NEVER
                 info = {}
@@ -352,7 +355,7 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
                                          f"{int(n_votes)} trusted votes (no corrections)")
         else:
             values["tau_relabel"], info = NEVER, {}
-            origin["tau_relabel"] = f"never: not calibrated yet ({int(n_votes)} of {MIN_VOTES} trusted votes; no corrections)"
+            origin["tau_relabel"] = f"not applied: not calibrated yet ({int(n_votes)} of {need_votes} trusted votes; no corrections)"
         evidence["tau_relabel"] = {"from": f"{trusted_source} items' own votes, right or wrong by majority share",
                                    "relabel_precision": cfg.relabel_precision, "trusted_votes": int(n_votes), **info}
 
@@ -370,16 +373,18 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             risk = [(1 - rate) * _phi((t - mu_c) / sd_c) + rate * (1 - _phi((t - mu_x) / sd_x)) for t in grid]
             # no cut that drops more right captions than the bar allows
             t = min(float(grid[int(np.argmin(risk))]), mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * sd_c)
-            dropped, caught = _phi((t - mu_c) / sd_c), 1 - _phi((t - mu_x) / sd_x)
+            dropped, caught = _phi((t - mu_c) / sd_c), _phi((t - mu_x) / sd_x)  # below t: dropped
             info |= {"trusted_mean": round(mu_c, 4), "trusted_std": round(sd_c, 4), "mismatch_mean": round(mu_x, 4),
                      "mismatch_std": round(sd_x, 4), "mismatch_rate": round(rate, 4), "mismatch_rate_from": how,
                      "expected_clean_dropped": round(dropped, 5), "expected_mismatch_kept": round(1 - caught, 5)}
             if mu_c > mu_x and caught >= MIN_CATCH:
                 values["align_threshold"] = t
-                origin["align_threshold"] = f"calibrated from {int(n_p)} trusted pairs"
+                origin["align_threshold"] = f"calibrated from {int(n_p)} pairs of the {trusted_source}"
             else:
                 values["align_threshold"] = math.nan
                 origin["align_threshold"] = (
+                    f"not applied: trusted pairs (mean cos {mu_c:.3f}) align no better than mismatched ones (mean "
+                    f"{mu_x:.3f})" if mu_c <= mu_x else
                     f"not applied: trusted pairs (mean cos {mu_c:.3f}) do not separate from mismatched ones (mean "
                     f"{mu_x:.3f}): a cut dropping at most {MAX_CLEAN_DROP:.0%} of right captions catches {caught:.0%} "
                     f"of wrong ones; needs {MIN_CATCH:.0%}")

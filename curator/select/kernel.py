@@ -30,6 +30,7 @@ ALIGN_OFF, ALIGN_FIXED, ALIGN_BOOTSTRAP, ALIGN_ADAPTIVE = 0, 1, 2, 3
 # recaption outcomes (recap[i])
 RECAP_UNKNOWN, RECAP_REJECTED, RECAP_ACCEPTED, RECAP_NONE = -1, 0, 1, 2
 # evidence sums (curator.select.calibrate: ev_sums slots)
+AGR_BINS = 100  # agreement histograms over [0, 1] (curator.select.calibrate reads them)
 CLEAN_AGR, CLEAN_VOTES, STREAM_AGR, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, CLEAN_ALIGN, CLEAN_ALIGN2, \
     CLEAN_PAIRS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 #: n_trusted_out of an item left unjudged because the label thresholds are not calibrated yet
@@ -56,18 +57,6 @@ def nn_add(nn: np.ndarray, meta: np.ndarray, b: int, window: int) -> None:
         cur = 1 - cur
         nn[cur, :] = 0
         meta[0], meta[1] = cur, 0
-
-
-@njit(cache=True)
-def note_label(labels: np.ndarray, label: int) -> None:
-    """Remember a label (labels[0] = how many distinct, up to the array's capacity)."""
-    n = labels[0]
-    for j in range(n):
-        if labels[1 + j] == label:
-            return
-    if n + 1 < labels.shape[0]:
-        labels[1 + n] = label
-        labels[0] = n + 1
 
 
 @njit(cache=True)
@@ -142,14 +131,14 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
             best: np.ndarray, share: np.ndarray, thr_out: np.ndarray, gain_m: np.ndarray, gain: np.ndarray,
             gain_norm: np.ndarray, max_sim: np.ndarray, dup_src: np.ndarray, dup_row: np.ndarray,
             keep_prob: np.ndarray, unjudged: np.ndarray, n_trusted_out: np.ndarray, relabel_note: np.ndarray,
-            recap_note: np.ndarray, stop: int, ev_nn: np.ndarray, ev_nn_meta: np.ndarray, ev_clean: np.ndarray,
-            ev_noisy: np.ndarray, ev_prec: np.ndarray, ev_labels: np.ndarray, ev_sums: np.ndarray,
+            recap_note: np.ndarray, stop: int, ev_nn: np.ndarray, ev_nn_meta: np.ndarray, ev_sums: np.ndarray,
             abstain_note: np.ndarray, cross: np.ndarray, cross_ok: np.ndarray, ev_cross: np.ndarray,
             nn_dist: np.ndarray) -> int:
     """Decide items start..stop-1 in order; returns stop, or the item that waits for a recaption.
 
     ip = (k_gain, k_label, min_trusted, align_mode, align_warmup, relabel, keep_rate > 0, nn window,
-          abstain keeps)
+          abstain keeps, collect pairs) -- the last: accepted pairs still count as right-caption evidence
+          (`InfoGrowthSelector.collecting`; right-label evidence is the selector's leave-one-out votes)
     fp = (tau_noise, tau_relabel, temperature, eps_dup, gain_quantile, keep_rate, align_threshold,
           align_drop_quantile, bootstrap threshold, gain lo, gain hi, align lo, align hi, relabel radius,
           nn lo, nn hi) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions.
@@ -164,11 +153,10 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     align_fixed, align_dq, boot_thr, g_lo, g_hi, a_lo, a_hi = fp[6], fp[7], fp[8], fp[9], fp[10], fp[11], fp[12]
     radius, nn_lo, nn_hi = fp[13], fp[14], fp[15]
     window, abstain_keep = ip[7], ip[8] != 0
+    collect_pairs = ip[9] != 0
     label_ready = tau_noise == tau_noise
     gbins, abins = gain_counts.shape[0], align_counts.shape[0]
-    nbins, sbins, agbins = ev_nn.shape[1], ev_prec.shape[1], ev_clean.shape[0]
-    sh_lab = np.empty(k, np.int64)
-    sh_val = np.empty(k, np.float64)
+    nbins, agbins = ev_nn.shape[1], AGR_BINS
     g_n, a_n = int(gain_counts.sum()), int(align_counts.sum())
     gb, gcum = _locate(gain_counts, g_n, gq)
     ab, acum = _locate(align_counts, a_n, align_dq)
@@ -217,7 +205,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                 if j <= ab:
                     acum += 1
                 ab, acum = _relocate(align_counts, a_n, align_dq, ab, acum)
-        if pair[i] and (trusted or not judged):  # evidence: what a right caption scores
+        if pair[i] and (trusted or not judged or collect_pairs):  # evidence: what a right caption scores
             ev_sums[CLEAN_ALIGN] += align[i]
             ev_sums[CLEAN_ALIGN2] += align[i] * align[i]
             ev_sums[CLEAN_PAIRS] += 1.0
@@ -230,17 +218,6 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
             voted, agr, bst, shr = rules.label_vote(nb_s[prim], nb_l[prim], min(k_label, nb_cnt[prim]), label, temp)
             if voted:
                 agreement[i], best[i], share[i] = agr, bst, shr
-                if not judged and not trusted:  # evidence: a right label's vote, and what flipped ones would get
-                    note_label(ev_labels, label)
-                    ev_clean[sketch_bin(agr, 0.0, 1.0, agbins)] += 1
-                    ev_sums[CLEAN_AGR] += agr
-                    ev_sums[CLEAN_VOTES] += 1.0
-                    ev_prec[1 if bst == label else 0, sketch_bin(shr, 0.0, 1.0, sbins)] += 1
-                    u_count = rules.label_shares(nb_s[prim], nb_l[prim], min(k_label, nb_cnt[prim]), temp,
-                                                 sh_lab, sh_val)
-                    for j in range(u_count):
-                        if sh_lab[j] != label:
-                            ev_noisy[sketch_bin(sh_val[j], 0.0, 1.0, agbins)] += 1
                 if judged and not trusted and not label_ready:
                     unjudged[i] = True
                     n_trusted_out[i] = UNJUDGED_CALIBRATING

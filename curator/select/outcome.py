@@ -120,6 +120,11 @@ def dup_ids(sel: Any, v: BatchView, s: Scores) -> list[str | None]:
         out[r] = v.ids[s.dup_row[r]]
     return out
 
+def status_word(status: str) -> str:
+    """What a reason says of a threshold in force: its status's first word ("" for a configured number)."""
+    return "" if status == "config" else status.split(" ", 1)[0].rstrip(":")
+
+
 def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
     c = sel.cfg
     relabel = c.label_action == "relabel"
@@ -129,11 +134,11 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off")
     plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
               | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0) | caption_unjudged)
-    autos: dict[int, dict[str, bool]] = {}
+    autos: dict[int, dict[str, str]] = {}
     for i in np.flatnonzero(~plain).tolist():
         cal = s.cals[s.cal_idx[i]] if s.cals else sel.cal
         val = cal.values
-        auto = autos.get(id(cal)) or autos.setdefault(id(cal), {k: o != "config" for k, o in cal.origin.items()})
+        auto = autos.get(id(cal)) or autos.setdefault(id(cal), {k: status_word(o) for k, o in cal.origin.items()})
         notes = []
         if s.recap_note[i]:
             notes.append(reasons.recaptioned(v.align[i], s.thr[i], s.align_out[i]))
@@ -156,7 +161,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
         if w == kern.WHY_MISALIGNED:
             drop = reasons.misaligned(v.align[i], s.thr[i], reasons.not_recaptioned(
                 sel.recaption is not None, s.recap[i] in (kern.RECAP_ACCEPTED, kern.RECAP_REJECTED),
-                s.align_out[i]), auto["align_threshold"] and c.align_mode == "fixed")
+                s.align_out[i]), auto["align_threshold"] if c.align_mode == "fixed" else "")
         elif w == kern.WHY_LABEL:
             drop = reasons.label_dropped(base, s.share[i], val["tau_relabel"], relabel, weak)
         elif w == kern.WHY_DUPLICATE:

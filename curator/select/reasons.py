@@ -7,11 +7,12 @@ reason combine; the fast loop and the reference loop both call these.
 from __future__ import annotations
 
 
-def _auto(auto: bool) -> str:
-    return " calibrated" if auto else ""
+def _auto(how: str) -> str:
+    """The threshold's status word ("calibrated", "floor"; "" for a configured number)."""
+    return f" {how}" if how else ""
 
 
-def misaligned(align: float, threshold: float, why: str, auto: bool = False) -> str:
+def misaligned(align: float, threshold: float, why: str, auto: str = "") -> str:
     return f"caption misaligned: cos(image, text) {align:.3f} < {threshold:.3f}{_auto(auto)}; {why}"
 
 
@@ -25,7 +26,7 @@ def not_recaptioned(has_hook: bool, proposed: bool, align_out: float | None) -> 
     return f"recaption scores {align_out:.3f}" if proposed else "no recaption proposed"
 
 
-def label_base(label: int, agreement: float, tau_noise: float, auto: bool = False) -> str:
+def label_base(label: int, agreement: float, tau_noise: float, auto: str = "") -> str:
     return f"label {label} disagrees with neighbours (agreement {agreement:.2f} < {tau_noise:g}{_auto(auto)})"
 
 
@@ -67,8 +68,8 @@ def captions_unjudged(status: str) -> str:
     return f"not judged: captions ({status})"
 
 
-def duplicate(dup_of: str, max_sim: float, eps_dup: float, auto: bool = False) -> str:
-    how = f", eps_dup {eps_dup:.2g} calibrated" if auto else ""
+def duplicate(dup_of: str, max_sim: float, eps_dup: float, auto: str = "") -> str:
+    how = f", eps_dup {eps_dup:.2g} {auto}" if auto else ""
     return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f}{how})"
 
 

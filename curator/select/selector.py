@@ -15,6 +15,7 @@ index and the decisions table is built from the per-item scores.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import logging
 from collections import Counter
@@ -122,6 +123,8 @@ class InfoGrowthSelector:
         self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), -1)
         self._warned_uncalibrated = False
         self._warned_rules: set[str] = set()
+        self._view: BatchView | None = None  # the batch being decided, and how far its evidence is collected
+        self._collected_to = 0
 
     # --- state --------------------------------------------------------------------------
     @property
@@ -166,6 +169,7 @@ class InfoGrowthSelector:
             "calibration": self.cal.state_dict(),
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
+            "loo": _loo_state(self._trusted_x, self._trusted_y),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -191,6 +195,7 @@ class InfoGrowthSelector:
             self.cal = Calibration.from_state(state["calibration"])
             self.trusted_seen = int(state["trusted_seen"])
             self.cal_pending = bool(state["cal_pending"])
+            self._trusted_x, self._trusted_y = _loo_from_state(state.get("loo"))
 
     # --- calibration --------------------------------------------------------------------
     def _evidence_source(self) -> str:
@@ -227,20 +232,33 @@ class InfoGrowthSelector:
                             "(evidence: %s)", name, status.removeprefix("not applied: "),
                             {k: v for k, v in self.cal.evidence.get(name, {}).items() if k != "from"})
                 self._warned_rules.add(name)
-        self._trusted_x, self._trusted_y = [], []
+        if not self.collecting()[0]:  # the label evidence is complete: no more leave-one-out votes to redo
+            self._trusted_x, self._trusted_y = [], []
         if not self.trusted_seen and not self._warned_uncalibrated and any(
                 o.startswith("calibrated") for o in self.cal.origin.values()):
             log.warning("no trusted bootstrap: the 'auto' thresholds are calibrated on the first accepted items "
                         "(taken unjudged); give source.bootstrap for thresholds calibrated on trusted data")
             self._warned_uncalibrated = True
 
-    def _note_trusted(self, v: BatchView) -> None:
+    def collecting(self) -> tuple[bool, bool]:
+        """Whether accepted items still count as right-label / right-caption evidence: while the label
+        (caption) rule lacks the votes (pairs) to be calibrated at all -- without a bootstrap, or with
+        too small a one -- the accepted items it cannot judge yet are taken as that evidence (their
+        labels vote leave-one-out among themselves and the trusted items, as a bootstrap's do)."""
+        o = self.cal.origin
+        return (o.get("tau_noise", "").startswith("not applied: not calibrated yet"),
+                o.get("align_threshold", "").startswith("not applied: not calibrated yet"))
+
+    def _note_trusted(self, v: BatchView, rows: np.ndarray | None = None) -> None:
         """Keep trusted vectors (up to LOO_CAP) and redo their leave-one-out votes over all kept so far:
-        after the last bootstrap batch the evidence is the same however the bootstrap was batched."""
+        after the last bootstrap batch the evidence is the same however the bootstrap was batched.
+        `rows`: the batch's rows to take (default: every labelled one)."""
         if v.prim < 0:
             return
         held = sum(len(y) for y in self._trusted_y)
-        rows = np.flatnonzero(v.has[v.prim] & (v.labels_in >= 0))[: max(0, LOO_CAP - held)]
+        ok = v.has[v.prim] & (v.labels_in >= 0)
+        rows = np.flatnonzero(ok) if rows is None else rows[ok[rows]]
+        rows = rows[: max(0, LOO_CAP - held)]
         if not len(rows):
             return
         self._trusted_x.append(v.mods[MODALITIES[v.prim]][rows].astype(np.float32))
@@ -256,9 +274,19 @@ class InfoGrowthSelector:
         nxt = min([p for p in EARLY if pos < p < r] + [pos + r - pos % r])
         return min(n, i + nxt - pos)
 
+    def _collect(self, s: Scores, upto: int) -> None:
+        """While the label rule cannot be calibrated, the batch's accepted items before `upto` that no
+        label rule judged join the leave-one-out evidence (before a calibration point, so its values
+        depend on the stream only, not on where batches end)."""
+        lo, self._collected_to = self._collected_to, max(self._collected_to, upto)
+        if upto > lo and self.collecting()[0]:
+            r = np.arange(lo, upto)
+            self._note_trusted(self._view, r[s.unjudged[r].astype(bool) & (s.decision[r] == kern.KEPT)])
+
     def _begin_item(self, s: Scores, i: int, trusted: bool) -> None:
         """Before deciding item i (of this batch): recalibrate when due, note the values in force."""
         if not trusted and self._calibration_due(self.seq + i):
+            self._collect(s, i)
             self._recalibrate(self.seq + i)
         if not s.cals or s.cals[-1] is not self.cal:
             s.cals.append(self.cal)
@@ -316,7 +344,10 @@ class InfoGrowthSelector:
             rest = self._run(samples.slice(cut), emb.take(np.arange(cut, samples.num_rows)), trusted)
             return concat_selections(first, rest)
         view = self._prepare(samples, emb)
+        self._view, self._collected_to = view, 0
         scores = self._resolve(view, trusted)
+        if not trusted:
+            self._collect(scores, samples.num_rows)
         if trusted and samples.num_rows:
             self.trusted_seen += samples.num_rows
             self.cal_pending = True
@@ -402,7 +433,7 @@ class InfoGrowthSelector:
         """The per-item loop (compiled), stopping to ask a recaption hook and to recalibrate."""
         c, s, n = self.cfg, Scores.empty(len(v.ids)), len(v.ids)
         ip = np.array([c.k_gain, c.k_label, c.min_trusted, ALIGN_MODES[c.align_mode], c.align_warmup,
-                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, c.relabel_abstain == "keep"],
+                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, c.relabel_abstain == "keep", 0],
                       np.int64)
         state = np.array([self.g_sum, float(self.g_count), 0.0])
         budget = c.keep_rate > 0 and not trusted
@@ -414,14 +445,15 @@ class InfoGrowthSelector:
             self._begin_item(s, i, trusted)
             stop = self._segment_end(i, n, trusted)
             s.cal_idx[i:stop] = s.cal_idx[i]
+            ip[9] = self.collecting()[1]
             j = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
                              v.gram, v.n_index, v.labels_in, v.vote_label, v.label_out, v.pair, v.align, s.recap,
                              s.align_out, self.recaption is not None, ip, self._fp(), self.gain_sketch.counts,
                              self.align_sketch.counts, self.boot_align_sketch.counts, v.acc, v.n_acc, state,
                              uniforms, s.decision, s.why, s.label_noisy, s.agreement, s.best, s.share, s.thr,
                              s.gain_m, s.gain, s.gain_norm, s.max_sim, s.dup_src, s.dup_row, s.keep_prob,
-                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note, stop, ev.nn, ev.nn_meta, ev.clean,
-                             ev.noisy, ev.prec, ev.labels, ev.sums, s.abstain_note, v.cross, v.cross_ok, ev.cross,
+                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note, stop, ev.nn, ev.nn_meta,
+                             ev.sums, s.abstain_note, v.cross, v.cross_ok, ev.cross,
                              s.nn_dist)
             if j < stop:
                 self._recaption_item(v, s, j)
@@ -500,3 +532,19 @@ class InfoGrowthSelector:
         out = self.recaption([item])
         new = out[0] if out else None
         return new if isinstance(new, str) and new.strip() else None
+
+
+def _loo_state(xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, Any] | None:
+    """The vectors whose leave-one-out votes are the label evidence, while they are still collected."""
+    if not ys:
+        return None
+    x = np.concatenate(xs).astype(np.float32)
+    return {"dim": int(x.shape[1]), "x": base64.b64encode(x.tobytes()).decode(),
+            "y": np.concatenate(ys).astype(int).tolist()}
+
+
+def _loo_from_state(state: dict[str, Any] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    if not state:
+        return [], []
+    x = np.frombuffer(base64.b64decode(state["x"]), np.float32).reshape(-1, int(state["dim"]))
+    return [x.copy()], [np.asarray(state["y"], np.int64)]
