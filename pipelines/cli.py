@@ -105,8 +105,8 @@ def show_calibration(run_dir: str) -> str:
     for name, info in cal.items():
         if not isinstance(info, dict):
             continue
-        v = info.get("value")
-        shown = "none" if v is None else f"{v:.6g}"
+        v, status = info.get("value"), str(info.get("origin"))
+        shown = "-" if v is None or status.startswith(("never", "not applied")) else f"{v:.6g}"
         lines.append(f"  selector.{name} = {shown}  ({info.get('origin')})")
         for k, e in info.items():
             if k not in ("value", "origin"):
