@@ -143,7 +143,8 @@ class StoreConfig:
 
 @dataclass
 class SourceConfig:
-    paths: list = setting([], "input files or folders (Parquet, JSONL, image folders, WebDataset tars)")
+    paths: list = setting([], "input files, folders or globs (Parquet, JSONL, image folders, WebDataset tars: "
+                               "docs/input-formats.md)")
     format: str = setting("auto", "'auto' (by extension), 'parquet', 'jsonl', 'images', 'webdataset'",
                      choices=("auto", "parquet", "jsonl", "images", "webdataset"))
     bootstrap: list = setting([], "trusted bootstrap files, inserted into the index unjudged before the stream")

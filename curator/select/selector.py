@@ -67,6 +67,9 @@ _KEPT_CODES = np.array([d in KEPT_DECISIONS for d in DECISIONS])
 ALIGN_MODES = {"off": kern.ALIGN_OFF, "fixed": kern.ALIGN_FIXED, "bootstrap": kern.ALIGN_BOOTSTRAP,
                "adaptive": kern.ALIGN_ADAPTIVE}
 
+#: Columns of the sample table the selector reads (the decisions carry the position).
+SAMPLE_COLUMNS = ("id", "label", "source", "partition", "offset")
+
 #: (samples whose caption failed alignment) -> new captions (None = no proposal)
 RecaptionHook = Callable[[list[dict[str, Any]]], list[str | None]]
 
@@ -333,9 +336,17 @@ class InfoGrowthSelector:
         return self._run(samples, emb, trusted=True)
 
     def select(self, samples: pa.Table, emb: Embeddings) -> Selection:
+        """Decide one batch of the stream, item by item. `samples`: validated sample rows with their
+        positions (`curator.records.SAMPLE_SCHEMA`, as `curator.validate.validate_records` makes them);
+        `emb`: their unit-norm embeddings. From plain arrays: `curator.select_embeddings`."""
         return self._run(samples, emb, trusted=False)
 
     def _run(self, samples: pa.Table, emb: Embeddings, trusted: bool) -> Selection:
+        missing = [c for c in SAMPLE_COLUMNS if c not in samples.column_names]
+        if missing:
+            raise ValueError(f"the selector's samples lack the column(s) {', '.join(missing)}: it takes validated "
+                             "sample tables (curator.records.SAMPLE_SCHEMA: id, label and the position: source, "
+                             "partition, offset); from plain arrays, use curator.select_embeddings")
         cut = self._router_cut(samples.num_rows, trusted)
         if cut is not None:  # the routers train at a fixed stream position, also mid-batch
             first = self._run(samples.slice(0, cut), emb.take(np.arange(cut)), trusted)
