@@ -121,6 +121,11 @@ class SelectorConfig:
     dup_false_rate: float = setting(0.001, "eps_dup = 'auto': the share of distinct items the duplicate rule may drop")
     calibrate_every: int = setting(256, "'auto' settings are recalibrated every this many decided items (and when the "
                                    "stream starts after a bootstrap)")
+    space: str = setting("image", "what items are compared by: 'image' (their image, and their caption when they "
+                                  "have one; a record without an image is rejected, code no-image; precomputed "
+                                  "vectors count as images) or 'text' (caption-only data: captions alone, images "
+                                  "are neither embedded nor compared; a record without a caption is rejected, "
+                                  "code no-text)", choices=("image", "text"))
     dedup_on: str = setting("auto", "modality compared for near-duplicates: 'auto' (image when present), "
                                "'image', 'text'", choices=("auto", "image", "text"))
     gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
@@ -150,6 +155,9 @@ class SourceConfig:
     bootstrap: list = setting([], "trusted bootstrap files, inserted into the index unjudged before the stream")
     batch_size: int = setting(256, "records read and selected per batch")
     limit: int = setting(0, "stop after this many records (0 = all)")
+    max_reject_share: float = setting(0.5, "`curator ingest` exits with status 1 when more than this share of the "
+                                           "run's input was rejected as bad input (after printing the rejections "
+                                           "by code); 0 or 1 = never")
 
 
 @dataclass
@@ -379,6 +387,10 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
         (cfg.index.auto_growth >= 2 and cfg.index.auto_exact_max >= 1 and cfg.index.ivf_nprobe >= 1,
          "index.auto_growth must be >= 2, index.auto_exact_max and index.ivf_nprobe >= 1"),
         (cfg.source.batch_size >= 1, "source.batch_size must be >= 1"),
+        (0.0 <= cfg.source.max_reject_share <= 1.0, "source.max_reject_share must be in [0, 1] (0 or 1: never fail)"),
+        (s.space == "image" or cfg.embedder.kind != "precomputed",
+         "selector.space = 'text' needs an embedder with a text model (embedder.kind = 'clip'); precomputed vectors "
+         "are compared as they are (selector.space = 'image')"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
     ]
     _collect([msg for ok, msg in checks if not ok], problems)

@@ -58,6 +58,7 @@ DECISION_SCHEMA = pa.schema(
         pa.field("seq", pa.int64()),  # position in the selector's input order (-1 for rejected input)
         pa.field("decision", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+        pa.field("code", pa.string()),  # rejected input: why, as a stable code (REJECT_CODES); else null
         pa.field("label_in", pa.int64()),
         pa.field("label_out", pa.int64()),
         pa.field("label_noisy", pa.bool_()),  # the cleaner judged the given label wrong
@@ -81,6 +82,7 @@ QUARANTINE_SCHEMA = pa.schema(
     [
         *POSITION_FIELDS,
         pa.field("id", pa.string()),
+        pa.field("code", pa.string()),  # why, as a stable code (REJECT_CODES): GROUP BY code
         pa.field("reason", pa.string(), nullable=False),
         pa.field("raw", pa.binary()),  # the offending record, truncated, for inspection
     ]
@@ -118,18 +120,66 @@ class Position:
     offset: int
 
 
+#: Why an input was rejected, as a stable code (the `code` column of `quarantine` and of rejected
+#: `decisions`), and what it means. The reason next to it says the details for this input; the
+#: position has its own columns, so neither names a line or an offset.
+REJECT_CODES: dict[str, str] = {
+    "invalid-json": "a line or message that is not JSON (or not UTF-8 text)",
+    "not-an-object": "JSON that is not an object with fields (an array, a string, a number, null)",
+    "bad-field": "a field of the wrong type or with an unusable value (id, label, text, metadata, image_uri, ...)",
+    "empty-caption": "a caption that is empty or only white space",
+    "bad-base64": "an image field that is neither base64 image data, a data: URI, a path nor a URI",
+    "too-large": "over a size limit: a line, message, image (bytes or pixels) or caption",
+    "nothing-to-embed": "no image, caption or embedding",
+    "no-image": "no image in a run compared by images (selector.space = 'image')",
+    "no-text": "no caption in a run compared by captions (selector.space = 'text')",
+    "image-unreadable": "the image's file or URL cannot be read (missing, not a file, an HTTP error, an "
+                        "unsupported scheme)",
+    "image-undecodable": "bytes that are not an intact image of a supported format",
+    "bad-embedding": "a precomputed embedding that is missing, the wrong size, not finite or all zeros",
+    "embed-failed": "the model gave a non-finite or zero embedding",
+    "empty-message": "a Kafka message without a value (a tombstone)",
+    "bad-arrow": "a Kafka message that is not a valid Arrow IPC stream",
+    "unreadable-file": "an input file that cannot be opened, or is corrupt from this position on",
+    "unprocessable": "a record that made processing fail unexpectedly (the reason names the error)",
+    "unclassified": "rejected by a reader that gives no code",
+}
+
+
 @dataclass(frozen=True)
 class Rejection:
-    """An input that cannot be processed, and why."""
+    """An input that cannot be processed, and why: a reason for people and a code to group by."""
 
     position: Position
     reason: str
     id: str | None = None
     raw: bytes | None = None
+    code: str = "unclassified"
 
 
 class InvalidRecord(ValueError):
-    """A record failed validation; the message is the reason recorded for it."""
+    """A record failed validation; the message is the reason recorded for it, `code` its REJECT_CODES key."""
+
+    def __init__(self, reason: str, code: str = "bad-field") -> None:
+        if code not in REJECT_CODES:
+            raise ValueError(f"unknown rejection code {code!r}; add it to REJECT_CODES")
+        super().__init__(reason)
+        self.code = code
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles (Ray) with its code
+        return type(self), (str(self), self.code)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Why one item of a batch cannot go on (an embedder's verdict): a REJECT_CODES key and the reason."""
+
+    code: str
+    reason: str
+
+    @classmethod
+    def of(cls, exc: InvalidRecord) -> Fault:
+        return cls(exc.code, str(exc))
 
 
 @dataclass
@@ -151,6 +201,7 @@ def rejections_table(rejects: list[Rejection]) -> pa.Table:
                 "partition": r.position.partition,
                 "offset": r.position.offset,
                 "id": r.id,
+                "code": r.code,
                 "reason": r.reason,
                 "raw": (r.raw or b"")[:4096],
             }
@@ -171,6 +222,7 @@ def rejection_decisions(rejects: list[Rejection], model: str, fingerprint: str) 
             "seq": -1,
             "decision": Decision.REJECTED_BAD_INPUT.value,
             "reason": r.reason,
+            "code": r.code,
             "model": model,
             "config_fingerprint": fingerprint,
         }

@@ -33,7 +33,7 @@ from curator.batch import (
 from curator.commit import Committed
 from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
-from curator.records import Limits, Position, Rejection, rejection_decisions, rejections_table
+from curator.records import Fault, Limits, Position, Rejection, rejection_decisions, rejections_table
 from curator.select import InfoGrowthSelector, kept_table
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
@@ -99,23 +99,44 @@ class EmbedInfo:
     text_dim: int | None
 
 
-def embedding_rejections(samples: pa.Table, errors: dict[int, str]) -> list[Rejection]:
+def embedding_rejections(samples: pa.Table, errors: dict[int, Fault]) -> list[Rejection]:
     """Rejections, at their positions, for the rows an embedder could not embed (in row order)."""
     out = []
     for j in sorted(errors):
         row = samples.slice(j, 1).select(["id", "source", "partition", "offset"]).to_pylist()[0]
-        out.append(Rejection(Position(row["source"], row["partition"], row["offset"]), errors[j], row["id"]))
+        out.append(Rejection(Position(row["source"], row["partition"], row["offset"]), errors[j].reason, row["id"],
+                             code=errors[j].code))
     return out
 
 
+#: Why a record has no place in a run's space (`selector.space`), by space.
+OUT_OF_SPACE = {
+    "image": Fault("no-image", "record has no image, and this run compares items by their images "
+                               "(selector.space = 'image'): a caption alone has no place among image embeddings; "
+                               "give it an image (or a path or URI to one), or curate caption-only data with "
+                               "--selector.space text"),
+    "text": Fault("no-text", "record has no caption, and this run compares items by their captions alone "
+                             "(selector.space = 'text'); give it a 'text' (or 'caption')"),
+}
+
+
 class EmbedStage:
-    """Validated samples -> their embeddings; rows that cannot be embedded become rejections."""
+    """Validated samples -> their embeddings; rows that cannot be embedded, or have no place in the run's
+    space (`selector.space`), become rejections.
+
+    In an image run every item the selector sees has an image embedding (and a text one when it has a
+    caption); in a text run it has a text embedding and nothing else: images are not even decoded. So an
+    item is never compared in a space it has no vector in, and the curated set's `embedding` column
+    holds one kind of vector per run."""
 
     name = "embed"
 
-    def __init__(self, embedder: Embedder, resources: Resources = Resources(cpus=1.0)) -> None:
+    def __init__(self, embedder: Embedder, resources: Resources = Resources(cpus=1.0), space: str = "image") -> None:
+        if space not in OUT_OF_SPACE:
+            raise ValueError(f"space must be one of {', '.join(OUT_OF_SPACE)}, got {space!r}")
         self.embedder = embedder
         self.resources = resources
+        self.space = space
 
     def setup(self) -> EmbedInfo:
         self.embedder.setup()
@@ -126,7 +147,16 @@ class EmbedStage:
         if batch.embedding_dim and isinstance(e, PrecomputedEmbedder) and e.image_dim is None:
             e.setup(batch.embedding_dim)  # the stream's dimension, so parallel embedders agree
         samples, rejects = batch.samples, list(batch.rejects)
-        emb = e.embed(samples) if samples.num_rows else None
+        emb = None
+        if samples.num_rows:
+            if self.space == "text":  # the embedder is not handed the images; a row without a caption has no place
+                emb = e.embed(samples.drop_columns(["image", "image_uri"]))
+                missing = samples.column("text").is_null().to_numpy(zero_copy_only=False)
+            else:
+                emb = e.embed(samples)
+                missing = ~emb.has_image & emb.ok
+            for j in np.flatnonzero(missing):
+                emb.errors[int(j)] = OUT_OF_SPACE[self.space]
         if emb is not None and emb.errors:
             rejects.extend(embedding_rejections(samples, emb.errors))
             good = np.setdiff1d(np.arange(samples.num_rows), np.asarray(sorted(emb.errors)))
@@ -361,7 +391,8 @@ def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, 
     clients of selector shards placed elsewhere (Ray actors); by default they live in the select stage."""
     res = resources or {}
     limits = Limits()
-    embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)))
+    embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)),
+                       cfg.selector.space)
     select = SelectStage(cfg, embed.embedder if cfg.selector.recaption_hook else None,
                          res.get("select", Resources(cpus=1.0)), shards)
     return Stages(ValidateStage(limits, res.get("validate", Resources())), embed, select,

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from curator.batch import RawBatch, ValidBatch
+from curator.fields import canonical_record, given_id
 from curator.records import (
     RAW_COLUMNS,
     SAMPLE_SCHEMA,
@@ -71,14 +72,16 @@ def _parse_int_label(value: Any) -> int:
 
 
 def validate_record(raw: dict[str, Any], position: Position, limits: Limits | None = None) -> dict[str, Any]:
-    """Turn one raw record into a sample row, or raise InvalidRecord with the reason.
+    """Turn one raw record into a sample row, or raise InvalidRecord with the reason and its code.
 
     A sample needs an image (bytes or URI), a non-empty caption, or a precomputed embedding:
-    something to embed. Unknown fields are kept, as JSON, in `metadata`.
+    something to embed. Other tools' field names and images given as text are mapped first
+    (`curator.fields`). Unknown fields are kept, as JSON, in `metadata`.
     """
     limits = limits or Limits()
     if not isinstance(raw, dict):
-        raise InvalidRecord(f"record must be an object with fields, got {type(raw).__name__}")
+        raise InvalidRecord(f"record must be an object with fields, got {type(raw).__name__}", "not-an-object")
+    raw = canonical_record(raw)
     rid = raw.get("id")
     if rid is None or (isinstance(rid, str) and not rid.strip()):
         rid = f"{position.source}:{position.partition}:{position.offset}"
@@ -91,11 +94,13 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
         if isinstance(image, memoryview):
             image = bytes(image)
         if not isinstance(image, (bytes, bytearray)):
-            raise InvalidRecord(f"field 'image' must be bytes, got {type(image).__name__}")
+            raise InvalidRecord(f"field 'image' must be bytes, base64 text, a path or a URI, "
+                                f"got {type(image).__name__}")
         if len(image) == 0:
-            raise InvalidRecord("field 'image' is empty")
+            raise InvalidRecord("field 'image' is empty", "image-undecodable")
         if len(image) > limits.max_image_bytes:
-            raise InvalidRecord(f"image is {len(image)} bytes, over the limit of {limits.max_image_bytes}")
+            raise InvalidRecord(f"image is {len(image)} bytes, over the limit of {limits.max_image_bytes}",
+                                "too-large")
         image = bytes(image)
     uri = raw.get("image_uri")
     if uri is not None and (not isinstance(uri, str) or not uri.strip()):
@@ -108,9 +113,10 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
         if not isinstance(text, str):
             raise InvalidRecord(f"field 'text' must be a string, got {type(text).__name__}")
         if not text.strip():
-            raise InvalidRecord("field 'text' is an empty caption")
+            raise InvalidRecord("field 'text' is an empty caption", "empty-caption")
         if len(text) > limits.max_text_chars:
-            raise InvalidRecord(f"caption has {len(text)} characters, over the limit of {limits.max_text_chars}")
+            raise InvalidRecord(f"caption has {len(text)} characters, over the limit of {limits.max_text_chars}",
+                                "too-large")
         _check_text("text", text)
 
     label = _as_int_label(raw.get("label"))
@@ -120,19 +126,21 @@ def validate_record(raw: dict[str, Any], position: Position, limits: Limits | No
         try:
             arr = np.asarray(emb, dtype=np.float32)
         except (TypeError, ValueError) as exc:
-            raise InvalidRecord(f"field 'embedding' is not a list of numbers ({exc})") from None
+            raise InvalidRecord(f"field 'embedding' is not a list of numbers ({exc})", "bad-embedding") from None
         if arr.ndim != 1 or arr.size == 0:
-            raise InvalidRecord(f"field 'embedding' must be a flat, non-empty list, got shape {arr.shape}")
+            raise InvalidRecord(f"field 'embedding' must be a flat, non-empty list, got shape {arr.shape}",
+                                "bad-embedding")
         if limits.embedding_dim is not None and arr.size != limits.embedding_dim:
-            raise InvalidRecord(f"embedding has {arr.size} values, expected {limits.embedding_dim}")
+            raise InvalidRecord(f"embedding has {arr.size} values, expected {limits.embedding_dim}", "bad-embedding")
         if not np.all(np.isfinite(arr)):
-            raise InvalidRecord("embedding contains NaN or infinite values")
+            raise InvalidRecord("embedding contains NaN or infinite values", "bad-embedding")
         if float(np.dot(arr, arr)) == 0.0:
-            raise InvalidRecord("embedding is all zeros")
+            raise InvalidRecord("embedding is all zeros", "bad-embedding")
         emb = arr.tolist()
 
     if image is None and uri is None and text is None and emb is None:
-        raise InvalidRecord("record has nothing to embed: give 'image', 'image_uri', 'text' or 'embedding'")
+        raise InvalidRecord("record has nothing to embed: give 'image' (bytes, base64, a path or URI), 'image_uri' "
+                            "(or 'image_path', 'url', ...), 'text' (or 'caption') or 'embedding'", "nothing-to-embed")
 
     meta = raw.get("metadata")
     extra = {k: v for k, v in raw.items() if k not in RAW_COLUMNS}
@@ -184,8 +192,9 @@ def validate_records(
         try:
             rows.append(validate_record(raw, pos, limits))
         except InvalidRecord as exc:
-            rid = raw.get("id") if isinstance(raw, dict) else None
-            rejects.append(Rejection(pos, str(exc), None if rid is None else storable(rid, 200), raw_preview(raw)))
+            rid = given_id(raw)
+            rejects.append(Rejection(pos, str(exc), None if rid is None else storable(rid, 200), raw_preview(raw),
+                                     exc.code))
     return samples_table(rows), rejects
 
 
@@ -215,7 +224,7 @@ def repair_batch(batch: RawBatch, limits: Limits | None = None) -> RawBatch:
     errors = []
     for e in batch.errors:
         rid, reason = None if e.id is None else storable(e.id), storable(e.reason)
-        errors.append(e if (rid, reason) == (e.id, e.reason) else Rejection(e.position, reason, rid, e.raw))
+        errors.append(e if (rid, reason) == (e.id, e.reason) else Rejection(e.position, reason, rid, e.raw, e.code))
     out = RawBatch(errors=errors, trusted=batch.trusted, embedding_dim=batch.embedding_dim)
     for rec, pos in zip(batch.records, batch.positions, strict=True):
         try:
@@ -224,7 +233,8 @@ def repair_batch(batch: RawBatch, limits: Limits | None = None) -> RawBatch:
             rid = rec.get("id") if isinstance(rec, dict) else None
             out.errors.append(Rejection(pos, storable(f"record cannot be processed ({type(exc).__name__}: "
                                                       f"{str(exc)[:300]})"),
-                                        None if rid is None else storable(rid, 200), raw_preview(rec)))
+                                        None if rid is None else storable(rid, 200), raw_preview(rec),
+                                        "unprocessable"))
             continue
         out.records.append(rec)
         out.positions.append(pos)

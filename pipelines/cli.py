@@ -43,7 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from curator.store.query import decision_summary
     from pipelines.config import load_serve_config
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest import rejection_gate, run_ingest
 
     overrides = overrides_from_args(args)
     if args.paths:
@@ -59,7 +59,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(decision_summary(cfg.store.out))
     print(f"curated set: {Path(cfg.store.out).resolve()} (commit {m['commit']}); "
           f"query it with: curator query {cfg.store.out} \"SELECT count(*) FROM kept\"")
-    return 0
+    return rejection_gate(cfg.store.out, cfg.source.max_reject_share)
 
 
 def cmd_query(args: argparse.Namespace) -> int:

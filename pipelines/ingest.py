@@ -7,6 +7,7 @@ run directory resumes after its last commit.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 
 from connectors.files import FileSource
@@ -16,6 +17,7 @@ from curator.config import ConfigError, RunConfig
 from curator.records import KEPT_DECISIONS
 from curator.run import LocalExecutor
 from curator.stages import build_stages
+from curator.store.query import rejection_summary
 
 log = logging.getLogger("curator")
 
@@ -59,3 +61,19 @@ def run_ingest(cfg: RunConfig, progress: bool = True) -> Manifest:
             return ex.run(batches(), on_batch)
         finally:
             bar.close()
+
+
+def rejection_gate(out: str, max_share: float) -> int:
+    """The end of a run: the rejections by code when there were any, and exit status 1 when they are more
+    than `max_share` of the run's input (0 or 1: never) -- a run that rejects most of its input has
+    almost always been handed data in a shape it does not read, and a script must not take it for done."""
+    rejected, total, text = rejection_summary(out)
+    if text:
+        print(text)
+    if 0.0 < max_share < 1.0 and total and rejected > max_share * total:
+        print(f"curator ingest: error: {rejected} of {total} input items ({100.0 * rejected / total:.1f}%) were "
+              f"rejected, over source.max_reject_share = {max_share:g}: see the codes and reasons above; "
+              "--source.max-reject-share 0 accepts such a run",
+              file=sys.stderr)
+        return 1
+    return 0

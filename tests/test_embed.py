@@ -31,7 +31,7 @@ from curator.embed import (
     tiny_model_config,
 )
 from curator.embed.images import decode_image, fetch_image_bytes, load_image_uri
-from curator.records import SAMPLE_SCHEMA, InvalidRecord, Limits
+from curator.records import SAMPLE_SCHEMA, Fault, InvalidRecord, Limits
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -209,11 +209,13 @@ def test_mixed_batch_modalities_uris_and_errors(tiny, digits, tmp_path):
     assert list(e.has_image) == [True, False, True, False, False, False, False, False]
     assert list(e.has_text) == [True, True, False, False, False, False, False, False]
     assert sorted(e.errors) == [3, 4, 5, 6, 7]
-    assert "not a supported image" in e.errors[3]
-    assert "truncated" in e.errors[4] or "corrupt" in e.errors[4]
-    assert "decompression bomb" in e.errors[5]
-    assert "does not exist" in e.errors[6]
-    assert "nothing for the CLIP embedder to embed" in e.errors[7]
+    assert "not a supported image" in e.errors[3].reason
+    assert "truncated" in e.errors[4].reason or "corrupt" in e.errors[4].reason
+    assert "decompression bomb" in e.errors[5].reason
+    assert "does not exist" in e.errors[6].reason
+    assert "nothing for the CLIP embedder to embed" in e.errors[7].reason
+    assert [e.errors[i].code for i in range(3, 8)] == ["image-undecodable", "image-undecodable", "too-large",
+                                                       "image-unreadable", "nothing-to-embed"]
     assert not e.image[3:].any() and not e.text[3:].any()  # error rows are zero
     assert list(e.ok) == [True, True, True, False, False, False, False, False]
     # the image from a URI embeds like the same bytes inline
@@ -331,10 +333,11 @@ def test_precomputed_normalises_and_rejects_bad_vectors():
     assert list(e.has_image) == [True, False, False, False, False, True]
     np.testing.assert_allclose(e.image[0], [0.6, 0.8, 0.0], atol=1e-7)
     np.testing.assert_allclose(e.image[5], [0.0, 0.0, 1.0])
-    assert "NaN" in e.errors[1]
-    assert "has 2 values, expected 3" in e.errors[2]
-    assert "all zeros" in e.errors[3]
-    assert "no precomputed embedding" in e.errors[4]
+    assert "NaN" in e.errors[1].reason
+    assert "has 2 values, expected 3" in e.errors[2].reason
+    assert "all zeros" in e.errors[3].reason
+    assert "no precomputed embedding" in e.errors[4].reason
+    assert {f.code for f in e.errors.values()} == {"bad-embedding"}
     assert not e.image[1:5].any()
     with pytest.raises(EmbedderError, match="no text model"):
         emb.embed_texts(["a new caption"])
@@ -344,7 +347,7 @@ def test_precomputed_dimension_from_setup():
     emb = PrecomputedEmbedder()
     emb.setup(dim=2)
     e = emb.embed(_table([None, None], embedding=[[1.0, 1.0, 1.0], [0.0, 5.0]]))
-    assert sorted(e.errors) == [0] and "expected 2 (fixed by setup" in e.errors[0]
+    assert sorted(e.errors) == [0] and "expected 2 (fixed by setup" in e.errors[0].reason
     with pytest.raises(EmbedderError, match="already fixed at 2"):
         emb.setup(dim=3)
 
@@ -354,12 +357,13 @@ def test_precomputed_dimension_from_setup():
 
 def test_embeddings_take_and_concat():
     img = np.eye(4, dtype=np.float32)
-    e = Embeddings(img, None, np.ones(4, bool), np.zeros(4, bool), {1: "bad", 3: "worse"})
+    bad, worse = Fault("bad-field", "bad"), Fault("bad-field", "worse")
+    e = Embeddings(img, None, np.ones(4, bool), np.zeros(4, bool), {1: bad, 3: worse})
     sub = e.take([3, 0])
-    assert sub.errors == {0: "worse"} and np.array_equal(sub.image, img[[3, 0]])
+    assert sub.errors == {0: worse} and np.array_equal(sub.image, img[[3, 0]])
     assert e.take(e.ok).errors == {}
     both = Embeddings.concat([e, sub])
-    assert len(both) == 6 and both.errors == {1: "bad", 3: "worse", 4: "worse"}
+    assert len(both) == 6 and both.errors == {1: bad, 3: worse, 4: worse}
     t = Embeddings(None, np.eye(2, dtype=np.float32), np.zeros(2, bool), np.ones(2, bool))
     mixed = Embeddings.concat([sub, t])
     assert mixed.image.shape == (4, 4) and not mixed.image[2:].any() and mixed.text.shape == (4, 2)

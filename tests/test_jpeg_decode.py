@@ -116,7 +116,7 @@ def test_torch_decode_embeds_like_pillow_and_rejects_the_same(jpegs):
         assert time.perf_counter() - t0 < 20  # no bomb's pixels were decoded
     p, t = emb["pil"], emb["torch"]
     assert t.errors == p.errors and sorted(p.errors) == list(range(len(jpegs), len(jpegs) + 6)) + [len(images) - 1]
-    reasons = [p.errors[len(jpegs) + j] for j in range(6)]
+    reasons = [p.errors[len(jpegs) + j].reason for j in range(6)]
     assert "decompression bomb" in reasons[0] and "over the limit of 50000000" in reasons[1]
     assert "truncated" in reasons[2] and "truncated" in reasons[3] and "not a supported image" in reasons[5]
     np.testing.assert_array_equal(t.has_image, p.has_image)

@@ -17,9 +17,9 @@ POS = Position("t", 0, 7)
 
 
 def test_valid_record_keeps_unknown_fields_as_metadata():
-    row = validate_record({"id": 5, "text": "a cat", "label": "3", "url": "x"}, POS)
+    row = validate_record({"id": 5, "text": "a cat", "label": "3", "license": "x"}, POS)
     assert row["id"] == "5" and row["label"] == 3 and row["offset"] == 7
-    assert '"url": "x"' in row["metadata"]
+    assert '"license": "x"' in row["metadata"]
 
 
 def test_missing_id_defaults_to_position():
@@ -38,7 +38,8 @@ def test_missing_id_defaults_to_position():
         ({"embedding": [0.0, 0.0]}, "all zeros"),
         ({"embedding": [[1.0], [2.0]]}, "flat"),
         ({"embedding": ["a", "b"]}, "not a list of numbers"),
-        ({"image": "notbytes"}, "must be bytes"),
+        ({"image": 5}, "must be bytes"),
+        ({"image": "!!not an image!!"}, "neither base64 image data"),
         ({"image": b""}, "empty"),
         ({"id": [1], "text": "a"}, "'id' must be"),
         ({"text": "a", "label": 2**70}, "64-bit"),

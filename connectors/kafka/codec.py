@@ -20,9 +20,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.json_records import record_from_json
+from connectors.json_records import json_id, record_from_json
 from curator.batch import RawBatch
-from curator.records import Position, Rejection
+from curator.records import InvalidRecord, Position, Rejection
 
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -36,20 +36,20 @@ def decode_message(topic: str, partition: int, offset: int, value: bytes | None,
     pos = Position(topic, partition, int(offset))
     rid_key = _text(key)
 
-    def reject(reason: str, rid: str | None = rid_key) -> None:
-        out.errors.append(Rejection(pos, reason, rid, (value or b"")[:PREVIEW_BYTES]))
+    def reject(reason: str, code: str, rid: str | None = rid_key) -> None:
+        out.errors.append(Rejection(pos, reason, rid, (value or b"")[:PREVIEW_BYTES], code))
 
     if value is None:
-        reject("empty message (tombstone): nothing to curate")
+        reject("empty message (tombstone): nothing to curate", "empty-message")
         return
     if len(value) > max_message_bytes:
-        reject(f"message is {len(value)} bytes, over max_message_bytes ({max_message_bytes})")
+        reject(f"message is {len(value)} bytes, over max_message_bytes ({max_message_bytes})", "too-large")
         return
     if value[:4] == ARROW_CONTINUATION or _content_type(headers) == ARROW_CONTENT_TYPE:
         try:
             rows = _arrow_rows(value, max_message_bytes * 4)
-        except ValueError as exc:
-            reject(str(exc))
+        except InvalidRecord as exc:
+            reject(str(exc), exc.code)
             return
         for i, row in enumerate(rows):
             if row.get("id") is None:
@@ -60,13 +60,12 @@ def decode_message(topic: str, partition: int, offset: int, value: bytes | None,
     try:
         obj = json.loads(value)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        reject(f"message is neither JSON nor Arrow IPC: {exc}")
+        reject(f"message is neither JSON nor Arrow IPC: {exc}", "invalid-json")
         return
     try:
         rec = record_from_json(obj)
-    except ValueError as exc:
-        rid = obj.get("id") if isinstance(obj, dict) else None
-        reject(f"message: {exc}", None if rid is None else str(rid)[:200])
+    except InvalidRecord as exc:
+        reject(f"message: {exc}", exc.code, json_id(obj))
         return
     out.records.append(rec)
     out.positions.append(pos)
@@ -98,10 +97,10 @@ def _arrow_rows(value: bytes, max_decoded_bytes: int) -> list[dict[str, Any]]:
         for batch in reader:
             decoded += batch.nbytes
             if decoded > max_decoded_bytes:
-                raise ValueError(f"Arrow message decodes to over {max_decoded_bytes} bytes")
+                raise InvalidRecord(f"Arrow message decodes to over {max_decoded_bytes} bytes", "too-large")
             rows.extend(batch.to_pylist())
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"message is not a valid Arrow IPC stream: {exc}") from None
+        raise InvalidRecord(f"message is not a valid Arrow IPC stream: {exc}", "bad-arrow") from None
     return rows
 
 

@@ -24,6 +24,7 @@ def encode_rejection(r: Rejection, max_raw_bytes: int = 4096) -> bytes:
         "partition": r.position.partition,
         "offset": r.position.offset,
         "id": r.id,
+        "code": r.code,
         "reason": r.reason,
         "raw": base64.b64encode(raw[:max_raw_bytes]).decode("ascii"),
         "raw_truncated": len(raw) > max_raw_bytes,
@@ -39,6 +40,7 @@ def decode_rejection(value: bytes) -> Rejection:
         doc["reason"],
         doc.get("id"),
         base64.b64decode(doc.get("raw") or ""),
+        doc.get("code") or "unclassified",
     )
 
 

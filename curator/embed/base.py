@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from curator.records import Fault
+
 
 class EmbedderError(RuntimeError):
     """The embedder cannot do what was asked; the message says why and what to do."""
@@ -37,14 +39,14 @@ class Embeddings:
     ``has_text`` is true and zero rows elsewhere; a field is None when no row of the
     batch has that modality (or the embedder has none, like ``text`` for precomputed).
     Rows in ``errors`` could not be embedded: they are zero, flagged false, and the
-    caller must reject them with the given reason.
+    caller must reject them with the given code and reason.
     """
 
     image: np.ndarray | None
     text: np.ndarray | None
     has_image: np.ndarray
     has_text: np.ndarray
-    errors: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, Fault] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.has_image)

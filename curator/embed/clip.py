@@ -19,7 +19,7 @@ import pyarrow as pa
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
-from curator.records import InvalidRecord, Limits
+from curator.records import Fault, InvalidRecord, Limits
 
 if TYPE_CHECKING:
     import torch
@@ -358,7 +358,7 @@ class ClipEmbedder:
             im.close()
 
     def _image_batch(self, rows: list[int], images: list[Any], uris: list[Any],
-                     errors: dict[int, str]) -> tuple[list[int], torch.Tensor | None]:
+                     errors: dict[int, Fault]) -> tuple[list[int], torch.Tensor | None]:
         """The rows (of `rows`) whose image decodes, and their preprocessed images on the device; the
         others go into `errors`. JPEGs go through the device decoder when it is on, everything else
         -- and what it fails to decode -- through Pillow, one image at a time."""
@@ -371,9 +371,10 @@ class ClipEmbedder:
             try:
                 pil[i] = self._pil_tensor(data if data is not None else fetch_image_bytes(uris[i] or "", self.limits))
             except InvalidRecord as exc:
-                errors[i] = str(exc)
+                errors[i] = Fault.of(exc)
             except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
-                errors[i] = f"image could not be preprocessed ({type(exc).__name__}: {exc})"
+                errors[i] = Fault("image-undecodable",
+                                  f"image could not be preprocessed ({type(exc).__name__}: {exc})")
 
         for i in rows:
             data = images[i]
@@ -382,7 +383,7 @@ class ClipEmbedder:
                     data = data if data is not None else fetch_image_bytes(uris[i] or "", self.limits)
                     size = jpeg_size(data, self.limits)
                 except InvalidRecord as exc:
-                    errors[i] = str(exc)
+                    errors[i] = Fault.of(exc)
                     continue
                 if size is not None:
                     jpegs.append((i, data, size))
@@ -413,7 +414,7 @@ class ClipEmbedder:
         assert self.image_dim is not None and self.text_dim is not None
         n = samples.num_rows
         bs = max(1, int(self.cfg.batch_size))
-        errors: dict[int, str] = {}
+        errors: dict[int, Fault] = {}
         images, uris, texts = column(samples, "image"), column(samples, "image_uri"), column(samples, "text")
         img_out = np.zeros((n, self.image_dim), np.float32)
         txt_out = np.zeros((n, self.text_dim), np.float32)
@@ -438,13 +439,14 @@ class ClipEmbedder:
 
         for i in range(n):
             if i not in errors and not has_img[i] and not has_txt[i]:
-                errors[i] = ("nothing for the CLIP embedder to embed: the record has no image, image_uri or "
-                             "caption (records with only an 'embedding' need --embedder.kind precomputed)")
+                errors[i] = Fault("nothing-to-embed", "nothing for the CLIP embedder to embed: the record has no "
+                                  "image, image_uri or caption (records with only an 'embedding' need "
+                                  "--embedder.kind precomputed)")
         img_out, img_ok = normalise_rows(img_out)
         txt_out, txt_ok = normalise_rows(txt_out)
         for j in np.flatnonzero((has_img & ~img_ok) | (has_txt & ~txt_ok)):
-            errors[int(j)] = (f"the model produced a non-finite or zero embedding ({self.precision} overflow?); "
-                              "try --embedder.precision fp32")
+            errors[int(j)] = Fault("embed-failed", f"the model produced a non-finite or zero embedding "
+                                                   f"({self.precision} overflow?); try --embedder.precision fp32")
         if errors:
             bad = np.fromiter(errors, dtype=np.int64)
             has_img[bad] = has_txt[bad] = False

@@ -43,11 +43,11 @@ def _checked_bytes(data: bytes, limits: Limits) -> bytes:
     if isinstance(data, memoryview):
         data = data.tobytes()
     if not isinstance(data, (bytes, bytearray)):
-        raise InvalidRecord(f"image must be bytes, got {type(data).__name__}")
+        raise InvalidRecord(f"image must be bytes, got {type(data).__name__}", "bad-field")
     if len(data) == 0:
-        raise InvalidRecord("image is empty (0 bytes)")
+        raise InvalidRecord("image is empty (0 bytes)", "image-undecodable")
     if len(data) > limits.max_image_bytes:
-        raise InvalidRecord(f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}")
+        raise InvalidRecord(f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}", "too-large")
     return data
 
 
@@ -59,18 +59,20 @@ def _open_header(data: bytes, formats: tuple[str, ...], limits: Limits) -> Image
     except UnidentifiedImageError:
         return None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidRecord(f"image rejected as a decompression bomb: {exc}") from None
+        raise InvalidRecord(f"image rejected as a decompression bomb: {exc}", "too-large") from None
     except Exception as exc:  # noqa: BLE001 - any plugin error on hostile input is a bad record
-        raise InvalidRecord(f"image header could not be read ({type(exc).__name__}: {exc})") from None
+        raise InvalidRecord(f"image header could not be read ({type(exc).__name__}: {exc})",
+                            "image-undecodable") from None
     try:
         width, height = im.size
         if width <= 0 or height <= 0:
-            raise InvalidRecord(f"image has an empty size {width}x{height}")
+            raise InvalidRecord(f"image has an empty size {width}x{height}", "image-undecodable")
         if width * height > limits.max_image_pixels:
             raise InvalidRecord(
                 f"image is {width}x{height} = {width * height} pixels, over the limit of "
                 f"{limits.max_image_pixels} (decompression-bomb guard; raise Limits.max_image_pixels "
-                "if such images are expected)"
+                "if such images are expected)",
+                "too-large",
             )
     except BaseException:
         im.close()
@@ -96,21 +98,24 @@ def decode_image(data: bytes, limits: Limits | None = None) -> Image.Image:
         if im is None:
             raise InvalidRecord(
                 f"not a supported image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
-                f"supported formats: {', '.join(formats)}"
+                f"supported formats: {', '.join(formats)}",
+                "image-undecodable",
             )
         try:
             try:
                 im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise InvalidRecord(f"image rejected as a decompression bomb: {exc}") from None
+                raise InvalidRecord(f"image rejected as a decompression bomb: {exc}", "too-large") from None
             except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
                 reason = str(exc) or type(exc).__name__
                 kind = "truncated" if "truncated" in reason.lower() else "corrupt"
-                raise InvalidRecord(f"{im.format} image is {kind} and could not be decoded ({reason})") from None
+                raise InvalidRecord(f"{im.format} image is {kind} and could not be decoded ({reason})",
+                                    "image-undecodable") from None
             try:
                 return _to_rgb(im)
             except Exception as exc:  # noqa: BLE001 - e.g. an exotic mode with no RGB conversion
-                raise InvalidRecord(f"{im.format} image in mode {im.mode} cannot be converted to RGB ({exc})") from None
+                raise InvalidRecord(f"{im.format} image in mode {im.mode} cannot be converted to RGB ({exc})",
+                                    "image-undecodable") from None
         finally:
             im.close()
 
@@ -159,7 +164,7 @@ def fetch_image_bytes(uri: str, limits: Limits | None = None, timeout: float = 1
     """
     limits = limits or Limits()
     if not isinstance(uri, str) or not uri.strip():
-        raise InvalidRecord("image_uri must be a non-empty string")
+        raise InvalidRecord("image_uri must be a non-empty string", "bad-field")
     uri = uri.strip()
     parsed = urllib.parse.urlsplit(uri)
     scheme = parsed.scheme.lower()
@@ -167,13 +172,15 @@ def fetch_image_bytes(uri: str, limits: Limits | None = None, timeout: float = 1
         return _fetch_http(uri, limits.max_image_bytes, timeout)
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise InvalidRecord(f"file:// URI names a remote host {parsed.netloc!r}; only local files are supported")
+            raise InvalidRecord(f"file:// URI names a remote host {parsed.netloc!r}; only local files are supported",
+                                "image-unreadable")
         return _read_local(Path(urllib.request.url2pathname(parsed.path)), limits.max_image_bytes)
     if scheme == "":
         return _read_local(Path(uri), limits.max_image_bytes)
     raise InvalidRecord(
         f"unsupported image_uri scheme {scheme!r} in {uri[:200]!r}; supported: local paths, "
-        + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES),
+        "image-unreadable",
     )
 
 
@@ -186,20 +193,23 @@ def _read_local(path: Path, cap: int) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise InvalidRecord(f"image file {str(path)[:300]!r} does not exist") from None
+        raise InvalidRecord(f"image file {str(path)[:300]!r} does not exist", "image-unreadable") from None
     except OSError as exc:
-        raise InvalidRecord(f"image file {str(path)[:300]!r} cannot be read ({exc.strerror or exc})") from None
+        raise InvalidRecord(f"image file {str(path)[:300]!r} cannot be read ({exc.strerror or exc})",
+                            "image-unreadable") from None
     if not stat.S_ISREG(st.st_mode):
-        raise InvalidRecord(f"image path {str(path)[:300]!r} is not a regular file")
+        raise InvalidRecord(f"image path {str(path)[:300]!r} is not a regular file", "image-unreadable")
     if st.st_size > cap:
-        raise InvalidRecord(f"image file {str(path)[:300]!r} is {st.st_size} bytes, over the limit of {cap}")
+        raise InvalidRecord(f"image file {str(path)[:300]!r} is {st.st_size} bytes, over the limit of {cap}",
+                            "too-large")
     try:
         with open(path, "rb") as fh:
             data = fh.read(cap + 1)  # the file may have grown since stat
     except OSError as exc:
-        raise InvalidRecord(f"image file {str(path)[:300]!r} cannot be read ({exc.strerror or exc})") from None
+        raise InvalidRecord(f"image file {str(path)[:300]!r} cannot be read ({exc.strerror or exc})",
+                            "image-unreadable") from None
     if len(data) > cap:
-        raise InvalidRecord(f"image file {str(path)[:300]!r} is over the limit of {cap} bytes")
+        raise InvalidRecord(f"image file {str(path)[:300]!r} is over the limit of {cap} bytes", "too-large")
     return data
 
 
@@ -211,30 +221,34 @@ def _fetch_http(uri: str, cap: int, timeout: float) -> bytes:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked by caller
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > cap:
-                raise InvalidRecord(f"image at {short} is {length} bytes, over the limit of {cap}")
+                raise InvalidRecord(f"image at {short} is {length} bytes, over the limit of {cap}", "too-large")
             chunks: list[bytes] = []
             size = 0
             while True:
                 if time.monotonic() > deadline:
-                    raise InvalidRecord(f"image at {short} took longer than {timeout:g}s to download")
+                    raise InvalidRecord(f"image at {short} took longer than {timeout:g}s to download",
+                                        "image-unreadable")
                 chunk = resp.read(min(_CHUNK, cap + 1 - size))
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > cap:
-                    raise InvalidRecord(f"image at {short} is over the limit of {cap} bytes")
+                    raise InvalidRecord(f"image at {short} is over the limit of {cap} bytes", "too-large")
     except InvalidRecord:
         raise
     except urllib.error.HTTPError as exc:
-        raise InvalidRecord(f"could not fetch image at {short}: HTTP {exc.code} {exc.reason}") from None
+        raise InvalidRecord(f"could not fetch image at {short}: HTTP {exc.code} {exc.reason}",
+                            "image-unreadable") from None
     except urllib.error.URLError as exc:
-        raise InvalidRecord(f"could not fetch image at {short}: {exc.reason}") from None
+        raise InvalidRecord(f"could not fetch image at {short}: {exc.reason}", "image-unreadable") from None
     except TimeoutError:
-        raise InvalidRecord(f"could not fetch image at {short}: timed out after {timeout:g}s") from None
+        raise InvalidRecord(f"could not fetch image at {short}: timed out after {timeout:g}s",
+                            "image-unreadable") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:  # connection reset, malformed URL, bad chunked encoding ...
-        raise InvalidRecord(f"could not fetch image at {short}: {type(exc).__name__}: {exc}") from None
+        raise InvalidRecord(f"could not fetch image at {short}: {type(exc).__name__}: {exc}",
+                            "image-unreadable") from None
     data = b"".join(chunks)
     if not data:
-        raise InvalidRecord(f"image at {short} is empty (0 bytes)")
+        raise InvalidRecord(f"image at {short} is empty (0 bytes)", "image-unreadable")
     return data

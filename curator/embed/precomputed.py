@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, normalise_rows
-from curator.records import Limits
+from curator.records import Fault, Limits
 
 
 class PrecomputedEmbedder:
@@ -48,7 +48,7 @@ class PrecomputedEmbedder:
 
     def embed(self, samples: pa.Table) -> Embeddings:
         n = samples.num_rows
-        errors: dict[int, str] = {}
+        errors: dict[int, Fault] = {}
         vecs: list[np.ndarray | None] = [None] * n
         if "embedding" not in samples.column_names:
             raw: Sequence[Any] = [None] * n
@@ -56,21 +56,23 @@ class PrecomputedEmbedder:
             raw = samples.column("embedding").to_numpy(zero_copy_only=False)
         for i, v in enumerate(raw):
             if v is None:
-                errors[i] = ("no precomputed embedding in this record; the precomputed embedder needs an "
-                             "'embedding' list (or use --embedder.kind clip to embed images and text)")
+                errors[i] = Fault("bad-embedding", "no precomputed embedding in this record; the precomputed "
+                                  "embedder needs an 'embedding' list (or use --embedder.kind clip to embed images "
+                                  "and text)")
                 continue
             a = np.asarray(v, dtype=np.float32).reshape(-1)
             if a.size == 0:
-                errors[i] = "embedding is empty"
+                errors[i] = Fault("bad-embedding", "embedding is empty")
             elif not np.isfinite(a).all():
-                errors[i] = "embedding contains NaN or infinite values"
+                errors[i] = Fault("bad-embedding", "embedding contains NaN or infinite values")
             elif not np.any(a):
-                errors[i] = "embedding is all zeros (it has no direction to normalise)"
+                errors[i] = Fault("bad-embedding", "embedding is all zeros (it has no direction to normalise)")
             elif self.image_dim is None:
                 self.image_dim, self._dim_source = int(a.size), "the first embedding seen"
                 vecs[i] = a
             elif a.size != self.image_dim:
-                errors[i] = f"embedding has {a.size} values, expected {self.image_dim} (fixed by {self._dim_source})"
+                errors[i] = Fault("bad-embedding", f"embedding has {a.size} values, expected {self.image_dim} "
+                                                   f"(fixed by {self._dim_source})")
             else:
                 vecs[i] = a
         has = np.array([v is not None for v in vecs], dtype=bool)
@@ -81,7 +83,7 @@ class PrecomputedEmbedder:
             mat[has] = np.stack([v for v in vecs if v is not None])
             image, good = normalise_rows(mat)
             for j in np.flatnonzero(has & ~good):  # overflowed to inf in float32
-                errors[int(j)] = "embedding norm is not finite in float32"
+                errors[int(j)] = Fault("bad-embedding", "embedding norm is not finite in float32")
             has &= good
         return Embeddings(image=image, text=None, has_image=has, has_text=np.zeros(n, bool), errors=errors)
 

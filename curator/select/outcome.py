@@ -193,6 +193,7 @@ def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values:
         "seq": pa.array(seqs, pa.int64()),
         "decision": pa.array(values.tolist(), pa.string()),
         "reason": pa.array(reason_texts(sel, v, s, dup_of, trusted), pa.string()),
+        "code": pa.nulls(n, pa.string()),  # only rejected input has one
         "label_in": label(v.labels_in),
         "label_out": label(v.label_out),
         "label_noisy": pa.array(s.label_noisy == 1, pa.bool_(), mask=s.label_noisy < 0),

@@ -383,6 +383,11 @@ class InfoGrowthSelector:
             raise ValueError("selector got rows that failed embedding; drop emb.errors rows first")
         if len(emb) != n:
             raise ValueError(f"selector got {n} samples but {len(emb)} embeddings")
+        space = self.cfg.space  # every item has a vector in the run's space, and a text run has no image index
+        has = emb.has_image if space == "image" else emb.has_text
+        if not has.all() or (space == "text" and emb.image is not None):
+            raise ValueError(f"selector.space = {space!r}: every item needs a {space} embedding and nothing else "
+                             f"may be compared; reject the others first (the embed stage does: code no-{space})")
         self._ensure_indexes(emb)
         k = max(self.cfg.k_gain, self.cfg.k_label)
         mods = {m: x for m, x in (("image", emb.image), ("text", emb.text)) if x is not None}

@@ -110,3 +110,24 @@ def decision_summary(run_dir: str | Path) -> str:
     return format_table(query(run_dir, "SELECT decision, count(*) AS items, "
                                        "round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS percent "
                                        "FROM decisions GROUP BY decision ORDER BY items DESC, decision"))
+
+
+def rejection_summary(run_dir: str | Path, top: int = 5) -> tuple[int, int, str]:
+    """(rejected, input items, text) of a run: how much of its input was rejected as bad input, by code
+    (the commonest `top`, each with one reason as an example); the text is empty when nothing was."""
+    counts = query(run_dir, "SELECT count(*) FILTER (WHERE decision = 'rejected-bad-input') AS rejected, "
+                            "count(*) AS total FROM decisions").to_pylist()[0]
+    rejected, total = counts["rejected"], counts["total"]
+    if not rejected:
+        return 0, total, ""
+    has_code = "code" in query(run_dir, "SELECT * FROM decisions LIMIT 0").column_names  # not in older runs
+    code = "coalesce(code, 'unclassified')" if has_code else "'unclassified'"
+    rows = query(run_dir, f"SELECT {code} AS code, count(*) AS n, min(reason) AS example FROM decisions "
+                          "WHERE decision = 'rejected-bad-input' GROUP BY 1 ORDER BY n DESC, code").to_pylist()
+    lines = [f"rejected {rejected} of {total} input items ({100.0 * rejected / total:.1f}%) as bad input, by code:"]
+    lines += [f"  {r['n']:>8}  {r['code']}  e.g. {r['example'][:200]}" for r in rows[:top]]
+    if len(rows) > top:
+        lines.append(f"  {sum(r['n'] for r in rows[top:]):>8}  ({len(rows) - top} more codes)")
+    lines.append(f"  each with its position: curator query {run_dir} \"SELECT * FROM quarantine WHERE code = "
+                 f"'{rows[0]['code']}'\"")
+    return rejected, total, "\n".join(lines)
