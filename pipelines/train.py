@@ -16,6 +16,15 @@ the achieved saving so far and the sampler's overhead, and rank 0 checkpoints mo
 optimizer and sampler state. A restarted worker group (``--max-failures``) resumes
 from the latest checkpoint and prunes as the uninterrupted run would have.
 
+The console gets one line per epoch and a progress bar, both from the driver: rank 0 sends
+each epoch's metrics through a Ray queue. Workers print nothing (Ray Train's print patch
+would write each print twice: once through its logger, once through the worker's stdout),
+and Ray's own console output -- worker and controller logs, ``TrainingReport`` dumps, the
+dashboard line -- stays off unless ``--verbose``; Ray's log files under
+``/tmp/ray/session_latest/logs`` have it all either way. The controller polls the workers
+every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (0.1 s here, Ray's default 2 s): each
+``ray.train.report`` waits for a poll, so at 2 s every short epoch took 2 s.
+
 Evaluation: ``--eval PATH`` (a Parquet file, a folder of them, or another run directory)
 or, by default, a deterministic held-out share of the curated set (``--eval-share``,
 chosen by a hash of each item's id, so it is the same items for every seed and setting).
@@ -33,10 +42,13 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from curator.train import (
     TASK_COLUMNS,
@@ -58,8 +70,13 @@ from curator.train import (
 #: Learning rates that train the built-in models well with AdamW (override with --lr).
 DEFAULT_LR = {"linear": 1e-2, "mlp": 2e-3, "cnn": 2e-3}
 
-#: Columns of the per-epoch table printed at the end.
+#: Columns of the per-epoch table: one row printed as each epoch ends.
 TABLE = ("epoch", "train_loss", "eval_acc", "kept", "pruned", "saving", "sampler_overhead", "epoch_s")
+
+#: Seconds between the Ray Train controller's polls of the workers (Ray's default: 2). Every
+#: `ray.train.report` waits for the next poll, so this bounds how fast epochs can follow each other.
+CONTROLLER_POLL_S = "0.1"
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 # --------------------------------------------------------------------- inputs
@@ -101,7 +118,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not two lines per worker per epoch
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = ray.train.torch.get_device()
@@ -138,13 +154,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start = loop.load(d)
 
     every = max(1, int(config["checkpoint_every"]))
+    progress = config.get("progress")
+    t0 = time.perf_counter()
     for epoch in range(start, s.epochs):
         metrics = loop.run_epoch(epoch)
         metrics["train_items"] = len(train_ds)
-        if rank == 0:
-            print(f"epoch {epoch}: eval_acc {metrics['eval_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
-                  f"kept {metrics['kept']} pruned {metrics['pruned']} saving so far {metrics['saving']:.1%}",
-                  flush=True)
+        metrics["elapsed_s"] = time.perf_counter() - t0  # with the reports before it: what Ray adds to epoch_s
+        if rank == 0 and progress is not None:
+            progress.put(dict(metrics))
         save = (epoch + 1) % every == 0 or epoch == s.epochs - 1
         with tempfile.TemporaryDirectory(prefix="curator-ckpt-") as tmp:
             checkpoint = None
@@ -168,20 +185,25 @@ def _use_gpu(choice: str, workers: int) -> bool:
 
 def run_train_job(config: dict[str, Any], workers: int = 2, use_gpu: str = "auto",
                   cpus_per_worker: float = 1.0, storage_path: str | Path | None = None, name: str | None = None,
-                  keep_checkpoints: int = 2, max_failures: int = 0, address: str | None = None) -> dict[str, Any]:
+                  keep_checkpoints: int = 2, max_failures: int = 0, address: str | None = None,
+                  echo: TextIO | None = None, bar: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run the TorchTrainer job; returns the per-epoch history, the last checkpoint and where it lives.
 
     Uses the Ray runtime already initialised in this process, else connects to
     ``address`` (or RAY_ADDRESS, as under ``ray job submit``), else starts a local one.
+    ``echo``: write a table row there as each epoch ends (``bar``: and a progress bar on
+    stderr). ``verbose``: let Ray's own console output through (worker and controller logs).
     """
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.WARNING,
+                 include_dashboard=None if verbose else False)  # the dashboard costs ~2 s of start-up
     try:
         return _fit(config, workers, _use_gpu(use_gpu, workers), cpus_per_worker, storage_path, name,
-                    keep_checkpoints, max_failures)
+                    keep_checkpoints, max_failures, echo, bar, verbose)
     finally:
         if started:
             ray.shutdown()
@@ -189,24 +211,34 @@ def run_train_job(config: dict[str, Any], workers: int = 2, use_gpu: str = "auto
 
 def _fit(config: dict[str, Any], workers: int, gpu: bool, cpus_per_worker: float,
          storage_path: str | Path | None, name: str | None, keep_checkpoints: int,
-         max_failures: int) -> dict[str, Any]:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+         max_failures: int, echo: TextIO | None, bar: bool, verbose: bool) -> dict[str, Any]:
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     storage = Path(storage_path or Path(config["run_dir"]) / "train").resolve()
     storage.mkdir(parents=True, exist_ok=True)
     name = name or f"{config['settings']['task']}-{time.strftime('%Y%m%d-%H%M%S')}"
     resources = {"CPU": cpus_per_worker} if not gpu else {"CPU": cpus_per_worker, "GPU": 1}
+    os.environ.setdefault(POLL_ENV, CONTROLLER_POLL_S)  # Ray Train hands it to the controller it starts
+    queue = Queue(actor_options={"num_cpus": 0}) if echo is not None else None
+    rows = EpochRows(queue, config["settings"]["epochs"], echo, bar) if echo is not None else nullcontext()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={**config, "progress": queue},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints or None),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        with rows:
+            result = trainer.fit()
+    finally:
+        if queue is not None:
+            queue.shutdown()
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise result.error
@@ -222,10 +254,58 @@ def _fit(config: dict[str, Any], workers: int, gpu: bool, cpus_per_worker: float
     return out
 
 
+class EpochRows:
+    """The driver's console while `fit` runs: a table row per epoch as rank 0 sends it, under a
+    tqdm bar over the planned epochs. Reads the queue on a thread (`fit` blocks the main one)."""
+
+    def __init__(self, queue: Any, epochs: int, out: TextIO, bar: bool) -> None:
+        from tqdm import tqdm
+
+        self.queue, self.out, self.last = queue, out, -1
+        self.bar = tqdm(total=epochs, unit="epoch", desc="training", disable=not bar, dynamic_ncols=True,
+                        file=sys.stderr)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="curator-train-epochs", daemon=True)
+
+    def __enter__(self) -> EpochRows:
+        self.bar.write(table_row(TABLE), file=self.out)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        while not self.queue.empty():  # rank 0 puts before it reports, so everything is here once fit returns
+            self.show(self.queue.get_nowait())
+        self.bar.close()
+
+    def _follow(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                self.show(self.queue.get(timeout=0.2))
+            except Empty:
+                continue
+
+    def show(self, metrics: dict[str, Any]) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch <= self.last:
+            self.bar.write(f"(worker group restarted: epoch {epoch} again, from the last checkpoint)", file=self.out)
+        self.last = epoch
+        self.bar.write(table_row([_fmt(metrics.get(k)) for k in TABLE]), file=self.out)
+        self.out.flush()
+        self.bar.n = epoch + 1
+        self.bar.refresh()
+
+
+def table_row(cells: Any) -> str:
+    """One row of the per-epoch table (fixed widths, so rows printed one at a time line up)."""
+    return "  ".join(str(c).rjust(max(len(k), 8)) for c, k in zip(cells, TABLE, strict=True))
+
+
 def format_history(history: list[dict[str, Any]]) -> str:
-    rows = [TABLE] + [tuple(_fmt(h.get(k)) for k in TABLE) for h in history]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join([table_row(TABLE)] + [table_row([_fmt(h.get(k)) for k in TABLE]) for h in history])
 
 
 def _fmt(v: Any) -> str:
@@ -238,8 +318,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = job_config(args)
     out = run_train_job(config, workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                         storage_path=args.checkpoint_dir, name=args.name, keep_checkpoints=args.keep_checkpoints,
-                        max_failures=args.max_failures, address=args.address)
-    print(format_history(out["history"]))
+                        max_failures=args.max_failures, address=args.address, echo=sys.stdout,
+                        bar=not args.quiet, verbose=args.ray_logs or getattr(args, "verbose", 0) > 0)
     last = out["history"][-1] if out["history"] else {}
     print(f"\n{args.task} on {len(config['parts'])} part(s), {out['workers']} worker(s) "
           f"({'GPU' if out['use_gpu'] else 'CPU'}): eval accuracy {last.get('eval_acc', float('nan')):.4f}, "
@@ -301,4 +381,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="worker-group restarts, each resuming from the latest checkpoint")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the history and summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (the per-epoch rows still print)")
+    p.add_argument("--verbose", dest="ray_logs", action="store_true",
+                   help="show Ray's own console output too: worker and controller logs, each report (also "
+                        "`curator -v train`); Ray's log files have it either way")
     p.set_defaults(func=cmd_train)
