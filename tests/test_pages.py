@@ -146,6 +146,13 @@ def test_demo_report_in_chromium(demo_run: Path) -> None:
         assert page.count("#gallery-dropped-duplicate figure.card .item") == 2 * page.count(
             "#gallery-dropped-duplicate figure.card")
         assert "duplicates" in page.text("#gallery-dropped-duplicate")
+        # the duplicate clusters: the kept item, then its copies, each an image
+        groups = len({r["dup_of"] for r in read_table(demo_run, "decisions").to_pylist()
+                      if r["decision"] == "dropped-duplicate"})
+        clusters = page.count("#duplicate-clusters figure.cluster")
+        assert clusters == min(12, groups) and clusters > 0
+        assert page.count("#duplicate-clusters figure.cluster .item") == page.count(
+            "#duplicate-clusters figure.cluster .thumb img") >= 2 * clusters
         relabelled = page.text("#gallery-relabelled")
         assert "\u2192" in relabelled  # "label 9 -> 2": both labels
         assert page.count("details.query") >= 10  # a query per table and plot
@@ -155,6 +162,29 @@ def test_demo_report_in_chromium(demo_run: Path) -> None:
         th = page.text("#thresholds")
         eps = read_manifest(demo_run)["calibration"]["eps_dup"]["value"]  # the demo's eps_dup is calibrated
         assert f"{1 - eps:.4f}" in th and "selector.eps_dup" in th and "manifest calibration" in th
+
+
+@pytest.mark.timeout(900)
+def test_image_folder_report_in_chromium(tmp_path: Path) -> None:
+    """An image folder curated without storing its images: the duplicate gallery and the duplicate
+    clusters show every item as an image read from its file; screenshot of the clusters."""
+    from tests.photos import ingest_photos, write_photo_folder
+
+    write_photo_folder(tmp_path / "imgs", per_class=10, copies=3)
+    path = write_report(ingest_photos(tmp_path / "imgs", tmp_path / "run", store_images=False))
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with browser() as b:
+        page = b.open(path.as_uri())
+        page.screenshot(OUTPUT / "report-images.png")
+        (OUTPUT / "report-images-clusters.png").write_bytes(page.element_png("#duplicate-clusters"))
+        assert_clean_load(page)
+        assert_plots_drawn(page, PLOTS)
+        cards = page.count("#gallery-dropped-duplicate figure.card")
+        assert cards == 12 and page.count("#gallery-dropped-duplicate figure.card .thumb img") == 2 * cards
+        assert page.count("#duplicate-clusters figure.cluster") == 9
+        assert page.count("#duplicate-clusters .thumb img") == 9 + 12  # each kept item and its copies
+        assert page.count(".placeholder") == 0
+        assert page.count("#sources-section tbody tr") == 3  # an image per source: keep rates per class folder
 
 
 # =====================================================================================

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,11 +21,11 @@ import pytest
 from PIL import Image
 
 from curator.report.build import build_report, collect, write_report
-from curator.report.payloads import read_payloads
 from curator.report.thresholds import thresholds_in_force
 from curator.report.thumbs import MAX_SIDE, thumbnail_uri
 from curator.report.training import training_runs
 from curator.store import read_manifest, read_table
+from curator.store.payloads import read_payloads
 from curator.store.query import query
 from pipelines.demo import run_demo
 
@@ -42,13 +43,13 @@ def _results(ctx: dict) -> list:
     res = [ctx["counts"], ctx["reasons"], ctx["sources"]]
     res += [p.query for p in [*ctx["figs"].values(), *ctx["dist"]] if p.query is not None]
     res += [g.query for g in ctx["galleries"] if g.query is not None]
-    return res
+    return [*res, ctx["cluster_query"]]
 
 
 def test_every_printed_query_reproduces_its_table(demo: Path) -> None:
     ctx = collect(demo)
     results = _results(ctx)
-    assert len(results) >= 12
+    assert len(results) >= 13
     for r in results:
         assert r.rows, r.title
         assert query(demo, r.sql).to_pylist() == r.rows, r.title
@@ -134,6 +135,73 @@ def test_dropped_payloads_only_from_the_runs_own_inputs(demo: Path, tmp_path: Pa
     other = tmp_path / "elsewhere.parquet"
     pq.write_table(pa.table({"image": [b"x"], "text": ["secret"]}), other)
     assert read_payloads(demo, [(str(other), 0), ("/etc/passwd", 0)]) == {}
+
+
+def test_payloads_of_every_input_kind_are_the_items_the_file_source_read(tmp_path: Path) -> None:
+    """Image files, JSONL lines, tar samples (plain and gzipped) and Parquet rows (img2dataset's
+    column names) are read back at the positions the file source gave them, in any order."""
+    from connectors.files import FileSource
+    from tests.photos import encode, photo, write_photo_folder
+
+    folder, data = tmp_path / "folder", tmp_path / "data"
+    write_photo_folder(folder, per_class=2, copies=1)
+    data.mkdir()
+    pics = [encode(photo(i), "PNG" if i % 2 else "JPEG") for i in range(6)]
+    lines = [json.dumps({"id": f"j{i}", "image": base64.b64encode(p).decode(), "caption": f"line {i}"}) for i, p in
+             enumerate(pics)]
+    (data / "lines.jsonl").write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")  # a blank line counts
+    for name in ("samples.tar", "samples.tar.gz"):
+        with tarfile.open(data / name, "w:gz" if name.endswith(".gz") else "w") as tf:
+            for i, p in enumerate(pics):
+                members = {f"d/s{i}.{'png' if i % 2 else 'jpg'}": p, f"d/s{i}.txt": f"sample {i}".encode()}
+                for member, blob in ({"d/s2.unknown": b"?"} if i == 2 else members).items():  # s2: nothing to read
+                    info = tarfile.TarInfo(member)
+                    info.size = len(blob)
+                    tf.addfile(info, io.BytesIO(blob))
+    pq.write_table(pa.table({"key": [f"p{i}" for i in range(6)], "jpg": pics, "caption": [f"row {i}" for i in range(6)]}),
+                   data / "rows.parquet", row_group_size=4)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(f"[source]\npaths = {json.dumps([str(data), str(folder)])}\n")
+    expected = {}
+    for batch in FileSource([str(data), str(folder)]).batches(64):
+        for rec, pos in zip(batch.records, batch.positions, strict=True):
+            expected[(pos.source, pos.offset)] = (rec.get("image") or rec.get("jpg"), rec.get("text") or rec.get("caption"))
+    assert len(expected) == 12 + 4 * 6
+    got = read_payloads(run, reversed(list(expected)))
+    assert set(got) == set(expected)
+    for pos, (image, text) in expected.items():
+        assert got[pos]["image"] == image, pos
+        if not pos[0].endswith((".jpg", ".png")):  # an image file's caption is its sidecar's, not read back
+            assert got[pos]["text"] == text, pos
+    assert got[(str(data / "samples.tar"), 2)] == {"image": None, "text": None}
+
+
+def test_image_folder_report_shows_every_duplicate_beside_its_original(tmp_path: Path) -> None:
+    """An image folder curated without storing images: both sides of every duplicate card, the kept
+    items and the duplicate clusters are thumbnails read from the image files; keep rates are per folder."""
+    from tests.photos import CLASSES, ingest_photos, write_photo_folder
+
+    n = write_photo_folder(tmp_path / "imgs", per_class=10, copies=3)
+    run = ingest_photos(tmp_path / "imgs", tmp_path / "run", store_images=False)
+    ctx = collect(run)
+    galleries = {g.key: g for g in ctx["galleries"]}
+    assert set(galleries) == {"kept", "dropped-duplicate"}
+    dup = galleries["dropped-duplicate"]
+    assert len(dup.cards) == 3 * 4  # three copies per class, and one more of the first picture
+    assert all(c.thumb and c.pair is not None and c.pair.thumb for c in dup.cards), [
+        (c.title, c.placeholder, c.pair and c.pair.placeholder) for c in dup.cards]
+    assert all(c.thumb for c in galleries["kept"].cards)
+    clusters = ctx["clusters"]
+    assert [c.total for c in clusters] == [2, 2, 2] + [1] * 6  # largest first
+    assert {c.original.title for c in clusters[:3]} == {f"{k}/000.jpg" for k in CLASSES}
+    assert all(c.original.thumb and len(c.copies) == c.total and all(x.thumb for x in c.copies) for c in clusters)
+    assert [x.title for x in clusters[0].copies] == [f"{clusters[0].original.title[:-4]}{s}" for s in ("b.jpg", "c.png")]
+    sources = ctx["sources"]  # one source per image: more than a chart can show, so one bar per class folder
+    assert sources.columns[0] == "folder" and len(sources.rows) == 3
+    assert sum(r["sources"] for r in sources.rows) == sum(r["items"] for r in sources.rows) == n
+    html = build_report(run)
+    assert html.count('<figure class="cluster">') == 9 and "cannot be read back" not in html
 
 
 def test_training_summaries_are_read_tolerantly(tmp_path: Path) -> None:

@@ -17,14 +17,17 @@ from curator.records import Decision
 from curator.report import plots
 from curator.report.data import DROPPED, ORDER, SCORES, Result, RunQueries
 from curator.report.page import render
-from curator.report.payloads import read_payloads
 from curator.report.thresholds import Threshold, thresholds_in_force
 from curator.report.thumbs import snippet, thumbnail_uri
 from curator.report.training import TrainingRun, training_runs
 from curator.store import StoreError, read_manifest
+from curator.store.payloads import Payload, read_payloads
 
 REPORT_FILE = "index.html"
 GALLERY_SIZE = 24
+#: Duplicate clusters shown, and copies shown per cluster.
+CLUSTERS, CLUSTER_COPIES = 12, 8
+NOT_READ = "not stored, and its input file cannot be read back (gone, changed, or a stream)"
 
 
 @dataclass
@@ -50,6 +53,15 @@ class Card:
     extra: list[tuple[str, str]] = field(default_factory=list)  # untrusted text shown as text: URI, metadata
     pair: Card | None = None  # the accepted item a duplicate duplicates
     pair_label: str = ""
+
+
+@dataclass
+class Cluster:
+    """Items dropped as duplicates of one kept item: the item, then its copies side by side."""
+
+    original: Card
+    copies: list[Card]
+    total: int
 
 
 @dataclass
@@ -84,10 +96,30 @@ def _image_card(row: dict[str, Any], image: Any, text: Any) -> tuple[str | None,
     return thumb, caption, placeholder
 
 
-def _kept_cards(res: Result) -> list[Card]:
+Payloads = dict[tuple[str, int], Payload]
+
+
+def _payload(image: Any, text: Any, source: Any, offset: Any, payloads: Payloads) -> tuple[Any, Any, bool]:
+    """(image, caption, read): the stored image, else the item's input file read at its position."""
+    if image is not None:
+        return image, text, True
+    got = payloads.get((source, offset)) if isinstance(source, str) and isinstance(offset, int) else None
+    if got is None:
+        return None, text, False
+    return got.get("image"), text if text is not None else got.get("text"), True
+
+
+def _unstored(rows: list[dict[str, Any]], image: str = "image", source: str = "source",
+              offset: str = "offset") -> list[tuple[Any, Any]]:
+    """Positions of the rows whose image is not stored."""
+    return [(r.get(source), r.get(offset)) for r in rows if r.get(image) is None]
+
+
+def _kept_cards(res: Result, payloads: Payloads) -> list[Card]:
     cards = []
     for r in res.rows:
-        thumb, caption, ph = _image_card(r, r.get("image"), r.get("text"))
+        image, text, _ = _payload(r.get("image"), r.get("text"), r.get("source"), r.get("offset"), payloads)
+        thumb, caption, ph = _image_card(r, image, text)
         if r.get("label_original") != r.get("label"):
             facts = [("label", f"{_fmt(r.get('label_original'))} \u2192 {_fmt(r.get('label'))}")]
         else:
@@ -104,14 +136,13 @@ def _kept_cards(res: Result) -> list[Card]:
     return cards
 
 
-def _dropped_cards(res: Result, decision: str, payloads: dict[tuple[str, int], dict[str, Any]]) -> list[Card]:
+def _dropped_cards(res: Result, decision: str, payloads: Payloads) -> list[Card]:
     cards = []
     for r in res.rows:
-        off = r.get("offset")
-        own = payloads.get((str(r.get("source")), int(off)), {}) if off is not None else {}
-        thumb, caption, ph = _image_card(r, own.get("image"), own.get("text"))
-        if not own:
-            ph = "payload not stored (dropped items keep only their decision record)"
+        image, text, read = _payload(None, None, r.get("source"), r.get("offset"), payloads)
+        thumb, caption, ph = _image_card(r, image, text)
+        if not read:
+            ph = NOT_READ
         facts = [("label in", _fmt(r.get("label_in")))]
         if r.get("label_out") is not None and r.get("label_out") != r.get("label_in"):
             facts.append(("label out", _fmt(r.get("label_out"))))
@@ -122,12 +153,43 @@ def _dropped_cards(res: Result, decision: str, payloads: dict[tuple[str, int], d
         facts.append(("seq", _fmt(r.get("seq"))))
         card = Card(snippet(r.get("id"), 80) or "", decision, thumb, caption, ph, facts, snippet(r.get("reason"), 300))
         if r.get("dup_of") is not None:
-            othumb, ocap, oph = _image_card({}, r.get("dup_image"), r.get("dup_text"))
-            card.pair = Card(snippet(r.get("dup_of"), 80) or "", "kept", othumb, ocap, oph,
-                             [("label", _fmt(r.get("dup_label"))), ("seq", _fmt(r.get("dup_seq")))])
+            card.pair = _original_card(r, payloads)
             card.pair_label = "duplicates"
         cards.append(card)
     return cards
+
+
+def _original_card(r: dict[str, Any], payloads: Payloads, *facts: tuple[str, str]) -> Card:
+    """The kept item a duplicate duplicates (`DUP_COLUMNS` of the row), as a card."""
+    image, text, read = _payload(r.get("dup_image"), r.get("dup_text"), r.get("dup_source"), r.get("dup_offset"),
+                                 payloads)
+    thumb, caption, ph = _image_card({}, image, text)
+    if r.get("dup_seq") is None:
+        ph = "not in the curated set"
+    elif not read:
+        ph = NOT_READ
+    return Card(snippet(r.get("dup_of"), 80) or "", "kept", thumb, caption, ph,
+                [("label", _fmt(r.get("dup_label"))), ("seq", _fmt(r.get("dup_seq"))), *facts])
+
+
+def _cluster(r: dict[str, Any], payloads: Payloads) -> Cluster:
+    copies = []
+    for m in r.get("members") or []:
+        image, text, read = _payload(None, None, m.get("source"), m.get("offset"), payloads)
+        thumb, caption, ph = _image_card({}, image, text)
+        copies.append(Card(snippet(m.get("id"), 80) or "", Decision.DROPPED_DUPLICATE.value, thumb, caption,
+                           ph if read else NOT_READ, [("max sim", _fmt(m.get("max_sim"))), ("seq", _fmt(m.get("seq")))]))
+    return Cluster(_original_card(r, payloads, ("copies", _fmt(r.get("copies")))), copies, int(r.get("copies") or 0))
+
+
+def _clusters(run: Path, q: RunQueries) -> tuple[list[Cluster], Result | None]:
+    res = q.duplicate_clusters(CLUSTERS, CLUSTER_COPIES)
+    if res is None or not res.rows:
+        return [], res
+    wanted = _unstored(res.rows, "dup_image", "dup_source", "dup_offset")
+    wanted += [(m.get("source"), m.get("offset")) for r in res.rows for m in r.get("members") or []]
+    pay = read_payloads(run, wanted)
+    return [_cluster(r, pay) for r in res.rows], res
 
 
 def _rejected_cards(res: Result) -> list[Card]:
@@ -220,11 +282,19 @@ def _context(run: Path, manifest: dict[str, Any], thresholds: dict[str, Threshol
             SCORES[col], t.value if t else None, label), res, t.rule if t else ""))
     sources = q.per_source()
     if sources.rows:
-        labels = [f"{r['source']} [{r['partition']}]" for r in sources.rows]
-        figs["sources"] = Plot("sources", "Keep rate per source and partition", plots.hbars(
-            labels, sources.column("keep_rate"), "Keep rate per source / partition", "keep rate", None, "{:.3f}"),
-            sources)
+        if "folder" in sources.columns:
+            labels = [f"{r['folder']} ({r['sources']} files)" for r in sources.rows]
+            shown = len(sources.rows)
+            note = (f"{sources.meta['folders']} folders hold the sources; the {shown} with the most items are shown."
+                    if sources.meta["folders"] > shown else "One bar per folder the sources are in.")
+        else:
+            labels = [r["source"] + (f" [{r['partition']}]" if r["partition"] is not None else "")
+                      for r in sources.rows]
+            note = ""
+        figs["sources"] = Plot("sources", sources.title, plots.hbars(
+            labels, sources.column("keep_rate"), sources.title, "keep rate", None, "{:.3f}"), sources, note)
     galleries = _galleries(run, q, by_decision, gallery_size)
+    clusters, cluster_query = _clusters(run, q)
     runs = training_runs(run)
     return {
         "run": {"dir": str(run.resolve()), "commit": manifest.get("commit"), "model": manifest.get("model"),
@@ -234,18 +304,22 @@ def _context(run: Path, manifest: dict[str, Any], thresholds: dict[str, Threshol
         "query_cmd": f"curator query {shlex.quote(str(run))}",
         "thresholds": list(thresholds.values()),
         "counts": counts, "reasons": q.reason_counts(), "figs": figs, "dist": dist, "sources": sources,
-        "galleries": galleries, "training": runs, "training_plots": _training_plots(runs),
+        "galleries": galleries, "clusters": clusters, "cluster_query": cluster_query, "cluster_copies": CLUSTER_COPIES,
+        "duplicates": by_decision.get(Decision.DROPPED_DUPLICATE.value, 0), "training": runs, "training_plots": _training_plots(runs),
     }
 
 
 def _galleries(run: Path, q: RunQueries, by_decision: dict[str, int], n: int) -> list[Gallery]:
     out = []
+    read_back = " Images not stored in the run are read back from its input files."
     for d, note in ((Decision.KEPT.value, "A sample of the curated set (ordered by a hash of the id)."),
                     (Decision.RELABELLED.value, "Kept with a corrected label: both labels shown."),
                     (Decision.RECAPTIONED.value, "Kept with a new caption from the recaption hook.")):
         if by_decision.get(d):
             res = q.kept_gallery(d, n)
-            out.append(Gallery(d, d, note, _kept_cards(res) if res else [], res, by_decision[d]))
+            pay = read_payloads(run, _unstored(res.rows)) if res else {}
+            out.append(Gallery(d, d, note + (read_back if pay else ""), _kept_cards(res, pay) if res else [], res,
+                               by_decision[d]))
     notes = {
         Decision.DROPPED_NOISY.value: "Label or caption judged wrong and not corrected.",
         Decision.DROPPED_DUPLICATE.value: "Each near-duplicate beside the accepted item it duplicates (dup_of).",
@@ -254,10 +328,10 @@ def _galleries(run: Path, q: RunQueries, by_decision: dict[str, int], n: int) ->
     for d in DROPPED:
         if by_decision.get(d):
             res = q.dropped_gallery(d, n)
-            pay = read_payloads(run, [(r["source"], r["offset"]) for r in res.rows])
-            out.append(Gallery(d, d, notes[d] + (" Thumbnails of the dropped items are read back from the run's "
-                                                 "Parquet inputs." if pay else ""),
-                               _dropped_cards(res, d, pay), res, by_decision[d]))
+            wanted = [(r["source"], r["offset"]) for r in res.rows]
+            pay = read_payloads(run, wanted + _unstored(res.rows, "dup_image", "dup_source", "dup_offset"))
+            out.append(Gallery(d, d, notes[d] + (read_back if pay else ""), _dropped_cards(res, d, pay), res,
+                               by_decision[d]))
     if by_decision.get(Decision.REJECTED_BAD_INPUT.value):
         res = q.rejected_gallery(n)
         out.append(Gallery(Decision.REJECTED_BAD_INPUT.value, Decision.REJECTED_BAD_INPUT.value,

@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from curator.formats import IDENTITY_BIT
 from curator.records import KEPT_DECISIONS, Decision
 from curator.store import committed_parts
 from curator.store.query import connect
@@ -24,6 +25,8 @@ KEPT = tuple(sorted(d.value for d in KEPT_DECISIONS))
 #: Decisions whose item went into the index: every clean non-duplicate (budget drops included).
 INSERTED = (*KEPT, Decision.DROPPED_BY_BUDGET.value)
 DROPPED = (Decision.DROPPED_NOISY.value, Decision.DROPPED_DUPLICATE.value, Decision.DROPPED_BY_BUDGET.value)
+#: What the report shows of the kept item a duplicate duplicates.
+DUP_COLUMNS = ("dup_seq", "dup_image", "dup_text", "dup_label", "dup_source", "dup_offset")
 #: Decisions in the order the report lists them.
 ORDER = tuple(d.value for d in Decision)
 #: Score columns with a distribution plot, and what they mean.
@@ -35,6 +38,8 @@ SCORES = {
 }
 STREAM_BINS = 60
 HIST_BINS = 40
+#: Bars in the keep-rate-per-source chart: more sources than this are shown per folder.
+MAX_SOURCES = 30
 
 
 def sql_list(values: tuple[str, ...]) -> str:
@@ -111,12 +116,25 @@ class RunQueries:
                   FROM decisions WHERE seq >= 0 GROUP BY 1) ORDER BY seq_start""")
 
     def per_source(self) -> Result:
-        return self.run("Keep rate per source and partition", f"""
-            SELECT source, "partition", count(*) AS items,
-                   count(*) FILTER (WHERE decision IN {sql_list(KEPT)}) AS kept,
-                   count(*) FILTER (WHERE decision = 'rejected-bad-input') AS rejected,
-                   round(count(*) FILTER (WHERE decision IN {sql_list(KEPT)}) / count(*), 4) AS keep_rate
-            FROM decisions GROUP BY ALL ORDER BY source, "partition" LIMIT 200""")
+        """Keep rate per source; with more than MAX_SOURCES sources (an image folder: one per image), per
+        folder the sources are in, the largest MAX_SOURCES folders by items. A file's partition is an
+        identity tag, not shown; a Kafka topic's partitions are."""
+        kept = f"count(*) FILTER (WHERE decision IN {sql_list(KEPT)})"
+        counts = (f"count(*) AS items, {kept} AS kept, count(*) FILTER (WHERE decision = 'rejected-bad-input') "
+                  f"AS rejected, round({kept} / count(*), 4) AS keep_rate")
+        if int(self.scalar("SELECT count(DISTINCT source) FROM decisions") or 0) <= MAX_SOURCES:
+            part = f"CASE WHEN \"partition\" < {IDENTITY_BIT} THEN \"partition\" END"
+            return self.run("Keep rate per source", f"""
+                SELECT source, {part} AS "partition", {counts}
+                FROM decisions GROUP BY ALL ORDER BY source, "partition" NULLS FIRST LIMIT 200""")
+        folder = "CASE WHEN contains(source, '/') THEN regexp_replace(source, '/[^/]*$', '') ELSE '.' END"
+        res = self.run("Keep rate per folder of the sources", f"""
+            SELECT {folder} AS folder, count(DISTINCT source) AS sources, {counts}
+            FROM decisions GROUP BY ALL ORDER BY items DESC, folder LIMIT {MAX_SOURCES}""")
+        res.meta["folders"] = int(self.scalar(f"SELECT count(DISTINCT {folder}) FROM decisions") or 0)
+        if res.meta["folders"] > MAX_SOURCES:
+            res.title += f" (the {MAX_SOURCES} largest by items)"
+        return res
 
     def score_histogram(self, col: str, threshold: float | None) -> Result | None:
         """Counts per bin and decision of one score; the bins span the data and the threshold."""
@@ -153,21 +171,42 @@ class RunQueries:
             FROM kept k LEFT JOIN decisions d ON d.seq = k.seq AND d.seq >= 0
             WHERE k.decision = '{decision}' ORDER BY {order} LIMIT {int(limit)}""")
 
+    def _originals(self) -> str:
+        """A join of the kept item a duplicate duplicates (its stored image and its position)."""
+        return ("LEFT JOIN (SELECT id, min(seq) AS seq, arg_min(image, seq) AS image, arg_min(text, seq) AS text, "
+                "arg_min(label, seq) AS label, arg_min(source, seq) AS source, arg_min(\"offset\", seq) AS \"offset\" "
+                "FROM kept GROUP BY id) o ON o.id = {dup_of}")
+
+    ORIGINAL = ("o.seq AS dup_seq, o.image AS dup_image, o.text AS dup_text, o.label AS dup_label, "
+                "o.source AS dup_source, o.\"offset\" AS dup_offset")
+
     def dropped_gallery(self, decision: str, limit: int) -> Result:
         """Dropped items of one decision; a duplicate comes with the accepted item it duplicates."""
         if decision not in DROPPED:
             raise ValueError(f"not a dropping decision: {decision!r}")
         if self.has_kept:
-            orig = ("LEFT JOIN (SELECT id, min(seq) AS seq, any_value(image) AS image, any_value(text) AS text, "
-                    "any_value(label) AS label FROM kept GROUP BY id) o ON o.id = d.dup_of")
-            cols = "o.seq AS dup_seq, o.image AS dup_image, o.text AS dup_text, o.label AS dup_label"
+            orig, cols = self._originals().format(dup_of="d.dup_of"), self.ORIGINAL
         else:
-            orig, cols = "", "NULL AS dup_seq, NULL AS dup_image, NULL AS dup_text, NULL AS dup_label"
+            orig, cols = "", ", ".join(f"NULL AS {c}" for c in DUP_COLUMNS)
         return self.run(f"Gallery: {decision}", f"""
             SELECT d.id, d.seq, d.source, d."partition", d."offset", d.reason, d.label_in, d.label_out,
                    d.label_agreement, d.align, d.gain, d.max_sim, d.keep_prob, d.dup_of, {cols}
             FROM decisions d {orig}
             WHERE d.decision = '{decision}' ORDER BY d.seq LIMIT {int(limit)}""")
+
+    def duplicate_clusters(self, clusters: int, members: int) -> Result | None:
+        """Items dropped as duplicates of the same kept item, grouped: the largest groups first, each
+        with its first `members` copies (in stream order) and the kept item they duplicate."""
+        if not self.has_kept:
+            return None
+        return self.run("Duplicate clusters", f"""
+            SELECT c.dup_of, c.copies, c.members, {self.ORIGINAL}
+            FROM (SELECT dup_of, count(*) AS copies, min(seq) AS first_seq,
+                         list(struct_pack(id := id, seq := seq, source := source, "offset" := "offset",
+                                          max_sim := max_sim) ORDER BY seq)[1:{int(members)}] AS members
+                  FROM decisions WHERE decision = 'dropped-duplicate' AND dup_of IS NOT NULL GROUP BY dup_of) c
+            {self._originals().format(dup_of="c.dup_of")}
+            ORDER BY c.copies DESC, c.first_seq LIMIT {int(clusters)}""")
 
     def rejected_gallery(self, limit: int) -> Result:
         return self.run("Gallery: rejected-bad-input", f"""
