@@ -35,9 +35,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from connectors.files import FileSourceError
     from curator.embed import ModelLoadError
     from curator.store import StoreError
+    from curator.store.export import ExportError
     from curator.store.query import QueryError
 
-    return (*USER_ERRORS, StoreError, QueryError, ModelLoadError, FileSourceError)
+    return (*USER_ERRORS, StoreError, QueryError, ModelLoadError, FileSourceError, ExportError)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -67,6 +68,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     tbl = query(args.run_dir, args.sql)
     sys.stdout.write(format_table(tbl, args.format, args.max_rows))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curator.store.export import export
+
+    print(export(args.run_dir, args.format, args.out, args.shard_size).line())
     return 0
 
 
@@ -206,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     q.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
     q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("export", help="write the curated set as WebDataset shards, an image folder or Parquet",
+                       description="The kept items in the layout training code reads -- webdataset: tar shards as "
+                                   "img2dataset writes them (OpenCLIP); imagefolder: OUT/CLASS/ID.EXT (torchvision, "
+                                   "timm); parquet: the kept rows -- each with its gain and decision. Images the run "
+                                   "did not store are read back from its input files.")
+    e.add_argument("run_dir", help="a run directory (holds manifest.json)")
+    e.add_argument("out", help="a new (or empty) folder to write into")
+    e.add_argument("--format", required=True, choices=("webdataset", "imagefolder", "parquet"), help="the layout")
+    e.add_argument("--shard-size", type=int, default=10_000, help="items per tar shard / Parquet part (default 10000)")
+    e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the main job: dirty scikit-learn digits through the whole selection",
                        description="Streams scikit-learn's digits (real images) with 20% flipped labels and 30% "
