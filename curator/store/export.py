@@ -169,7 +169,8 @@ def _identify(item: Item) -> None:
 
 def _webdataset(run: Path, parts: list[Path], dest: Path, shard_size: int, summary: ExportSummary) -> None:
     digits = len(str(shard_size - 1))
-    shard, rows, tar, started = -1, [], None, time.time()
+    shard, tar, started = -1, None, time.time()
+    rows: list[dict[str, Any]] = []
     try:
         for i, item in enumerate(_items(run, parts, summary)):
             if i % shard_size == 0:
@@ -234,10 +235,10 @@ def _imagefolder(run: Path, parts: list[Path], dest: Path, shard_size: int, summ
             problem = item.problem or (None if item.image is not None else "no image (text only)")
             if problem is None and label is None:
                 problem = "unlabelled (an image folder needs a class)"
-            if problem is not None:
+            if problem is not None or label is None:
                 summary.problems[f"left out: {problem}"] += 1
                 continue
-            folder = _safe(names.get(label) or f"{label:0{width}d}")
+            folder = _safe(names.get(int(label)) or f"{int(label):0{width}d}")
             name = f"{folder}/{_safe(_stem(item.row['id']))}"
             if name in used:
                 name += f"-{item.row.get('seq')}"
