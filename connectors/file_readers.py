@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.file_units import (
-    WDS_FIELDS,
     FileUnit,
     data_tag,
     identity_tag,
@@ -26,7 +25,9 @@ from connectors.file_units import (
     open_text,
 )
 from connectors.json_records import json_id, record_from_json
-from curator.records import Position, Rejection
+from curator.fields import canonical_record
+from curator.formats import WDS_FIELDS, wds_key
+from curator.records import InvalidRecord, Position, Rejection
 
 Item = tuple[dict[str, Any] | Rejection, Position]
 PREVIEW_BYTES = 4096
@@ -51,9 +52,9 @@ class UnitReader:
         return reader(unit, first, batch_size)
 
     def _reject(self, unit: FileUnit, offset: int, reason: str, rid: str | None = None, raw: bytes | None = None,
-                pos: Position | None = None) -> Item:
+                pos: Position | None = None, code: str = "unreadable-file") -> Item:
         pos = pos or Position(unit.source, unit.tag, offset)
-        return Rejection(pos, reason, rid, None if raw is None else raw[:PREVIEW_BYTES]), pos
+        return Rejection(pos, reason, rid, None if raw is None else raw[:PREVIEW_BYTES], code), pos
 
     def _read_parquet(self, unit: FileUnit, first: int, batch_size: int) -> Iterator[Item]:
         """Record batches of the row groups from `first` on: never the whole file in memory."""
@@ -85,7 +86,11 @@ class UnitReader:
                     skip -= cut
                     offset += cut
                 for rec in rb.to_pylist():
-                    yield rec, Position(unit.source, unit.tag, offset)
+                    pos = Position(unit.source, unit.tag, offset)
+                    try:  # other tools' names; paths relative to the file's folder
+                        yield canonical_record(rec, unit.path.parent), pos
+                    except InvalidRecord as exc:
+                        yield self._reject(unit, offset, str(exc), json_id(rec), pos=pos, code=exc.code)
                     offset += 1
         except (OSError, pa.ArrowException) as exc:
             yield self._reject(unit, offset, f"Parquet file is corrupt from row {offset} on: {exc}")
@@ -112,21 +117,20 @@ class UnitReader:
                             if not rest or rest.endswith(b"\n"):
                                 break
                         if line_no >= first:
-                            yield self._reject(
-                                unit, line_no, f"line is over {limit} bytes (max_record_bytes)", raw=line
-                            )
+                            yield self._reject(unit, line_no, f"line is over {limit} bytes (max_record_bytes)",
+                                               raw=line, code="too-large")
                         continue
                     if line_no < first or not line.strip():
                         continue
                     try:
                         obj = json.loads(line)
                     except (ValueError, RecursionError) as exc:
-                        yield self._reject(unit, line_no, f"invalid JSON on line {line_no + 1}: {exc}", raw=line)
+                        yield self._reject(unit, line_no, f"invalid JSON: {exc}", raw=line, code="invalid-json")
                         continue
                     try:
-                        rec = record_from_json(obj)
-                    except ValueError as exc:
-                        yield self._reject(unit, line_no, f"line {line_no + 1}: {exc}", json_id(obj), line)
+                        rec = record_from_json(obj, unit.path.parent)  # paths in it are relative to its folder
+                    except InvalidRecord as exc:
+                        yield self._reject(unit, line_no, str(exc), json_id(obj), line, code=exc.code)
                         continue
                     yield rec, Position(unit.source, unit.tag, line_no)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -142,11 +146,12 @@ class UnitReader:
                 st = path.stat()
                 pos = Position(pos.source, image_tag(st), 0)
                 if st.st_size > self.max_record_bytes:
-                    yield self._reject(unit, 0, f"image is {st.st_size} bytes, over max_record_bytes", rel, pos=pos)
+                    yield self._reject(unit, 0, f"image is {st.st_size} bytes, over max_record_bytes", rel, pos=pos,
+                                       code="too-large")
                     continue
                 image = path.read_bytes()
             except OSError as exc:
-                yield self._reject(unit, 0, f"unreadable image: {exc}", rel, pos=pos)
+                yield self._reject(unit, 0, f"unreadable image: {exc}", rel, pos=pos, code="image-unreadable")
                 continue
             rec: dict[str, Any] = {"id": rel, "image": image}
             label, class_name = labels.get(rel, (None, None))
@@ -169,12 +174,13 @@ class UnitReader:
         key: str | None = None
         sample: dict[str, Any] = {}
         problem: str | None = None
+        problem_code = "bad-field"
 
         def finish() -> Item | None:
             if key is None or index < first:
                 return None
             if problem is not None:
-                return self._reject(unit, index, problem, key)
+                return self._reject(unit, index, problem, key, code=problem_code)
             return {"id": key, **sample}, Position(unit.source, unit.tag, index)
 
         try:
@@ -189,22 +195,22 @@ class UnitReader:
                 for member in tf:
                     if not member.isfile():
                         continue
-                    dirname, _, base = member.name.rpartition("/")
-                    stem, dot, ext = base.partition(".")
-                    if not dot or not stem:
+                    named = wds_key(member.name)
+                    if named is None:
                         continue  # WebDataset keys are "dir/stem"; members without an extension carry nothing
-                    mkey = f"{dirname}/{stem}" if dirname else stem
+                    mkey, ext = named
                     if mkey != key:
                         done = finish()
                         if done is not None:
                             yield done
-                        key, sample, problem = mkey, {}, None
+                        key, sample, problem, problem_code = mkey, {}, None, "bad-field"
                         index += 1
                     target = WDS_FIELDS.get(ext.lower())
                     if index < first or target is None or problem is not None:
                         continue  # skipped (resume), unknown extension, or already rejected
                     if member.size > self.max_record_bytes:
                         problem = f"member {member.name!r} is {member.size} bytes, over max_record_bytes"
+                        problem_code = "too-large"
                         continue
                     fobj = tf.extractfile(member)
                     data = fobj.read() if fobj is not None else b""

@@ -25,22 +25,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator.batch import Positions
-
-FORMATS = ("auto", "parquet", "jsonl", "images", "webdataset")
-PARQUET_EXTS = (".parquet", ".pq")
-JSONL_EXTS = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
-TAR_EXTS = (".tar", ".tar.gz", ".tgz")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-#: WebDataset member extensions (after the key's first dot) and the field each one fills.
-WDS_FIELDS = {
-    **{ext.lstrip("."): "image" for ext in IMAGE_EXTS},
-    "txt": "text",
-    "caption": "text",
-    "cls": "label",
-    "json": "metadata",
-}
-FORMAT_EXTS = {"parquet": PARQUET_EXTS, "jsonl": JSONL_EXTS, "webdataset": TAR_EXTS}
-_PREVIEW_BYTES = 4096
+from curator.formats import (
+    FORMAT_EXTS,
+    FORMATS,
+    IDENTITY_BIT,
+    IMAGE_EXTS,
+    JSONL_EXTS,
+    PARQUET_EXTS,
+    TAR_EXTS,
+    has_ext,
+    kind_of_file,
+)
 
 SUPPORTED = (
     "Parquet (.parquet), JSONL (.jsonl, .ndjson, optionally .gz), WebDataset tars (.tar, .tar.gz), "
@@ -52,9 +47,6 @@ class FileSourceError(ValueError):
     """The paths given to a FileSource cannot be read as asked; the message says which and why."""
 
 
-#: Set in every identity tag, so that a position keyed by listing index (curator before identity
-#: tags: small numbers) can never be taken for one.
-IDENTITY_BIT = 1 << 30
 _HEAD_BYTES = 64 * 1024  # what a data file's tag hashes at most of its first record
 
 
@@ -89,20 +81,6 @@ class FileUnit:
 
     def remaining(self) -> list[int]:
         return list(range(len(self.files))) if self.todo is None else self.todo
-
-
-def has_ext(name: str, exts: Iterable[str]) -> bool:
-    low = name.lower()
-    return any(low.endswith(e) for e in exts)
-
-
-def kind_of_file(path: Path) -> str | None:
-    for kind, exts in FORMAT_EXTS.items():
-        if has_ext(path.name, exts):
-            return kind
-    if has_ext(path.name, IMAGE_EXTS):
-        return "images"
-    return None
 
 
 def walk(folder: Path) -> list[str]:
@@ -140,7 +118,7 @@ def expand(paths: Iterable[str | os.PathLike[str]], fmt: str) -> list[FileUnit]:
                 add(given_str, "images", p, images)
                 continue
             data = [
-                (r, kind_of_file(Path(r)) if fmt == "auto" else fmt)
+                (r, kind_of_file(r) if fmt == "auto" else fmt)
                 for r in rels
                 if has_ext(r, FORMAT_EXTS[fmt] if fmt != "auto" else (*PARQUET_EXTS, *JSONL_EXTS, *TAR_EXTS))
             ]
@@ -153,7 +131,7 @@ def expand(paths: Iterable[str | os.PathLike[str]], fmt: str) -> list[FileUnit]:
                 add(given_str, "images", p, images)
                 continue
             raise FileSourceError(f"folder {given_str!r} holds no readable files; supported: {SUPPORTED}")
-        kind = kind_of_file(p) if fmt == "auto" else fmt
+        kind = kind_of_file(p.name) if fmt == "auto" else fmt
         if kind is None:
             raise FileSourceError(
                 f"cannot read {given_str!r}: unknown extension {''.join(p.suffixes) or '(none)'!r}; "

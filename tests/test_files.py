@@ -126,7 +126,8 @@ def test_jsonl_base64_images_and_bad_lines_become_rejections(tmp_path: Path) -> 
     assert [p.offset for p in b.positions] == [0, 1, 6]
     errs = {e.position.offset: e for e in b.errors}
     assert set(errs) == {2, 4, 5}  # the blank line (3) is neither record nor error
-    assert "invalid JSON on line 3" in errs[2].reason and errs[2].raw == b"{not json\n"
+    assert errs[2].code == "invalid-json" and "invalid JSON" in errs[2].reason and errs[2].raw == b"{not json\n"
+    assert errs[4].code == "not-an-object" and errs[5].code == "bad-base64"
     assert "expected a JSON object" in errs[4].reason and "array" in errs[4].reason
     assert "base64" in errs[5].reason and errs[5].id == "c"
     assert all(e.position.source == str(f) and e.position.partition == src.units[0].tag for e in b.errors)

@@ -59,7 +59,7 @@ def test_every_jsonl_example_line_is_a_valid_record(tmp_path: Path) -> None:
         assert len(rows) == len(text.strip().splitlines())
     rows, _ = read(tmp_path / "example0.jsonl")
     by_id = {r["id"]: r for r in rows}
-    assert by_id["a"]["image_uri"] == "images/cat.jpg" and by_id["a"]["label"] == 0
+    assert by_id["a"]["image_uri"] == str(tmp_path / "images" / "cat.jpg") and by_id["a"]["label"] == 0
     assert by_id["c"]["image"].startswith(b"\x89PNG") and by_id["c"]["label"] == 3
     assert json.loads(by_id["d"]["metadata"]) == {"lang": "en"}
 

@@ -201,8 +201,6 @@ def test_jsonl_with_image_paths_ingests_end_to_end(tmp_path: Path, capsys: pytes
         assert len(r["embedding"]) == 32 and "text_embedding" in r
 
 
-@pytest.mark.xfail(strict=True, reason="needs the JSONL reader to pass the JSONL file's folder to "
-                                       "record_from_json (connectors/file_readers.py, the lead's change)")
 def test_relative_image_paths_are_relative_to_the_jsonl_file_not_the_working_directory(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data" / "shard-0"
@@ -218,8 +216,6 @@ def test_relative_image_paths_are_relative_to_the_jsonl_file_not_the_working_dir
     assert query(out, "SELECT count(*) AS n FROM quarantine").column("n")[0].as_py() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the JSONL reader to pass each rejection's code and leave the line "
-                                       "number to the offset column (connectors/file_readers.py, the lead's change)")
 def test_jsonl_reader_rejections_carry_their_code(tmp_path: Path) -> None:
     from connectors.files import FileSource
 
