@@ -160,8 +160,9 @@ def test_demo_report_in_chromium(demo_run: Path) -> None:
         training = page.text("#training")
         assert "mlp-test" in training and "achieved InfoBatch saving" in training
         th = page.text("#thresholds")
-        eps = read_manifest(demo_run)["calibration"]["eps_dup"]["value"]  # the demo's eps_dup is calibrated
-        assert f"{1 - eps:.4f}" in th and "selector.eps_dup" in th and "manifest calibration" in th
+        eps = read_manifest(demo_run)["calibration"]["eps_dup"]  # the demo's eps_dup is calibrated
+        assert f"{1 - eps['value']:.4f}" in th and "selector.eps_dup" in th
+        assert eps["origin"].startswith("calibrated from") and eps["origin"] in th  # its status, as the manifest says
 
 
 @pytest.mark.timeout(900)

@@ -85,7 +85,7 @@ def test_thresholds_prefer_the_manifest_then_the_config(demo: Path, tmp_path: Pa
     t = thresholds_in_force(demo)
     cal = read_manifest(demo)["calibration"]  # the demo runs on the calibrated defaults
     assert t["max_sim"].value == pytest.approx(1 - cal["eps_dup"]["value"])
-    assert t["max_sim"].origin == "manifest calibration"
+    assert t["max_sim"].origin == cal["eps_dup"]["origin"] and t["max_sim"].origin.startswith("calibrated from")
     assert t["label_agreement"].value == cal["tau_noise"]["value"] and t["align"].value is None  # no captions
     assert t["gain"].value is not None and t["gain"].origin == "selector state"
     run = tmp_path / "run"

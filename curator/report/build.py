@@ -276,7 +276,8 @@ def _context(run: Path, manifest: dict[str, Any], thresholds: dict[str, Threshol
         if res is None:
             continue
         xs, series = _series(res, "bin_start")
-        label = f"{t.setting} = {t.value:.4f} ({t.origin})" if t and t.value is not None else ""
+        label = "" if t is None else (f"{t.setting} = {t.value:.4f} ({t.origin})" if t.value is not None
+                                      else f"{t.setting}: {t.origin}")  # a rule not applied says why
         dist.append(Plot(f"dist-{col}", SCORES[col], plots.stacked_bars(
             xs, res.meta["width"], series, col, "items",
             SCORES[col], t.value if t else None, label), res, t.rule if t else ""))
