@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from curator.embed.hashes import ContentHashes
 from curator.records import Fault
 
 
@@ -39,7 +40,8 @@ class Embeddings:
     ``has_text`` is true and zero rows elsewhere; a field is None when no row of the
     batch has that modality (or the embedder has none, like ``text`` for precomputed).
     Rows in ``errors`` could not be embedded: they are zero, flagged false, and the
-    caller must reject them with the given code and reason.
+    caller must reject them with the given code and reason. ``hashes`` are the rows' model-free
+    content hashes (`curator.embed.hashes`), where the embedder saw a payload to hash.
     """
 
     image: np.ndarray | None
@@ -47,6 +49,7 @@ class Embeddings:
     has_image: np.ndarray
     has_text: np.ndarray
     errors: dict[int, Fault] = field(default_factory=dict)
+    hashes: ContentHashes | None = None
 
     def __post_init__(self) -> None:
         n = len(self.has_image)
@@ -83,6 +86,7 @@ class Embeddings:
             has_image=self.has_image[idx],
             has_text=self.has_text[idx],
             errors=errors,
+            hashes=None if self.hashes is None else self.hashes.take(idx),
         )
 
     @classmethod
@@ -112,6 +116,8 @@ class Embeddings:
             has_image=np.concatenate([p.has_image for p in parts]),
             has_text=np.concatenate([p.has_text for p in parts]),
             errors=errors,
+            hashes=ContentHashes.concat([p.hashes if p.hashes is not None else ContentHashes.empty(len(p))
+                                         for p in parts]) if any(p.hashes is not None for p in parts) else None,
         )
 
 

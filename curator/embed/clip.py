@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
+from curator.embed.hashes import ContentHashes, text_key, thumbnails
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
 from curator.records import Fault, InvalidRecord, Limits
 
@@ -350,26 +351,34 @@ class ClipEmbedder:
         return feats.float().cpu().numpy()
 
     # --- embedding --------------------------------------------------------------------------
-    def _pil_tensor(self, data: bytes) -> torch.Tensor:
+    def _pil_tensor(self, data: bytes, hashes: ContentHashes, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Row i's preprocessed image and its grey thumbnail; its content keys go into `hashes`."""
+        import torch
+
         im = decode_image(data, self.limits)
         try:
-            return self._preprocess(im)
+            rgb = np.array(im)  # writable: torch takes it without a copy
+            hashes.set_picture(i, data, rgb)
+            return self._preprocess(im), thumbnails([torch.from_numpy(rgb).permute(2, 0, 1)])[0]
         finally:
             im.close()
 
-    def _image_batch(self, rows: list[int], images: list[Any], uris: list[Any],
-                     errors: dict[int, Fault]) -> tuple[list[int], torch.Tensor | None]:
+    def _image_batch(self, rows: list[int], images: list[Any], uris: list[Any], errors: dict[int, Fault],
+                     hashes: ContentHashes) -> tuple[list[int], torch.Tensor | None]:
         """The rows (of `rows`) whose image decodes, and their preprocessed images on the device; the
         others go into `errors`. JPEGs go through the device decoder when it is on, everything else
-        -- and what it fails to decode -- through Pillow, one image at a time."""
+        -- and what it fails to decode -- through Pillow, one image at a time. The decoded rows'
+        content hashes go into `hashes` (the perceptual one from the pixels where they were decoded)."""
         import torch
 
         pil: dict[int, torch.Tensor] = {}
+        thumbs: dict[int, np.ndarray] = {}
         jpegs: list[tuple[int, bytes, tuple[int, int]]] = []
 
         def via_pil(i: int, data: bytes | None) -> None:
             try:
-                pil[i] = self._pil_tensor(data if data is not None else fetch_image_bytes(uris[i] or "", self.limits))
+                data = data if data is not None else fetch_image_bytes(uris[i] or "", self.limits)
+                pil[i], thumbs[i] = self._pil_tensor(data, hashes, i)
             except InvalidRecord as exc:
                 errors[i] = Fault.of(exc)
             except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
@@ -392,12 +401,17 @@ class ClipEmbedder:
         decoded: dict[int, int] = {}  # row -> its place in `batch`
         batch = None
         if jpegs and self._jpeg is not None:
-            batch, done = self._jpeg([d for _, d, _ in jpegs], [z for _, _, z in jpegs])
+            batch, done, device_thumbs = self._jpeg.with_thumbnails([d for _, d, _ in jpegs], [z for _, _, z in jpegs])
             decoded = {jpegs[j][0]: p for p, j in enumerate(done)}
+            for p, j in enumerate(done):
+                i, data, _ = jpegs[j]
+                thumbs[i] = device_thumbs[p]
+                hashes.set_picture(i, data, None)  # the pixels stay on the device: no pixel key
             for i, data, _ in jpegs:
                 if i not in decoded:
                     via_pil(i, data)  # the device could not decode it: Pillow decodes it or says why
         ok = [i for i in rows if i in pil or i in decoded]
+        hashes.set_phash(ok, np.stack([thumbs[i] for i in ok]) if ok else np.zeros((0, 32, 32), np.float32))
         if not ok:
             return [], None
         if batch is not None and len(decoded) == len(ok):
@@ -420,13 +434,14 @@ class ClipEmbedder:
         txt_out = np.zeros((n, self.text_dim), np.float32)
         has_img = np.zeros(n, bool)
         has_txt = np.zeros(n, bool)
+        hashes = ContentHashes.empty(n)
 
         with torch.inference_mode():
             # A batch of images at a time, so memory holds at most a batch of model-sized tensors
             # (and, on the device path, a bounded number of decoded pixels), never a whole table's.
             img_rows = [i for i in range(n) if images[i] is not None or uris[i]]
             for start in range(0, len(img_rows), bs):
-                rows, batch = self._image_batch(img_rows[start:start + bs], images, uris, errors)
+                rows, batch = self._image_batch(img_rows[start:start + bs], images, uris, errors, hashes)
                 if batch is not None:
                     img_out[rows] = self._encode_images(batch)
                     has_img[rows] = True
@@ -436,6 +451,8 @@ class ClipEmbedder:
                 chunk = text_rows[s:s + bs]
                 txt_out[chunk] = self._encode_tokens(self._tokenizer([texts[i] for i in chunk]))
                 has_txt[chunk] = True
+            for i in text_rows:
+                hashes.text[i] = text_key(texts[i])
 
         for i in range(n):
             if i not in errors and not has_img[i] and not has_txt[i]:
@@ -458,6 +475,7 @@ class ClipEmbedder:
             has_image=has_img,
             has_text=has_txt,
             errors=errors,
+            hashes=hashes,
         )
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

@@ -17,10 +17,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+from curator.embed.hashes import THUMB, thumbnails
 
 #: decoded pixels held at once (uint8 RGB: 3 bytes each), however large the images of a batch are
 MAX_DECODED_PIXELS = 1 << 26
@@ -47,8 +50,16 @@ class JpegPreprocess:
 
     def __call__(self, datas: Sequence[bytes], sizes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[int]]:
         """The preprocessed images and the indices (into `datas`) they are of: the ones decoded."""
+        batch, done, _ = self.with_thumbnails(datas, sizes)
+        return batch, done
+
+    def with_thumbnails(self, datas: Sequence[bytes], sizes: Sequence[tuple[int, int]]
+                        ) -> tuple[torch.Tensor, list[int], np.ndarray]:
+        """As `__call__`, and the decoded images' grey thumbnails for their perceptual hashes
+        (`curator.embed.hashes`), made on the device while the pixels are there."""
         done: list[int] = []
         out: list[torch.Tensor] = []
+        thumbs: list[np.ndarray] = []
         start = 0
         while start < len(datas):  # groups of at most MAX_DECODED_PIXELS (one image at least)
             end, pixels = start, 0
@@ -59,11 +70,12 @@ class JpegPreprocess:
             ok = [j for j, im in enumerate(images) if im is not None]
             if ok:
                 out.append(self.transform([images[j] for j in ok]))  # type: ignore[misc]
+                thumbs.append(thumbnails([images[j] for j in ok]))  # type: ignore[misc]
                 done += [start + j for j in ok]
             start = end
         if not out:
-            return torch.empty((0, 3, *self.size), device=self.device), []
-        return torch.cat(out), done
+            return torch.empty((0, 3, *self.size), device=self.device), [], np.zeros((0, THUMB, THUMB), np.float32)
+        return torch.cat(out), done, np.concatenate(thumbs)
 
     def _decode(self, datas: Sequence[bytes], sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor | None]:
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]

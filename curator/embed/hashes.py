@@ -1,0 +1,149 @@
+"""Model-free content hashes of an item's payload, computed where the payload is decoded.
+
+The selector's duplicate rule on embeddings depends on the model and on a calibrated threshold; a
+byte-identical copy must not. So the embedder also hashes what it decodes (`ContentHashes`):
+
+- ``image``: blake2b-64 of the image's bytes as given (decoder-independent, so the same on any
+  machine and any decode path);
+- ``pixels``: blake2b-64 of the decoded RGB pixels and their shape, where Pillow decoded them on
+  the CPU (a PNG and a BMP of the same picture collide; images decoded on the GPU have none);
+- ``phash``: the 64-bit DCT perceptual hash (imagehash's ``phash``: a 32x32 grey thumbnail, its 2-D
+  DCT, the 8x8 lowest frequencies thresholded at their median), computed on the decoded pixels on
+  whichever device holds them; JPEG re-encodes and resizes land within a few bits of the original;
+- ``text``: blake2b-64 of the caption after NFKC normalisation, case folding and collapsing white
+  space.
+
+0 means "none" in every key (a true 0 is remapped to 1). Pictures too flat for their perceptual
+hash to mean anything (`MIN_SPREAD`) get none: on a plain or gradient image the 64 bits are noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+#: side of the grey thumbnail the perceptual hash is computed on, and of its low-frequency block
+THUMB, LOW = 32, 8
+#: a perceptual hash needs its 64 low-frequency DCT coefficients to spread around their median by at
+#: least this much (median absolute deviation, in grey levels of the orthonormal DCT): below it the
+#: bits follow noise (a plain or gradient picture), and unrelated flat pictures would match each other
+MIN_SPREAD = 1.0
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k, x = np.arange(n)[:, None], np.arange(n)[None, :]
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * x + 1) * k / (2 * n))
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT = _dct_matrix(THUMB)
+
+
+def _key(data: bytes | memoryview, person: bytes) -> int:
+    v = int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little", signed=True)
+    return v or 1
+
+
+def bytes_key(data: bytes) -> int:
+    """The key of a payload's bytes as given (an image file, a message's image field)."""
+    return _key(data, b"curator-bytes")
+
+
+def pixels_key(rgb: np.ndarray) -> int:
+    """The key of decoded pixels: (H, W, 3) uint8, shape included (a reshaped array is another picture)."""
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h = hashlib.blake2b(digest_size=8, person=b"curator-pixels")
+    h.update(np.asarray(a.shape, np.int64).tobytes())
+    h.update(memoryview(a).cast("B"))
+    return int.from_bytes(h.digest(), "little", signed=True) or 1
+
+
+def vector_key(x: np.ndarray) -> int:
+    """The key of a vector (a precomputed embedding: the only payload such an item has)."""
+    return _key(np.ascontiguousarray(x, dtype=np.float32).tobytes(), b"curator-vector")
+
+
+def normalise_caption(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def text_key(text: str) -> int:
+    """The key of a caption: equal for captions that differ only in Unicode form, case or white space."""
+    return _key(normalise_caption(text).encode(), b"curator-caption")
+
+
+def phash(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 hashes, bool ok) of (n, 32, 32) grey thumbnails; ok is false for pictures too flat to hash.
+
+    Bit 8*r + c is set where DCT coefficient (r, c) of the 8x8 lowest frequencies exceeds their median
+    (imagehash's ``phash``, DC term included)."""
+    t = np.asarray(thumbs, np.float64).reshape(-1, THUMB, THUMB)
+    low = np.einsum("ij,njk,lk->nil", _DCT[:LOW], t, _DCT[:LOW]).reshape(len(t), LOW * LOW)
+    med = np.median(low, axis=1, keepdims=True)
+    ok = np.median(np.abs(low - med), axis=1) >= MIN_SPREAD
+    bits = (low > med).astype(np.uint64)
+    codes = (bits << np.arange(LOW * LOW, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return np.where(ok, codes.view(np.int64), 0), ok
+
+
+def thumbnails(images: Sequence[torch.Tensor]) -> np.ndarray:
+    """(n, 32, 32) float32 grey thumbnails of uint8 (3, H, W) tensors, on the device they are on
+    (antialiased bilinear resize of the whole picture, then ITU-R 601 luma)."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    if not images:
+        return np.zeros((0, THUMB, THUMB), np.float32)
+    out = []
+    for im in images:
+        small = F.resize(im[None].float(), [THUMB, THUMB], antialias=True)[0]
+        out.append(0.299 * small[0] + 0.587 * small[1] + 0.114 * small[2])
+    return torch.stack(out).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class ContentHashes:
+    """Per row of a batch, the model-free keys of its payload (0: none; see the module docstring)."""
+
+    image: np.ndarray  # int64
+    pixels: np.ndarray  # int64
+    phash: np.ndarray  # int64, where phash_ok
+    phash_ok: np.ndarray  # bool
+    text: np.ndarray  # int64
+
+    @classmethod
+    def empty(cls, n: int) -> ContentHashes:
+        z = np.zeros(n, np.int64)
+        return cls(z, z.copy(), z.copy(), np.zeros(n, bool), z.copy())
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def take(self, idx: np.ndarray) -> ContentHashes:
+        return ContentHashes(self.image[idx], self.pixels[idx], self.phash[idx], self.phash_ok[idx], self.text[idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[ContentHashes]) -> ContentHashes:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("image", "pixels", "phash", "phash_ok", "text")))
+
+    def set_picture(self, i: int, data: bytes | None, rgb: np.ndarray | None) -> None:
+        """Row i's image keys from its bytes and, where decoded on the CPU, its pixels."""
+        if data is not None:
+            self.image[i] = bytes_key(data)
+        if rgb is not None:
+            self.pixels[i] = pixels_key(rgb)
+
+    def set_phash(self, rows: Sequence[int], thumbs: np.ndarray) -> None:
+        if len(rows):
+            codes, ok = phash(thumbs)
+            self.phash[list(rows)], self.phash_ok[list(rows)] = codes, ok
