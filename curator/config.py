@@ -128,6 +128,12 @@ class SelectorConfig:
                                   "code no-text)", choices=("image", "text"))
     dedup_on: str = setting("auto", "modality compared for near-duplicates: 'auto' (image when present), "
                                "'image', 'text'", choices=("auto", "image", "text"))
+    hash_dedup: bool = setting(True, "drop an item whose content hash (image bytes, decoded pixels, precomputed "
+                                     "vector, or normalised caption in a text run) equals an accepted item's, before "
+                                     "any other rule: model-free and never calibrated")
+    phash_max_dist: int = setting(4, "with hash_dedup: also drop an image whose 64-bit perceptual hash is within this "
+                                     "many bits of an accepted image's (re-encodes, resizes); -1 = no perceptual rule, "
+                                     "at most 11")
     gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
     keep_rate: float = setting(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
                                "(0 = keep every clean non-duplicate item)")
@@ -374,6 +380,7 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
          "selector.align_threshold must be 'auto' or in [-1, 1]"),
         (0.0 < s.relabel_precision < 1.0, "selector.relabel_precision must be in (0, 1)"),
         (0.0 < s.dup_false_rate < 0.05, "selector.dup_false_rate must be in (0, 0.05)"),
+        (-1 <= s.phash_max_dist <= 11, "selector.phash_max_dist must be in [-1, 11] (-1: no perceptual rule)"),
         (s.calibrate_every >= 1, "selector.calibrate_every must be >= 1"),
         (0.0 < s.gain_quantile <= 1.0, "selector.gain_quantile must be in (0, 1]"),
         (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),

@@ -35,6 +35,7 @@ from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.records import Fault, Limits, Position, Rejection, rejection_decisions, rejections_table
 from curator.select import InfoGrowthSelector, kept_table
+from curator.select.hashdup import committed_keys
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.store.lock import RunDirLock
@@ -243,8 +244,10 @@ class SelectStage:
         return self.selector.calibration_report()
 
     def restore(self, state: dict[str, Any]) -> None:
+        """The selector's state from the manifest; its hash table from the committed decisions."""
         assert self.selector is not None
         self.selector.load_state_dict(state)
+        self.selector.restore_hashes(committed_keys(self.cfg.store.out))
 
     def finish_bootstrap(self) -> None:
         assert self.selector is not None

@@ -114,7 +114,8 @@ def show_calibration(run_dir: str) -> str:
         if not isinstance(info, dict):
             continue
         v, status = info.get("value"), str(info.get("origin"))
-        shown = "-" if v is None or status.startswith(("never", "not applied")) else f"{v:.6g}"
+        shown = "-" if v is None or status.startswith(("never", "not applied")) else v if isinstance(v, str) \
+            else f"{v:.6g}"
         lines.append(f"  selector.{name} = {shown}  ({info.get('origin')})")
         for k, e in info.items():
             if k not in ("value", "origin"):

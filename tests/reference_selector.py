@@ -14,6 +14,7 @@ import numpy as np
 
 import curator.select.calibrate as cal
 import curator.select.kernel as kern
+from curator.select.hashdup import RULE_NEAR
 from curator.select.outcome import MODALITIES, BatchView, Scores
 from curator.select.selector import InfoGrowthSelector
 
@@ -38,6 +39,24 @@ class ReferenceSelector(InfoGrowthSelector):
         order = np.argsort(-s, kind="stable")[:k]
         return s[order], lab[order], [src[j] for j in order]
 
+    @staticmethod
+    def _hash_copy(v: BatchView, s: Scores, i: int) -> bool:
+        """The hash rules: the best of the table's match and the batch's earlier accepted matches, by
+        (near rather than exact, distance, earliest: the table's items come before the batch's)."""
+        h = v.hashes
+        if h is None:
+            return False
+        found = [(h.hit_rule[i] == RULE_NEAR, int(h.hit_dist[i]), -1, kern.DUP_HASHED, int(h.hit_row[i]),
+                  int(h.hit_rule[i]))] if h.hit_rule[i] else []
+        found += [(h.crule[c] == RULE_NEAR, int(h.cdist[c]), int(h.crow[c]), 1, int(h.crow[c]), int(h.crule[c]))
+                  for c in range(h.cptr[i], h.cptr[i + 1]) if v.inserted[h.crow[c]]]
+        if not found:
+            return False
+        _, dist, _, src, row, rule = min(found)
+        s.decision[i], s.why[i] = kern.DROPPED_DUPLICATE, kern.WHY_HASH
+        s.dup_src[i], s.dup_row[i], s.hash_rule[i], s.hash_dist[i] = src, row, rule, dist
+        return True
+
     def _resolve(self, v: BatchView, trusted: bool) -> Scores:
         c, n = self.cfg, len(v.ids)
         s = Scores.empty(n)
@@ -45,6 +64,8 @@ class ReferenceSelector(InfoGrowthSelector):
         ev = self.evidence
         for i in range(n):
             self._begin_item(s, i, trusted)
+            if self._hash_copy(v, s, i):
+                continue
             val = self.cal.values
             nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
             prim, dmod = v.prim, v.dmod
@@ -135,6 +156,7 @@ class ReferenceSelector(InfoGrowthSelector):
                 self.gain_sketch.update(s.gain[i])
                 self.g_sum += s.gain_norm[i]
                 self.g_count += 1
+                v.inserted[i] = True
                 for m in range(2):
                     if v.present[m] and v.has[m, i]:
                         acc[m].append(i)

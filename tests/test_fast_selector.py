@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from curator.config import SelectorConfig
 from curator.demo_data import digits_stream
 from curator.embed import Embeddings
+from curator.embed.hashes import ContentHashes
 from curator.records import Position
 from curator.select import InfoGrowthSelector
 from curator.select.rules import label_shares, label_vote, pairwise_sum
@@ -61,6 +62,8 @@ def assert_same(a: tuple, b: tuple) -> None:
     assert sa.cal.state_dict() == sb.cal.state_dict()
     assert (sa.g_sum, sa.g_count, sa.seq) == (sb.g_sum, sb.g_count, sb.seq)
     assert sa.rng.bit_generator.state == sb.rng.bit_generator.state
+    assert sa.hashes.ids == sb.hashes.ids and sa.hashes.exact == sb.hashes.exact
+    assert sa.hashes.near_items == sb.hashes.near_items
     for ca, cb in zip(sa.shards, sb.shards, strict=True):
         for m, ia in ca.target.indexes.items():
             ib = cb.target.indexes[m]
@@ -109,23 +112,47 @@ def streams(draw: st.DrawFn) -> tuple:
         align_threshold=draw(auto | st.floats(-0.2, 0.6)), align_warmup=draw(st.integers(0, 40)),
         recaption_hook="tests.test_fast_selector:propose" if draw(st.booleans()) else "",
         eps_dup=draw(st.sampled_from(["auto", 0.0, 0.01, 0.05])), keep_rate=draw(st.sampled_from([0.0, 0.3, 0.8])),
-        dedup_on=draw(st.sampled_from(["auto", "image", "text"])))
-    return seed, n, pairs, dup, noise, sizes, cfg, draw(st.booleans())
+        dedup_on=draw(st.sampled_from(["auto", "image", "text"])), hash_dedup=draw(st.booleans()),
+        phash_max_dist=draw(st.sampled_from([-1, 0, 4, 8])))
+    return seed, n, pairs, dup, noise, sizes, cfg, draw(st.booleans()), draw(st.booleans())
+
+
+def content_hashes(rng: np.random.Generator, n: int, src: np.ndarray) -> ContentHashes:
+    """Hashes as an embedder gives them: a copy (src >= 0) has its source's image key or only its pixel
+    key, or is a near copy (a few perceptual bits flipped); some pictures are too flat for a phash."""
+    h = ContentHashes.empty(n)
+    h.image[:] = rng.integers(1, 2**62, n)
+    h.pixels[:] = np.where(rng.random(n) < 0.5, rng.integers(1, 2**62, n), 0)
+    h.phash[:] = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    h.phash_ok[:] = rng.random(n) < 0.9
+    h.text[:] = rng.integers(1, 2**62, n)
+    for i in np.flatnonzero(src >= 0):
+        j, kind = src[i], rng.integers(3)
+        if kind == 0:
+            h.image[i], h.pixels[i], h.text[i] = h.image[j], h.pixels[j], h.text[j]
+        elif kind == 1 and h.pixels[j]:
+            h.pixels[i] = h.pixels[j]
+        flips = rng.choice(64, rng.integers(0, 7), replace=False)
+        h.phash[i] = h.phash[j] ^ np.bitwise_or.reduce(np.left_shift(1, flips, dtype=np.int64), initial=0)
+    return h
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_equal_on_generated_streams(spec: tuple) -> None:
-    seed, n, pairs, dup, noise, sizes, cfg, with_boot = spec
+    seed, n, pairs, dup, noise, sizes, cfg, with_boot, hashed = spec
     rng = np.random.default_rng(seed)
     d = 8
     centres = rng.normal(size=(5, d))
     lab = rng.integers(0, 5, n)
     img = centres[lab] + rng.normal(0, 0.5, (n, d))
     copies = rng.random(n) < dup  # near-duplicates of earlier items (some inside the same batch)
+    src = np.full(n, -1)
     for i in np.flatnonzero(copies):
         if i:
-            img[i] = img[rng.integers(0, i)] + rng.normal(0, 1e-3, d)
+            src[i] = rng.integers(0, i)
+            img[i] = img[src[i]] + rng.normal(0, 1e-3, d) * (rng.random() < 0.5)  # half of them exact
+    hashes = content_hashes(rng, n, src)
     given_lab = np.where(rng.random(n) < noise, rng.integers(0, 5, n), lab)
     unlabelled = rng.random(n) < 0.1
     img = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
@@ -140,7 +167,8 @@ def test_equal_on_generated_streams(spec: tuple) -> None:
         sl = slice(s, s + m)
         labels = [None if unlabelled[j] else int(given_lab[j]) for j in range(s, s + m)]
         has = np.ones(m, bool)
-        emb = Embeddings(img[sl], txt[sl] if pairs else None, has, has if pairs else np.zeros(m, bool))
+        emb = Embeddings(img[sl], txt[sl] if pairs else None, has, has if pairs else np.zeros(m, bool),
+                         hashes=hashes.take(np.arange(s, s + m)) if hashed else None)
         batches.append((_table(ids[sl], labels, s, pairs), emb))
         s, b = s + m, b + 1
     boot = None

@@ -147,7 +147,8 @@ def _dropped_cards(res: Result, decision: str, payloads: Payloads) -> list[Card]
         if r.get("label_out") is not None and r.get("label_out") != r.get("label_in"):
             facts.append(("label out", _fmt(r.get("label_out"))))
         for key, name, d in (("label_agreement", "agreement", 2), ("align", "align", 3), ("max_sim", "max sim", 4),
-                             ("gain", "gain", 4), ("keep_prob", "keep prob", 3)):
+                             ("gain", "gain", 4), ("keep_prob", "keep prob", 3), ("dup_rule", "rule", 0),
+                             ("hash_dist", "hash bits", 0)):
             if r.get(key) is not None:
                 facts.append((name, _fmt(r.get(key), d)))
         facts.append(("seq", _fmt(r.get("seq"))))
@@ -178,7 +179,8 @@ def _cluster(r: dict[str, Any], payloads: Payloads) -> Cluster:
         image, text, read = _payload(None, None, m.get("source"), m.get("offset"), payloads)
         thumb, caption, ph = _image_card({}, image, text)
         copies.append(Card(snippet(m.get("id"), 80) or "", Decision.DROPPED_DUPLICATE.value, thumb, caption,
-                           ph if read else NOT_READ, [("max sim", _fmt(m.get("max_sim"))), ("seq", _fmt(m.get("seq")))]))
+                           ph if read else NOT_READ, [("rule", _fmt(m.get("dup_rule"))), ("max sim", _fmt(m.get("max_sim"))),
+                                                      ("seq", _fmt(m.get("seq")))]))
     return Cluster(_original_card(r, payloads, ("copies", _fmt(r.get("copies")))), copies, int(r.get("copies") or 0))
 
 

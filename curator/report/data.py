@@ -90,8 +90,8 @@ class RunQueries:
     def reason_counts(self, limit: int = 40) -> Result:
         # numbers and the duplicated item's id vary per item; the pattern is what repeats
         return self.run("Items per reason (numbers shown as #)", f"""
-            SELECT decision, regexp_replace(regexp_replace(reason, 'near-duplicate of .*? \\(cos',
-                   'near-duplicate of <id> (cos'), '-?[0-9]+(\\.[0-9]+)?', '#', 'g') AS reason, count(*) AS items
+            SELECT decision, regexp_replace(regexp_replace(reason, '(duplicate|near-copy) of .*? \\(',
+                   '\\1 of <id> ('), '-?[0-9]+(\\.[0-9]+)?', '#', 'g') AS reason, count(*) AS items
             FROM decisions GROUP BY ALL ORDER BY items DESC, decision, reason LIMIT {int(limit)}""")
 
     def stream_bin(self) -> int:
@@ -190,7 +190,8 @@ class RunQueries:
             orig, cols = "", ", ".join(f"NULL AS {c}" for c in DUP_COLUMNS)
         return self.run(f"Gallery: {decision}", f"""
             SELECT d.id, d.seq, d.source, d."partition", d."offset", d.reason, d.label_in, d.label_out,
-                   d.label_agreement, d.align, d.gain, d.max_sim, d.keep_prob, d.dup_of, {cols}
+                   d.label_agreement, d.align, d.gain, d.max_sim, d.keep_prob, d.dup_of, d.dup_rule, d.hash_dist,
+                   {cols}
             FROM decisions d {orig}
             WHERE d.decision = '{decision}' ORDER BY d.seq LIMIT {int(limit)}""")
 
@@ -203,7 +204,8 @@ class RunQueries:
             SELECT c.dup_of, c.copies, c.members, {self.ORIGINAL}
             FROM (SELECT dup_of, count(*) AS copies, min(seq) AS first_seq,
                          list(struct_pack(id := id, seq := seq, source := source, "offset" := "offset",
-                                          max_sim := max_sim) ORDER BY seq)[1:{int(members)}] AS members
+                                          max_sim := max_sim, dup_rule := dup_rule, hash_dist := hash_dist)
+                                          ORDER BY seq)[1:{int(members)}] AS members
                   FROM decisions WHERE decision = 'dropped-duplicate' AND dup_of IS NOT NULL GROUP BY dup_of) c
             {self._originals().format(dup_of="c.dup_of")}
             ORDER BY c.copies DESC, c.first_seq LIMIT {int(clusters)}""")

@@ -24,7 +24,9 @@ import curator.select.rules as rules
 # decisions (curator.records.Decision, in this order: DECISIONS in curator.select.selector)
 KEPT, RELABELLED, RECAPTIONED, DROPPED_NOISY, DROPPED_DUPLICATE, DROPPED_BY_BUDGET = 0, 1, 2, 3, 4, 5
 # why an item was dropped (which reason text it gets)
-WHY_NONE, WHY_MISALIGNED, WHY_LABEL, WHY_DUPLICATE, WHY_BUDGET = 0, 1, 2, 3, 4
+WHY_NONE, WHY_MISALIGNED, WHY_LABEL, WHY_DUPLICATE, WHY_BUDGET, WHY_HASH = 0, 1, 2, 3, 4, 5
+#: dup_src of a duplicate by the hash rules: dup_row is its original's number in the hash table
+DUP_HASHED = 2
 # align modes
 ALIGN_OFF, ALIGN_FIXED, ALIGN_BOOTSTRAP, ALIGN_ADAPTIVE = 0, 1, 2, 3
 # recaption outcomes (recap[i])
@@ -121,6 +123,23 @@ def _merge(isims: np.ndarray, ilab: np.ndarray, irow: np.ndarray, i: int, k: int
 
 
 @njit(cache=True)
+def hash_match(i: int, h_rule: np.ndarray, h_dist: np.ndarray, h_row: np.ndarray, cptr: np.ndarray,
+               crow: np.ndarray, crule: np.ndarray, cdist: np.ndarray, inserted: np.ndarray) -> tuple[int, int, int, int]:
+    """Item i's match under the hash rules (`curator.select.hashdup`): (rule, distance, dup_src, dup_row) of
+    the table's match or of an earlier row of the batch that was accepted; exact before near, then the
+    nearest, then the earliest (rule 0: none)."""
+    rule, dist, src, row = h_rule[i], h_dist[i], DUP_HASHED, h_row[i]
+    for c in range(cptr[i], cptr[i + 1]):
+        j = crow[c]
+        if not inserted[j]:
+            continue
+        r, d = crule[c], cdist[c]
+        if rule == 0 or (rule == 3 and (r != 3 or d < dist)):
+            rule, dist, src, row = r, d, 1, j
+    return rule, dist, src, row
+
+
+@njit(cache=True)
 def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np.ndarray, has: np.ndarray,
             isims: np.ndarray, ilab: np.ndarray, irow: np.ndarray, gram: np.ndarray, n_index: np.ndarray,
             labels_in: np.ndarray, vote_label: np.ndarray, label_out: np.ndarray, pair: np.ndarray,
@@ -133,7 +152,9 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
             keep_prob: np.ndarray, unjudged: np.ndarray, n_trusted_out: np.ndarray, relabel_note: np.ndarray,
             recap_note: np.ndarray, stop: int, ev_nn: np.ndarray, ev_nn_meta: np.ndarray, ev_sums: np.ndarray,
             abstain_note: np.ndarray, cross: np.ndarray, cross_ok: np.ndarray, ev_cross: np.ndarray,
-            nn_dist: np.ndarray) -> int:
+            nn_dist: np.ndarray, h_rule: np.ndarray, h_dist: np.ndarray, h_row: np.ndarray, cptr: np.ndarray,
+            crow: np.ndarray, crule: np.ndarray, cdist: np.ndarray, inserted: np.ndarray, hash_rule: np.ndarray,
+            hash_dist: np.ndarray) -> int:
     """Decide items start..stop-1 in order; returns stop, or the item that waits for a recaption.
 
     ip = (k_gain, k_label, min_trusted, align_mode, align_warmup, relabel, keep_rate > 0, nn window,
@@ -146,6 +167,8 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     item i's image against the previous item's caption (valid where cross_ok): a mismatched pair.
     state = (g_sum, g_count, uniforms used) -- updated in place. `uniforms` are the budget's draws,
     taken in order (a numpy Generator is not passed in: cached compiled code must not hold its address).
+    h_* and c* = the batch's hash matches (`curator.select.hashdup.BatchHashes`); `inserted` marks the
+    batch's accepted rows (updated in place); hash_rule, hash_dist = the rule that fired, per item.
     """
     k_gain, k_label, min_trusted, align_mode, warmup, relabel, budget = ip[0], ip[1], ip[2], ip[3], ip[4], \
         ip[5] != 0, ip[6] != 0
@@ -167,6 +190,11 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     nb_row = np.empty((2, k), np.int64)
     nb_cnt = np.zeros(2, np.int64)
     for i in range(start, stop):
+        r, hd, hsrc, hrow = hash_match(i, h_rule, h_dist, h_row, cptr, crow, crule, cdist, inserted)
+        if r != 0:  # 0) a copy of an accepted item by its hashes: dropped before any other rule sees it
+            decision[i], why[i] = DROPPED_DUPLICATE, WHY_HASH
+            dup_src[i], dup_row[i], hash_rule[i], hash_dist[i] = hsrc, hrow, r, hd
+            continue
         for m in range(2):
             nb_cnt[m] = -1  # no neighbour list: the item lacks the modality
             if present[m] and has[m, i]:
@@ -275,6 +303,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                     gb, gcum = _relocate(gain_counts, g_n, gq, gb, gcum)
                 g_sum += gain_norm[i]
                 g_count += 1
+                inserted[i] = True
                 for m in range(2):
                     if present[m] and has[m, i]:
                         acc[m, n_acc[m]] = i

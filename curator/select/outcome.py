@@ -13,6 +13,7 @@ import curator.select.kernel as kern
 import curator.select.reasons as reasons
 from curator.records import DECISION_SCHEMA
 from curator.select.calibrate import Calibration
+from curator.select.hashdup import RULE_CONTENT, RULE_NAMES, RULE_NEAR, RULE_PIXELS, BatchHashes
 
 MODALITIES = ("image", "text")
 
@@ -57,6 +58,8 @@ class BatchView:
     dmod: int  # the modality compared for near-duplicates (-1: none)
     cross: np.ndarray  # float64[n]: cos(image i, caption of item i - 1): what a mismatched caption scores
     cross_ok: np.ndarray  # bool[n]
+    hashes: BatchHashes | None  # the items' content hashes and the hash rules' matches (None: no dedup modality)
+    inserted: np.ndarray  # bool[n]: accepted (into the index) so far
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Scores:
     cal_idx: np.ndarray  # per item, which of `cals` was in force
     cals: list[Calibration]
     nn_dist: np.ndarray  # distance to the nearest voting neighbour, where a label was judged
+    hash_rule: np.ndarray  # int8: the hash rule that found the item a copy (curator.select.hashdup.RULE_*)
+    hash_dist: np.ndarray  # int64: perceptual bits apart from its original (0: exact; -1: no hash rule fired)
 
     @classmethod
     def empty(cls, n: int) -> Scores:
@@ -97,7 +102,7 @@ class Scores:
                    np.full(n, -1, np.int64), nan(), nan(), np.full(n, kern.RECAP_UNKNOWN, np.int8), nan(), nan(2, n),
                    nan(), nan(), nan(), np.full(n, -1, np.int8), np.full(n, -1, np.int64), nan(), np.zeros(n, bool),
                    np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool),
-                   np.zeros(n, np.int64), [], nan())
+                   np.zeros(n, np.int64), [], nan(), np.zeros(n, np.int8), np.full(n, -1, np.int64))
 
 
 def concat_selections(a: Selection, b: Selection) -> Selection:
@@ -118,6 +123,8 @@ def dup_ids(sel: Any, v: BatchView, s: Scores) -> list[str | None]:
             out[r] = name
     for r in np.flatnonzero(s.dup_src == 1):
         out[r] = v.ids[s.dup_row[r]]
+    for r in np.flatnonzero(s.dup_src == kern.DUP_HASHED):
+        out[r] = sel.hashes.ids[s.dup_row[r]]
     return out
 
 def status_word(status: str) -> str:
@@ -131,7 +138,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     # most items are plainly accepted: their reason is the head and the gain (as `reasons.accepted`)
     head = "trusted bootstrap" if trusted else "clean"
     out = [f"{head}; gain {g:.4f}" if g == g else f"{head}; no gain" for g in s.gain.tolist()]
-    caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off")
+    caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off") & (s.why != kern.WHY_HASH)
     plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
               | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0) | caption_unjudged)
     autos: dict[int, dict[str, str]] = {}
@@ -168,6 +175,11 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
             drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], val["eps_dup"], auto["eps_dup"])
         elif w == kern.WHY_BUDGET:
             drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
+        elif w == kern.WHY_HASH:
+            r = int(s.hash_rule[i])
+            drop = reasons.near_copy(str(dup_of[i]), int(s.hash_dist[i]), c.phash_max_dist) if r == RULE_NEAR else \
+                reasons.exact_copy(str(dup_of[i]), "decoded pixels" if r == RULE_PIXELS else
+                                   v.hashes.what[i] if v.hashes is not None else "content")
         out[i] = reasons.compose(notes, drop, trusted, None if np.isnan(s.gain[i]) else float(s.gain[i]))
     return out
 
@@ -185,6 +197,16 @@ def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values:
     shown_align = v.pair & (trusted or sel.cfg.align_mode != "off")
     align = np.where(shown_align, v.align, np.nan)
     dup_of = dup_ids(sel, v, s)
+    h = v.hashes
+
+    def key(x: np.ndarray | None, valid: np.ndarray | None = None) -> pa.Array:
+        if x is None:
+            return pa.nulls(n, pa.int64())
+        return pa.array(x, pa.int64(), mask=(x == 0) if valid is None else ~valid)
+
+    names = np.array([None] + [RULE_NAMES[r] for r in (RULE_CONTENT, RULE_PIXELS, RULE_NEAR)], dtype=object)
+    rule = names[s.hash_rule]
+    rule[s.why == kern.WHY_DUPLICATE] = "embedding"
     cols: dict[str, Any] = {
         "id": samples.column("id"),
         "source": samples.column("source"),
@@ -207,6 +229,11 @@ def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values:
         "gain_norm": f32(s.gain_norm),
         "max_sim": f32(s.max_sim),
         "dup_of": pa.array(dup_of, pa.string()),
+        "dup_rule": pa.array(rule.tolist(), pa.string()),
+        "hash_dist": pa.array(s.hash_dist, pa.int32(), mask=s.hash_dist < 0),
+        "content_hash": key(None if h is None else h.content),
+        "pixel_hash": key(None if h is None else h.pixels),
+        "phash": key(None if h is None else h.phash, None if h is None else h.phash_ok),
         "keep_prob": f32(s.keep_prob),
         "model": pa.array([sel.model_id] * n, pa.string()),
         "config_fingerprint": pa.array([sel.fingerprint] * n, pa.string()),

@@ -73,6 +73,16 @@ def duplicate(dup_of: str, max_sim: float, eps_dup: float, auto: str = "") -> st
     return f"near-duplicate of {dup_of} (cos {max_sim:.4f} >= {1 - eps_dup:.4f}{how})"
 
 
+def exact_copy(dup_of: str, what: str) -> str:
+    """Dropped by the exact hash rule: same bytes, pixels, vector or caption as an accepted item."""
+    return f"duplicate of {dup_of} (exact hash: same {what})"
+
+
+def near_copy(dup_of: str, bits: int, max_dist: int) -> str:
+    """Dropped by the perceptual hash rule."""
+    return f"near-copy of {dup_of} (perceptual hash: {bits} of 64 bits differ <= {max_dist})"
+
+
 def budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:
     return f"storage budget: keep probability {keep_prob:.3f} (keep_rate {keep_rate}, normalised gain {gain_norm:.3f})"
 

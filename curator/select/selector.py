@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 import curator.select.kernel as kern
 from curator.config import IndexConfig, SelectorConfig
@@ -44,6 +45,7 @@ from curator.select.calibrate import (
     calibrate,
     trusted_votes,
 )
+from curator.select.hashdup import HashTable, hash_report
 from curator.select.outcome import (
     MODALITIES,
     BatchView,
@@ -127,6 +129,8 @@ class InfoGrowthSelector:
         self._warned_uncalibrated = False
         self._warned_rules: set[str] = set()
         self._view: BatchView | None = None  # the batch being decided, and how far its evidence is collected
+        self.hashes = HashTable(self.cfg.phash_max_dist)  # the accepted items' content hashes (hash rules)
+        self._hashed = 0  # items the hash table held at the checkpoint restored (rebuilt by `restore_hashes`)
         self._collected_to = 0
 
     # --- state --------------------------------------------------------------------------
@@ -172,6 +176,7 @@ class InfoGrowthSelector:
             "calibration": self.cal.state_dict(),
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
+            "hashed": len(self.hashes),
             "loo": _loo_state(self._trusted_x, self._trusted_y),
         }
 
@@ -199,6 +204,15 @@ class InfoGrowthSelector:
             self.trusted_seen = int(state["trusted_seen"])
             self.cal_pending = bool(state["cal_pending"])
             self._trusted_x, self._trusted_y = _loo_from_state(state.get("loo"))
+        self._hashed = int(state.get("hashed", 0))
+
+    def restore_hashes(self, decisions: pa.Table) -> None:
+        """Rebuild the hash table from the committed decisions (`hashdup.committed_keys`): they record
+        every accepted item's keys, so the table needs no snapshot of its own."""
+        self.hashes.rebuild(decisions)
+        if self.cfg.hash_dedup and len(self.hashes) != self._hashed:
+            raise ValueError(f"the committed decisions hold {len(self.hashes)} accepted items' hashes, but the "
+                             f"checkpoint counted {self._hashed}: the run directory is damaged")
 
     # --- calibration --------------------------------------------------------------------
     def _evidence_source(self) -> str:
@@ -206,7 +220,7 @@ class InfoGrowthSelector:
 
     def calibration_report(self) -> dict[str, Any]:
         """The thresholds in force and the evidence behind each (the manifest's "calibration")."""
-        return self.cal.report()
+        return {**self.cal.report(), **hash_report(self.cfg.hash_dedup, self.cfg.phash_max_dist, len(self.hashes))}
 
     def _calibration_point(self, pos: int) -> bool:
         """Stream positions where calibration is redone (a pure function of the stream): multiples of
@@ -304,10 +318,12 @@ class InfoGrowthSelector:
                          val["relabel_radius"], NN_LO, NN_HI])
 
     def save_indexes(self, directory: str | Path) -> None:
-        """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`)."""
+        """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`), and the
+        hash table (a run directory needs no such file: its decisions hold the keys)."""
         for c in self.shards:
             assert isinstance(c, LocalShard), "remote shards write their own snapshots"
             c.target.save(Path(directory) if len(self.shards) == 1 else Path(directory) / f"shard={c.shard}")
+        pq.write_table(self.hashes.to_table(), Path(directory) / "hashes.parquet")
 
     def load_indexes(self, directory: str | Path, modalities: list[str]) -> None:
         for c in self.shards:
@@ -318,6 +334,7 @@ class InfoGrowthSelector:
                 dim = next(c.target.indexes[m].dim for c in self.shards if m in c.target.indexes)  # type: ignore[attr-defined]
                 self.indexes[m] = ShardedIndex(m, dim, self.shards, self.cfg.probe, seed=self.cfg.seed)
             self.indexes[m].n = sum(c.describe().sizes.get(m, 0) for c in self.shards)
+        self.restore_hashes(pq.read_table(Path(directory) / "hashes.parquet"))
 
     def finish_bootstrap(self) -> None:
         """The trusted items are in: train the shard routers on them (nothing to do with one shard)."""
@@ -418,11 +435,12 @@ class InfoGrowthSelector:
         labels_in = pc.fill_null(samples.column("label"), -1).to_numpy().astype(np.int64)
         prim, dmod = self.primary, self._dedup_modality()
         cross, cross_ok = self._cross_pairs(mods, has)
+        hashes = self.hashes.judge(emb.hashes, mods[dmod], dmod, self.cfg.hash_dedup) if dmod else None
         return BatchView(samples, samples.column("id").to_pylist(), mods, present, has, isims, ilab, irow, gram,
                          n_index, labels_in, labels_in.copy(), labels_in.copy(), pair, align, [None] * n,
                          np.zeros((2, n), np.int64), np.zeros(2, np.int64),
                          MODALITIES.index(prim) if prim else -1, MODALITIES.index(dmod) if dmod else -1,
-                         cross, cross_ok)
+                         cross, cross_ok, hashes, np.zeros(n, bool))
 
     def _cross_pairs(self, mods: dict[str, np.ndarray], has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """cos(image i, caption of the stream's previous item): mismatched pairs, in stream order."""
@@ -456,6 +474,7 @@ class InfoGrowthSelector:
         rng_state = self.rng.bit_generator.state
         uniforms = self.rng.random(n) if budget else np.zeros(0)  # at most one draw per item
         ev = self.evidence
+        h = v.hashes or self.hashes.judge(None, np.zeros((n, 1), np.float32), "image", on=False)
         i = 0
         while i < n:
             self._begin_item(s, i, trusted)
@@ -470,7 +489,8 @@ class InfoGrowthSelector:
                              s.gain_m, s.gain, s.gain_norm, s.max_sim, s.dup_src, s.dup_row, s.keep_prob,
                              s.unjudged, s.n_trusted, s.relabel_note, s.recap_note, stop, ev.nn, ev.nn_meta,
                              ev.sums, s.abstain_note, v.cross, v.cross_ok, ev.cross,
-                             s.nn_dist)
+                             s.nn_dist, h.hit_rule, h.hit_dist, h.hit_row, h.cptr, h.crow, h.crule, h.cdist,
+                             v.inserted, s.hash_rule, s.hash_dist)
             if j < stop:
                 self._recaption_item(v, s, j)
             i = j
@@ -504,6 +524,8 @@ class InfoGrowthSelector:
             if v.n_acc[j]:
                 a = v.acc[j, : v.n_acc[j]]
                 self.indexes[m].add(v.mods[m][a], [v.ids[t] for t in a], v.vote_label[a], self.seq + a)
+        if v.hashes is not None and self.cfg.hash_dedup:
+            self.hashes.add_rows(v.hashes, v.ids, np.flatnonzero(v.inserted))
         n = len(v.ids)
         seqs = np.arange(self.seq, self.seq + n, dtype=np.int64)
         self.seq += n

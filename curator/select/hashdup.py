@@ -1,0 +1,228 @@
+"""The hash rules for duplicates: model-free, applied before the embedding rules, never calibrated.
+
+An item is a duplicate of an **accepted** item (one in the index, or accepted earlier in its batch)
+when
+
+1. one of its exact keys -- its content key (image bytes, a precomputed vector, or a caption in a
+   text run) or its decoded-pixel key -- equals that item's (`RULE_CONTENT`, `RULE_PIXELS`), or
+2. its perceptual hash is within `max_dist` bits (Hamming) of that item's (`RULE_NEAR`).
+
+An exact match wins over a near one; among near ones the closest, then the earliest accepted. The
+keys come from `curator.embed.hashes`. The table of accepted keys lives with the selector, which
+sees every item in stream order whatever shard its vector goes to, so a copy is caught wherever its
+original went. Lookups are a dict for exact keys and FAISS multi-index hashing for perceptual ones
+(exact for radii below 4 * (nflip + 1): every item within the radius shares one 16-bit quarter of
+its hash up to nflip bits), so a lookup costs about the same at a million items as at a thousand.
+
+Whether an earlier item of the same batch was accepted is known only inside the per-item loop, so
+this module gives the loop (`curator.select.kernel`) each item's match in the table and the earlier
+rows of its batch it matches (`BatchHashes`); the loop takes the first of those that was accepted.
+The table is rebuilt on resume from the committed decisions, which record every item's keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curator.embed.hashes import ContentHashes, vector_key
+from curator.records import DECISION_SCHEMA, Decision
+from curator.store.writer import committed_parts
+
+RULE_NONE, RULE_CONTENT, RULE_PIXELS, RULE_NEAR = 0, 1, 2, 3
+#: the value of the decisions' `dup_rule` column per rule (the embedding rule's is "embedding")
+RULE_NAMES = {RULE_CONTENT: "hash-exact", RULE_PIXELS: "hash-exact", RULE_NEAR: "hash-near"}
+#: the largest perceptual distance the multi-index hash finds exactly (16-bit quarters, up to 2 flips)
+MAX_NEAR_DIST = 11
+#: decisions whose item was accepted (inserted into the index): the ones the table holds
+ACCEPTED = (Decision.KEPT.value, Decision.RELABELLED.value, Decision.RECAPTIONED.value,
+            Decision.DROPPED_BY_BUDGET.value)
+_QUARTERS, _QUARTER_BITS = 4, 16
+
+
+@dataclass
+class BatchHashes:
+    """One batch's keys and what they match: in the table (`hit_*`) and earlier in the batch (`c*`,
+    rows j < i of item i from cptr[i] to cptr[i + 1], j ascending)."""
+
+    content: np.ndarray  # int64 (0: none)
+    pixels: np.ndarray  # int64 (0: none)
+    phash: np.ndarray  # int64
+    phash_ok: np.ndarray  # bool
+    hit_rule: np.ndarray  # int8: RULE_* of the best match in the table
+    hit_dist: np.ndarray  # int64: its Hamming distance (0 for an exact match)
+    hit_row: np.ndarray  # int64: its item number in the table
+    cptr: np.ndarray  # int64 (n + 1)
+    crow: np.ndarray  # int64
+    crule: np.ndarray  # int8
+    cdist: np.ndarray  # int64
+    what: list[str]  # per row, what its content key is of: "image bytes", "caption (normalised)", "embedding"
+
+
+def _codes(x: np.ndarray) -> np.ndarray:
+    """int64 hashes as FAISS binary codes: (n, 8) uint8."""
+    return np.ascontiguousarray(x, np.int64).view(np.uint8).reshape(-1, 8)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between int64 hashes (broadcasting)."""
+    return np.bitwise_count(np.bitwise_xor(a, b).view(np.uint64)).astype(np.int64)
+
+
+class HashTable:
+    """The accepted items' keys, in acceptance order (an item's number is its place in that order)."""
+
+    def __init__(self, max_dist: int = 4) -> None:
+        if max_dist > MAX_NEAR_DIST:
+            raise ValueError(f"selector.phash_max_dist must be at most {MAX_NEAR_DIST}, got {max_dist}")
+        self.max_dist = max_dist  # < 0: no perceptual rule
+        self.exact: dict[int, int] = {}
+        self.ids: list[str] = []
+        self.near = faiss.IndexBinaryMultiHash(64, _QUARTERS, _QUARTER_BITS)
+        self.near.nflip = max(0, max_dist) // _QUARTERS
+        self.near_items: list[int] = []  # FAISS row -> item number
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # the keys, as added
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def judge(self, hashes: ContentHashes | None, vectors: np.ndarray, modality: str, on: bool = True) -> BatchHashes:
+        """One batch's keys in the dedup modality and, when the rules are `on`, their matches. An item
+        whose embedder saw no payload to hash (precomputed vectors) is keyed by its vector."""
+        n = len(vectors)
+        h = hashes if hashes is not None else ContentHashes.empty(n)
+        own = h.image if modality == "image" else h.text
+        content = own.copy()
+        what = ["image bytes" if modality == "image" else "caption (normalised)"] * n
+        for i in np.flatnonzero(own == 0).tolist():
+            content[i], what[i] = vector_key(vectors[i]), "embedding"
+        pixels = h.pixels if modality == "image" else np.zeros(n, np.int64)
+        ph, ok = (h.phash, h.phash_ok) if modality == "image" else (np.zeros(n, np.int64), np.zeros(n, bool))
+        if not on:
+            z = np.zeros(n, np.int64)
+            return BatchHashes(content, pixels, ph, ok, np.zeros(n, np.int8), z, np.full(n, -1, np.int64),
+                               np.zeros(n + 1, np.int64), z[:0], np.zeros(0, np.int8), z[:0], what)
+        return self.match(content, pixels, ph, ok, what)
+
+    def match(self, content: np.ndarray, pixels: np.ndarray, phash: np.ndarray, phash_ok: np.ndarray,
+              what: list[str]) -> BatchHashes:
+        """The batch's matches in the table and among its own earlier rows (see `BatchHashes`)."""
+        n = len(content)
+        usable = phash_ok & (self.max_dist >= 0)
+        rule, dist, row = np.zeros(n, np.int8), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        for r, keys in ((RULE_CONTENT, content), (RULE_PIXELS, pixels)):
+            for i, key in enumerate(keys.tolist()):
+                if key and not rule[i] and key in self.exact:
+                    rule[i], row[i] = r, self.exact[key]
+        q = np.flatnonzero(usable & (rule == RULE_NONE))
+        if len(q) and self.near.ntotal:
+            lims, d, found = self.near.range_search(_codes(phash[q]), self.max_dist + 1)
+            items = np.asarray(self.near_items, np.int64)
+            for t, i in enumerate(q.tolist()):
+                a, b = int(lims[t]), int(lims[t + 1])
+                if a < b:
+                    best = min(zip(d[a:b].tolist(), items[found[a:b]].tolist(), strict=True))
+                    rule[i], dist[i], row[i] = RULE_NEAR, best[0], best[1]
+        cptr, crow, crule, cdist = self._in_batch(content, pixels, phash, usable)
+        return BatchHashes(content, pixels, phash, phash_ok, rule, dist, row, cptr, crow, crule, cdist, what)
+
+    def _in_batch(self, content: np.ndarray, pixels: np.ndarray, phash: np.ndarray,
+                  phash_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (i, j < i) of rows that match: an exact key in common, else perceptual hashes within
+        max_dist (found with a flat binary index over the batch: no n x n arrays for large batches)."""
+        n = len(content)
+        pairs: dict[tuple[int, int], tuple[int, int]] = {}
+        for rule, keys in ((RULE_CONTENT, content), (RULE_PIXELS, pixels)):
+            seen: dict[int, list[int]] = {}
+            for i, key in enumerate(keys.tolist()):
+                if key:
+                    for j in seen.get(key, ()):
+                        pairs.setdefault((i, j), (rule, 0))
+                    seen.setdefault(key, []).append(i)
+        ok = np.flatnonzero(phash_ok)
+        if len(ok) > 1:
+            flat = faiss.IndexBinaryFlat(64)
+            flat.add(_codes(phash[ok]))
+            lims, d, found = flat.range_search(_codes(phash[ok]), self.max_dist + 1)
+            for t, i in enumerate(ok.tolist()):
+                for dist, j in zip(d[lims[t]:lims[t + 1]].tolist(), ok[found[lims[t]:lims[t + 1]]].tolist(),
+                                   strict=True):
+                    if j < i:
+                        pairs.setdefault((i, j), (RULE_NEAR, dist))
+        order = sorted(pairs)
+        cptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(np.array([i for i, _ in order], np.int64), minlength=n), out=cptr[1:])
+        return (cptr, np.array([j for _, j in order], np.int64), np.array([pairs[p][0] for p in order], np.int8),
+                np.array([pairs[p][1] for p in order], np.int64))
+
+    def add(self, ids: list[str], content: np.ndarray, pixels: np.ndarray, phash: np.ndarray,
+            phash_ok: np.ndarray) -> None:
+        """Accepted items, in acceptance order."""
+        base = len(self.ids)
+        self.ids.extend(ids)
+        self._chunks.append((content, pixels, phash, phash_ok))
+        for r, keys in enumerate(zip(content.tolist(), pixels.tolist(), strict=True)):
+            for key in keys:
+                if key:
+                    self.exact.setdefault(key, base + r)
+        ok = np.flatnonzero(phash_ok) if self.max_dist >= 0 else np.zeros(0, np.int64)
+        if len(ok):
+            self.near.add(_codes(phash[ok]))
+            self.near_items.extend((base + ok).tolist())
+
+    def add_rows(self, b: BatchHashes, ids: list[str], rows: np.ndarray) -> None:
+        """A batch's accepted rows (in stream order)."""
+        self.add([ids[r] for r in rows.tolist()], b.content[rows], b.pixels[rows], b.phash[rows], b.phash_ok[rows])
+
+    def to_table(self) -> pa.Table:
+        """The accepted items' keys in acceptance order, as decisions record them (what `rebuild` reads)."""
+        n = len(self.ids)
+        c, p, h, ok = (np.concatenate([ch[f] for ch in self._chunks]) if self._chunks else
+                       np.zeros(0, bool if f == 3 else np.int64) for f in range(4))
+        return pa.table({"id": pa.array(self.ids, pa.string()), "seq": pa.array(np.arange(n), pa.int64()),
+                         "decision": pa.array([Decision.KEPT.value] * n, pa.string()),
+                         "content_hash": pa.array(c, pa.int64(), mask=c == 0),
+                         "pixel_hash": pa.array(p, pa.int64(), mask=p == 0),
+                         "phash": pa.array(h, pa.int64(), mask=~ok)})
+
+    def rebuild(self, decisions: pa.Table) -> None:
+        """The table as the committed decisions left it: their accepted items' keys, in stream order."""
+        self.__init__(self.max_dist)  # type: ignore[misc]
+        if not decisions.num_rows:
+            return
+        t = decisions.filter(pc.is_in(decisions.column("decision"), pa.array(ACCEPTED)))
+        t = t.take(pc.sort_indices(t, [("seq", "ascending")]))
+
+        def keys(name: str) -> np.ndarray:
+            return pc.fill_null(t.column(name), 0).to_numpy().astype(np.int64)
+
+        ph = t.column("phash")
+        self.add(t.column("id").to_pylist(), keys("content_hash"), keys("pixel_hash"), keys("phash"),
+                 pc.is_valid(ph).to_numpy(zero_copy_only=False))
+
+
+#: the decisions' columns the table is rebuilt from
+KEY_COLUMNS = ["id", "seq", "decision", "content_hash", "pixel_hash", "phash"]
+
+
+def committed_keys(run_dir: str | Path) -> pa.Table:
+    """The committed decisions' key columns (every shard's parts the manifest names)."""
+    parts = [pq.read_table(p, columns=KEY_COLUMNS) for p in committed_parts(run_dir)["decisions"]]
+    return pa.concat_tables(parts) if parts else DECISION_SCHEMA.empty_table().select(KEY_COLUMNS)
+
+
+def hash_report(on: bool, max_dist: int, accepted: int) -> dict[str, dict]:
+    """The hash rules as the manifest's "calibration" shows the thresholds: configured, never calibrated."""
+    near = on and max_dist >= 0
+    return {"hash_dedup": {"value": "on" if on else None, "accepted_items": accepted,
+                           "origin": "config: exact copies by content hash, before every other rule; model-free, "
+                                     "never calibrated" if on else "not applied: selector.hash_dedup = false"},
+            "phash_max_dist": {"value": float(max_dist) if near else None,
+                               "origin": "config" if near else "not applied: " + (
+                                   "selector.hash_dedup = false" if not on else "selector.phash_max_dist = -1")}}
