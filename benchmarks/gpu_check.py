@@ -420,8 +420,8 @@ class StageTimes:
         from curator.embed.jpeg import JpegPreprocess
 
         targets = [(st.ValidateStage, "process", "validate"), (st.EmbedStage, "process", "embed+decode"),
-                   (st.SelectStage, "process", "select"), (st.WriteStage, "process", "write"),
-                   (st.WriteStage, "commit", "commit"), (curator.run.LocalExecutor, "setup", "setup"),
+                   (st.SelectWriteStage, "decide", "select"), (st.SelectWriteStage, "stage_rows", "write"),
+                   (st.SelectWriteStage, "commit", "commit"), (curator.run.LocalExecutor, "setup", "setup"),
                    (JpegPreprocess, "__call__", "decode")]
         saved = [(cls, name, getattr(cls, name)) for cls, name, _ in targets]
         for cls, name, key in targets:

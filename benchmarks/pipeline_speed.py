@@ -96,7 +96,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
                         [Position("bench", 0, k) for k in range(i, min(i + args.batch_size, len(records)))])
                for i in range(0, len(records), args.batch_size)]
     cls = ray.remote(StageActor).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
-    pool = [cls.remote([stages.validate, stages.embed]) for _ in range(args.actors)]
+    pool = [cls.remote(stages.upstream) for _ in range(args.actors)]
     ray.get([a.setup.remote() for a in pool])
     refs = [ray.put(b) for b in batches]
     ray.get([a.process.remote(refs[0]) for a in pool])  # warm up

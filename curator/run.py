@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
-    """validate -> embed -> select -> write, one batch at a time; commits every `store.commit_every` items."""
+    """Every stage in data-flow order, one batch at a time; commits every `store.commit_every` items."""
 
     def __init__(self, stages: Stages, dead_letters: DeadLetters | None = None, offsets: Offsets | None = None) -> None:
         self.stages = stages
@@ -29,10 +29,10 @@ class LocalExecutor:
 
     def setup(self) -> Resume:
         """Load the model, open the run directory, restore the last checkpoint if any."""
-        for stage in self.stages:
-            info = stage.setup()
-        self.resume = info  # the write stage's: where the run continues from
-        return info
+        for stage in self.stages.upstream:
+            stage.setup()
+        self.resume = self.stages.select.setup()  # where the run continues from
+        return self.resume
 
     def teardown(self) -> None:
         for stage in self.stages:
@@ -51,21 +51,19 @@ class LocalExecutor:
         return run_chain(self.stages, batch)
 
     def should_commit(self) -> bool:
-        return self.stages.write.pending_items() >= self.stages.write.cfg.store.commit_every
+        return self.stages.select.due()
 
     def commit(self, bootstrapped: bool = False, extra: dict[str, Any] | None = None) -> Committed:
-        return commit(lambda: self.stages.write.commit(bootstrapped, extra), self.dead_letters, self.offsets)
+        return commit(lambda: self.stages.select.commit(bootstrapped, extra), self.dead_letters, self.offsets)
 
     @property
     def manifest(self) -> Manifest:
         """The run directory's last committed manifest."""
-        w = self.stages.write.writer
-        assert w is not None, "call setup() first"
-        return w.manifest
+        return self.stages.select.manifest
 
     def bootstrap(self, batches: Iterable[RawBatch]) -> int:
         """Insert the trusted bootstrap once per run directory (a resumed run skips it)."""
-        if self.stages.write.bootstrapped:
+        if self.stages.select.bootstrapped:
             return 0
         n = 0
         for b in batches:

@@ -1,11 +1,12 @@
-"""The four stages of a run -- validate, embed, select, write -- and the one builder that makes them.
+"""The stages of a run -- validate, embed, select-and-write -- and the one builder that makes them.
 
-A stage says *what*; an executor says *how* (NeMo Curator's split). Every stage has a `name`,
-declared `resources`, a `setup()` that loads what it needs once in the process that will run it,
-and a `process(batch)` from one typed batch (`curator.batch`) to the next. The in-process loop
-(`curator.run`) and the Ray actor graph (`pipelines.executors`) run the *same* stage objects,
-as `build_stages(cfg)` makes them; only the write stage makes anything durable, and it checkpoints
-the select stage's state with every commit.
+A stage says *what*; an executor says *how* (NeMo Curator's split). Every stage has a `name` (its
+role), declared `resources`, a `setup()` that loads what it needs once in the process that will run
+it, and a `process(batch)` from one typed batch (`curator.batch`) to the next. The in-process loop
+(`curator.run`) and the Ray actor graph (`pipelines.executors`) run the *same* stage objects, as
+`build_stages(cfg)` makes them, and address them by role (`Stages`). Only the last stage,
+select-and-write, keeps state across batches and makes anything durable: every commit checkpoints
+its selector with the rows it decided; the stages before it are plain batch-in, batch-out calls.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +32,7 @@ from curator.batch import (
     advance,
     positions_from_json,
 )
-from curator.commit import Committed
+from curator.commit import Committed, Manifest
 from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.records import Fault, Limits, Position, Rejection, rejection_decisions, rejections_table
@@ -43,6 +45,8 @@ from curator.store.writer import StoreError, StoreWriter, read_manifest
 from curator.validate import validate_batch
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -169,26 +173,92 @@ class EmbedStage:
         return None
 
 
-# ----------------------------------------------------------------------------------------- select
-class SelectStage:
-    """Embedded samples -> one decision each (InfoGrowth) and the curated rows; owns the index."""
+# ------------------------------------------------------------------------------ select and write
+@dataclass
+class Resume:
+    """Where a run continues from: what the select-and-write stage found in the run directory."""
+
+    out: str
+    positions: Positions
+    commit: int  # the commit resumed from (0: a new run)
+    bootstrapped: bool
+    decided: int  # items the selector has decided (bootstrap included)
+    index_size: int
+    index_dim: int | None
+
+
+class SelectWriteStage:
+    """Embedded samples -> one decision each (InfoGrowth), staged for the next commit; `commit()` makes
+    them durable together with the state of the selector that made them.
+
+    One stage, not two, because a checkpoint must hold the very selector whose decisions it writes:
+    this is the only stage that owns state across batches (the index, the run directory), the only one
+    that makes anything durable, and so the one an executor places by itself. A commit writes every
+    shard's staged Parquet parts and index snapshot, then the selector's state and the manifest naming
+    all of it with the source positions it covers (`StoreWriter.commit`); `curator.commit` runs the rest
+    of the protocol.
+    """
 
     name = "select"
 
-    def __init__(self, cfg: RunConfig, text_embedder: Embedder | None = None,
-                 resources: Resources = Resources(cpus=1.0), shards: list[ShardClient] | None = None) -> None:
+    def __init__(self, cfg: RunConfig, model_id: str, text_embedder: Embedder | None = None,
+                 resources: Resources = Resources(cpus=1.0), shards: list[ShardClient] | None = None,
+                 shard: int = 0, lock_timeout_s: float = 60.0) -> None:
         self.cfg = cfg
+        self.model_id = model_id
         self.resources = resources
         self.fingerprint = cfg.fingerprint()
         self._text_embedder = text_embedder  # only a recaption hook needs it: loaded on first use
-        self.selector: InfoGrowthSelector | None = None
         # the shards: in this process unless an executor puts them elsewhere (`pipelines.executors.shards`)
         self.shards: list[ShardClient] = shards or [
             LocalShard(IndexShard(k, cfg.index, cfg.store.out)) for k in range(cfg.selector.shards)]
+        self.shard = shard
+        self.lock_timeout_s = lock_timeout_s
+        self.selector: InfoGrowthSelector | None = None
+        self.writer: StoreWriter | None = None
+        self.positions: Positions = {}
+        self.counts: Counter[str] = Counter()
+        self.bootstrapped = False
+        self._lock: RunDirLock | None = None
+        self._pending = 0
 
-    def setup(self) -> None:
+    # --- setup: the run directory, then the selector as its last commit left it ---------------------
+    def setup(self) -> Resume:
+        out = Path(self.cfg.store.out)
+        self._lock = RunDirLock(out)
+        self._lock.acquire(self.lock_timeout_s)
+        self._check_shards(out)
+        self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": self.fingerprint},
+                                       self.shard)
+        (out / "config.toml").write_text(to_toml(self.cfg))
         self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
                                            text_embed=self._embed_texts, shards=self.shards)
+        m = self.writer.manifest
+        for c in self.shards:
+            c.setup(m if m["commit"] > 0 else None)  # each restores its index snapshot, drops uncommitted parts
+        if m["commit"] > 0:
+            self.positions = positions_from_json(m["positions"])
+            self.counts = Counter(m.get("counts") or {})
+            self.bootstrapped = bool(m.get("bootstrapped"))
+            if m.get("selector_state"):
+                self.restore(m["selector_state"])
+            log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
+        return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
+                      self.bootstrapped, self.selector.seq, self.index_size, self.index_dim)
+
+    def _check_shards(self, out: Path) -> None:
+        m0 = read_manifest(out)
+        n = int(((m0 or {}).get("shards") or {}).get("n", 1)) if m0 else self.cfg.selector.shards
+        if m0 and n != self.cfg.selector.shards:
+            raise StoreError(f"{out} was curated with selector.shards = {n}; it cannot resume with "
+                             f"{self.cfg.selector.shards} (each shard holds its own index): run with "
+                             f"--selector.shards {n}, or start a new run directory")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The selector's state from the manifest; its hash table from the committed decisions."""
+        assert self.selector is not None
+        self.selector.load_state_dict(state)
+        self.selector.restore_hashes(committed_keys(self.cfg.store.out))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         if self._text_embedder is None:
@@ -205,7 +275,18 @@ class SelectStage:
         sel = self.selector
         return sel.indexes["image"].dim if sel is not None and "image" in sel.indexes else None
 
-    def process(self, batch: EmbeddedBatch) -> SelectedBatch:
+    # --- one batch: decide, then stage its rows for the next commit -------------------------------------
+    def process(self, batch: EmbeddedBatch) -> BatchOutcome:
+        """Both steps, each timed under its own name (`select`, `write`) for the metrics."""
+        t0 = time.perf_counter()
+        selected = self.decide(batch)
+        t1 = time.perf_counter()
+        out = self.stage_rows(selected)
+        out.seconds = {"select": t1 - t0, "write": time.perf_counter() - t1}
+        return out
+
+    def decide(self, batch: EmbeddedBatch) -> SelectedBatch:
+        """One decision per item (rejections included) and the curated rows, with each row's shard."""
         sel = self.selector
         assert sel is not None, "call setup() first"
         sel.model_id = batch.model_id
@@ -225,6 +306,28 @@ class SelectStage:
         return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted,
                              np.concatenate(homes) if homes else None, kept_homes, self.shard_stats())
 
+    def stage_rows(self, batch: SelectedBatch) -> BatchOutcome:
+        """Each row to its shard's staged parts; the run's counts and positions move past the batch."""
+        assert self.writer is not None, "call setup() first"
+        for table, rows, homes in (("decisions", batch.decisions, batch.homes),
+                                   ("kept", batch.kept, batch.kept_homes)):
+            if rows is None or rows.num_rows == 0:
+                continue
+            if homes is None or len(self.shards) == 1:
+                self.shards[0].stage(table, rows)
+                continue
+            for s in np.unique(homes):
+                self.shards[int(s)].stage(table, rows.take(pa.array(np.flatnonzero(homes == s))))
+        if batch.rejects:
+            self.shards[0].stage("quarantine", rejections_table(batch.rejects))
+        counts = Counter(batch.decisions.column("decision").to_pylist())
+        self.counts.update(counts)
+        if not batch.trusted:
+            advance(self.positions, batch.positions)
+        self._pending += batch.items
+        return BatchOutcome(batch.items, dict(counts), batch.rejects, batch.index_size, self.index_dim,
+                            shards=batch.shards)
+
     def shard_stats(self) -> dict[int, tuple[int, float]]:
         """Per shard: items of the primary index, and the last batch's search seconds there."""
         sel = self.selector
@@ -233,140 +336,39 @@ class SelectStage:
             return {}
         return {k: (int(n), float(index.latency.get(k, 0.0))) for k, n in enumerate(index.sizes)}
 
-    # checkpoints: the selector's state goes into the manifest; each shard snapshots its own indexes
-    def state(self) -> dict[str, Any]:
-        assert self.selector is not None
-        return self.selector.state_dict()
-
-    def calibration(self) -> dict[str, Any]:
-        """The thresholds in force and their evidence (the manifest's "calibration")."""
-        assert self.selector is not None
-        return self.selector.calibration_report()
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """The selector's state from the manifest; its hash table from the committed decisions."""
-        assert self.selector is not None
-        self.selector.load_state_dict(state)
-        self.selector.restore_hashes(committed_keys(self.cfg.store.out))
-
-    def finish_bootstrap(self) -> None:
-        assert self.selector is not None
-        self.selector.finish_bootstrap()
-
-    def teardown(self) -> None:
-        return None
-
-
-# ------------------------------------------------------------------------------------------ write
-@dataclass
-class Resume:
-    """Where a run continues from: what the write stage found in the run directory."""
-
-    out: str
-    positions: Positions
-    commit: int  # the commit resumed from (0: a new run)
-    bootstrapped: bool
-    decided: int  # items the selector has decided (bootstrap included)
-    index_size: int
-    index_dim: int | None
-
-
-class WriteStage:
-    """Selected batches -> rows staged for the next commit; `commit()` makes them durable.
-
-    A commit writes the staged Parquet parts, then the select stage's index snapshot and state,
-    then the manifest naming all of it with the source positions it covers (`StoreWriter.commit`).
-    """
-
-    name = "write"
-
-    def __init__(self, cfg: RunConfig, checkpointed: SelectStage, model_id: str, shard: int = 0,
-                 lock_timeout_s: float = 60.0, resources: Resources = Resources()) -> None:
-        self.cfg = cfg
-        self.model_id = model_id
-        self.select = checkpointed
-        self.shard = shard
-        self.lock_timeout_s = lock_timeout_s
-        self.resources = resources
-        self.positions: Positions = {}
-        self.counts: Counter[str] = Counter()
-        self.bootstrapped = False
-        self.writer: StoreWriter | None = None
-        self._lock: RunDirLock | None = None
-        self._pending = 0
-
-    def setup(self) -> Resume:
-        out = Path(self.cfg.store.out)
-        self._lock = RunDirLock(out)
-        self._lock.acquire(self.lock_timeout_s)
-        fp = self.cfg.fingerprint()
-        m0 = read_manifest(out)
-        n = int(((m0 or {}).get("shards") or {}).get("n", 1)) if m0 else self.cfg.selector.shards
-        if m0 and n != self.cfg.selector.shards:
-            raise StoreError(f"{out} was curated with selector.shards = {n}; it cannot resume with "
-                             f"{self.cfg.selector.shards} (each shard holds its own index): run with "
-                             f"--selector.shards {n}, or start a new run directory")
-        self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": fp}, self.shard)
-        (out / "config.toml").write_text(to_toml(self.cfg))
-        m = self.writer.manifest
-        for c in self.select.shards:
-            c.setup(m if m["commit"] > 0 else None)  # each restores its index snapshot, drops uncommitted parts
-        if m["commit"] > 0:
-            self.positions = positions_from_json(m["positions"])
-            self.counts = Counter(m.get("counts") or {})
-            self.bootstrapped = bool(m.get("bootstrapped"))
-            if m.get("selector_state"):
-                self.select.restore(m["selector_state"])
-            log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
-        sel = self.select.selector
-        return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
-                      self.bootstrapped, sel.seq if sel is not None else 0, self.select.index_size,
-                      self.select.index_dim)
-
-    def process(self, batch: SelectedBatch) -> BatchOutcome:
-        assert self.writer is not None, "call setup() first"
-        shards = self.select.shards
-        for table, rows, homes in (("decisions", batch.decisions, batch.homes),
-                                   ("kept", batch.kept, batch.kept_homes)):
-            if rows is None or rows.num_rows == 0:
-                continue
-            if homes is None or len(shards) == 1:
-                shards[0].stage(table, rows)
-                continue
-            for s in np.unique(homes):
-                shards[int(s)].stage(table, rows.take(pa.array(np.flatnonzero(homes == s))))
-        if batch.rejects:
-            shards[0].stage("quarantine", rejections_table(batch.rejects))
-        counts = Counter(batch.decisions.column("decision").to_pylist())
-        self.counts.update(counts)
-        if not batch.trusted:
-            advance(self.positions, batch.positions)
-        self._pending += batch.items
-        return BatchOutcome(batch.items, dict(counts), batch.rejects, batch.index_size, self.select.index_dim,
-                            shards=batch.shards)
-
+    # --- checkpoints ---------------------------------------------------------------------------
     def pending_items(self) -> int:
         """Items processed since the last commit (what a commit now would make durable)."""
         return self._pending
 
+    def due(self) -> bool:
+        """Enough items wait for a commit (`store.commit_every`)."""
+        return self._pending >= self.cfg.store.commit_every
+
     def commit(self, bootstrapped: bool = False, extra: dict[str, Any] | None = None) -> Committed:
-        """Every shard's parts and index snapshot (in parallel where shards are actors), then the
-        selector's state and the manifest naming all of them."""
-        w = self.writer
-        assert w is not None, "call setup() first"
+        """Steps 1-3 of `curator.commit`: every shard's parts and index snapshot (in parallel where shards
+        are actors), then the selector's state and the manifest naming all of them."""
+        w, sel = self.writer, self.selector
+        assert w is not None and sel is not None, "call setup() first"
         t0 = time.perf_counter()
         if bootstrapped and not self.bootstrapped:
-            self.select.finish_bootstrap()  # the shard routers train on the trusted items
+            sel.finish_bootstrap()  # the shard routers train on the trusted items
         self.bootstrapped = self.bootstrapped or bootstrapped
         no = w.commit_no + 1
-        durable = [p.result() for p in [c.write(no) for c in self.select.shards]]
-        shards = {"n": len(self.select.shards), "probe": self.cfg.selector.probe}
-        m = w.commit(self.positions, self.select.state(), None,
+        durable = [p.result() for p in [c.write(no) for c in self.shards]]
+        shards = {"n": len(self.shards), "probe": self.cfg.selector.probe}
+        m = w.commit(self.positions, sel.state_dict(), None,
                      {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
-                      "calibration": self.select.calibration(), **(extra or {}),
+                      "calibration": sel.calibration_report(), **(extra or {}),
                       "shards": {**(w.manifest.get("shards") or {}), **shards}}, durable)
         self._pending = 0
         return Committed(int(m["commit"]), positions_from_json(m["positions"]), time.perf_counter() - t0)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The run directory's last committed manifest."""
+        assert self.writer is not None, "call setup() first"
+        return self.writer.manifest
 
     def teardown(self) -> None:
         if self._lock is not None:
@@ -375,41 +377,92 @@ class WriteStage:
 
 
 # ---------------------------------------------------------------------------------------- builder
-@dataclass
 class Stages:
-    """One run's stages, in data-flow order."""
+    """One run's stages in data-flow order, each addressed by its role (its `name`).
 
-    validate: ValidateStage
-    embed: EmbedStage
-    select: SelectStage
-    write: WriteStage
+    The checkpointed select-and-write stage comes last; every stage before it is *upstream*: executors
+    run those as one chain (in this process, or in each embedder actor) without knowing what they are.
+    """
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of stages
-        return iter((self.validate, self.embed, self.select, self.write))
+    def __init__(self, stages: list[Stage]) -> None:
+        roles = [s.name for s in stages]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"each stage needs its own role, got {roles}")
+        if not stages or not isinstance(stages[-1], SelectWriteStage):
+            raise ValueError(f"the last stage must be the checkpointed select-and-write stage, got {roles}")
+        self._stages = list(stages)
+        self._by_role: dict[str, Stage] = {s.name: s for s in stages}
+
+    def __iter__(self) -> Iterator[Stage]:
+        return iter(self._stages)
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    @property
+    def roles(self) -> list[str]:
+        return [s.name for s in self._stages]
+
+    def by_role(self, role: str) -> Stage:
+        if role not in self._by_role:
+            raise KeyError(f"no {role!r} stage in this run (its stages: {', '.join(self.roles)})")
+        return self._by_role[role]
+
+    @property
+    def upstream(self) -> list[Stage]:
+        """Every stage before the checkpointed one, in order."""
+        return self._stages[:-1]
+
+    @property
+    def validate(self) -> ValidateStage:
+        return _typed(self.by_role("validate"), ValidateStage)
+
+    @property
+    def embed(self) -> EmbedStage:
+        return _typed(self.by_role("embed"), EmbedStage)
+
+    @property
+    def select(self) -> SelectWriteStage:
+        """The checkpointed stage: it decides, writes, commits and resumes."""
+        return _typed(self._stages[-1], SelectWriteStage)
+
+
+def _typed(stage: Stage, cls: type[S]) -> S:
+    if not isinstance(stage, cls):
+        raise TypeError(f"the {stage.name!r} stage is a {type(stage).__name__}, not a {cls.__name__}")
+    return stage
 
 
 def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, shard: int = 0,
                  lock_timeout_s: float = 60.0, shards: list[ShardClient] | None = None) -> Stages:
-    """The one builder: the stages of a run from its configuration (nothing is loaded yet). `shards`:
-    clients of selector shards placed elsewhere (Ray actors); by default they live in the select stage."""
+    """The one builder: the stages of a run from its configuration, in data-flow order (nothing is
+    loaded yet). `resources` by role; `shards`: clients of selector shards placed elsewhere (Ray
+    actors); by default they live in the select-and-write stage."""
     res = resources or {}
     limits = Limits()
     embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)),
                        cfg.selector.space)
-    select = SelectStage(cfg, embed.embedder if cfg.selector.recaption_hook else None,
-                         res.get("select", Resources(cpus=1.0)), shards)
-    return Stages(ValidateStage(limits, res.get("validate", Resources())), embed, select,
-                  WriteStage(cfg, select, embed.embedder.model_id, shard, lock_timeout_s,
-                             res.get("write", Resources())))
+    return Stages([
+        ValidateStage(limits, res.get("validate", Resources())),
+        embed,
+        SelectWriteStage(cfg, embed.embedder.model_id, embed.embedder if cfg.selector.recaption_hook else None,
+                         res.get("select", Resources(cpus=1.0)), shards, shard, lock_timeout_s),
+    ])
 
 
-def run_chain(stages: list[Stage] | Stages, batch: Any) -> Any:
-    """Run stages in order on one batch; the output carries each stage's wall time in `seconds`."""
+def run_chain(stages: Iterable[Stage], batch: Any) -> Any:
+    """Run stages in order on one batch; the output carries each stage's wall time in `seconds` (a stage
+    that times its own steps, as the select-and-write stage does, gives them instead)."""
     seconds = dict(getattr(batch, "seconds", None) or {})
     out = batch
     for stage in stages:
         t0 = time.perf_counter()
         out = stage.process(out)
-        seconds[stage.name] = seconds.get(stage.name, 0.0) + time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        own = {k: v for k, v in (getattr(out, "seconds", None) or {}).items() if k not in seconds}
+        if not own:
+            own = {stage.name: elapsed}
+        for k, v in own.items():
+            seconds[k] = seconds.get(k, 0.0) + v
     out.seconds = seconds
     return out

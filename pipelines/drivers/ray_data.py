@@ -76,11 +76,11 @@ class FileRanges(Datasource):
 
 
 class EmbedWorker:
-    """The pool's actor: the run's validate and embed stages (the model loads once per actor)."""
+    """The pool's actor: the run's stages upstream of selection (validate, embed, ...; the model loads
+    once per actor)."""
 
     def __init__(self, cfg: RunConfig, embedding_dim: int | None) -> None:
-        stages = build_stages(cfg)
-        self.chain = [stages.validate, stages.embed]
+        self.chain = build_stages(cfg).upstream
         for s in self.chain:
             s.setup()
         self.embedding_dim = embedding_dim
@@ -119,7 +119,7 @@ def first_dimension(cfg: RunConfig, sources: list[tuple[FileSource, Positions | 
     """Precomputed embeddings with no dimension given: the first valid vector's, in stream order, so that
     the pool's actors agree on which vectors have the wrong size (as `service.embedding_dim` would)."""
     stages = build_stages(cfg)
-    chain = [stages.validate, stages.embed]
+    chain = stages.upstream
     for st in chain:
         st.setup()
     for src, start in sources:

@@ -2,11 +2,12 @@
 
 ::
 
-    driver: submit(batch)  ->  embedder pool (StageActor[validate, embed]) x service.embed_actors
-                           ->  selector/writer (StageActor[select, write]): one, owns the index and the run
+    driver: submit(batch)  ->  embedder pool (StageActor[validate, embed, ...]) x service.embed_actors
+                           ->  selector/writer (SelectWriteActor[select]): one, owns the index and the run
                            <-  BatchOutcome per batch, Committed per commit, in submission order
 
-`StageActor` is the one actor class: it holds a chain of stages and runs it on each batch. The
+`StageActor` runs every stage upstream of the checkpointed one, whatever they are, as one chain on
+each batch; `SelectWriteActor` runs the checkpointed select-and-write stage and its commits. The
 driver never sees the embedded batches: each embedder's result goes straight to the selector/writer
 actor, which runs its calls in submission order, so decisions follow the stream's order whatever the
 embedders' timing (`scheduler`). Commits are queued behind the batches they cover and finish the
@@ -26,11 +27,11 @@ from typing import Any
 
 import ray
 
-from curator.batch import BatchOutcome, EmbeddedBatch, RawBatch
+from curator.batch import BatchOutcome, EmbeddedBatch, RawBatch, ValidBatch
 from curator.commit import Committed, DeadLetters, Offsets, commit
 from curator.config import ConfigError
 from curator.records import Rejection
-from curator.stages import EmbedInfo, Resources, Resume, Stage, build_stages, run_chain
+from curator.stages import EmbedInfo, Resources, Resume, SelectWriteStage, Stage, build_stages, run_chain
 from pipelines.config import ServeConfig
 from pipelines.executors.scheduler import Flight, Scheduler
 from pipelines.executors.shards import start_shards
@@ -69,7 +70,7 @@ class ActorInfo:
     pid: int
     node_id: str
     node_ip: str
-    setup: list[Any]  # what each stage's setup() returned
+    setup: dict[str, Any]  # what each stage's setup() returned, by role
 
 
 @dataclass(frozen=True)
@@ -81,28 +82,51 @@ class StageReport:
     seconds: dict[str, float]
 
 
+def actor_info(stages: list[Stage]) -> ActorInfo:
+    """Set the stages up in this actor; where it runs and what each setup returned, by role."""
+    infos = {s.name: s.setup() for s in stages}
+    return ActorInfo(os.getpid(), ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), infos)
+
+
 class StageActor:
-    """A chain of stages in one process: set up once, then one batch at a time."""
+    """A chain of stages in one process (any stages upstream of the checkpointed one, in order): set
+    up once, then one batch at a time."""
 
     def __init__(self, stages: list[Stage]) -> None:
         self.stages = stages
 
     def setup(self) -> ActorInfo:
-        infos = [s.setup() for s in self.stages]
-        return ActorInfo(os.getpid(), ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), infos)
+        return actor_info(self.stages)
 
-    def process(self, batch: Any) -> Any:
+    def process(self, batch: RawBatch | ValidBatch) -> EmbeddedBatch:
         return run_chain(self.stages, batch)
 
-    def process_reported(self, batch: Any) -> tuple[Any, StageReport]:
+    def process_reported(self, batch: RawBatch | ValidBatch) -> tuple[EmbeddedBatch, StageReport]:
         """`process`, plus a small report for the driver (two results: the batch goes on to the next
         actor without passing through the driver)."""
         out = run_chain(self.stages, batch)
         return out, StageReport(out.items, out.rejects, dict(out.seconds))
 
+    def rss(self) -> int:
+        return rss_bytes()
+
+
+class SelectWriteActor:
+    """The checkpointed select-and-write stage in its own process: batches in stream order, commits
+    queued behind them."""
+
+    def __init__(self, stage: SelectWriteStage) -> None:
+        self.stage = stage
+
+    def setup(self) -> ActorInfo:
+        return actor_info([self.stage])
+
+    def process(self, batch: EmbeddedBatch) -> BatchOutcome:
+        return run_chain([self.stage], batch)
+
     def commit(self, bootstrapped: bool = False) -> Committed:
-        """The chain's write stage makes everything processed so far durable (steps 1-3)."""
-        return self.stages[-1].commit(bootstrapped)  # type: ignore[attr-defined]
+        """Everything processed so far made durable (steps 1-3 of `curator.commit`)."""
+        return self.stage.commit(bootstrapped)
 
     def rss(self) -> int:
         return rss_bytes()
@@ -159,25 +183,24 @@ class RayExecutor:
         stages = build_stages(self.cfg, {"embed": Resources(s.embed_num_cpus, s.embed_num_gpus),
                                          "select": Resources(s.selector_num_cpus)},
                               lock_timeout_s=max(30.0, 2 * self.scfg.kafka.session_timeout_ms / 1000), shards=clients)
-        pool_stages: list[Stage] = [stages.validate, stages.embed]
-        sel_stages: list[Stage] = [stages.select, stages.write]
+        pool_stages = stages.upstream
         r = reserved(pool_stages)
         emb_cls = ray.remote(StageActor).options(num_cpus=r.cpus, num_gpus=r.gpus, max_restarts=3,
                                                  max_task_retries=3, scheduling_strategy="SPREAD")
         self.embedders = [emb_cls.remote(pool_stages) for _ in range(s.embed_actors if pool else 0)]
         self.embed_info = ray.get([a.setup.remote() for a in self.embedders])
         if self.embed_info:
-            e0: EmbedInfo = self.embed_info[0].setup[1]
+            e0: EmbedInfo = self.embed_info[0].setup["embed"]
             log.info("embedder pool: %d x %s (%s CPU, %s GPU each), on nodes %s", len(self.embedders), e0.model_id,
                      r.cpus, r.gpus, sorted({i.node_id[:8] for i in self.embed_info}))
         # The selector/writer lives on the driver's node, so the run directory is where the logs say.
         here = ray.get_runtime_context().get_node_id()
         pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False)
-        r = reserved(sel_stages)
-        sel_cls = ray.remote(StageActor).options(num_cpus=r.cpus, scheduling_strategy=pin, max_restarts=0)
-        self.selector = sel_cls.remote(sel_stages)
+        sel_cls = ray.remote(SelectWriteActor).options(num_cpus=stages.select.resources.cpus,
+                                                       scheduling_strategy=pin, max_restarts=0)
+        self.selector = sel_cls.remote(stages.select)
         self.selector_info = ray.get(self.selector.setup.remote())
-        self.resume = self.selector_info.setup[1]
+        self.resume = self.selector_info.setup["select"]
         self.index_size = self.resume.index_size
         if self.shard_actors:
             self.shard_info = ray.get([a.describe.remote() for a in self.shard_actors])
