@@ -10,9 +10,10 @@ when
 An exact match wins over a near one; among near ones the closest, then the earliest accepted. The
 keys come from `curator.embed.hashes`. The table of accepted keys lives with the selector, which
 sees every item in stream order whatever shard its vector goes to, so a copy is caught wherever its
-original went. Lookups are a dict for exact keys and FAISS multi-index hashing for perceptual ones
-(exact for radii below 4 * (nflip + 1): every item within the radius shares one 16-bit quarter of
-its hash up to nflip bits), so a lookup costs about the same at a million items as at a thousand.
+original went. Lookups are a dict for exact keys and FAISS multi-index hashing for perceptual ones:
+the 64 bits cut into max_dist + 1 pieces, one hash table each, so every item within max_dist bits
+shares at least one piece exactly (pigeonhole) and is found; at 4 bits (12-bit pieces) a lookup
+among a million items costs about 50 us, at 8 bits (7-bit pieces) about 3 ms.
 
 Whether an earlier item of the same batch was accepted is known only inside the per-item loop, so
 this module gives the loop (`curator.select.kernel`) each item's match in the table and the earlier
@@ -38,12 +39,12 @@ from curator.store.writer import committed_parts
 RULE_NONE, RULE_CONTENT, RULE_PIXELS, RULE_NEAR = 0, 1, 2, 3
 #: the value of the decisions' `dup_rule` column per rule (the embedding rule's is "embedding")
 RULE_NAMES = {RULE_CONTENT: "hash-exact", RULE_PIXELS: "hash-exact", RULE_NEAR: "hash-near"}
-#: the largest perceptual distance the multi-index hash finds exactly (16-bit quarters, up to 2 flips)
+#: the largest perceptual distance allowed (12 pieces of 5 bits: lookups approach a scan beyond it)
 MAX_NEAR_DIST = 11
 #: decisions whose item was accepted (inserted into the index): the ones the table holds
 ACCEPTED = (Decision.KEPT.value, Decision.RELABELLED.value, Decision.RECAPTIONED.value,
             Decision.DROPPED_BY_BUDGET.value)
-_QUARTERS, _QUARTER_BITS = 4, 16
+_CHUNK = 1 << 16  # growth of the FAISS-row -> item array
 
 
 @dataclass
@@ -84,9 +85,10 @@ class HashTable:
         self.max_dist = max_dist  # < 0: no perceptual rule
         self.exact: dict[int, int] = {}
         self.ids: list[str] = []
-        self.near = faiss.IndexBinaryMultiHash(64, _QUARTERS, _QUARTER_BITS)
-        self.near.nflip = max(0, max_dist) // _QUARTERS
-        self.near_items: list[int] = []  # FAISS row -> item number
+        pieces = max(0, max_dist) + 1
+        self.near = faiss.IndexBinaryMultiHash(64, pieces, 64 // pieces)
+        self.near.nflip = 0
+        self._near_items = np.zeros(0, np.int64)  # FAISS row -> item number (capacity; ntotal are valid)
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # the keys, as added
 
     def __len__(self) -> int:
@@ -123,7 +125,7 @@ class HashTable:
         q = np.flatnonzero(usable & (rule == RULE_NONE))
         if len(q) and self.near.ntotal:
             lims, d, found = self.near.range_search(_codes(phash[q]), self.max_dist + 1)
-            items = np.asarray(self.near_items, np.int64)
+            items = self._near_items
             for t, i in enumerate(q.tolist()):
                 a, b = int(lims[t]), int(lims[t + 1])
                 if a < b:
@@ -146,15 +148,13 @@ class HashTable:
                         pairs.setdefault((i, j), (rule, 0))
                     seen.setdefault(key, []).append(i)
         ok = np.flatnonzero(phash_ok)
-        if len(ok) > 1:
-            flat = faiss.IndexBinaryFlat(64)
-            flat.add(_codes(phash[ok]))
-            lims, d, found = flat.range_search(_codes(phash[ok]), self.max_dist + 1)
-            for t, i in enumerate(ok.tolist()):
-                for dist, j in zip(d[lims[t]:lims[t + 1]].tolist(), ok[found[lims[t]:lims[t + 1]]].tolist(),
-                                   strict=True):
-                    if j < i:
-                        pairs.setdefault((i, j), (RULE_NEAR, dist))
+        codes = phash[ok]
+        for a in range(0, len(ok), 512):  # blocks of rows: no n x n array for a large batch
+            d = hamming(codes[a:a + 512, None], codes[None, :])
+            for t, u in zip(*np.nonzero(d <= self.max_dist), strict=True):
+                i, j = int(ok[a + t]), int(ok[u])
+                if j < i:
+                    pairs.setdefault((i, j), (RULE_NEAR, int(d[t, u])))
         order = sorted(pairs)
         cptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(np.array([i for i, _ in order], np.int64), minlength=n), out=cptr[1:])
@@ -173,8 +173,18 @@ class HashTable:
                     self.exact.setdefault(key, base + r)
         ok = np.flatnonzero(phash_ok) if self.max_dist >= 0 else np.zeros(0, np.int64)
         if len(ok):
+            n0 = self.near.ntotal
+            if n0 + len(ok) > len(self._near_items):
+                grown = np.zeros(max(2 * len(self._near_items), n0 + len(ok) + _CHUNK), np.int64)
+                grown[:n0] = self._near_items[:n0]
+                self._near_items = grown
+            self._near_items[n0:n0 + len(ok)] = base + ok
             self.near.add(_codes(phash[ok]))
-            self.near_items.extend((base + ok).tolist())
+
+    @property
+    def near_items(self) -> np.ndarray:
+        """Per perceptual hash in the index (FAISS row), its item number."""
+        return self._near_items[: self.near.ntotal]
 
     def add_rows(self, b: BatchHashes, ids: list[str], rows: np.ndarray) -> None:
         """A batch's accepted rows (in stream order)."""
