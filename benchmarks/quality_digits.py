@@ -123,10 +123,10 @@ def score(seed: int, out: Path, truth_tbl, stream: list[dict], boot: list[dict],
         "eps_dup": cal["eps_dup"]["value"], "tau_noise": cal["tau_noise"]["value"],
         "tau_relabel": cal["tau_relabel"]["value"], "relabel_radius": cal["relabel_radius"]["value"],
         "noise_rate_est": cal["tau_noise"].get("noise_rate", float("nan")), "select_s": select_s,
-    } | abstained(cal)
+    } | abstained_columns(cal)
 
 
-def abstained(cal: dict) -> dict[str, str]:
+def abstained_columns(cal: dict) -> dict[str, str]:
     """Columns of a rule the run did not apply (its calibration evidence did not support it) read
     "abstained", not a number that would look like a result; the statuses are columns too."""
     out = {"labels_status": cal["tau_noise"]["origin"], "dup_status": cal["eps_dup"]["origin"]}

@@ -96,8 +96,13 @@ class SelectorConfig:
     relabel_radius: AutoFloat = setting(AUTO, "a correction also needs the nearest neighbour within this cosine "
                                         "distance; 'auto': the median nearest-neighbour distance of accepted items "
                                         "(corrections only where the index is at least as dense as usual)")
-    relabel_abstain: str = setting("drop", "a noisy label without strong evidence for a correction: 'drop' the item, "
-                                   "or 'keep' it with its label, flagged", choices=("drop", "keep"))
+    relabel_abstain: str = setting("auto", "a noisy label without strong evidence for a correction: 'auto' drops the "
+                                   "item where its agreement is below tau_drop and keeps it flagged above; 'drop' "
+                                   "always drops it, 'keep' always keeps it with its label, flagged",
+                                   choices=("auto", "drop", "keep"))
+    tau_drop: AutoFloat = setting(AUTO, "relabel_abstain = 'auto': a flagged, uncorrected item is dropped when its "
+                                  "agreement is below this; 'auto': where the trusted votes bound the share of right "
+                                  "labels below it by 1% (the rest is kept, flagged)")
     vote_temperature: float = setting(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
     label_action: str = setting("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
                            choices=("relabel", "discard"))

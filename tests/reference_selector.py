@@ -121,7 +121,7 @@ class ReferenceSelector(InfoGrowthSelector):
                         if noisy and c.label_action == "relabel" and strong:
                             v.label_out[i], v.vote_label[i], s.relabel_note[i] = s.best[i], -1, True
                             dec = kern.RELABELLED if dec == kern.KEPT else dec
-                        elif noisy and c.label_action == "relabel" and c.relabel_abstain == "keep":
+                        elif noisy and c.label_action == "relabel" and s.agreement[i] >= val["tau_drop"]:
                             v.vote_label[i], s.abstain_note[i] = -1, True
                         elif noisy:
                             dec, why = kern.DROPPED_NOISY, kern.WHY_LABEL

@@ -71,13 +71,17 @@ SQ8_FLOOR = 1e-3
 #: wrong ones it would catch. A rule below the bar is not applied: its items are "not judged" by it.
 MAX_CLEAN_DROP = 0.05
 MIN_CATCH = 0.5
+MIN_FLAG_PRECISION = 0.5  # a label flag must be right more often than not at the estimated noise rate
+#: A flagged label that cannot be corrected is dropped only where the trusted votes bound the share of
+#: right labels that low by this (upper Wilson bound); above it the item is kept, flagged.
+CLEAN_DROP_TARGET = 0.01
 NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
 EARLY = (32, 64, 128)  # decided-item counts (below calibrate_every) where a young stream is recalibrated
 Z = 1.0  # the Wilson bound one standard error below (the trusted set is small; its votes see a sparser index)
 #: ev_sums slots
 CLEAN_AGR, CLEAN_VOTES, STREAM_LOW, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, \
     CLEAN_ALIGN, CLEAN_ALIGN2, CLEAN_PAIRS = range(9)
-CALIBRATED = ("eps_dup", "tau_noise", "tau_relabel", "relabel_radius", "align_threshold")
+CALIBRATED = ("eps_dup", "tau_noise", "tau_drop", "tau_relabel", "relabel_radius", "align_threshold")
 
 
 @dataclass
@@ -312,32 +316,49 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             rate, how = _rate(f_clean[0], f_noisy[0], ev.sums[STREAM_LOW], ev.sums[STREAM_VOTES])
             rate_info = {"unsupported_share_of_stream": round(ev.sums[STREAM_LOW] / max(ev.sums[STREAM_VOTES], 1), 4)}
             risk = (1 - rate) * f_clean + rate * (1 - f_noisy)
+            best = np.flatnonzero(risk <= risk.min() + 1e-12)
+            b = int(best[len(best) // 2])
             below = np.cumsum(ev.clean)
             clean_upper = np.array([1.0 - wilson_lower(n_votes - below[j], n_votes) for j in range(AGR_BINS)])
-            admissible = clean_upper <= MAX_CLEAN_DROP  # cuts whose clean drops the evidence can bound
-            risk = np.where(admissible, risk, np.inf)
-            best = np.flatnonzero(risk <= risk.min() + 1e-12) if admissible.any() else np.array([0])
-            b = int(best[len(best) // 2])
             prec = rate * f_noisy[b] / max(rate * f_noisy[b] + (1 - rate) * f_clean[b], 1e-12)
             vote_info |= {"noise_rate": round(rate, 4), "noise_rate_from": how, **rate_info,
                           "expected_flag_recall": round(float(f_noisy[b]), 4),
                           "expected_clean_flagged": round(float(f_clean[b]), 4),
                           "clean_flagged_upper": round(float(clean_upper[b]), 4),
                           "expected_flag_precision": round(float(prec), 4)}
-            if admissible.any() and f_noisy[b] >= MIN_CATCH:
+            if f_noisy[b] >= MIN_CATCH and prec >= MIN_FLAG_PRECISION:
                 values["tau_noise"] = (b + 1) / AGR_BINS
                 origin["tau_noise"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
+                # drops only where the trusted votes bound the right labels below the cut by CLEAN_DROP_TARGET
+                sure = np.flatnonzero(clean_upper[: b + 1] <= CLEAN_DROP_TARGET)
+                drop_cut = (int(sure[-1]) + 1) / AGR_BINS if len(sure) else 0.0
+                vote_info |= {"drop_below": drop_cut,
+                              "clean_dropped_upper": round(float(clean_upper[int(sure[-1])]), 4) if len(sure) else 0.0}
             else:
                 values["tau_noise"] = math.nan
                 origin["tau_noise"] = (
                     f"not applied: {int(n_votes)} votes of the {trusted_source} do not separate right labels from "
-                    f"wrong ones (a cut flagging at most {MAX_CLEAN_DROP:.0%} of right labels catches "
-                    f"{float(f_noisy[b]) if admissible.any() else 0.0:.0%} of wrong ones; needs {MIN_CATCH:.0%})")
+                    f"wrong ones (the best cut catches {float(f_noisy[b]):.0%} of wrong ones at precision "
+                    f"{prec:.0%}; needs {MIN_CATCH:.0%} at {MIN_FLAG_PRECISION:.0%})")
         else:
             values["tau_noise"] = math.nan
             origin["tau_noise"] = (f"not applied: not calibrated yet ({int(n_votes)} of {need_votes} trusted votes"
                                    + (")" if n_labels >= 2 or not n_votes else f", {n_labels} class)"))
         evidence["tau_noise"] = {"from": f"{trusted_source} votes vs the same votes for other labels", **vote_info}
+    if cfg.relabel_abstain != "auto":  # 'drop' drops every uncorrected flag, 'keep' none
+        values["tau_drop"] = NEVER if cfg.relabel_abstain == "drop" else -1.0
+        origin["tau_drop"] = f"config (relabel_abstain = '{cfg.relabel_abstain}')"
+    elif not fixed("tau_drop"):
+        applied = values["tau_noise"] == values["tau_noise"]
+        if origin["tau_noise"] == "config":  # a configured label cut: its flags are dropped, as it says
+            values["tau_drop"], origin["tau_drop"] = values["tau_noise"], "config (tau_noise)"
+        else:
+            values["tau_drop"] = float(vote_info.get("drop_below", 0.0)) if applied else 0.0
+            origin["tau_drop"] = (f"calibrated from {int(n_votes)} votes of the {trusted_source}" if applied else
+                                  "not applied: no calibrated label rule (a flagged label is kept, flagged)")
+        evidence["tau_drop"] = {"from": "the trusted votes' agreement: where right labels fall below the cut "
+                                        f"at most {CLEAN_DROP_TARGET:.0%} of the time (upper bound)",
+                                "clean_dropped_upper": vote_info.get("clean_dropped_upper")}
     if not fixed("tau_relabel"):
         right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
         if n_votes >= need_votes:

@@ -158,11 +158,12 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     """Decide items start..stop-1 in order; returns stop, or the item that waits for a recaption.
 
     ip = (k_gain, k_label, min_trusted, align_mode, align_warmup, relabel, keep_rate > 0, nn window,
-          abstain keeps, collect pairs) -- the last: accepted pairs still count as right-caption evidence
+          collect pairs) -- the last: accepted pairs still count as right-caption evidence
           (`InfoGrowthSelector.collecting`; right-label evidence is the selector's leave-one-out votes)
     fp = (tau_noise, tau_relabel, temperature, eps_dup, gain_quantile, keep_rate, align_threshold,
           align_drop_quantile, bootstrap threshold, gain lo, gain hi, align lo, align hi, relabel radius,
-          nn lo, nn hi) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions.
+          nn lo, nn hi, tau_drop) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions;
+          a flagged label without a confident correction is dropped below tau_drop, kept flagged above.
     ev_* = the calibration evidence (curator.select.calibrate.Evidence), updated in place; cross[i] is
     item i's image against the previous item's caption (valid where cross_ok): a mismatched pair.
     state = (g_sum, g_count, uniforms used) -- updated in place. `uniforms` are the budget's draws,
@@ -174,9 +175,9 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
         ip[5] != 0, ip[6] != 0
     tau_noise, tau_relabel, temp, eps_dup, gq, keep_rate = fp[0], fp[1], fp[2], fp[3], fp[4], fp[5]
     align_fixed, align_dq, boot_thr, g_lo, g_hi, a_lo, a_hi = fp[6], fp[7], fp[8], fp[9], fp[10], fp[11], fp[12]
-    radius, nn_lo, nn_hi = fp[13], fp[14], fp[15]
-    window, abstain_keep = ip[7], ip[8] != 0
-    collect_pairs = ip[9] != 0
+    radius, nn_lo, nn_hi, tau_drop = fp[13], fp[14], fp[15], fp[16]
+    window = ip[7]
+    collect_pairs = ip[8] != 0
     label_ready = tau_noise == tau_noise
     gbins, abins = gain_counts.shape[0], align_counts.shape[0]
     nbins, agbins = ev_nn.shape[1], AGR_BINS
@@ -263,7 +264,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                         relabel_note[i] = True
                         if dec == KEPT:
                             dec = RELABELLED
-                    elif verdict == rules.LABEL_ABSTAIN and abstain_keep:
+                    elif verdict == rules.LABEL_ABSTAIN and agr >= tau_drop:  # weak: kept, flagged
                         vote_label[i] = -1  # a doubted label never votes either
                         abstain_note[i] = True
                     elif verdict != rules.LABEL_OK:

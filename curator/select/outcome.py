@@ -156,7 +156,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
         if s.relabel_note[i]:
             notes.append(reasons.relabelled(base, int(s.best[i]), s.share[i]))
         elif s.abstain_note[i] and s.why[i] != kern.WHY_LABEL:
-            notes.append(reasons.kept_flagged(base, weak))
+            notes.append(reasons.kept_flagged(base, weak, s.agreement[i], val["tau_drop"]))
         if s.unjudged[i]:
             notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted, cal.origin.get("tau_noise", "")))
         if caption_unjudged[i] and not (s.unjudged[i] and s.n_trusted[i] >= 0):

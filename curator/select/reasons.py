@@ -42,8 +42,9 @@ def weak_evidence(share: float, tau_relabel: float, nn_dist: float, radius: floa
     return "weak evidence for a correction: " + ("; ".join(parts) or "majority is the same label")
 
 
-def kept_flagged(base: str, weak: str) -> str:
-    return f"{base}; {weak}; kept with its label, flagged (relabel_abstain=keep)"
+def kept_flagged(base: str, weak: str, agreement: float, tau_drop: float) -> str:
+    why = "relabel_abstain=keep" if tau_drop < 0 else f"agreement {agreement:.2f} >= tau_drop {tau_drop:g}"
+    return f"{base}; {weak}; kept with its label, flagged ({why})"
 
 
 def relabelled(base: str, best: int, share: float) -> str:

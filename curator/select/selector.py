@@ -315,7 +315,7 @@ class InfoGrowthSelector:
         return np.array([val["tau_noise"], val["tau_relabel"], c.vote_temperature, val["eps_dup"], c.gain_quantile,
                          c.keep_rate, val["align_threshold"], c.align_drop_quantile, np.nan if boot is None else boot,
                          self.gain_sketch.lo, self.gain_sketch.hi, self.align_sketch.lo, self.align_sketch.hi,
-                         val["relabel_radius"], NN_LO, NN_HI])
+                         val["relabel_radius"], NN_LO, NN_HI, val["tau_drop"]])
 
     def save_indexes(self, directory: str | Path) -> None:
         """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`), and the
@@ -467,7 +467,7 @@ class InfoGrowthSelector:
         """The per-item loop (compiled), stopping to ask a recaption hook and to recalibrate."""
         c, s, n = self.cfg, Scores.empty(len(v.ids)), len(v.ids)
         ip = np.array([c.k_gain, c.k_label, c.min_trusted, ALIGN_MODES[c.align_mode], c.align_warmup,
-                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, c.relabel_abstain == "keep", 0],
+                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, 0],
                       np.int64)
         state = np.array([self.g_sum, float(self.g_count), 0.0])
         budget = c.keep_rate > 0 and not trusted
@@ -480,7 +480,7 @@ class InfoGrowthSelector:
             self._begin_item(s, i, trusted)
             stop = self._segment_end(i, n, trusted)
             s.cal_idx[i:stop] = s.cal_idx[i]
-            ip[9] = self.collecting()[1]
+            ip[8] = self.collecting()[1]
             j = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
                              v.gram, v.n_index, v.labels_in, v.vote_label, v.label_out, v.pair, v.align, s.recap,
                              s.align_out, self.recaption is not None, ip, self._fp(), self.gain_sketch.counts,
