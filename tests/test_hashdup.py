@@ -237,3 +237,25 @@ def test_a_copy_of_an_item_from_before_the_checkpoint_is_caught_after_resume(tmp
     assert len(d) == 14
     assert d["p03z.jpg"]["reason"] == "duplicate of p03.jpg (exact hash: same image bytes)"
     assert d["p05z.jpg"]["dup_rule"] == "hash-near" and d["p05z.jpg"]["dup_of"] == "p05.jpg"
+
+
+def test_both_decode_paths_hash_alike() -> None:
+    """The device path (torchvision's decoder; on a GPU, nvJPEG) hashes what it decodes as Pillow does:
+    the same bytes keys, perceptual hashes within a bit or two; its pixels stay on the device, so no
+    pixel key (a PNG decodes through Pillow on both paths and has one)."""
+    from curator.config import EmbedderConfig
+    from curator.embed import ClipEmbedder
+
+    images = [encode(t) for t in TILES[:6]] + [encode(TILES[6], "PNG")]
+    recs = [{"id": f"i{j}", "image": b} for j, b in enumerate(images)]
+    tab = validate_records(recs, [Position("s", 0, j) for j in range(len(recs))])[0]
+    got = {}
+    for path in ("pil", "torch"):
+        e = ClipEmbedder(EmbedderConfig(model="curator-tiny", pretrained="", device="cpu", decode=path))
+        e.setup()
+        got[path] = e.embed(tab).hashes
+    p, t = got["pil"], got["torch"]
+    assert p is not None and t is not None
+    assert np.array_equal(p.image, t.image) and (p.image != 0).all()
+    assert (p.pixels != 0).all() and (t.pixels[:6] == 0).all() and t.pixels[6] == p.pixels[6]
+    assert p.phash_ok.all() and t.phash_ok.all() and hamming(p.phash, t.phash).max() <= 2
