@@ -44,7 +44,18 @@ from typing import Any
 import numpy as np
 
 from curator.config import AUTO, SelectorConfig
-from curator.select.kernel import AGR_BINS  # agreement histograms over [0, 1]
+from curator.select.codes import (
+    AGR_BINS,
+    CLEAN_AGR,
+    CLEAN_ALIGN,
+    CLEAN_ALIGN2,
+    CLEAN_PAIRS,
+    CLEAN_VOTES,
+    STREAM_ALIGN,
+    STREAM_LOW,
+    STREAM_PAIRS,
+    STREAM_VOTES,
+)
 
 NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
 NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
@@ -78,9 +89,6 @@ CLEAN_DROP_TARGET = 0.01
 NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
 EARLY = (32, 64, 128)  # decided-item counts (below calibrate_every) where a young stream is recalibrated
 Z = 1.0  # the Wilson bound one standard error below (the trusted set is small; its votes see a sparser index)
-#: ev_sums slots
-CLEAN_AGR, CLEAN_VOTES, STREAM_LOW, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, \
-    CLEAN_ALIGN, CLEAN_ALIGN2, CLEAN_PAIRS = range(9)
 CALIBRATED = ("eps_dup", "tau_noise", "tau_drop", "tau_relabel", "relabel_radius", "align_threshold")
 
 

@@ -20,23 +20,40 @@ import numpy as np
 from numba import njit
 
 import curator.select.rules as rules
-
-# decisions (curator.records.Decision, in this order: DECISIONS in curator.select.selector)
-KEPT, RELABELLED, RECAPTIONED, DROPPED_NOISY, DROPPED_DUPLICATE, DROPPED_BY_BUDGET = 0, 1, 2, 3, 4, 5
-# why an item was dropped (which reason text it gets)
-WHY_NONE, WHY_MISALIGNED, WHY_LABEL, WHY_DUPLICATE, WHY_BUDGET, WHY_HASH = 0, 1, 2, 3, 4, 5
-#: dup_src of a duplicate by the hash rules: dup_row is its original's number in the hash table
-DUP_HASHED = 2
-# align modes
-ALIGN_OFF, ALIGN_FIXED, ALIGN_BOOTSTRAP, ALIGN_ADAPTIVE = 0, 1, 2, 3
-# recaption outcomes (recap[i])
-RECAP_UNKNOWN, RECAP_REJECTED, RECAP_ACCEPTED, RECAP_NONE = -1, 0, 1, 2
-# evidence sums (curator.select.calibrate: ev_sums slots)
-AGR_BINS = 100  # agreement histograms over [0, 1] (curator.select.calibrate reads them)
-CLEAN_AGR, CLEAN_VOTES, STREAM_AGR, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, CLEAN_ALIGN, CLEAN_ALIGN2, \
-    CLEAN_PAIRS = 0, 1, 2, 3, 4, 5, 6, 7, 8
-#: n_trusted_out of an item left unjudged because the label thresholds are not calibrated yet
-UNJUDGED_CALIBRATING = -1
+from curator.select.codes import (  # noqa: F401 - the codes are the kernel's vocabulary (kern.KEPT, ...)
+    AGR_BINS,
+    ALIGN_ADAPTIVE,
+    ALIGN_BOOTSTRAP,
+    ALIGN_FIXED,
+    ALIGN_OFF,
+    CLEAN_AGR,
+    CLEAN_ALIGN,
+    CLEAN_ALIGN2,
+    CLEAN_PAIRS,
+    CLEAN_VOTES,
+    DROPPED_BY_BUDGET,
+    DROPPED_DUPLICATE,
+    DROPPED_NOISY,
+    DUP_HASHED,
+    KEPT,
+    RECAP_ACCEPTED,
+    RECAP_NONE,
+    RECAP_REJECTED,
+    RECAP_UNKNOWN,
+    RECAPTIONED,
+    RELABELLED,
+    STREAM_ALIGN,
+    STREAM_LOW,
+    STREAM_PAIRS,
+    STREAM_VOTES,
+    UNJUDGED_CALIBRATING,
+    WHY_BUDGET,
+    WHY_DUPLICATE,
+    WHY_HASH,
+    WHY_LABEL,
+    WHY_MISALIGNED,
+    WHY_NONE,
+)
 
 
 @njit(cache=True)
@@ -252,7 +269,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
                     n_trusted_out[i] = UNJUDGED_CALIBRATING
                 elif judged and not trusted and dec != DROPPED_NOISY:
                     if sketch_bin(agr, 0.0, 1.0, agbins) == 0:  # evidence: how often labels find no support
-                        ev_sums[STREAM_AGR] += 1.0
+                        ev_sums[STREAM_LOW] += 1.0
                     ev_sums[STREAM_VOTES] += 1.0
                     nn_dist[i] = 1.0 - nb_s[prim, 0]
                     verdict = rules.label_rule(agr, bst, shr, label, tau_noise, tau_relabel, relabel, nn_dist[i],

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import curator.select.kernel as kern
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
-from curator.records import KEPT_DECISIONS, Decision
+from curator.records import KEPT_DECISIONS
 from curator.select.calibrate import (
     EARLY,
     EPS_FLOOR,
@@ -45,6 +45,7 @@ from curator.select.calibrate import (
     calibrate,
     trusted_votes,
 )
+from curator.select.codes import ALIGN_MODES, DECISIONS
 from curator.select.hashdup import HashTable, hash_report
 from curator.select.outcome import (
     MODALITIES,
@@ -61,13 +62,8 @@ from curator.select.sketch import StreamingQuantile
 
 log = logging.getLogger(__name__)
 
-#: Decision by the kernel's code (curator.select.kernel: KEPT .. DROPPED_BY_BUDGET)
-DECISIONS = (Decision.KEPT, Decision.RELABELLED, Decision.RECAPTIONED, Decision.DROPPED_NOISY,
-             Decision.DROPPED_DUPLICATE, Decision.DROPPED_BY_BUDGET)
-_DECISION_VALUES = np.array([d.value for d in DECISIONS], dtype=object)
+_DECISION_VALUES = np.array([d.value for d in DECISIONS], dtype=object)  # by decision code
 _KEPT_CODES = np.array([d in KEPT_DECISIONS for d in DECISIONS])
-ALIGN_MODES = {"off": kern.ALIGN_OFF, "fixed": kern.ALIGN_FIXED, "bootstrap": kern.ALIGN_BOOTSTRAP,
-               "adaptive": kern.ALIGN_ADAPTIVE}
 
 #: Columns of the sample table the selector reads (the decisions carry the position).
 SAMPLE_COLUMNS = ("id", "label", "source", "partition", "offset")
