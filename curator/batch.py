@@ -2,6 +2,8 @@
 
     RawBatch --validate--> ValidBatch --embed--> EmbeddedBatch --select--> SelectedBatch --write--> BatchOutcome
 
+with, when the run has [[filters]], a filter stage from ValidBatch to ValidBatch between validate and embed.
+
 Every batch carries the positions of all its items (records and rejections), so the write stage
 can advance the run's resume positions whatever happened to each item, and the `items` count of
 the raw batch it came from, so every input item ends as exactly one decision.
@@ -47,7 +49,8 @@ class RawBatch:
 
 @dataclass
 class ValidBatch:
-    """Validated samples (`curator.records.SAMPLE_SCHEMA`) and the batch's rejections so far."""
+    """Validated samples (`curator.records.SAMPLE_SCHEMA`; with a `filters` column of scores once the filter
+    stage has run) and the batch's rejections so far."""
 
     samples: pa.Table
     rejects: list[Rejection]
@@ -56,6 +59,7 @@ class ValidBatch:
     trusted: bool = False
     embedding_dim: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage so far
+    filtered: pa.Table | None = None  # decision rows of items a filter dropped (`curator.ops.stage`)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class EmbeddedBatch:
     model_id: str  # recorded with every decision
     trusted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # per stage so far
+    filtered: pa.Table | None = None  # decision rows of items a filter dropped, passed on to the select stage
 
 
 @dataclass

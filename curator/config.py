@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
 import types
 import typing
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+
+from curator.registry import EMBEDDERS, FILTERS, INDEX_KINDS, RegistryError
 
 #: A setting that takes a number or "auto" (calibrated by the engine on the trusted data; see
 #: curator.select.calibrate). Annotated `AutoFloat`; its coercion and flag say so.
@@ -35,8 +38,8 @@ def setting(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors 
 
 @dataclass
 class EmbedderConfig:
-    kind: str = setting("clip", "embedder: 'clip' (open_clip) or 'precomputed' (use the input's embedding column)",
-                   choices=("clip", "precomputed"))
+    kind: str = setting("clip", "embedder: 'clip' (open_clip), 'precomputed' (use the input's embedding column), "
+                                "or your own: a registered name or 'package.module:Class' (docs/extending.md)")
     model: str = setting("ViT-B-32", "open_clip model name, 'hf-hub:ORG/REPO', or a model config JSON path")
     pretrained: str = setting("laion2b_s34b_b79k",
                          "open_clip pretrained tag, a local checkpoint path, or '' for random init (tests only)")
@@ -55,8 +58,8 @@ class EmbedderConfig:
 class IndexConfig:
     kind: str = setting("auto", "index of accepted items: 'auto' (exact while small, then ivf-pq rebuilt as it "
                                 "grows, ivf-pq-sq8 past auto_memory_mb), 'flat' (exact), 'ivf', 'ivf-pq', "
-                                "'ivf-pq-sq8', 'hnsw' (see docs/operations.md)",
-                        choices=("auto", "flat", "ivf", "ivf-pq", "ivf-pq-sq8", "hnsw"))
+                                "'ivf-pq-sq8', 'hnsw' (see docs/operations.md), or your own: a registered name or "
+                                "'package.module:Class' (docs/extending.md)")
     auto_exact_max: int = setting(8_192, "auto: items searched exactly before the first IVF is built")
     auto_growth: int = setting(4, "auto: the IVF is rebuilt (more lists) each time the index grows this many times")
     auto_memory_mb: int = setting(4096, "auto: past this many MB of uncompressed vectors, the rebuilt index "
@@ -172,12 +175,35 @@ class SourceConfig:
 
 
 @dataclass
+class FilterConfig:
+    """One `[[filters]]` table: an operator (`curator.ops`), its parameters, and the keep rule on its score.
+
+    In TOML the parameters sit beside `op` (`[[filters]] op = "language"  langs = ["en"]  min = 0.5`);
+    here they are `params`."""
+
+    op: str = setting("", "the operator: a built-in (image_resolution, aspect_ratio, caption_length, "
+                          "caption_words, language), a registered name, or 'package.module:Class' (docs/extending.md)")
+    name: str = setting("", "its name in the decisions' `filters` scores and in reasons ('' = op)")
+    min: float | None = setting(None, "keep an item whose score is at least this (a score of NaN, the filter not "
+                                      "applying, is always kept)")
+    max: float | None = setting(None, "keep an item whose score is at most this; neither min nor max: a score only, "
+                                      "recorded for every item, dropping none")
+    params: dict = setting({}, "every other key of the table: the operator's own parameters (its constructor's "
+                               "keyword arguments)")
+
+
+#: Keys of a `[[filters]]` table that are not the operator's parameters.
+FILTER_KEYS = tuple(f.name for f in dataclasses.fields(FilterConfig) if f.name != "params")
+
+
+@dataclass
 class RunConfig:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    filters: list[FilterConfig] = field(default_factory=list)  # [[filters]], in the order they run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,11 +214,14 @@ class RunConfig:
         d.pop("store", None)
         d["source"] = {"bootstrap": d["source"]["bootstrap"]}
         d["embedder"] = {k: d["embedder"][k] for k in ("kind", "model", "pretrained")}
+        if not d["filters"]:
+            d.pop("filters")  # a run without filters keeps the fingerprint it had before filters existed
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+#: The run's [sections] (its [[filters]] are an array of tables, not a section).
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "filters"}
 
 
 class ConfigError(ValueError):
@@ -231,7 +260,8 @@ def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
 
 
 def _section_cls(name: str) -> type:
-    return {f.name: type(f.default_factory()) for f in dataclasses.fields(RunConfig)}[name]  # type: ignore[misc]
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(RunConfig)  # type: ignore[misc,operator]
+            if f.name in SECTIONS}[name]
 
 
 def _field_type(cls: type, name: str) -> type:
@@ -325,10 +355,12 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], origin: str, problem
     `others`: the config objects of sections another layer owns (the service's [kafka] and [service]),
     set the same way, so that one file carries every section and any command can read it; a section
     neither knows is an error."""
-    targets = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)} | dict(others or {})
+    targets = {name: getattr(cfg, name) for name in SECTIONS} | dict(others or {})
     found: list[str] = []
     for section, fields_ in values.items():
-        if section in targets:
+        if section == "filters":
+            cfg.filters = parse_filters(fields_, origin, found)
+        elif section in targets:
             apply_section(targets[section], section, fields_, origin, found)
         elif isinstance(fields_, dict):
             found.append(f"{origin}: unknown section [{section}]{_did_you_mean(section, targets)}; "
@@ -341,6 +373,79 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], origin: str, problem
             found.append(f"{origin}: {section} is set outside any section; {where}")
     _collect(found, problems)
     return cfg
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def parse_filters(values: Any, origin: str, problems: list[str]) -> list[FilterConfig]:
+    """The `[[filters]]` tables (or the --filters JSON list) as FilterConfigs; every problem into `problems`
+    (each naming the table by its place and op), a filter with a problem left out."""
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{origin}: --filters must be a JSON list of objects like "
+                            f'[{{"op": "caption_words", "min": 3}}] ({exc})')
+            return []
+    if isinstance(values, dict):
+        problems.append(f"{origin}: filters must be an array of tables: write each filter as its own [[filters]] "
+                        "table (double brackets)")
+        return []
+    if not isinstance(values, list):
+        problems.append(f"{origin}: filters must be an array of [[filters]] tables, got {values!r:.60}")
+        return []
+    out: list[FilterConfig] = []
+    for i, table in enumerate(values, 1):
+        where = f"{origin}: [[filters]] #{i}"
+        if not isinstance(table, dict):
+            problems.append(f"{where} must be a table with op = ..., got {table!r:.60}")
+            continue
+        bounds = [float(table[k]) if _number(table.get(k)) else table.get(k) for k in ("min", "max")]
+        spec = FilterConfig(str(table.get("op", "")), str(table.get("name") or ""), *bounds,
+                            {k: v for k, v in table.items() if k not in FILTER_KEYS})
+        where += f" (op = {spec.op!r})" if spec.op else ""
+        found = [f"{where}: {p}" for p in filter_problems(spec, table)]
+        if not found and any((o.name or o.op) == (spec.name or spec.op) for o in out):
+            found.append(f"{where}: two filters are named {spec.name or spec.op!r}; give one a name = \"...\"")
+        problems.extend(found)
+        if not found:
+            out.append(spec)
+    return out
+
+
+def filter_problems(spec: FilterConfig, table: dict[str, Any] | None = None) -> list[str]:
+    """What is wrong with one filter: its op, name, bounds and parameters (the operator's constructor
+    checks those)."""
+    table = table if table is not None else dataclasses.asdict(spec)
+    if not isinstance(table.get("op"), str) or not table["op"]:
+        return ["needs op = the operator's name or 'package.module:Class' (built-ins: "
+                f"{', '.join(FILTERS.names())})"]
+    found = []
+    if not isinstance(table.get("name", ""), str):
+        found.append(f"name must be a string, got {table['name']!r}")
+    for key in ("min", "max"):
+        if table.get(key) is not None and not _number(table[key]):
+            found.append(f"{key} must be a number, got {table[key]!r}")
+    if not found and spec.min is not None and spec.max is not None and spec.min > spec.max:
+        found.append(f"min {spec.min:g} is above max {spec.max:g}: no item could be kept")
+    try:
+        cls = FILTERS.get(spec.op)
+    except RegistryError as exc:
+        return [*found, str(exc)]
+    if not isinstance(cls, type) or not callable(getattr(cls, "score", None)):
+        return [*found, f"{spec.op!r} is {cls!r}, not a filter class (subclass curator.ops.Filter, define score)"]
+    try:
+        cls(**spec.params)
+    except TypeError as exc:
+        takes = [n for n, p in inspect.signature(cls).parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        found.append(f"bad parameters {', '.join(sorted(spec.params)) or '(none)'}: {exc}; {spec.op} takes "
+                     + (", ".join(takes) if takes else "no parameters") + f" besides {', '.join(FILTER_KEYS)}")
+    except ValueError as exc:
+        found.append(str(exc))
+    return found
 
 
 def read_toml(path: str | Path, hint: str = "see `curator config --reference`") -> dict[str, Any]:
@@ -405,7 +510,9 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
          "are compared as they are (selector.space = 'image')"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
     ]
-    _collect([msg for ok, msg in checks if not ok], problems)
+    kinds = [EMBEDDERS.problem(cfg.embedder.kind, "embedder.kind"),
+             INDEX_KINDS.problem(cfg.index.kind, "index.kind", also=("auto",))]
+    _collect([msg for ok, msg in checks if not ok] + [k for k in kinds if k], problems)
 
 
 def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -> None:
@@ -431,9 +538,13 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -
 def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
     """One flag per run-config field: --SECTION.FIELD-NAME VALUE (default: from the config file or built-in)."""
     defaults = RunConfig()
-    for sec in dataclasses.fields(RunConfig):
-        if not sections or sec.name in sections:
-            add_section_flags(parser, sec.name, getattr(defaults, sec.name))
+    for name in SECTIONS:
+        if not sections or name in sections:
+            add_section_flags(parser, name, getattr(defaults, name))
+    if not sections or "filters" in sections:
+        parser.add_argument("--filters", dest="cfg__filters", metavar="JSON", default=None,
+                            help='the [[filters]] tables as a JSON list, e.g. \'[{"op": "caption_words", "min": 3}]\' '
+                                 "(replaces the file's; docs/extending.md)")
 
 
 def reference_rows(section: str, obj: Any) -> list[str]:
@@ -442,10 +553,12 @@ def reference_rows(section: str, obj: Any) -> list[str]:
             for f in dataclasses.fields(obj)]
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if key.startswith("cfg__") and value is not None:
+        if key == "cfg__filters" and value is not None:
+            out["filters"] = value  # JSON text: parse_filters reads it
+        elif key.startswith("cfg__") and value is not None:
             _, sec, name = key.split("__", 2)
             out.setdefault(sec, {})[name] = value
     return out
@@ -455,17 +568,33 @@ def reference_markdown() -> str:
     """The configuration reference, generated from the dataclasses."""
     lines = ["| setting | default | meaning |", "|---|---|---|"]
     cfg = RunConfig()
-    for sec in dataclasses.fields(RunConfig):
-        lines += reference_rows(sec.name, getattr(cfg, sec.name))
+    for name in SECTIONS:
+        lines += reference_rows(name, getattr(cfg, name))
+    lines += reference_rows("filters[]", FilterConfig())
     return "\n".join(lines)
 
 
 def to_toml(cfg: RunConfig) -> str:
     """Render a config as TOML (for `curator config --dump` and run directories)."""
     out = []
-    for sec, values in cfg.to_dict().items():
+    d = cfg.to_dict()
+    for sec in SECTIONS:
         out.append(f"[{sec}]")
-        for k, v in values.items():
+        for k, v in d[sec].items():
             out.append(f"{k} = {json.dumps(v)}")
         out.append("")
+    for spec in cfg.filters:
+        out.append("[[filters]]")
+        keys = {k: getattr(spec, k) for k in FILTER_KEYS} | spec.params
+        out += [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None and v != ""]
+        out.append("")
     return "\n".join(out)
+
+
+def toml_value(v: Any) -> str:
+    """A value as TOML writes it: JSON's text for strings, numbers, booleans and lists; tables inline."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)

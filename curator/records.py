@@ -22,6 +22,7 @@ class Decision(str, Enum):
     DROPPED_NOISY = "dropped-noisy"
     DROPPED_DUPLICATE = "dropped-duplicate"
     DROPPED_BY_BUDGET = "dropped-by-budget"
+    DROPPED_FILTERED = "dropped-filtered"  # a configured filter's keep rule (`curator.ops`), before embedding
     REJECTED_BAD_INPUT = "rejected-bad-input"
 
 
@@ -82,6 +83,13 @@ DECISION_SCHEMA = pa.schema(
         pa.field("config_fingerprint", pa.string()),
     ]
 )
+
+#: Every configured filter's score for the item (`curator.ops`): {filter name: score}, a null score where
+#: the filter does not apply (no caption, no image); null for items no filter saw (rejected input).
+FILTERS_FIELD = pa.field("filters", pa.map_(pa.string(), pa.float64()))
+
+#: A decision record as the run stores it: the selector's columns, then every filter's score.
+STORED_DECISION_SCHEMA = DECISION_SCHEMA.append(FILTERS_FIELD)
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -234,3 +242,11 @@ def rejection_decisions(rejects: list[Rejection], model: str, fingerprint: str) 
         for r in rejects
     ]
     return pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)
+
+
+def with_filter_scores(decisions: pa.Table, scores: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
+    """Decision rows (`DECISION_SCHEMA`) as stored (`STORED_DECISION_SCHEMA`): with each row's filter scores,
+    or null ones (rows no filter saw)."""
+    if scores is None:
+        scores = pa.nulls(decisions.num_rows, FILTERS_FIELD.type)
+    return decisions.append_column(FILTERS_FIELD, scores)

@@ -1,4 +1,5 @@
-"""The stages of a run -- validate, embed, select-and-write -- and the one builder that makes them.
+"""The stages of a run -- validate, filter (when the config has [[filters]]), embed, select-and-write --
+and the one builder that makes them.
 
 A stage says *what*; an executor says *how* (NeMo Curator's split). Every stage has a `name` (its
 role), declared `resources`, a `setup()` that loads what it needs once in the process that will run
@@ -35,7 +36,18 @@ from curator.batch import (
 from curator.commit import Committed, Manifest
 from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
-from curator.records import Fault, Limits, Position, Rejection, rejection_decisions, rejections_table
+from curator.ops import build_rules
+from curator.ops.stage import FilterStage
+from curator.records import (
+    Fault,
+    Limits,
+    Position,
+    Rejection,
+    rejection_decisions,
+    rejections_table,
+    with_filter_scores,
+)
+from curator.resources import Resources
 from curator.select import InfoGrowthSelector, kept_table
 from curator.select.hashdup import committed_keys
 from curator.select.shard import IndexShard, LocalShard, ShardClient
@@ -49,15 +61,6 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What one copy of a stage needs from the executor (Ray actors reserve it)."""
-
-    cpus: float = 0.0
-    gpus: float = 0.0
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(self.cpus + other.cpus, self.gpus + other.gpus)
 
 
 class Stage(Protocol):
@@ -167,7 +170,8 @@ class EmbedStage:
             good = np.setdiff1d(np.arange(samples.num_rows), np.asarray(sorted(emb.errors)))
             samples = samples.take(pa.array(good, pa.int64()))
             emb = emb.take(good)
-        return EmbeddedBatch(samples, emb, rejects, batch.positions, batch.items, e.model_id, batch.trusted)
+        return EmbeddedBatch(samples, emb, rejects, batch.positions, batch.items, e.model_id, batch.trusted,
+                             filtered=batch.filtered)
 
     def teardown(self) -> None:
         return None
@@ -294,15 +298,19 @@ class SelectWriteStage:
         if batch.samples.num_rows:
             assert batch.emb is not None
             s = (sel.bootstrap if batch.trusted else sel.select)(batch.samples, batch.emb)
-            decisions.append(s.decisions)
+            scores = batch.samples.column("filters") if "filters" in batch.samples.column_names else None
+            decisions.append(with_filter_scores(s.decisions, scores))
             kept = kept_table(batch.samples, batch.emb, s, self.cfg.store.store_images)
             h = s.homes if s.homes is not None else np.zeros(batch.samples.num_rows, np.int64)
             homes.append(h)
             kept_homes = h[s.kept_rows]
-        if batch.rejects:  # shard 0 writes rejected input
-            decisions.append(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint))
+        if batch.rejects:  # shard 0 writes rejected input, and filtered items
+            decisions.append(with_filter_scores(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint)))
             homes.append(np.zeros(len(batch.rejects), np.int64))
-        table = pa.concat_tables(decisions) if decisions else rejection_decisions([], "", "")
+        if batch.filtered is not None and batch.filtered.num_rows:
+            decisions.append(batch.filtered)
+            homes.append(np.zeros(batch.filtered.num_rows, np.int64))
+        table = pa.concat_tables(decisions) if decisions else with_filter_scores(rejection_decisions([], "", ""))
         return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted,
                              np.concatenate(homes) if homes else None, kept_homes, self.shard_stats())
 
@@ -442,8 +450,11 @@ def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, 
     limits = Limits()
     embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)),
                        cfg.selector.space)
+    filters = [FilterStage(build_rules(cfg.filters), embed.embedder.model_id, cfg.fingerprint(),
+                           res.get("filter"))] if cfg.filters else []
     return Stages([
         ValidateStage(limits, res.get("validate", Resources())),
+        *filters,
         embed,
         SelectWriteStage(cfg, embed.embedder.model_id, embed.embedder if cfg.selector.recaption_hook else None,
                          res.get("select", Resources(cpus=1.0)), shards, shard, lock_timeout_s),

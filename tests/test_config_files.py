@@ -112,7 +112,8 @@ PROBLEMS = [
     "unknown setting selector.k_gian (did you mean k_gain?)",
     "selector.keep_rate: expected float, got 'lots'",
     "selector.tau_noise must be 'auto' or in [0, 1]",
-    "index.kind must be one of auto, flat, ivf, ivf-pq, ivf-pq-sq8, hnsw, got 'annoy'",
+    "index.kind must be one of auto, flat, hnsw, ivf, ivf-pq, ivf-pq-sq8, or your own class as "
+    "'package.module:Class' (docs/extending.md); got 'annoy'",
     "unknown section [kafak] (did you mean kafka?); sections are embedder, index, selector, store, source, "
     "kafka, service",
     "service.port: expected int, got 'http'",

@@ -1,7 +1,8 @@
 """Embedding: turn a batch of samples into L2-normalised image and text vectors.
 
 One front door, `build_embedder(cfg)`, whatever the source of the vectors: an open_clip model
-(`curator.embed.clip`) or embeddings the input already carries (`curator.embed.precomputed`).
+(`curator.embed.clip`), embeddings the input already carries (`curator.embed.precomputed`), or a
+user's own class named by `embedder.kind` through the registry (`curator.registry.EMBEDDERS`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from curator.embed.base import Embedder, EmbedderError, Embeddings, ModelLoadErr
 from curator.embed.clip import MODEL_CONFIG_DIR, ClipEmbedder, tiny_model_config
 from curator.embed.precomputed import PrecomputedEmbedder
 from curator.records import Limits
-
-#: Embedder kinds by `embedder.kind`.
-EMBEDDERS: dict[str, type] = {"clip": ClipEmbedder, "precomputed": PrecomputedEmbedder}
+from curator.registry import EMBEDDERS, RegistryError
 
 
 def build_embedder(cfg: EmbedderConfig, limits: Limits | None = None) -> Embedder:
-    """The one way to get an embedder from configuration. The model loads on `setup()`."""
-    cls = EMBEDDERS.get(cfg.kind)
-    if cls is None:
-        raise EmbedderError(f"unknown embedder kind {cfg.kind!r}; use one of {', '.join(EMBEDDERS)}")
+    """The one way to get an embedder from configuration: the class `embedder.kind` names, constructed
+    with (cfg, limits). The model loads on `setup()`."""
+    try:
+        cls = EMBEDDERS.get(cfg.kind)
+    except RegistryError as exc:
+        raise EmbedderError(f"embedder.kind: {exc}") from None
     return cls(cfg, limits)
 
 

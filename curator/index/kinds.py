@@ -9,6 +9,9 @@ kind `index.kind = "auto"` chooses for a given size.
                 vectors re-rank them -- exact cosines for the neighbours kept (4d + d/16 bytes per item)
     ivf-pq-sq8  the same with SQ8 codes re-ranking (near-exact cosines, d + d/16 bytes per item): past
                 what memory holds uncompressed
+
+Each kind is an `IndexKind` found by name through the registry (`curator.registry.INDEX_KINDS`), so
+a user's own kind -- any FAISS index factory string -- works by name or 'package.module:Class'.
 """
 
 from __future__ import annotations
@@ -20,8 +23,78 @@ from typing import Any
 import faiss
 
 from curator.config import IndexConfig
+from curator.registry import INDEX_KINDS
 
-KINDS = ("flat", "hnsw", "ivf", "ivf-pq", "ivf-pq-sq8")
+
+class IndexKind:
+    """A kind of FAISS index: its factory string, what one vector costs in it, and whether it is trained.
+
+    A trained kind (an IVF) starts exact and is built, with `nlist` lists, from the first
+    `index.ivf_train_size` items; any other kind is built as it is from the first item, never rebuilt.
+    """
+
+    trainable: bool = False
+
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        """The `faiss.index_factory` string for vectors of `dim` (inner-product metric)."""
+        raise NotImplementedError
+
+    def bytes_per_vector(self, dim: int) -> float:
+        """What one indexed vector costs (codes and list ids; not the id and label columns)."""
+        return 4.0 * dim
+
+
+class Flat(IndexKind):
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        return "Flat"
+
+
+class HNSW(IndexKind):
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        return f"HNSW{cfg.hnsw_m},Flat"
+
+    def bytes_per_vector(self, dim: int) -> float:
+        return 4.0 * dim + 8 * 2 * 32  # vectors + about 2M neighbour links (int64 -> here int32 pairs)
+
+
+class IVF(IndexKind):
+    trainable = True
+
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        return f"IVF{nlist},Flat"
+
+    def bytes_per_vector(self, dim: int) -> float:
+        return 4.0 * dim + 8 + 8  # vectors + list id + direct map
+
+
+class IVFPQ(IndexKind):
+    trainable = True
+
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        return f"IVF{nlist},PQ{pq_m(dim)}x4fs,RFlat"
+
+    def bytes_per_vector(self, dim: int) -> float:
+        return pq_m(dim) / 2 + 4.0 * dim + 8  # 4-bit codes + exact vectors + list id
+
+
+class IVFPQSQ8(IndexKind):
+    trainable = True
+
+    def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
+        return f"IVF{nlist},PQ{pq_m(dim)}x4fs,Refine(SQ8)"
+
+    def bytes_per_vector(self, dim: int) -> float:
+        return pq_m(dim) / 2 + dim + 8  # 4-bit codes + SQ8 codes + list id
+
+
+def kind_of(name: str) -> IndexKind:
+    """The kind `index.kind` (or a snapshot's spec) names, or a ValueError saying what the kinds are."""
+    cls = INDEX_KINDS.get(name)
+    k = cls() if isinstance(cls, type) else cls
+    if not callable(getattr(k, "factory", None)):
+        raise ValueError(f"index kind {name!r} is {cls!r}, not an index kind: subclass "
+                         "curator.index.kinds.IndexKind and define factory(dim, cfg, nlist)")
+    return k
 
 
 @dataclass(frozen=True)
@@ -37,20 +110,10 @@ class Spec:
 
     @property
     def trainable(self) -> bool:
-        return self.kind.startswith("ivf")
+        return bool(kind_of(self.kind).trainable)
 
     def factory(self, dim: int, cfg: IndexConfig) -> str:
-        if self.kind == "flat":
-            return "Flat"
-        if self.kind == "hnsw":
-            return f"HNSW{cfg.hnsw_m},Flat"
-        if self.kind == "ivf":
-            return f"IVF{self.nlist},Flat"
-        if self.kind == "ivf-pq":
-            return f"IVF{self.nlist},PQ{pq_m(dim)}x4fs,RFlat"
-        if self.kind == "ivf-pq-sq8":
-            return f"IVF{self.nlist},PQ{pq_m(dim)}x4fs,Refine(SQ8)"
-        raise ValueError(f"index kind must be one of {', '.join(KINDS)} or auto, got {self.kind!r}")
+        return kind_of(self.kind).factory(dim, cfg, self.nlist)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,15 +139,7 @@ def nlist_for(n: int) -> int:
 
 def bytes_per_vector(spec: Spec, dim: int) -> float:
     """What one indexed vector costs in the index (codes and list ids; not the id/label columns)."""
-    if spec.kind in ("flat",):
-        return 4.0 * dim
-    if spec.kind == "hnsw":
-        return 4.0 * dim + 8 * 2 * 32  # vectors + about 2M neighbour links (int64 -> here int32 pairs)
-    if spec.kind == "ivf":
-        return 4.0 * dim + 8 + 8  # vectors + list id + direct map
-    if spec.kind == "ivf-pq":
-        return pq_m(dim) / 2 + 4.0 * dim + 8  # 4-bit codes + exact vectors + list id
-    return pq_m(dim) / 2 + dim + 8  # 4-bit codes + SQ8 codes + list id
+    return float(kind_of(spec.kind).bytes_per_vector(dim))
 
 
 def build(spec: Spec, dim: int, cfg: IndexConfig) -> faiss.Index:
@@ -131,7 +186,7 @@ class Step:
 
 def first_spec(cfg: IndexConfig) -> Spec:
     """What a new index starts as: exact for auto and the trainable kinds (they train on what they hold)."""
-    if cfg.kind in ("auto", "flat") or cfg.kind.startswith("ivf"):
+    if cfg.kind == "auto" or kind_of(cfg.kind).trainable:
         return Spec("flat")
     return Spec(cfg.kind)
 
@@ -139,13 +194,13 @@ def first_spec(cfg: IndexConfig) -> Spec:
 def next_step(cfg: IndexConfig, dim: int, current: Spec, built_at: int, on_gpu: bool = False) -> Step | None:
     """The next rebuild after the current index (built from `built_at` items), or None. On a GPU, auto
     stays exact: a GPU searches millions of vectors exactly faster than a CPU searches an IVF."""
-    if cfg.kind in ("flat", "hnsw") or (cfg.kind == "auto" and on_gpu):
-        return None
-    if cfg.kind.startswith("ivf"):
-        if current.kind != "flat":
+    if cfg.kind != "auto":
+        if not kind_of(cfg.kind).trainable or current.kind != "flat":
             return None
         n = cfg.ivf_train_size
         return Step(n, Spec(cfg.kind, cfg.ivf_nlist or min(nlist_for(n), trainable_nlist(n))))
+    if on_gpu:
+        return None
     # auto: exact while small, then ivf-pq rebuilt every `auto_growth`-fold; SQ8 past the memory budget
     at = cfg.auto_exact_max if current.kind == "flat" else built_at * cfg.auto_growth
     until = at * cfg.auto_growth  # the size it serves up to, before the next rebuild

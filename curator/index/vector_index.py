@@ -107,8 +107,8 @@ class VectorIndex:
         share_cores_with_faiss()
         self.dim = int(dim)
         self.cfg = cfg or IndexConfig()
-        if self.cfg.kind != "auto" and self.cfg.kind not in kinds.KINDS:
-            raise ValueError(f"index.kind must be auto, {', '.join(kinds.KINDS)}, got {self.cfg.kind!r}")
+        if self.cfg.kind != "auto":
+            kinds.kind_of(self.cfg.kind)  # a ValueError that names the kinds there are
         self._n = 0
         self._labels = np.zeros(1024, np.int64)  # row -> vote label (-1: none)
         self._seqs = np.zeros(1024, np.int64)  # row -> stream position it was accepted at

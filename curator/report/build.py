@@ -151,6 +151,7 @@ def _dropped_cards(res: Result, decision: str, payloads: Payloads) -> list[Card]
                              ("hash_dist", "hash bits", 0)):
             if r.get(key) is not None:
                 facts.append((name, _fmt(r.get(key), d)))
+        facts += [(str(k), "-" if v is None else f"{v:.4g}") for k, v in (r.get("filters") or {}).items()]
         facts.append(("seq", _fmt(r.get("seq"))))
         card = Card(snippet(r.get("id"), 80) or "", decision, thumb, caption, ph, facts, snippet(r.get("reason"), 300))
         if r.get("dup_of") is not None:
@@ -259,12 +260,14 @@ def _context(run: Path, manifest: dict[str, Any], thresholds: dict[str, Threshol
     width = q.stream_bin()
     stream = q.decisions_over_stream(width)
     rejected = q.rejected_count()
+    filtered = by_decision.get(Decision.DROPPED_FILTERED.value, 0)
+    unplaced = " and ".join([f"{rejected} rejected input item(s)"] * bool(rejected)
+                            + [f"{filtered} item(s) dropped by a filter"] * bool(filtered))
     if stream.rows:
         xs, series = _series(stream, "seq_start")
         figs["stream"] = Plot("stream", "Decisions over the stream", plots.stacked_bars(
             xs, width, series, "selector order (seq)", f"items per {width}", "Decisions over the stream"), stream,
-            f"{rejected} rejected input item(s) have no place in selector order (seq -1): see the rejected "
-            "gallery." if rejected else "")
+            f"{unplaced} have no place in selector order (seq -1): see their galleries." if unplaced else "")
     growth = q.index_growth(width)
     if growth.rows:
         figs["growth"] = Plot("growth", "Index growth and keep rate", plots.growth(
@@ -327,6 +330,8 @@ def _galleries(run: Path, q: RunQueries, by_decision: dict[str, int], n: int) ->
         Decision.DROPPED_NOISY.value: "Label or caption judged wrong and not corrected.",
         Decision.DROPPED_DUPLICATE.value: "Each near-duplicate beside the accepted item it duplicates (dup_of).",
         Decision.DROPPED_BY_BUDGET.value: "Clean, but not sampled under the storage budget.",
+        Decision.DROPPED_FILTERED.value: "Outside a configured filter's keep range, dropped before embedding; "
+                                         "the reason names the filter, and every filter's score is shown.",
     }
     for d in DROPPED:
         if by_decision.get(d):

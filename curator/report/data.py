@@ -24,7 +24,8 @@ from curator.store.query import connect
 KEPT = tuple(sorted(d.value for d in KEPT_DECISIONS))
 #: Decisions whose item went into the index: every clean non-duplicate (budget drops included).
 INSERTED = (*KEPT, Decision.DROPPED_BY_BUDGET.value)
-DROPPED = (Decision.DROPPED_NOISY.value, Decision.DROPPED_DUPLICATE.value, Decision.DROPPED_BY_BUDGET.value)
+DROPPED = (Decision.DROPPED_NOISY.value, Decision.DROPPED_DUPLICATE.value, Decision.DROPPED_BY_BUDGET.value,
+           Decision.DROPPED_FILTERED.value)
 #: What the report shows of the kept item a duplicate duplicates.
 DUP_COLUMNS = ("dup_seq", "dup_image", "dup_text", "dup_label", "dup_source", "dup_offset")
 #: Decisions in the order the report lists them.
@@ -104,7 +105,7 @@ class RunQueries:
             FROM decisions WHERE seq >= 0 GROUP BY ALL ORDER BY seq_start, decision""")
 
     def rejected_count(self) -> int:
-        return int(self.scalar("SELECT count(*) FROM decisions WHERE seq < 0") or 0)
+        return int(self.scalar("SELECT count(*) FROM decisions WHERE decision = 'rejected-bad-input'") or 0)
 
     def index_growth(self, width: int) -> Result:
         return self.run("Index growth and keep rate over the stream", f"""
@@ -188,12 +189,14 @@ class RunQueries:
             orig, cols = self._originals().format(dup_of="d.dup_of"), self.ORIGINAL
         else:
             orig, cols = "", ", ".join(f"NULL AS {c}" for c in DUP_COLUMNS)
+        if decision == Decision.DROPPED_FILTERED.value:  # every filter's score (filtered items are not in seq order)
+            cols += ", d.filters"
         return self.run(f"Gallery: {decision}", f"""
             SELECT d.id, d.seq, d.source, d."partition", d."offset", d.reason, d.label_in, d.label_out,
                    d.label_agreement, d.align, d.gain, d.max_sim, d.keep_prob, d.dup_of, d.dup_rule, d.hash_dist,
                    {cols}
             FROM decisions d {orig}
-            WHERE d.decision = '{decision}' ORDER BY d.seq LIMIT {int(limit)}""")
+            WHERE d.decision = '{decision}' ORDER BY d.seq, d.source, d."offset" LIMIT {int(limit)}""")
 
     def duplicate_clusters(self, clusters: int, members: int) -> Result | None:
         """Items dropped as duplicates of the same kept item, grouped: the largest groups first, each

@@ -28,6 +28,7 @@ COLOURS = {
     "dropped-noisy": "#ef6c00",
     "dropped-duplicate": "#9e9e9e",
     "dropped-by-budget": "#c0a000",
+    "dropped-filtered": "#6d4c41",
     "rejected-bad-input": "#c62828",
 }
 _RC: Any = {"svg.fonttype": "path", "svg.hashsalt": "curator-report", "text.parse_math": False,
