@@ -6,7 +6,6 @@ What `curator ingest`, `curator demo` and the tests run. The Ray executor
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,8 +13,6 @@ from typing import Any
 from curator.batch import BatchOutcome, RawBatch
 from curator.commit import Committed, DeadLetters, Manifest, Offsets, commit
 from curator.stages import Resume, Stages, run_chain
-
-log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
@@ -70,7 +67,6 @@ class LocalExecutor:
             b.trusted = True
             n += self.process(b).items
         self.commit(bootstrapped=True)
-        log.info("bootstrap: %d trusted items, index holds %d", n, self.stages.select.index_size)
         return n
 
     def run(self, batches: Iterable[RawBatch], on_batch: Callable[[BatchOutcome], None] | None = None,
