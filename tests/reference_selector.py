@@ -39,10 +39,10 @@ class ReferenceSelector(InfoGrowthSelector):
         order = np.argsort(-s, kind="stable")[:k]
         return s[order], lab[order], [src[j] for j in order]
 
-    @staticmethod
-    def _hash_copy(v: BatchView, s: Scores, i: int) -> bool:
+    def _hash_copy(self, v: BatchView, s: Scores, i: int, nb: dict) -> bool:
         """The hash rules: the best of the table's match and the batch's earlier accepted matches, by
-        (near rather than exact, distance, earliest: the table's items come before the batch's)."""
+        (near rather than exact, distance, earliest: the table's items come before the batch's); a near
+        match counts only while the perceptual rule is on (`near_ok`)."""
         h = v.hashes
         if h is None:
             return False
@@ -53,6 +53,8 @@ class ReferenceSelector(InfoGrowthSelector):
         if not found:
             return False
         _, dist, _, src, row, rule = min(found)
+        if rule == RULE_NEAR and not self.near_ok:
+            return False
         s.decision[i], s.why[i] = kern.DROPPED_DUPLICATE, kern.WHY_HASH
         s.dup_src[i], s.dup_row[i], s.hash_rule[i], s.hash_dist[i] = src, row, rule, dist
         return True
@@ -64,10 +66,10 @@ class ReferenceSelector(InfoGrowthSelector):
         ev = self.evidence
         for i in range(n):
             self._begin_item(s, i, trusted)
-            if self._hash_copy(v, s, i):
+            nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
+            if self._hash_copy(v, s, i, nb):
                 continue
             val = self.cal.values
-            nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
             prim, dmod = v.prim, v.dmod
             n_trusted = int(v.n_index[prim]) + len(acc[prim]) if prim >= 0 and v.present[prim] else 0
             judged = trusted or n_trusted >= c.min_trusted

@@ -30,3 +30,5 @@ CLEAN_AGR, CLEAN_VOTES, STREAM_LOW, STREAM_VOTES, STREAM_ALIGN, STREAM_PAIRS, CL
 AGR_BINS = 100  # agreement histograms over [0, 1]
 #: n_trusted_out of an item left unjudged because the label thresholds are not calibrated yet
 UNJUDGED_CALIBRATING = -1
+#: the hash rules' codes (`curator.select.hashdup`): none, exact content, exact pixels, perceptual
+RULE_NONE, RULE_CONTENT, RULE_PIXELS, RULE_NEAR = range(4)

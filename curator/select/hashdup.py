@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 
 from curator.embed.hashes import ContentHashes, vector_key
 from curator.records import DECISION_SCHEMA, Decision
+from curator.select.codes import RULE_CONTENT, RULE_NEAR, RULE_NONE, RULE_PIXELS  # noqa: F401 - the rules' codes
 from curator.store.writer import committed_parts
 
-RULE_NONE, RULE_CONTENT, RULE_PIXELS, RULE_NEAR = 0, 1, 2, 3
 #: the value of the decisions' `dup_rule` column per rule (the embedding rule's is "embedding")
 RULE_NAMES = {RULE_CONTENT: "hash-exact", RULE_PIXELS: "hash-exact", RULE_NEAR: "hash-near"}
 #: the largest perceptual distance allowed (12 pieces of 5 bits: lookups approach a scan beyond it)

@@ -42,6 +42,7 @@ from curator.select.codes import (  # noqa: F401 - the codes are the kernel's vo
     RECAP_UNKNOWN,
     RECAPTIONED,
     RELABELLED,
+    RULE_NEAR,
     STREAM_ALIGN,
     STREAM_LOW,
     STREAM_PAIRS,
@@ -151,7 +152,7 @@ def hash_match(i: int, h_rule: np.ndarray, h_dist: np.ndarray, h_row: np.ndarray
         if not inserted[j]:
             continue
         r, d = crule[c], cdist[c]
-        if rule == 0 or (rule == 3 and (r != 3 or d < dist)):
+        if rule == 0 or (rule == RULE_NEAR and (r != RULE_NEAR or d < dist)):
             rule, dist, src, row = r, d, 1, j
     return rule, dist, src, row
 
@@ -179,7 +180,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
           (`InfoGrowthSelector.collecting`; right-label evidence is the selector's leave-one-out votes)
     fp = (tau_noise, tau_relabel, temperature, eps_dup, gain_quantile, keep_rate, align_threshold,
           align_drop_quantile, bootstrap threshold, gain lo, gain hi, align lo, align hi, relabel radius,
-          nn lo, nn hi, tau_drop) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions;
+          nn lo, nn hi, tau_drop, perceptual rule on) -- a NaN tau_noise leaves labels unjudged, a NaN align_threshold captions;
           a flagged label without a confident correction is dropped below tau_drop, kept flagged above.
     ev_* = the calibration evidence (curator.select.calibrate.Evidence), updated in place; cross[i] is
     item i's image against the previous item's caption (valid where cross_ok): a mismatched pair.
@@ -192,7 +193,7 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
         ip[5] != 0, ip[6] != 0
     tau_noise, tau_relabel, temp, eps_dup, gq, keep_rate = fp[0], fp[1], fp[2], fp[3], fp[4], fp[5]
     align_fixed, align_dq, boot_thr, g_lo, g_hi, a_lo, a_hi = fp[6], fp[7], fp[8], fp[9], fp[10], fp[11], fp[12]
-    radius, nn_lo, nn_hi, tau_drop = fp[13], fp[14], fp[15], fp[16]
+    radius, nn_lo, nn_hi, tau_drop, near_ok = fp[13], fp[14], fp[15], fp[16], fp[17] != 0.0
     window = ip[7]
     collect_pairs = ip[8] != 0
     label_ready = tau_noise == tau_noise
@@ -208,16 +209,18 @@ def resolve(start: int, trusted: bool, k: int, prim: int, dmod: int, present: np
     nb_row = np.empty((2, k), np.int64)
     nb_cnt = np.zeros(2, np.int64)
     for i in range(start, stop):
-        r, hd, hsrc, hrow = hash_match(i, h_rule, h_dist, h_row, cptr, crow, crule, cdist, inserted)
-        if r != 0:  # 0) a copy of an accepted item by its hashes: dropped before any other rule sees it
-            decision[i], why[i] = DROPPED_DUPLICATE, WHY_HASH
-            dup_src[i], dup_row[i], hash_rule[i], hash_dist[i] = hsrc, hrow, r, hd
-            continue
         for m in range(2):
             nb_cnt[m] = -1  # no neighbour list: the item lacks the modality
             if present[m] and has[m, i]:
                 nb_cnt[m] = _merge(isims[m], ilab[m], irow[m], i, k, gram[m], acc[m], n_acc[m], vote_label,
                                    nb_s[m], nb_l[m], nb_src[m], nb_row[m])
+        r, hd, hsrc, hrow = hash_match(i, h_rule, h_dist, h_row, cptr, crow, crule, cdist, inserted)
+        if r == RULE_NEAR and not near_ok:
+            r = 0  # distinct pictures crowd the perceptual cut in these data (InfoGrowthSelector._near_ok)
+        if r != 0:  # 0) a copy of an accepted item by its hashes: dropped before any other rule sees it
+            decision[i], why[i] = DROPPED_DUPLICATE, WHY_HASH
+            dup_src[i], dup_row[i], hash_rule[i], hash_dist[i] = hsrc, hrow, r, hd
+            continue
         n_trusted = n_index[prim] + n_acc[prim] if prim >= 0 and present[prim] else 0
         judged = trusted or n_trusted >= min_trusted
         dec, w = KEPT, WHY_NONE
