@@ -105,7 +105,7 @@ class SelectorConfig:
                                    choices=("auto", "drop", "keep"))
     tau_drop: AutoFloat = setting(AUTO, "relabel_abstain = 'auto': a flagged, uncorrected item is dropped when its "
                                   "agreement is below this; 'auto': where the trusted votes bound the share of right "
-                                  "labels below it by 1% (the rest is kept, flagged)")
+                                  "labels below it by 0.01 (the rest is kept, flagged)")
     vote_temperature: float = setting(0.05, "neighbour votes are weighted softmax(cos / T); 0 = weight by cos itself")
     label_action: str = setting("relabel", "what to do with noisy labels: 'relabel' (when confident) or 'discard'",
                            choices=("relabel", "discard"))
