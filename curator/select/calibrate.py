@@ -422,5 +422,4 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             origin["align_threshold"] = (f"not applied: not calibrated yet ({int(min(n_p, n_x))} of {MIN_PAIRS} "
                                          "trusted pairs)")
         evidence["align_threshold"] = {"from": f"{trusted_source} pairs vs their images with other captions", **info}
-    evidence["nn"] = nn_info  # the accepted items' nearest-neighbour distances (q50: the hash rule's radius)
     return Calibration(values, origin, evidence, seq)
