@@ -14,7 +14,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.metrics import Metrics
 
 log = logging.getLogger("curator.service")
 
@@ -54,7 +57,7 @@ class MemoryBound:
     `over()` tells the driver to stop reading input; the backlog then waits in the source.
     """
 
-    def __init__(self, limit_mb: int, pids: Callable[[], dict[str, int]], metrics: Any = None) -> None:
+    def __init__(self, limit_mb: int, pids: Callable[[], dict[str, int]], metrics: Metrics | None = None) -> None:
         self.limit = limit_mb * 2**20
         self._pids_of = pids
         self._pids: dict[str, int] = {}

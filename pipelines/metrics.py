@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -21,7 +22,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from curator.batch import BatchOutcome
+from curator.commit import Committed
+from curator.records import Rejection
 from curator.report.page import CSP_HEADER
+from pipelines.executors.observers import Observer
 
 log = logging.getLogger("curator.service")
 
@@ -38,8 +43,9 @@ PAGE_HEADERS = {
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Metrics:
-    """Everything /metrics reports. Stage labels: embed, select, commit, end_to_end."""
+class Metrics(Observer):
+    """Everything /metrics reports. Stage labels: embed, select, commit, end_to_end. The executor's
+    notes (`Observer`) feed what happens to batches and commits; the drivers set the source's gauges."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -82,6 +88,32 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    # --- fed by the executor -------------------------------------------------------------------
+    def note_rejections(self, rejects: list[Rejection]) -> None:
+        if rejects:
+            self.dead_letters.inc(len(rejects))
+
+    def note_upstream(self, seconds: dict[str, float]) -> None:
+        for stage, secs in seconds.items():
+            self.batch_seconds.labels(stage).observe(secs)
+
+    def note_outcome(self, out: BatchOutcome, trusted: bool, end_to_end_s: float) -> None:
+        for d, n in out.counts.items():
+            self.items_out.labels(d).inc(n)
+        for stage in ("select", "write"):
+            self.batch_seconds.labels(stage).observe(out.seconds.get(stage, 0.0))
+        self.batch_seconds.labels("end_to_end").observe(end_to_end_s)
+        for k, (items, secs) in out.shards.items():
+            self.shard_items.labels(str(k)).set(items)
+            if secs:
+                self.shard_search_seconds.labels(str(k)).observe(secs)
+        self.index_size.set(out.index_size)
+
+    def note_commit(self, done: Committed) -> None:
+        self.commits.inc()
+        self.batch_seconds.labels("commit").observe(done.seconds)
+        self.last_commit.set(time.time())
 
 
 class HealthServer:

@@ -19,10 +19,20 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from curator.config import ConfigError, RunConfig
-from pipelines.config import KafkaConfig, ServeConfig
+from curator.config import ConfigError
+from pipelines.config import ServeConfig
+from pipelines.run_skeleton import bootstrap_or_warn, log_throughput, resume_line
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from curator.commit import Manifest
+    from curator.stages import Resume
+    from pipelines.drivers.common import Driver
+    from pipelines.executors.ray import RayExecutor
+    from pipelines.metrics import HealthServer
 
 log = logging.getLogger("curator.service")
 
@@ -38,12 +48,12 @@ class Service:
         self.metrics = Metrics()
         self.status = StatusBoard(self.metrics, scfg.run.store.out)
         self.stop = threading.Event()
-        self.executor: Any = None
-        self.driver: Any = None
+        self.executor: RayExecutor | None = None
+        self.driver: Driver | None = None
         self.is_ready = False
         self.failed = False
-        self.http: Any = None
-        self.manifest: dict[str, Any] | None = None
+        self.http: HealthServer | None = None
+        self.manifest: Manifest | None = None
 
     def healthy(self) -> bool:
         if self.failed:
@@ -55,7 +65,7 @@ class Service:
         return self.is_ready and not self.stop.is_set() and not self.failed
 
     def _signals(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
             if self.stop.is_set():
                 log.warning("second %s: exiting now; the last commit is what a restart resumes from",
                             signal.Signals(signum).name)
@@ -69,23 +79,22 @@ class Service:
             signal.signal(signal.SIGINT, handler)
 
     def run(self) -> int:
+        from pipelines.executors.placement import init_ray
         from pipelines.metrics import HealthServer
 
-        s, k, cfg = self.scfg.service, self.scfg.kafka, self.scfg.run
+        s = self.scfg.service
         try:
-            self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready,
-                                     self.status.pages()).start()
+            http = self.http = HealthServer(s.host, s.port, self.metrics, self.healthy, self.ready,
+                                            self.status.pages()).start()
         except OSError as exc:
             raise ConfigError(f"cannot serve HTTP on {s.host}:{s.port} ({exc.strerror or exc}); set service.port "
                               "(0 = any free port) or service.host") from None
-        log.info("serving /healthz /readyz /metrics on http://%s:%d", self.http.host, self.http.port)
-        log.info("status page: http://%s:%d/ (report of the last commit: /report)", self.http.host, self.http.port)
-        from pipelines.executors.ray import init_ray
-
+        log.info("serving /healthz /readyz /metrics on http://%s:%d", http.host, http.port)
+        log.info("status page: http://%s:%d/ (report of the last commit: /report)", http.host, http.port)
         ray, owned = init_ray(self.scfg)
         self._signals()  # after ray.init, which installs its own SIGTERM handler in the driver
         try:
-            return self._run(ray, cfg, k)
+            return self._run()
         except BaseException:
             self.failed = True
             raise
@@ -95,64 +104,68 @@ class Service:
                 self.executor.shutdown()
             if owned:
                 ray.shutdown()
-            self.http.close()
+            http.close()
 
-    def _run(self, ray: Any, cfg: RunConfig, k: KafkaConfig) -> int:
+    def _run(self) -> int:
         from pipelines.executors.ray import RayExecutor
 
+        k = self.scfg.kafka
         dead = None
         if self.scfg.uses_kafka and k.dead_letter_topic:
             from connectors.kafka.dead_letters import KafkaDeadLetterSink
 
             dead = KafkaDeadLetterSink(k.bootstrap_servers, k.dead_letter_topic, k.api_version,
                                        {**k.client, **k.producer})
-        self.executor = ex = RayExecutor(self.scfg, self.metrics, dead)
+        self.executor = ex = RayExecutor(self.scfg, dead, observers=[self.metrics])
         try:
-            return self._serve(ex, cfg, k)
+            return self._serve(ex)
         finally:
             if dead is not None:
                 dead.close()
 
-    def _serve(self, ex: Any, cfg: RunConfig, k: KafkaConfig) -> int:
+    def _serve(self, ex: RayExecutor) -> int:
         from connectors.files import FileSource
+        from pipelines.executors.feed import bootstrap
 
+        cfg = self.scfg.run
         resume = ex.start()
-        assert ex.selector_info is not None
         where = f"{resume.out} on node {ex.selector_info.node_ip}"
         log.info("selector/writer actor pid %d, embedder actor pids %s", ex.selector_info.pid,
                  [e.pid for e in ex.embed_info])
-        if resume.commit:
-            log.info("curated set: %s -- resuming after commit %d (%d items decided)", where, resume.commit,
-                     resume.decided)
-        else:
-            log.info("curated set: %s -- new run", where)
+        log.info(resume_line(resume, where))
         if self.stop.is_set():
             return 0
-        if not resume.bootstrapped:
-            if cfg.source.bootstrap:
-                n = ex.bootstrap(FileSource(cfg.source.bootstrap, cfg.source.format).batches(cfg.source.batch_size),
-                                 self.stop)
-                if n < 0:
-                    return 0
-                log.info("bootstrap: %d trusted items inserted, index holds %d", n, ex.index_size)
-            else:
-                log.warning("no trusted bootstrap ([source] bootstrap): the first %d accepted items are taken "
-                            "unjudged", cfg.selector.min_trusted)
-        if self.scfg.uses_kafka:
-            from pipelines.drivers.kafka import KafkaDriver
 
-            self.driver = KafkaDriver(self.scfg, ex, self.metrics, self.stop)
-            log.info("consuming %s from %s as group %r (order: %s)", k.topic, k.bootstrap_servers,
-                     k.group_id, k.order)
-        else:
-            from pipelines.drivers.files import FileDriver
+        def insert() -> int:
+            boot = FileSource(cfg.source.bootstrap, cfg.source.format)
+            return bootstrap(ex, boot.batches(cfg.source.batch_size), self.stop)
 
-            self.driver = FileDriver(self.scfg, ex, self.metrics, self.stop)
-            log.info("reading %d input path(s) from [source] paths", len(cfg.source.paths))
-        ex.observers.append(self.status)  # the status page's recent rejections and last commit
+        if not bootstrap_or_warn(cfg, resume, insert, lambda: ex.index_size, log):
+            return 0
+        self.driver = self._driver(ex)
+        ex.add_observer(self.status)  # the status page's recent rejections and last commit
         self.is_ready = True
         self.metrics.ready.set(1)
         self.driver.run(resume.positions)
+        self._finished(ex, resume, where)
+        return 0
+
+    def _driver(self, ex: RayExecutor) -> Driver:
+        k, cfg = self.scfg.kafka, self.scfg.run
+        if self.scfg.uses_kafka:
+            from pipelines.drivers.kafka import KafkaDriver
+
+            kafka = KafkaDriver(self.scfg, ex, self.metrics, self.stop)
+            log.info("consuming %s from %s as group %r (order: %s)", k.topic, k.bootstrap_servers,
+                     k.group_id, k.order)
+            return kafka
+        from pipelines.drivers.files import FileDriver
+
+        files = FileDriver(self.scfg, ex, self.metrics, self.stop)
+        log.info("reading %d input path(s) from [source] paths", len(cfg.source.paths))
+        return files
+
+    def _finished(self, ex: RayExecutor, resume: Resume, where: str) -> None:
         from curator.store import read_manifest
 
         self.manifest = read_manifest(resume.out)
@@ -160,13 +173,9 @@ class Service:
         why = "stopped" if self.stop.is_set() else "input exhausted"
         counts = ", ".join(f"{d} {n}" for d, n in sorted(ex.counts.items())) or "nothing new"
         log.info("%s: this run decided %s; curated set %s at commit %d", why, counts, where, commit)
-        n, secs = ex.throughput()
-        if n and secs > 0:
-            log.info("throughput: %d items in %.2fs = %.1f items/s (first item sent to last item decided)",
-                     n, secs, n / secs)
+        log_throughput(*ex.throughput(), log)
         print(f"curated set: {where} (commit {commit}); query it with: "
               f"curator query {resume.out} \"SELECT decision, count(*) FROM decisions GROUP BY 1\"", flush=True)
-        return 0
 
 
 def serve(scfg: ServeConfig) -> int:

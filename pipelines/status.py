@@ -3,8 +3,8 @@
 The page is rendered from the service's Prometheus registry, read back sample by sample, so it
 shows exactly what ``/metrics`` exports; the only things it adds are the ones Prometheus has no
 place for: a small bounded buffer of recent rejections (with their reasons) and the last commit.
-Both come from the Ray executor, which tells its observers (`RayExecutor.observers`) about each
-batch's rejections and each durable commit; observing changes nothing in the commit protocol.
+Both come from the Ray executor, which tells its observers (`pipelines.executors.observers`) about
+each batch's rejections and each durable commit; observing changes nothing in the commit protocol.
 
 Rejections carry untrusted text (ids, reasons quoting message bytes): the page prints them only
 through the report's autoescaping templates, and it is served with a script-free
@@ -24,6 +24,9 @@ from typing import Any
 
 from curator.batch import positions_to_json
 from curator.commit import Committed
+from curator.records import Rejection
+from pipelines.executors.observers import Observer
+from pipelines.metrics import Metrics
 
 log = logging.getLogger("curator.service")
 
@@ -61,10 +64,10 @@ def _one(smp: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float
     return vals[0][1] if vals else None
 
 
-class StatusBoard:
+class StatusBoard(Observer):
     """What the status page needs beyond the registry; thread-safe (the HTTP server has threads)."""
 
-    def __init__(self, metrics: Any, run_dir: str | Path, maxlen: int = RECENT_REJECTIONS) -> None:
+    def __init__(self, metrics: Metrics, run_dir: str | Path, maxlen: int = RECENT_REJECTIONS) -> None:
         self.metrics = metrics
         self.run_dir = Path(run_dir).resolve()
         self.started = time.time()
@@ -75,8 +78,8 @@ class StatusBoard:
         self._report: tuple[Any, bytes] | None = None
         self._report_lock = threading.Lock()
 
-    # --- fed by the executor (RayExecutor.observers) ---------------------------------------------------
-    def note_rejections(self, rejects: list[Any]) -> None:
+    # --- fed by the executor (an Observer) ------------------------------------------------------------
+    def note_rejections(self, rejects: list[Rejection]) -> None:
         now = time.time()
         with self._lock:
             for r in rejects:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any
 
+from curator.batch import Positions
 from pipelines.config import ServeConfig
 from pipelines.executors.ray import RayExecutor
 from pipelines.memory import MemoryBound
+from pipelines.metrics import Metrics
 
 log = logging.getLogger("curator.service")
 
@@ -18,7 +18,8 @@ log = logging.getLogger("curator.service")
 class Driver:
     """Runs a source through the executor until it ends or `stop` is set; then drains and commits."""
 
-    def __init__(self, scfg: ServeConfig, executor: RayExecutor, metrics: Any, stop: threading.Event) -> None:
+    def __init__(self, scfg: ServeConfig, executor: RayExecutor, metrics: Metrics | None,
+                 stop: threading.Event) -> None:
         self.scfg = scfg
         self.cfg = scfg.run
         self.ex = executor
@@ -27,8 +28,12 @@ class Driver:
         self.ended = False
         self.memory = MemoryBound(scfg.service.memory_limit_mb, executor.actor_pids, metrics)
 
+    def run(self, start: Positions) -> None:
+        """Read the source from `start` until it ends or `stop` is set, then `finish()`."""
+        raise NotImplementedError
+
     def beat(self) -> None:
-        self.ex.heartbeat = time.monotonic()
+        self.ex.beat()
         m = self.metrics
         if m is not None:
             emb, sel = self.ex.queued_items()

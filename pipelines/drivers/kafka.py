@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from connectors.kafka.source import KafkaSourceConfig
 from connectors.kafka.stream import OrderedStream, StreamBounds
@@ -16,10 +15,12 @@ from curator.batch import Positions
 from pipelines.config import ServeConfig
 from pipelines.drivers.common import Driver
 from pipelines.executors.ray import RayExecutor
+from pipelines.metrics import Metrics
 
 
 class KafkaDriver(Driver):
-    def __init__(self, scfg: ServeConfig, executor: RayExecutor, metrics: Any, stop: threading.Event) -> None:
+    def __init__(self, scfg: ServeConfig, executor: RayExecutor, metrics: Metrics | None,
+                 stop: threading.Event) -> None:
         super().__init__(scfg, executor, metrics, stop)
         k = scfg.kafka
         source = KafkaSourceConfig(
@@ -32,7 +33,7 @@ class KafkaDriver(Driver):
         self.poll_size = min(self.cfg.source.batch_size, k.max_poll_records)
         self.stream = OrderedStream(source, k.order, StreamBounds(scfg.buffered(), scfg.service.max_buffered_mb * 2**20),
                                     self.poll_size, on_revoke=lambda _parts: self.ex.commit_now())
-        executor.offsets = self.stream  # step 5 of the commit protocol: the manifest's positions to the group
+        executor.commit_offsets_to(self.stream)  # step 5 of the commit protocol: the manifest's positions
         self._lag_t = 0.0
         self._seek_backs = 0
         self._gaps = 0

@@ -4,7 +4,7 @@
 
     read tasks (FileSource.read_range: one range of one file each)
       -> map_batches(EmbedWorker): an actor pool running validate + embed, CPUs / GPUs declared
-      -> in range order (preserve_order) -> RayExecutor.submit_embedded -> the selector/writer actor
+      -> in range order (preserve_order) -> RayExecutor.submit -> the select-and-write actor
          (and its selector shards), commits and resume exactly as `curator serve`
 
 Why Ray Data for bounded file runs: its streaming executor already does what a large dataset needs
@@ -31,11 +31,13 @@ from connectors.files import FileSource
 from curator.batch import EmbeddedBatch, Positions, RawBatch
 from curator.commit import Manifest
 from curator.config import RunConfig
-from curator.records import KEPT_DECISIONS
 from curator.stages import build_stages, run_chain
 from curator.store import read_manifest
 from pipelines.config import ServeConfig
-from pipelines.executors.ray import RayExecutor, init_ray
+from pipelines.executors.feed import bootstrap, feed
+from pipelines.executors.placement import init_ray
+from pipelines.executors.ray import RayExecutor
+from pipelines.run_skeleton import Progress, bootstrap_or_warn, limited, log_throughput
 
 log = logging.getLogger("curator")
 
@@ -133,75 +135,34 @@ def first_dimension(cfg: RunConfig, sources: list[tuple[FileSource, Positions | 
 def run_ingest_ray(scfg: ServeConfig, progress: bool = True) -> Manifest:
     """`run_ingest` on Ray: a bounded run over `[source] paths` (after the bootstrap, once); returns the
     final manifest. Joins the cluster of `service.ray_address` / $RAY_ADDRESS, else starts a local one."""
-    from tqdm import tqdm
-
     cfg = scfg.run
     src = FileSource(cfg.source.paths, cfg.source.format)  # bad paths fail before anything starts
     boot = FileSource(cfg.source.bootstrap, cfg.source.format) if cfg.source.bootstrap else None
     ray_mod, owned = init_ray(scfg, extra_cpus=READ_NUM_CPUS)
-    ex = RayExecutor(scfg)
+    ex = RayExecutor(scfg, embed_actors=0, extra_cpus=READ_NUM_CPUS)  # Ray Data runs the pool
     try:
-        resume = ex.start(pool=False, extra_cpus=READ_NUM_CPUS)
-        dim = ex.dim
-        if cfg.embedder.kind == "precomputed" and dim is None:
-            todo = ([] if resume.bootstrapped or boot is None else [(boot, None)]) + [(src, resume.positions)]
-            dim = first_dimension(cfg, todo)
-            ex.dim = dim
-        if not resume.bootstrapped:
-            if boot is not None:
-                n = _feed(ex, embedded_batches(scfg, boot, None, True, dim), limit=0)
-                ex.request_commit(bootstrapped=True)
-                ex.drain()
-                log.info("bootstrap: %d trusted items inserted, index holds %d", n, ex.index_size)
-            else:
-                log.warning("no trusted bootstrap ([source] bootstrap): the first %d accepted items are taken "
-                            "unjudged", cfg.selector.min_trusted)
+        resume = ex.start()
+        if cfg.embedder.kind == "precomputed" and ex.dim is None:
+            todo: list[tuple[FileSource, Positions | None]] = [] if resume.bootstrapped or boot is None \
+                else [(boot, None)]
+            todo.append((src, resume.positions))
+            ex.fix_dimension(first_dimension(cfg, todo))
+
+        def insert() -> int:
+            assert boot is not None  # called only when there is a bootstrap
+            return bootstrap(ex, embedded_batches(scfg, boot, None, True, ex.dim))
+
+        bootstrap_or_warn(cfg, resume, insert, lambda: ex.index_size)
         src.seek(resume.positions)  # what is left: the bar's total, and the resume line in the log
-        bar = tqdm(total=src.total(), unit="item", desc="curating (Ray Data)", disable=not progress,
-                   dynamic_ncols=True)
-        done = sum(sum(parts.values()) for parts in resume.positions.values())
-        if resume.commit and done:
-            bar.write(f"resuming {cfg.store.out} after commit {resume.commit}: {done} items already decided")
-        bar.update(0)
-        try:
-            _feed(ex, embedded_batches(scfg, src, None, False, dim), cfg.source.limit, bar)
+        with Progress(src.total(), "curating (Ray Data)", progress, resume) as bar:
+            ex.add_observer(bar)
+            feed(ex, limited(embedded_batches(scfg, src, None, False, ex.dim), cfg.source.limit))
             ex.commit_now()
-        finally:
-            bar.close()
-        n, secs = ex.throughput()
-        if n and secs > 0:
-            log.info("throughput: %d items in %.2fs = %.1f items/s (first item sent to last item decided)",
-                     n, secs, n / secs)
-        return read_manifest(resume.out)
+        log_throughput(*ex.throughput())
+        m = read_manifest(resume.out)
+        assert m is not None, "a run that committed has a manifest"
+        return m
     finally:
         ex.shutdown()
         if owned:
             ray_mod.shutdown()
-
-
-def _feed(ex: RayExecutor, batches: Iterator[EmbeddedBatch], limit: int, bar: Any = None) -> int:
-    """Submit embedded batches to the selector in order, within its queue bound; `limit` (0 = none)
-    stops after the batch that reaches it, as `curator ingest` does."""
-    keep = {d.value for d in KEPT_DECISIONS}
-    before = sum(v for k, v in ex.counts.items() if k in keep)  # the bootstrap's, not shown as kept
-    n, shown = 0, ex.items_done
-
-    def show() -> None:
-        nonlocal shown
-        if bar is not None:
-            bar.update(ex.items_done - shown)
-            shown = ex.items_done
-            bar.set_postfix(kept=sum(v for k, v in ex.counts.items() if k in keep) - before, refresh=False)
-
-    for b in batches:
-        if limit and n >= limit:
-            break
-        while not ex.room():
-            ex.pump(0.05)
-        ex.submit_embedded(b)
-        n += b.items
-        ex.pump()
-        show()
-    ex.drain()
-    show()
-    return n
