@@ -83,8 +83,8 @@ SQ8_FLOOR = 1e-3
 MAX_CLEAN_DROP = 0.05
 MIN_CATCH = 0.5
 MIN_FLAG_PRECISION = 0.5  # a label flag must be right more often than not at the estimated noise rate
-#: A flagged label that cannot be corrected is dropped only where the trusted votes bound the share of
-#: right labels that low by this (upper Wilson bound); above it the item is kept, flagged.
+#: A flagged label that cannot be corrected is dropped only where at most this share of the trusted
+#: (right) labels score that low; above it the item is kept, flagged.
 CLEAN_DROP_TARGET = 0.01
 NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
 EARLY = (32, 64, 128)  # decided-item counts (below calibrate_every) where a young stream is recalibrated
@@ -337,11 +337,11 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             if f_noisy[b] >= MIN_CATCH and prec >= MIN_FLAG_PRECISION:
                 values["tau_noise"] = (b + 1) / AGR_BINS
                 origin["tau_noise"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
-                # drops only where the trusted votes bound the right labels below the cut by CLEAN_DROP_TARGET
-                sure = np.flatnonzero(clean_upper[: b + 1] <= CLEAN_DROP_TARGET)
+                # drops only where at most CLEAN_DROP_TARGET of the trusted (right) labels fall below the cut
+                sure = np.flatnonzero(f_clean[: b + 1] <= CLEAN_DROP_TARGET)
                 drop_cut = (int(sure[-1]) + 1) / AGR_BINS if len(sure) else 0.0
                 vote_info |= {"drop_below": drop_cut,
-                              "clean_dropped_upper": round(float(clean_upper[int(sure[-1])]), 4) if len(sure) else 0.0}
+                              "expected_clean_dropped": round(float(f_clean[int(sure[-1])]), 4) if len(sure) else 0.0}
             else:
                 values["tau_noise"] = math.nan
                 origin["tau_noise"] = (
@@ -365,8 +365,8 @@ def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
             origin["tau_drop"] = (f"calibrated from {int(n_votes)} votes of the {trusted_source}" if applied else
                                   "not applied: no calibrated label rule (a flagged label is kept, flagged)")
         evidence["tau_drop"] = {"from": "the trusted votes' agreement: where right labels fall below the cut "
-                                        f"at most {CLEAN_DROP_TARGET:.0%} of the time (upper bound)",
-                                "clean_dropped_upper": vote_info.get("clean_dropped_upper")}
+                                        f"at most {CLEAN_DROP_TARGET:.0%} of the time",
+                                "expected_clean_dropped": vote_info.get("expected_clean_dropped")}
     if not fixed("tau_relabel"):
         right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
         if n_votes >= need_votes:
