@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 _DECISION_VALUES = np.array([d.value for d in DECISIONS], dtype=object)  # by decision code
 _KEPT_CODES = np.array([d in KEPT_DECISIONS for d in DECISIONS])
 _ACCEPTED_CODES = np.array([d.value in ACCEPTED for d in DECISIONS])  # inserted into the index
-#: accepted images whose perceptual hashes show how crowded distinct pictures are (see `_near_ok`)
+#: trusted images whose perceptual hashes show how crowded distinct pictures are (see `_near_ok`)
 PHASH_SAMPLE = 512
 #: the perceptual rule is applied while at most this share of them has another within twice its distance
 PHASH_CROWD = 0.01
@@ -131,7 +131,7 @@ class InfoGrowthSelector:
         self._warned_uncalibrated = False
         self._warned_rules: set[str] = set()
         self.near_ok, self.near_crowd = True, 0.0  # the perceptual rule applies (see `_near_ok`)
-        self._recent_phash = np.zeros(0, np.int64)  # the last PHASH_SAMPLE accepted images' perceptual hashes
+        self._recent_phash = np.zeros(0, np.int64)  # the first PHASH_SAMPLE trusted images' perceptual hashes
         self._view: BatchView | None = None  # the batch being decided, and how far its evidence is collected
         self.hashes = HashTable(self.cfg.phash_max_dist)  # the accepted items' content hashes (hash rules)
         self._hashed = 0  # items the hash table held at the checkpoint restored (rebuilt by `restore_hashes`)
@@ -309,9 +309,11 @@ class InfoGrowthSelector:
 
     def _near_ok(self) -> tuple[bool, float]:
         """Whether distinct pictures stay clear of the perceptual cut in this data: at most PHASH_CROWD of
-        the last PHASH_SAMPLE accepted images have another within twice `phash_max_dist` bits. Simple or
-        synthetic pictures crowd 64-bit hashes (distinct scenes within 4 bits), photos do not (none
-        closer than 10 bits in 57,000 pairs). The exact rules never depend on it."""
+        the trusted images (the first PHASH_SAMPLE) have another within twice `phash_max_dist` bits.
+        Simple or synthetic pictures crowd 64-bit hashes (distinct scenes within 4 bits), photos do not
+        (none closer than 10 bits in 57,000 pairs). Only trusted images are evidence: a stream's own
+        near-copies beyond the cut would look like crowding. Without a bootstrap the rule applies as
+        configured. The exact rules never depend on it."""
         x = self._recent_phash
         if len(x) < PHASH_MIN:  # no evidence yet: the rule applies as configured
             return True, 0.0
@@ -321,7 +323,7 @@ class InfoGrowthSelector:
         return crowd <= PHASH_CROWD, crowd
 
     def _near_status(self) -> str:
-        return (f"{self.near_crowd:.1%} of the last {len(self._recent_phash)} accepted images have another within "
+        return (f"{self.near_crowd:.1%} of the {len(self._recent_phash)} trusted images have another within "
                 f"{2 * self.cfg.phash_max_dist} bits (at most {PHASH_CROWD:.0%} allowed): distinct pictures in "
                 "these data crowd the perceptual cut; exact copies are still caught")
 
@@ -335,14 +337,14 @@ class InfoGrowthSelector:
         r = np.arange(lo, upto)
         if self.collecting()[0]:
             self._note_trusted(self._view, r[s.unjudged[r].astype(bool) & (s.decision[r] == kern.KEPT)])
-        self._note_phash(s, r)
 
     def _note_phash(self, s: Scores, r: np.ndarray) -> None:
-        """The accepted images' perceptual hashes (rows `r` of the batch): how crowded distinct pictures are."""
+        """The trusted images' perceptual hashes (rows `r` of a bootstrap batch): distinct pictures by
+        assumption, so how close they sit to each other says how crowded these data make the cut."""
         h = self._view.hashes if self._view is not None else None
         if h is not None and len(r):
             took = r[_ACCEPTED_CODES[s.decision[r]] & h.phash_ok[r]]
-            self._recent_phash = np.concatenate([self._recent_phash, h.phash[took]])[-PHASH_SAMPLE:]
+            self._recent_phash = np.concatenate([self._recent_phash, h.phash[took]])[:PHASH_SAMPLE]
 
     def _begin_item(self, s: Scores, i: int, trusted: bool) -> None:
         """Before deciding item i (of this batch): recalibrate when due, note the values in force."""
