@@ -155,26 +155,32 @@ def test_decisions_do_not_depend_on_where_batches_start() -> None:
 
 def test_the_perceptual_rule_stands_down_where_distinct_pictures_crowd_its_cut() -> None:
     """Simple pictures collide in 64 perceptual bits (the caption benchmark's synthetic scenes: 11% of
-    distinct ones within 4 bits of another). Once the accepted images show it, near matches are no longer
-    copies (exact ones still are), the run warns once, and the manifest's status says why."""
+    distinct ones within 4 bits of another). When the trusted images show it, near matches are no longer
+    copies (exact ones still are) and the manifest's status says why; distinct trusted photos keep it on."""
     rng = np.random.default_rng(4)
-    x, ids = rng.normal(size=(70, 16)).astype(np.float32), [f"i{j}" for j in range(70)]
-    h = ContentHashes.empty(70)
-    h.image[:] = rng.integers(1, 2**62, 70)
-    base = np.int64(rng.integers(-2**62, 2**62))
-    bits = np.left_shift(np.int64(1), rng.integers(0, 64, (40, 3)))
-    h.phash[:40] = base ^ bits[:, 0] ^ bits[:, 1] ^ bits[:, 2]  # distinct pictures, all within 6 bits
-    h.phash[40:] = rng.integers(-2**63, 2**63 - 1, 30, dtype=np.int64)
-    h.phash[60:] = h.phash[40:50] ^ np.int64(1)  # one bit off a distinct earlier picture
-    h.image[69] = h.image[45]  # and one exact copy
-    h.phash_ok[:] = True
-    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
-    dec = pa.concat_tables([sel.select(_batch(ids[s:s + 10], [None] * 10, s), _emb(x[s:s + 10], h.take(
-        np.arange(s, s + 10)))).decisions for s in range(0, 70, 10)])
-    rules = dec.column("dup_rule").to_pylist()
-    assert rules[60:69] == [None] * 9 and rules[69] == "hash-exact"
+
+    def run(crowded: bool) -> tuple[InfoGrowthSelector, list]:
+        x, ids = rng.normal(size=(60, 16)).astype(np.float32), [f"i{j}" for j in range(60)]
+        h = ContentHashes.empty(60)
+        h.image[:] = rng.integers(1, 2**62, 60)
+        h.phash[:] = rng.integers(-2**63, 2**63 - 1, 60, dtype=np.int64)
+        if crowded:  # 40 distinct trusted pictures, all within 6 bits of each other
+            bits = np.left_shift(np.int64(1), rng.integers(0, 64, (40, 3)))
+            h.phash[:40] = np.int64(rng.integers(-2**62, 2**62)) ^ bits[:, 0] ^ bits[:, 1] ^ bits[:, 2]
+        h.phash[50:59] = h.phash[:9] ^ np.int64(1)  # one bit off a trusted picture
+        h.image[59] = h.image[3]  # and one exact copy
+        h.phash_ok[:] = True
+        sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+        sel.bootstrap(_batch(ids[:40], [None] * 40, 0), _emb(x[:40], h.take(np.arange(40))))
+        dec = sel.select(_batch(ids[40:], [None] * 20, 40), _emb(x[40:], h.take(np.arange(40, 60)))).decisions
+        return sel, dec.column("dup_rule").to_pylist()
+
+    sel, rules = run(crowded=True)
+    assert rules[10:19] == [None] * 9 and rules[19] == "hash-exact"
     status = sel.calibration_report()["phash_max_dist"]
     assert not sel.near_ok and status["origin"].startswith("not applied:") and "crowd" in status["origin"]
+    sel, rules = run(crowded=False)
+    assert sel.near_ok and rules[10:19] == ["hash-near"] * 9 and rules[19] == "hash-exact"
 
 
 def test_a_copy_of_a_dropped_item_is_judged_on_its_own() -> None:
