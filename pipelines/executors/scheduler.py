@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import ray
 
@@ -20,14 +19,14 @@ import ray
 class Flight:
     """One call in flight: a batch through the graph, or a commit queued behind the batches."""
 
-    ref: Any  # the selector/writer actor's result
+    ref: ray.ObjectRef  # the select-and-write actor's result
     kind: str  # "batch" | "commit"
     items: int = 0
     nbytes: int = 0
     trusted: bool = False
     t0: float = 0.0
     worker: int = -1  # the embedder actor it went to
-    report_ref: Any = None  # the embedder's report on it (`StageActor.process_reported`), until handled
+    report_ref: ray.ObjectRef | None = None  # the pool's report on it (`StageActor.process_reported`), until handled
 
 
 class Scheduler:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.actor import ActorHandle
 
 from curator.config import RunConfig
 from curator.select.shard import IndexShard, ShardStats
@@ -28,7 +29,7 @@ class ShardActor(IndexShard):
 
 @dataclass
 class RefResult:
-    ref: Any
+    ref: ray.ObjectRef
 
     def result(self) -> Any:
         return ray.get(self.ref)
@@ -37,7 +38,7 @@ class RefResult:
 class RayShard:
     """The client of one shard actor (picklable: the selector/writer actor holds it)."""
 
-    def __init__(self, actor: Any, shard: int) -> None:
+    def __init__(self, actor: ActorHandle, shard: int) -> None:
         self.actor = actor
         self.shard = shard
 
@@ -66,7 +67,7 @@ class RayShard:
         return ray.get(self.actor.describe.remote())
 
 
-def start_shards(cfg: RunConfig, num_cpus: float) -> tuple[list[Any], list[RayShard]]:
+def start_shards(cfg: RunConfig, num_cpus: float) -> tuple[list[ActorHandle], list[RayShard]]:
     """One actor per `selector.shards`, spread over the cluster's nodes (resources: `num_cpus` each)."""
     cls = ray.remote(ShardActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", max_restarts=0)
     actors = [cls.remote(k, cfg.index, cfg.store.out) for k in range(cfg.selector.shards)]
