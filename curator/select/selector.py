@@ -15,7 +15,6 @@ index and the decisions table is built from the per-item scores.
 
 from __future__ import annotations
 
-import base64
 import importlib
 import logging
 from collections import Counter
@@ -46,7 +45,7 @@ from curator.select.calibrate import (
     trusted_votes,
 )
 from curator.select.codes import ALIGN_MODES, DECISIONS
-from curator.select.hashdup import ACCEPTED, HashTable, hamming, hash_report
+from curator.select.hashdup import ACCEPTED, HashTable, hash_report
 from curator.select.outcome import (
     MODALITIES,
     BatchView,
@@ -59,17 +58,13 @@ from curator.select.routing import Router
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.select.sketch import StreamingQuantile
+from curator.select.trust import PHASH_SAMPLE, crowd_status, loo_from_state, loo_state, phash_crowd
 
 log = logging.getLogger(__name__)
 
 _DECISION_VALUES = np.array([d.value for d in DECISIONS], dtype=object)  # by decision code
 _KEPT_CODES = np.array([d in KEPT_DECISIONS for d in DECISIONS])
 _ACCEPTED_CODES = np.array([d.value in ACCEPTED for d in DECISIONS])  # inserted into the index
-#: trusted images whose perceptual hashes show how crowded distinct pictures are (see `_near_ok`)
-PHASH_SAMPLE = 512
-#: the perceptual rule is applied while at most this share of them has another within twice its distance
-PHASH_CROWD = 0.01
-PHASH_MIN = 8  # accepted images before the check can switch the rule off
 
 #: Columns of the sample table the selector reads (the decisions carry the position).
 SAMPLE_COLUMNS = ("id", "label", "source", "partition", "offset")
@@ -181,7 +176,7 @@ class InfoGrowthSelector:
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
             "hashed": len(self.hashes),
-            "loo": _loo_state(self._trusted_x, self._trusted_y),
+            "loo": loo_state(self._trusted_x, self._trusted_y),
             "recent_phash": self._recent_phash.tolist(),
             "near": [self.near_ok, self.near_crowd],
         }
@@ -209,7 +204,7 @@ class InfoGrowthSelector:
             self.cal = Calibration.from_state(state["calibration"])
             self.trusted_seen = int(state["trusted_seen"])
             self.cal_pending = bool(state["cal_pending"])
-            self._trusted_x, self._trusted_y = _loo_from_state(state.get("loo"))
+            self._trusted_x, self._trusted_y = loo_from_state(state.get("loo"))
             self._recent_phash = np.asarray(state.get("recent_phash") or [], np.int64)
             self.near_ok, self.near_crowd = bool((state.get("near") or [True, 0.0])[0]), float((state.get("near") or [True, 0.0])[1])
         self._hashed = int(state.get("hashed", 0))
@@ -230,7 +225,7 @@ class InfoGrowthSelector:
         """The thresholds in force and the evidence behind each (the manifest's "calibration")."""
         rep = hash_report(self.cfg.hash_dedup, self.cfg.phash_max_dist, len(self.hashes))
         if rep["phash_max_dist"]["value"] is not None and not self.near_ok:
-            rep["phash_max_dist"] |= {"value": None, "origin": "not applied: " + self._near_status()}
+            rep["phash_max_dist"] |= {"value": None, "origin": "not applied: " + self._crowd_status()}
         rep["phash_max_dist"]["crowded_share"] = round(self.near_crowd, 4)
         return {**self.cal.report(), **rep}
 
@@ -254,9 +249,9 @@ class InfoGrowthSelector:
         self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self.boot_evidence,
                              self._eps_floor())
         self.cal_pending = False
-        self.near_ok, self.near_crowd = self._near_ok()
+        self.near_ok, self.near_crowd = phash_crowd(self._recent_phash, self.cfg.phash_max_dist)
         if not self.near_ok and "phash_max_dist" not in self._warned_rules:
-            log.warning("the perceptual-hash rule is not applied: %s", self._near_status())
+            log.warning("the perceptual-hash rule is not applied: %s", self._crowd_status())
             self._warned_rules.add("phash_max_dist")
         for name, status in self.cal.origin.items():  # one warning per rule the evidence does not support
             if status.startswith("not applied") and "not calibrated yet" not in status \
@@ -307,25 +302,8 @@ class InfoGrowthSelector:
         nxt = min([p for p in EARLY if pos < p < r] + [pos + r - pos % r])
         return min(n, i + nxt - pos)
 
-    def _near_ok(self) -> tuple[bool, float]:
-        """Whether distinct pictures stay clear of the perceptual cut in this data: at most PHASH_CROWD of
-        the trusted images (the first PHASH_SAMPLE) have another within twice `phash_max_dist` bits.
-        Simple or synthetic pictures crowd 64-bit hashes (distinct scenes within 4 bits), photos do not
-        (none closer than 10 bits in 57,000 pairs). Only trusted images are evidence: a stream's own
-        near-copies beyond the cut would look like crowding. Without a bootstrap the rule applies as
-        configured. The exact rules never depend on it."""
-        x = self._recent_phash
-        if len(x) < PHASH_MIN:  # no evidence yet: the rule applies as configured
-            return True, 0.0
-        d = hamming(x[:, None], x[None, :])
-        np.fill_diagonal(d, 64)
-        crowd = float((d.min(axis=1) <= 2 * self.cfg.phash_max_dist).mean())
-        return crowd <= PHASH_CROWD, crowd
-
-    def _near_status(self) -> str:
-        return (f"{self.near_crowd:.1%} of the {len(self._recent_phash)} trusted images have another within "
-                f"{2 * self.cfg.phash_max_dist} bits (at most {PHASH_CROWD:.0%} allowed): distinct pictures in "
-                "these data crowd the perceptual cut; exact copies are still caught")
+    def _crowd_status(self) -> str:
+        return crowd_status(self.near_crowd, len(self._recent_phash), self.cfg.phash_max_dist)
 
     def _collect(self, s: Scores, upto: int) -> None:
         """While the label rule cannot be calibrated, the batch's accepted items before `upto` that no
@@ -619,18 +597,3 @@ class InfoGrowthSelector:
         new = out[0] if out else None
         return new if isinstance(new, str) and new.strip() else None
 
-
-def _loo_state(xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, Any] | None:
-    """The vectors whose leave-one-out votes are the label evidence, while they are still collected."""
-    if not ys:
-        return None
-    x = np.concatenate(xs).astype(np.float32)
-    return {"dim": int(x.shape[1]), "x": base64.b64encode(x.tobytes()).decode(),
-            "y": np.concatenate(ys).astype(int).tolist()}
-
-
-def _loo_from_state(state: dict[str, Any] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    if not state:
-        return [], []
-    x = np.frombuffer(base64.b64decode(state["x"]), np.float32).reshape(-1, int(state["dim"]))
-    return [x.copy()], [np.asarray(state["y"], np.int64)]
