@@ -16,11 +16,17 @@
    its queries, `run_selector`, `ExactIndex`; the indexed vectors are generated on the GPU).
 4. **e2e**: Parquet files of JPEG records -> `pipelines.ingest.run_ingest` (what `curator ingest`
    runs) with ViT-B-32 fp16 on the GPU and `embedder.decode = "torch"`, `selector.eps_dup = 0` (a
-   random-init model finds most photos near-duplicates; with 0 every item is kept, so the index grows
-   with the stream: the selector's worst case); with and without `store.store_images`. Images/s (after
+   random-init model finds most photos near-duplicates; with 0 nearly every item is kept -- the hash
+   rules still drop the few perceptual near-copies among the crops -- so the index grows with the
+   stream: the selector's worst case); with and without `store.store_images`. Images/s (after
    the model is loaded) and where the time goes: read (Parquet -> records), validate, decode (the
    device path, synchronised), embed (the rest of the embed stage: header checks, model), select,
    write (staging), commit (Parquet parts, index snapshot, manifest).
+5. **cpu**: the e2e runs' CPU per item, as `benchmarks/pipeline_speed.py` reports the service's
+   (`benchmarks.cpu_cost`): the one process's CPU microseconds per item (every thread, setup
+   excluded) and the items/s that caps one process at, then each stage's CPU and wall microseconds
+   per item -- what the driver and the selector/writer of a service on this node would spend per
+   item beside the GPU (decode's CPU includes waiting for the device).
 
 `--smoke` runs every part tiny on the CPU (the shipped curator-tiny model, a few hundred images, the
 torch search forced onto the CPU) in well under a minute; tests/test_gpu_check.py runs it.
@@ -410,6 +416,7 @@ class StageTimes:
     def __init__(self, device: str) -> None:
         self.device = device
         self.s: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds of this process (every thread) in each stage
         self.calls: dict[str, int] = {}
         self.decoded = 0
 
@@ -422,7 +429,7 @@ class StageTimes:
         targets = [(st.ValidateStage, "process", "validate"), (st.EmbedStage, "process", "embed+decode"),
                    (st.SelectWriteStage, "decide", "select"), (st.SelectWriteStage, "stage_rows", "write"),
                    (st.SelectWriteStage, "commit", "commit"), (curator.run.LocalExecutor, "setup", "setup"),
-                   (JpegPreprocess, "__call__", "decode")]
+                   (JpegPreprocess, "with_thumbnails", "decode")]
         saved = [(cls, name, getattr(cls, name)) for cls, name, _ in targets]
         for cls, name, key in targets:
             setattr(cls, name, self._timed(getattr(cls, name), key))
@@ -434,12 +441,13 @@ class StageTimes:
 
     def _timed(self, fn: Callable[..., Any], key: str) -> Callable[..., Any]:
         def run(*a: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = fn(*a, **kw)
             if key == "decode":
                 sync(self.device)  # its kernels are charged to it, not to the model after it
                 self.decoded += len(out[1])
             self.s[key] = self.s.get(key, 0.0) + time.perf_counter() - t0
+            self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
             self.calls[key] = self.calls.get(key, 0) + 1
             return out
 
@@ -460,16 +468,17 @@ def e2e_config(shards: Path, out: Path, args: argparse.Namespace, limit: int, st
     return cfg
 
 
-def bench_e2e(shards: Path, work: Path, args: argparse.Namespace, store_images: bool) -> dict[str, Any]:
+def bench_e2e(shards: Path, work: Path, args: argparse.Namespace,
+              store_images: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from pipelines.ingest import run_ingest
 
     tag = "store" if store_images else "nostore"
     run_ingest(e2e_config(shards, work / f"warm-{tag}", args, 2 * args.batch, store_images), progress=False)
     times = StageTimes(args.device)
     with times.patched():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = run_ingest(e2e_config(shards, work / f"run-{tag}", args, args.e2e_images, store_images), progress=False)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     s = times.s
     run_s = wall - s.get("setup", 0.0)
     decided = int(sum((m.get("counts") or {}).values()))
@@ -486,7 +495,29 @@ def bench_e2e(shards: Path, work: Path, args: argparse.Namespace, store_images: 
     row["select_items_per_s"] = round(decided / max(s.get("select", 1e-9), 1e-9))
     shutil.rmtree(work / f"run-{tag}", ignore_errors=True)
     shutil.rmtree(work / f"warm-{tag}", ignore_errors=True)
-    return row
+    return row, cpu_rows(f"e2e store_images={store_images}", times, cpu, run_s, decided)
+
+
+def cpu_rows(run: str, times: StageTimes, cpu: float, run_s: float, items: int) -> list[dict[str, Any]]:
+    """The run's CPU per item (`benchmarks.cpu_cost`, as pipeline_speed reports it): the one process,
+    then each stage (its own CPU and wall; with decode on the device, CPU includes waiting on it)."""
+    from benchmarks.cpu_cost import ProcCost, cost_table
+
+    c, s = times.cpu, times.s
+    cpu -= c.get("setup", 0.0)  # the model's loading: not per item
+    table = cost_table([ProcCost("ingest process (every stage)", "graph", cpu)], items)
+    rows = [{"part": "cpu", "run": run, "process": r["role"], "us_per_item": r["us_per_item"],
+             "cap_items_per_s": table["summary"]["critical_cap_items_per_s"]} for r in table["rows"]]
+    stage_cpu = {k: v for k, v in c.items() if k not in ("setup", "embed+decode")}
+    stage_cpu["embed"] = c.get("embed+decode", 0.0) - c.get("decode", 0.0)
+    stage_cpu["read+other"] = cpu - sum(v for k, v in c.items() if k not in ("setup", "decode"))
+    stage_wall = {k: v for k, v in s.items() if k not in ("setup", "embed+decode")}
+    stage_wall["embed"] = s.get("embed+decode", 0.0) - s.get("decode", 0.0)
+    stage_wall["read+other"] = run_s - sum(v for k, v in s.items() if k not in ("setup", "decode"))
+    for k in ("read+other", "validate", "decode", "embed", "select", "write", "commit"):
+        rows.append({"part": "cpu", "run": run, "stage": k, "us_per_item": round(stage_cpu.get(k, 0.0) * 1e6 / items, 1),
+                     "wall_us_per_item": round(stage_wall.get(k, 0.0) * 1e6 / items, 1)})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -599,9 +630,14 @@ def main(argv: list[str] | None = None) -> None:
                     emit(bench_select(n, args.device, args.index_gpu, args.queries, args.batch, args.repeats))
         if "e2e" in args.parts:
             print(f"e2e ({args.e2e_images} JPEG records -> run_ingest, {args.e2e_model} {args.precision})", flush=True)
+            cpu: list[dict[str, Any]] = []
             for store in (True, False):
                 if in_budget(f"e2e store_images={store}"):
-                    emit(bench_e2e(work / "jpegs", work, args, store))
+                    row, more = bench_e2e(work / "jpegs", work, args, store)
+                    emit(row)
+                    cpu += more
+            for row in cpu:  # after the e2e rows: one table each
+                emit(row)
         print_tables(ROWS)
         print(f"\ngpu_check done in {time.perf_counter() - t_start:.0f}s", flush=True)
     finally:

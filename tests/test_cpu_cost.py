@@ -1,0 +1,57 @@
+"""benchmarks/cpu_cost.py, the cost model the throughput benchmarks report: CPU seconds read from /proc
+for a real child process, and the per-item table built from per-process CPU (pool shares of the
+forward pass, the critical process, the projections)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.cpu_cost import CpuWindow, ProcCost, cost_table, costs, median_tables  # noqa: E402
+
+BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\ntime.sleep(0.5)\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_window_reads_a_child_process_cpu_time() -> None:
+    win = CpuWindow([], every_s=0.05).open()
+    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    win.extra += [busy.pid, idle.pid]
+    win.follow_threads([busy.pid])
+    busy.wait()
+    idle.wait()
+    win.close()  # both exited: their last readings stand
+    got = {p.role: p for p in costs(win, {busy.pid: "busy", idle.pid: "idle"})}
+    assert 0.4 <= got["busy"].cpu_s <= 0.9  # its loop, plus the interpreter's start
+    assert got["idle"].cpu_s < 0.3
+    assert got["busy"].threads["main"] >= 0.4
+    table = cost_table(list(got.values()), items=1000)
+    rows = {r["role"]: r for r in table["rows"]}
+    assert rows["busy"]["us_per_item"] == pytest.approx(got["busy"].cpu_s * 1000, abs=0.1)
+    assert table["summary"]["critical"] == "busy"
+
+
+def test_table_splits_the_forward_pass_over_the_pool_and_caps_by_the_busiest_single_process() -> None:
+    procs = [ProcCost("driver", "graph", 1.0), ProcCost("selector/writer", "graph", 0.5),
+             ProcCost("embedder-0", "graph", 2.0), ProcCost("embedder-1", "graph", 2.0),
+             ProcCost("raylet", "ray", 0.1)]
+    t = cost_table(procs, items=1000, forward_us=3000.0, items_per_s=400.0, embed_only_items_per_s=500.0)
+    rows = {r["role"]: r for r in t["rows"]}
+    s = t["summary"]
+    assert rows["embedder-0"]["non_embed_us_per_item"] == 500.0  # 2000 less half of the 3000 us forward pass
+    assert rows["driver"]["non_embed_us_per_item"] == 1000.0
+    assert s["graph_us_per_item"] == 5500.0 and s["non_embed_us_per_item"] == 2500.0
+    assert s["max_single_non_embed_us_per_item"] == 1000.0 and s["ray_system_us_per_item"] == 100.0
+    assert s["critical"] == "driver" and s["critical_cap_items_per_s"] == 1000  # the pool is not a critical path
+    assert s["projected_items_per_s_4"] == round(4e6 / 5600)  # the cores, before the cap
+    assert s["projected_gpu_items_per_s_4"] == 1000  # forward off the CPU: the driver caps it
+    assert s["ratio_to_embed_only"] == 0.8
+    med = median_tables([t, cost_table([ProcCost("driver", "graph", 3.0)], items=1000)])
+    assert {r["role"]: r["us_per_item"] for r in med["rows"]}["driver"] == 2000.0
