@@ -192,7 +192,9 @@ def ray_role(comm: str, titles: set[str]) -> tuple[str, str] | None:
                       ("StageActor", "embedder (StageActor)")):
         if key in t:
             return role, "graph"
-    if "ray::" in t:  # task workers: Ray Data's read tasks, or idle
+    if titles <= {"ray::IDLE"}:  # never seen running anything: Ray's pool of idle workers
+        return "ray idle workers", "ray"
+    if "ray::" in t:  # task workers seen running a task: Ray Data's read tasks
         return "task workers (reads)", "graph"
     return None
 
@@ -247,7 +249,7 @@ def cost_table(procs: list[ProcCost], items: int, forward_us: float | None = Non
     n = max(items, 1)
     pool_us = sum(p.cpu_s for p in procs if p.group == "graph" and is_pool(p.role)) * 1e6 / n
     fwd = min(forward_us or 0.0, pool_us) if pool_us else 0.0
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in sorted(procs, key=lambda p: ({"graph": 0, "ray": 1}.get(p.group, 2), -p.cpu_s)):
         us = p.cpu_s * 1e6 / n
         non = us * (1 - fwd / pool_us) if is_pool(p.role) and p.group == "graph" else us
@@ -284,7 +286,7 @@ def median_tables(tables: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over runs: per role (us per item), and per summary key (numbers; the critical role is
     the most frequent one). Each row keeps the runs' values in ``us_per_item_runs``."""
     roles = list(dict.fromkeys(r["role"] for t in tables for r in t["rows"]))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for role in roles:
         got = [r for t in tables for r in t["rows"] if r["role"] == role]
         med = {k: round(statistics.median(r[k] for r in got), 3 if k == "cpu_s" else 1)

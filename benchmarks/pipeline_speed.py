@@ -1,24 +1,45 @@
-"""End-to-end speed of `curator serve` against embed-only speed, and its memory under a 10x burst.
+"""End-to-end speed of `curator serve` against embed-only speed, what each of its processes spends
+per item (the cost model), and its memory under a 10x burst.
 
-    python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64]
-        [--model curator-tiny] [--image-size 64] [--memory-limit-mb 3000] [--json FILE]
+    python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64] [--repeats 3]
+        [--model curator-tiny] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
+        [--skip-ray-engine] [--skip-burst] [--json FILE]
 
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
-broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool:
+broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool. Parts 1
+to 3 run --repeats times, interleaved; the tables give medians (the JSON also has every run):
 
 1. **embed-only**: the pool (`StageActor[validate, embed]` actors, 2 batches in flight each) fed the
    decoded records directly -- no Kafka, no ordering, no selector, no writer. Also, for reference,
-   one embedder in this process (with one actor's thread count) on the same batches.
+   one embedder in this process (with one actor's thread count) on the same batches, and the model's
+   forward pass alone (`pipeline_cost.forward_us`): the CPU a GPU would take over.
 2. **service**: the same records as JSON messages (base64 images) on a --partitions topic, through
-   `curator serve` (a subprocess joining this Ray) from the first item sent into the graph to the
-   last item decided (the service logs this window). Target: service / embed-only >= 0.9.
-3. **burst**: a fresh service on a fresh topic; records are produced at half the service's measured
+   `curator serve` (a subprocess joining this Ray). Items/s: the service's own window, first item
+   sent into the graph to the last item decided. CPU: a second, warm service (it first decides
+   --warmup other items) -- every process's CPU time from /proc over producing the records, deciding
+   them, draining and the final commit, per item (`cpu_cost`: driver, selector/writer, each
+   embedder, Ray's raylet and GCS), with the stage seconds the batches carry (its /metrics).
+   Targets: service / embed-only >= 0.9; CPU per item without the forward pass, summed over the
+   processes, <= 150 us, and no process above 50 us.
+3. **ingest --engine ray**: the records as Parquet files through `curator ingest --engine ray` (a
+   subprocess joining this Ray): its items/s, and per process role the marginal CPU per item of a
+   run on 4x the records over a run on the records (setup cancels out).
+4. **--indexed N**: what N items already indexed add per item to the selector/writer (search and
+   decide, and the whole-index snapshot each commit writes), measured in this process on
+   selector_speed's 512-d mixture, and the service's selector/writer projected to N indexed. The
+   issue's targets are at 1M indexed; filling a service's run directory with 1M items would mean
+   embedding 1M images here (hours), so the selector's part is measured on its own.
+5. **burst**: a fresh service on a fresh topic; records are produced at half the service's measured
    rate for `--steady-s`, then at 10x that rate for `--burst-s`; the memory the service uses
    (PSS of the driver + actors, from its /metrics) is sampled every 0.25 s -- once on a quiet
    machine, once with `--contend` busy processes beside it. Target: the peak stays within
    ``service.memory_limit_mb`` (the backlog waits in Kafka, not in memory).
 
-Images are the scikit-learn digits upscaled to --image-size pixels (PNG), so decoding is real work.
+CPU time per item is the figure that holds on a shared machine and carries to a bigger one; each
+table ends with the process that caps the service (``critical``: the busiest process that does not
+grow with the cores) and projected items/s for 4, 8 and 16 cores -- projections, not measurements
+(`cpu_cost`). Images are the scikit-learn digits upscaled to --image-size pixels (PNG), so decoding
+is real work. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +69,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.cpu_cost import CpuWindow, cost_table, costs, median_tables  # noqa: E402
+from benchmarks.pipeline_cost import forward_us, indexed_cost, ingest_ray_speed, print_results, write_parquet  # noqa: E402
 from connectors.kafka.clients import kafka_producer  # noqa: E402
 from connectors.kafka.codec import encode_json  # noqa: E402
 from curator.batch import RawBatch  # noqa: E402
@@ -84,11 +108,15 @@ def run_config(args: argparse.Namespace, out: Path) -> RunConfig:
 # --------------------------------------------------------------------------- 1. embed-only
 
 
-def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, float]:
+def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, Any]:
     import ray
 
     from curator.stages import build_stages
-    from pipelines.executors.ray import StageActor
+
+    try:
+        from pipelines.executors.actors import StageActor
+    except ImportError:  # before the actors had a module of their own
+        from pipelines.executors.ray import StageActor  # type: ignore[attr-defined,no-redef]
 
     cfg = run_config(args, Path(tempfile.mkdtemp()))
     stages = build_stages(cfg)
@@ -97,11 +125,13 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
                for i in range(0, len(records), args.batch_size)]
     cls = ray.remote(StageActor).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
     pool = [cls.remote(stages.upstream) for _ in range(args.actors)]
-    ray.get([a.setup.remote() for a in pool])
+    infos = ray.get([a.setup.remote() for a in pool])
     refs = [ray.put(b) for b in batches]
     ray.get([a.process.remote(refs[0]) for a in pool])  # warm up
+    win = CpuWindow([], extra=[i.pid for i in infos]).open()
     t0 = time.perf_counter()
     inflight: list[Any] = []
+    every: list[Any] = []
     load = [0] * len(pool)
     owner: dict[Any, int] = {}
     for ref in refs:
@@ -113,10 +143,17 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
         info = pool[i].process.remote(ref)
         owner[info] = i
         inflight.append(info)
+        every.append(info)
     ray.get(inflight)
     pool_s = time.perf_counter() - t0
+    win.close()
+    stage_s: dict[str, float] = {}
+    for out in ray.get(every):
+        for k, v in out.seconds.items():
+            stage_s[k] = stage_s.get(k, 0.0) + v
     for a in pool:
         ray.kill(a)
+    procs = costs(win, {i.pid: f"embedder-{k}" for k, i in enumerate(infos)})
 
     import torch
 
@@ -129,12 +166,17 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
     emb.setup()
     tables = [validate_records(b.records, b.positions)[0] for b in batches]
     emb.embed(tables[0])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in tables:
         emb.embed(t)
-    one_s = time.perf_counter() - t0
+    one_s, one_cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.set_num_threads(threads)
-    return {"pool_items_per_s": len(records) / pool_s, "inprocess_items_per_s": len(records) / one_s}
+    n = len(records)
+    fwd = forward_us(args.model, emb.model, records, args.batch_size)
+    return {"pool_items_per_s": n / pool_s, "inprocess_items_per_s": n / one_s,
+            "inprocess_embed_us_per_item": one_cpu * 1e6 / n, "forward_us_per_item": fwd,
+            "pool": cost_table(procs, n, fwd, n / pool_s),
+            "stage_us_per_item": {k: v * 1e6 / n for k, v in stage_s.items()}}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -235,6 +277,18 @@ class Service:
                 out[m.group(1)] = float(m.group(2))
         return out
 
+    def wait_log(self, pattern: str, timeout_s: float = 300) -> re.Match[str]:
+        """The first match of `pattern` (multiline) in the log, waiting for it (read every 20 ms)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log(), re.M)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"no {pattern!r} in the service's log:\n{self.log()[-3000:]}")
+
     def wait(self, timeout_s: float) -> int:
         rc = self.proc.wait(timeout_s)
         self._log.close()
@@ -271,10 +325,12 @@ def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partition
 
 
 def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
-                  work: Path) -> dict[str, float]:
+                  work: Path, run: int = 0) -> dict[str, float]:
+    """Items/s of a service over records produced beforehand: its own window, first item sent to last decided."""
     topic = broker.topic(args.partitions)
     produce(broker, topic, records, args.partitions)
-    svc = Service(serve_toml(args, work / "speed-run", broker, topic, address, bounded=True), work, "speed")
+    svc = Service(serve_toml(args, work / f"speed-run-{run}", broker, topic, address, bounded=True), work,
+                  f"speed-{run}")
     rc = svc.wait(1800)
     if rc != 0:
         raise RuntimeError(f"service failed:\n{svc.log()[-3000:]}")
@@ -283,6 +339,72 @@ def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[s
         raise RuntimeError(f"no throughput line:\n{svc.log()[-3000:]}")
     n, secs = int(m.group(1)), float(m.group(2))
     return {"items": n, "seconds": secs, "items_per_s": n / secs}
+
+
+def graph_pids(svc: Service) -> dict[int, str]:
+    """The service's processes by role, from its log: the driver, the selector/writer, the embedders, the shards."""
+    text = svc.log()
+    m = re.search(r"selector/writer actor pid (\d+), embedder actor pids \[([\d, ]*)\]", text)
+    if not m:
+        raise RuntimeError(f"the service's log names no actor pids:\n{text[-3000:]}")
+    known = {svc.proc.pid: "driver", int(m.group(1)): "selector/writer"}
+    known.update({int(p): f"embedder-{i}" for i, p in enumerate(re.findall(r"\d+", m.group(2)))})
+    sm = re.search(r"selector shard actor pids \[([\d, ]*)\]", text)
+    known.update({int(p): f"shard-{i}" for i, p in enumerate(re.findall(r"\d+", sm.group(1)))} if sm else {})
+    return known
+
+
+def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
+                work: Path, run: int, embed_only: dict[str, Any], items_per_s: float) -> dict[str, Any]:
+    """Each process's CPU per item in a warm service. It first decides --warmup other items (models,
+    compiled loops and the commit path warmed; the graph then idles); the window opens, the records
+    are produced, and it closes once every one is decided, drained and committed (SIGTERM: the final
+    commit is in it). The driver's figure is net of this benchmark's /metrics reads (each measured)."""
+    warm = dataset(args.warmup, args.image_size, seed=1)  # other images: no exact-hash duplicates of them
+    topic = broker.topic(args.partitions)
+    produce(broker, topic, warm, args.partitions)
+    svc = Service(serve_toml(args, work / f"cpu-run-{run}", broker, topic, address, bounded=False), work,
+                  f"cpu-{run}")
+    port = svc.port()
+    svc.wait_log(r"consuming \S+ from")
+    known = graph_pids(svc)
+    outside = {broker.proc.proc.pid: "kafka broker (mock)"} if broker.proc is not None else {}
+
+    def decided(n: int, every_s: float) -> int:
+        reads, deadline = 0, time.monotonic() + 1800
+        while (svc.metric(port, "curator_items_out_total") or 0) < n:
+            reads += 1
+            if time.monotonic() > deadline or svc.proc.poll() is not None:
+                raise RuntimeError(f"service did not decide {n} items:\n{svc.log()[-3000:]}")
+            time.sleep(every_s)
+        return reads + 1
+
+    decided(len(warm), 0.5)
+    time.sleep(1.0)  # the warm-up's last batches and commits settle
+    w = CpuWindow([], extra=[svc.proc.pid]).open()
+    for _ in range(10):
+        svc.metric(port, "curator_items_out_total")
+    read_s = w.close().seconds()[0][1] / 10
+    st0 = svc.metrics(port, "curator_batch_seconds_sum")
+    win = CpuWindow([os.getpid()]).open()
+    win.follow_threads(known)
+    produce(broker, topic, records, args.partitions, start=len(warm))
+    reads = decided(len(warm) + len(records), 0.5)
+    st1 = svc.metrics(port, "curator_batch_seconds_sum")
+    svc.proc.send_signal(signal.SIGTERM)
+    svc.wait_log(r"^curated set: ")
+    win.close()
+    if svc.wait(300) != 0:
+        raise RuntimeError(f"service failed:\n{svc.log()[-3000:]}")
+    n = len(records)
+    procs = costs(win, known, outside)
+    for p in procs:
+        if p.role == "driver":
+            p.cpu_s -= (reads + 1) * read_s
+    table = cost_table(procs, n, embed_only["forward_us_per_item"], items_per_s, embed_only["pool_items_per_s"])
+    table["summary"]["metrics_reads_us_per_item"] = round((reads + 1) * read_s * 1e6 / n, 1)
+    return {**table, "stage_us_per_item": {k: (v - st0.get(k, 0.0)) * 1e6 / n for k, v in st1.items()
+                                           if k != "end_to_end"}}
 
 
 class CpuHogs:
@@ -359,6 +481,48 @@ def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[st
             "rss_sum_peak_mb": max((v for p, v in rss_total if p != "startup"), default=0.0) / 2**20}
 
 
+def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[str, Any]], address: str,
+                   work: Path) -> dict[str, Any]:
+    """Embed-only, the service and `ingest --engine ray`, --repeats times each (interleaved, so each
+    sees the same machine load), with their per-process CPU tables; medians printed and returned."""
+    runs: dict[str, list[dict[str, Any]]] = {"embed_only": [], "service": [], "ingest_ray": []}
+    inputs = {}
+    if not args.skip_ray_engine:  # the records, and 4x as many (the first of which are the records)
+        more = dataset(4 * len(records), args.image_size)
+        inputs = {n: write_parquet(more[:n], work / f"inputs-{n}") for n in (len(records), len(more))}
+    outside = {broker.proc.proc.pid: "kafka broker (mock)"} if broker.proc is not None else {}
+    for r in range(args.repeats):
+        eo = embed_only(args, records)
+        runs["embed_only"].append(eo)
+        sv = service_speed(args, broker, records, address, work, r)
+        runs["service"].append(service_cpu(args, broker, records, address, work, r, eo, sv["items_per_s"]))
+        if not args.skip_ray_engine:
+            runs["ingest_ray"].append(ingest_ray_speed(lambda out: run_config(args, out), args, address, work, r,
+                                                        inputs, eo, outside))
+        print(f"run {r + 1}/{args.repeats}: service {runs['service'][-1]['summary']['items_per_s']:.0f} items/s, "
+              f"embed-only pool {eo['pool_items_per_s']:.0f} items/s", flush=True)
+    med = lambda key, rs: statistics.median(x[key] for x in rs)  # noqa: E731
+    eo_rows = runs["embed_only"]
+    out: dict[str, Any] = {"runs": runs}
+    out["embed_only"] = {k: round(med(k, eo_rows), 1) for k in ("pool_items_per_s", "inprocess_items_per_s",
+                                                                 "inprocess_embed_us_per_item", "forward_us_per_item")}
+    out["embed_only"]["pool"] = median_tables([x["pool"] for x in eo_rows])
+    stages = lambda rs: {k: round(statistics.median(x["stage_us_per_item"].get(k, 0.0) for x in rs), 1)  # noqa: E731
+                         for k in rs[0]["stage_us_per_item"]}
+    out["embed_only"]["stage_us_per_item"] = stages(eo_rows)
+    out["service"] = median_tables(runs["service"])
+    out["service"]["stage_us_per_item"] = stages(runs["service"])
+    if runs["ingest_ray"]:
+        out["ingest_ray"] = median_tables(runs["ingest_ray"])
+    if args.indexed:
+        print(f"selector/writer at {args.indexed} indexed items (in this process) ...", flush=True)
+        out["indexed"] = indexed_cost(args.indexed, len(records), args.batch_size,
+                                      run_config(args, work).store.commit_every)
+
+    print_results(out, args, len(records))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=3000)
@@ -379,7 +543,14 @@ def main() -> None:
     ap.add_argument("--skip-burst", action="store_true")
     ap.add_argument("--contend", type=int, default=2,
                     help="busy processes beside the service in the contended burst (0 = only the quiet one)")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement (the tables give medians)")
+    ap.add_argument("--warmup", type=int, default=2048,
+                    help="items a service decides before its CPU is measured (past its start-up phases)")
+    ap.add_argument("--skip-ray-engine", action="store_true", help="no `curator ingest --engine ray` runs")
+    ap.add_argument("--indexed", type=int, default=0, metavar="N",
+                    help="also measure what N items already indexed add to the selector/writer (the issue's "
+                         "condition is 1000000: about 3 minutes and 5 GB here)")
+    ap.add_argument("--json", help="also write the results here (keys as in the tables)")
     args = ap.parse_args()
 
     import ray
@@ -392,21 +563,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="curator-bench-"))
     results: dict[str, Any] = {"config": vars(args), "cpus": os.cpu_count()}
     try:
-        eo = embed_only(args, records)
-        results["embed_only"] = eo
-        sv = service_speed(args, broker, records, address, work)
-        results["service"] = sv
-        ratio = sv["items_per_s"] / eo["pool_items_per_s"]
-        results["ratio"] = ratio
-        print(f"\nmodel {args.model}, batch {args.batch_size}, {args.actors} embedder actor(s) x "
-              f"{args.embed_cpus} CPU, {args.items} items of {args.image_size}px PNG, {os.cpu_count()} CPU cores")
-        print(f"{'measurement':<44} | {'items/s':>9}")
-        print(f"{'-' * 44}-|-{'-' * 9}")
-        print(f"{'embed-only, one embedder in-process':<44} | {eo['inprocess_items_per_s']:>9.1f}")
-        print(f"{'embed-only, the actor pool':<44} | {eo['pool_items_per_s']:>9.1f}")
-        print(f"{'service end to end (Kafka -> curated set)':<44} | {sv['items_per_s']:>9.1f}")
-        print(f"{'ratio service / embed-only pool (target 0.9)':<44} | {ratio:>9.2f}")
-        print(f"{'ratio service / one embedder':<44} | {sv['items_per_s'] / eo['inprocess_items_per_s']:>9.2f}")
+        results.update(speed_and_cost(args, broker, records, address, work))
+        sv = results["service"]["summary"]
         if not args.skip_burst:
             cases = [("quiet", 0), ("contended", args.contend)] if args.contend else [("quiet", 0)]
             bursts = {name: burst_memory(args, broker, records, address, work, rate=0.5 * sv["items_per_s"],
