@@ -135,6 +135,18 @@ def abstained_columns(cal: dict) -> dict[str, str]:
     return out
 
 
+def shuffled_with_truth(recs: list[dict], truth: list[tuple], rng: np.random.Generator) -> tuple[list[dict], Any]:
+    """A dirtied stream in random order, and its ground truth as a table (id, true_label, given_label,
+    flipped, group, is_copy): what `score` reads."""
+    import pyarrow as pa
+
+    order = rng.permutation(len(recs))
+    recs, truth = [recs[k] for k in order], [truth[k] for k in order]
+    cols = list(zip(*truth, strict=True))
+    return recs, pa.table({"id": cols[0], "true_label": cols[1], "given_label": cols[2], "flipped": cols[3],
+                           "group": cols[4], "is_copy": cols[5]})
+
+
 def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:
     out = work / f"seed{seed}"
     ds = write_demo_inputs(out, seed)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from infobatch import FASHION_DIR, _idx  # noqa: E402
-from quality_digits import report_seeds, score  # noqa: E402
+from quality_digits import report_seeds, score, shuffled_with_truth  # noqa: E402
 
 from curator.config import load_config  # noqa: E402
 from pipelines.ingest import run_ingest  # noqa: E402
@@ -61,11 +61,7 @@ def fashion_stream(seed: int, n: int = 3000, n_boot: int = 100, flip: float = 0.
         noisy = np.clip(x[i] + rng.normal(0.0, noise_std, 784), 0.0, 1.0).astype(np.float32)
         recs.append(rec(f"f{i}-copy", noisy, given[j]))
         truth.append((f"f{i}-copy", int(y[i]), int(given[j]), bool(flipped[j]), int(i), True))
-    perm = rng.permutation(len(recs))
-    recs, truth = [recs[k] for k in perm], [truth[k] for k in perm]
-    cols = list(zip(*truth, strict=True))
-    truth_tbl = pa.table({"id": cols[0], "true_label": cols[1], "given_label": cols[2], "flipped": cols[3],
-                          "group": cols[4], "is_copy": cols[5]})
+    recs, truth_tbl = shuffled_with_truth(recs, truth, rng)
     test = rng.choice(len(xt), n_test, replace=False)
     return {"bootstrap": [rec(f"boot-{i}", x[i], y[i]) for i in boot], "stream": recs, "truth": truth_tbl,
             "clean_x": np.concatenate([x[boot], x[rest]]), "clean_y": np.concatenate([y[boot], y[rest]]),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from quality_digits import COLS, report_seeds, score  # noqa: E402
+from quality_digits import COLS, report_seeds, score, shuffled_with_truth  # noqa: E402
 
 from curator.config import load_config  # noqa: E402
 from pipelines.ingest import run_ingest  # noqa: E402
@@ -72,11 +72,7 @@ def tabular_stream(name: str, seed: int, flip: float = 0.2, dup: float = 0.3, no
         i = rest[j]
         recs.append(rec(f"t{i}-copy", x[i] + rng.normal(0.0, noise_std, x.shape[1]).astype(np.float32), given[j]))
         truth.append((f"t{i}-copy", int(y[i]), int(given[j]), bool(flipped[j]), int(i), True))
-    order = rng.permutation(len(recs))
-    recs, truth = [recs[k] for k in order], [truth[k] for k in order]
-    cols = list(zip(*truth, strict=True))
-    truth_tbl = pa.table({"id": cols[0], "true_label": cols[1], "given_label": cols[2], "flipped": cols[3],
-                          "group": cols[4], "is_copy": cols[5]})
+    recs, truth_tbl = shuffled_with_truth(recs, truth, rng)
     return {"bootstrap": [rec(f"boot-{i}", x[i], y[i]) for i in boot], "stream": recs, "truth": truth_tbl,
             "clean_x": x[train], "clean_y": y[train], "test_x": x[test], "test_y": y[test]}
 
