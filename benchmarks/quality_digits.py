@@ -147,6 +147,29 @@ def shuffled_with_truth(recs: list[dict], truth: list[tuple], rng: np.random.Gen
                            "group": cols[4], "is_copy": cols[5]})
 
 
+def curate_precomputed(d: dict, out: Path, seed: int, model: str, batch_size: int) -> dict:
+    """Write a stream of precomputed-embedding records and its trusted bootstrap as Parquet, curate
+    them with the library defaults, and score the run (`score`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curator.config import load_config
+
+    (out / "inputs").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(d["stream"]), out / "inputs" / "stream.parquet")
+    pq.write_table(pa.Table.from_pylist(d["bootstrap"]), out / "inputs" / "bootstrap.parquet")
+    cfg = load_config(None, {
+        "embedder": {"kind": "precomputed", "model": model, "pretrained": ""},
+        "selector": {"seed": seed},  # the library defaults
+        "source": {"paths": [str(out / "inputs" / "stream.parquet")],
+                   "bootstrap": [str(out / "inputs" / "bootstrap.parquet")], "batch_size": batch_size},
+        "store": {"out": str(out), "commit_every": 1024}})
+    t0 = time.perf_counter()
+    run_ingest(cfg, progress=False)
+    return score(seed, out, d["truth"], d["stream"], d["bootstrap"], d["test_x"], d["test_y"], d["clean_x"],
+                 d["clean_y"], 1.0, time.perf_counter() - t0)
+
+
 def run_seed(seed: int, work: Path, overrides: dict | None = None) -> dict[str, float]:
     out = work / f"seed{seed}"
     ds = write_demo_inputs(out, seed)

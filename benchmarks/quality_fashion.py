@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from infobatch import FASHION_DIR, _idx  # noqa: E402
-from quality_digits import report_seeds, score, shuffled_with_truth  # noqa: E402
-
-from curator.config import load_config  # noqa: E402
-from pipelines.ingest import run_ingest  # noqa: E402
+from quality_digits import curate_precomputed, report_seeds, shuffled_with_truth  # noqa: E402
 
 
 def fashion_stream(seed: int, n: int = 3000, n_boot: int = 100, flip: float = 0.2, dup: float = 0.3,
@@ -69,21 +63,7 @@ def fashion_stream(seed: int, n: int = 3000, n_boot: int = 100, flip: float = 0.
 
 
 def run_seed(seed: int, work: Path) -> dict:
-    d = fashion_stream(seed)
-    out = work / f"seed{seed}"
-    (out / "inputs").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(d["stream"]), out / "inputs" / "stream.parquet")
-    pq.write_table(pa.Table.from_pylist(d["bootstrap"]), out / "inputs" / "bootstrap.parquet")
-    cfg = load_config(None, {
-        "embedder": {"kind": "precomputed", "model": "fashion-pixels", "pretrained": ""},
-        "selector": {"seed": seed},  # the library defaults
-        "source": {"paths": [str(out / "inputs" / "stream.parquet")],
-                   "bootstrap": [str(out / "inputs" / "bootstrap.parquet")], "batch_size": 128},
-        "store": {"out": str(out), "commit_every": 1024}})
-    t0 = time.perf_counter()
-    run_ingest(cfg, progress=False)
-    return score(seed, out, d["truth"], d["stream"], d["bootstrap"], d["test_x"], d["test_y"], d["clean_x"],
-                 d["clean_y"], 1.0, time.perf_counter() - t0)
+    return curate_precomputed(fashion_stream(seed), work / f"seed{seed}", seed, "fashion-pixels", 128)
 
 
 def main() -> None:

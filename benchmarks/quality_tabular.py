@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from quality_digits import COLS, report_seeds, score, shuffled_with_truth  # noqa: E402
-
-from curator.config import load_config  # noqa: E402
-from pipelines.ingest import run_ingest  # noqa: E402
+from quality_digits import COLS, curate_precomputed, report_seeds, shuffled_with_truth  # noqa: E402
 
 SETS = ("iris", "wine", "breast_cancer", "digits_z")
 TAB_COLS = ["set", *COLS]
@@ -79,21 +73,7 @@ def tabular_stream(name: str, seed: int, flip: float = 0.2, dup: float = 0.3, no
 
 def run_one(name: str, seed: int, work: Path) -> dict:
     d = tabular_stream(name, seed)
-    out = work / f"{name}-{seed}"
-    (out / "inputs").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(d["stream"]), out / "inputs" / "stream.parquet")
-    pq.write_table(pa.Table.from_pylist(d["bootstrap"]), out / "inputs" / "bootstrap.parquet")
-    cfg = load_config(None, {
-        "embedder": {"kind": "precomputed", "model": f"{name}-features", "pretrained": ""},
-        "selector": {"seed": seed},  # the library defaults
-        "source": {"paths": [str(out / "inputs" / "stream.parquet")],
-                   "bootstrap": [str(out / "inputs" / "bootstrap.parquet")], "batch_size": 64},
-        "store": {"out": str(out), "commit_every": 1024}})
-    t0 = time.perf_counter()
-    run_ingest(cfg, progress=False)
-    row = score(seed, out, d["truth"], d["stream"], d["bootstrap"], d["test_x"], d["test_y"], d["clean_x"],
-                d["clean_y"], 1.0, time.perf_counter() - t0)
-    return {"set": name, **row}
+    return {"set": name, **curate_precomputed(d, work / f"{name}-{seed}", seed, f"{name}-features", 64)}
 
 
 def main() -> None:
