@@ -73,7 +73,6 @@ class FileSource:
         if not paths:
             raise FileSourceError("no input paths given")
         self.format = format
-        self.max_record_bytes = max_record_bytes
         self.reader = UnitReader(max_record_bytes)
         self.units = expand(paths, format)
         self._start: Positions = {}
@@ -176,7 +175,6 @@ class FileSource:
         advance(self._yielded, batch.positions + [e.position for e in batch.errors])
         return batch
 
-    # -- readers: each yields (record | Rejection, position) from offset `first` on
 
 def _in_batches(items: Iterable[Item], batch_size: int) -> Iterator[RawBatch]:
     """Records and rejections in read order, `batch_size` of them (together) per batch."""

@@ -125,7 +125,7 @@ class InfoGrowthSelector:
         self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), -1)
         self._warned_uncalibrated = False
         self._warned_rules: set[str] = set()
-        self.near_ok, self.near_crowd = True, 0.0  # the perceptual rule applies (see `_near_ok`)
+        self.near_ok, self.near_crowd = True, 0.0  # the perceptual rule applies (curator.select.trust.phash_crowd)
         self._recent_phash = np.zeros(0, np.int64)  # the first PHASH_SAMPLE trusted images' perceptual hashes
         self._view: BatchView | None = None  # the batch being decided, and how far its evidence is collected
         self.hashes = HashTable(self.cfg.phash_max_dist)  # the accepted items' content hashes (hash rules)
@@ -178,7 +178,6 @@ class InfoGrowthSelector:
             "hashed": len(self.hashes),
             "loo": loo_state(self._trusted_x, self._trusted_y),
             "recent_phash": self._recent_phash.tolist(),
-            "near": [self.near_ok, self.near_crowd],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -206,7 +205,8 @@ class InfoGrowthSelector:
             self.cal_pending = bool(state["cal_pending"])
             self._trusted_x, self._trusted_y = loo_from_state(state.get("loo"))
             self._recent_phash = np.asarray(state.get("recent_phash") or [], np.int64)
-            self.near_ok, self.near_crowd = bool((state.get("near") or [True, 0.0])[0]), float((state.get("near") or [True, 0.0])[1])
+            # only the bootstrap fills the sample, and the stream's first item recalibrates: derived, not stored
+            self.near_ok, self.near_crowd = phash_crowd(self._recent_phash, self.cfg.phash_max_dist)
         self._hashed = int(state.get("hashed", 0))
 
     def restore_hashes(self, decisions: pa.Table) -> None:
