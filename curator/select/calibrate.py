@@ -77,19 +77,19 @@ EPS_FLOOR = 1e-5
 #: An index that re-ranks with 8-bit codes (ivf-pq-sq8) is off by about one code step per dimension: cosines
 #: err by ~3e-4, so its floor is three of those.
 SQ8_FLOOR = 1e-3
-#: The bar a calibrated rule must pass to be applied: the upper bound (one standard error, Wilson) of the share
-#: of right labels / right captions it would drop, estimated from the trusted evidence, and the share of
-#: wrong ones it would catch. A rule below the bar is not applied: its items are "not judged" by it.
+#: The bar a calibrated rule must pass to be applied, from the trusted evidence: the caption cut may drop at
+#: most MAX_CLEAN_DROP of right captions (Gaussian fit); both the caption and the label cut must catch
+#: MIN_CATCH of the wrong ones, a label flag at precision MIN_FLAG_PRECISION or more (at the estimated noise
+#: rate). A rule below the bar is not applied: its items are "not judged" by it.
 MAX_CLEAN_DROP = 0.05
 MIN_CATCH = 0.5
-MIN_FLAG_PRECISION = 0.5  # a label flag must be right more often than not at the estimated noise rate
+MIN_FLAG_PRECISION = 0.5
 #: A flagged label that cannot be corrected is dropped only where at most this share of the trusted
 #: (right) labels score that low; above it the item is kept, flagged.
 CLEAN_DROP_TARGET = 0.01
 NEVER = 2.0  # tau_relabel when no share level is precise enough: no corrections
 EARLY = (32, 64, 128)  # decided-item counts (below calibrate_every) where a young stream is recalibrated
 Z = 1.0  # the Wilson bound one standard error below (the trusted set is small; its votes see a sparser index)
-CALIBRATED = ("eps_dup", "tau_noise", "tau_drop", "tau_relabel", "relabel_radius", "align_threshold")
 
 
 @dataclass
