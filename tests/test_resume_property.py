@@ -51,8 +51,8 @@ class FolderResume(RuleBasedStateMachine):
         self.decided: list[str] = []
         self.files: dict[str, list[str]] = {}  # data file name -> the items it holds, in order
 
-    @initialize(tmp=st.just(None))
-    def make_folder(self, tmp: None) -> None:
+    @initialize()
+    def make_folder(self) -> None:
         import tempfile
 
         self.root = Path(tempfile.mkdtemp(prefix="resume-prop-"))
