@@ -49,11 +49,12 @@ from curator.records import (
 )
 from curator.resources import Resources
 from curator.select import InfoGrowthSelector, kept_table
-from curator.select.hashdup import committed_keys
-from curator.select.shard import IndexShard, LocalShard, ShardClient
+from curator.select.hashdup import KEY_COLUMNS
+from curator.select.shard import ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.store.lock import RunDirLock
-from curator.store.writer import StoreError, StoreWriter, read_manifest
+from curator.store.shards import LocalStoredShard, StoredShard, StoredShardClient
+from curator.store.writer import StoreError, StoreWriter, read_manifest, read_table
 from curator.validate import validate_batch
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ class SelectWriteStage:
     name = "select"
 
     def __init__(self, cfg: RunConfig, model_id: str, text_embedder: Embedder | None = None,
-                 resources: Resources = Resources(cpus=1.0), shards: list[ShardClient] | None = None,
+                 resources: Resources = Resources(cpus=1.0), shards: list[StoredShardClient] | None = None,
                  shard: int = 0, lock_timeout_s: float = 60.0) -> None:
         self.cfg = cfg
         self.model_id = model_id
@@ -214,8 +215,8 @@ class SelectWriteStage:
         self.fingerprint = cfg.fingerprint()
         self._text_embedder = text_embedder  # only a recaption hook needs it: loaded on first use
         # the shards: in this process unless an executor puts them elsewhere (`pipelines.executors.shards`)
-        self.shards: list[ShardClient] = shards or [
-            LocalShard(IndexShard(k, cfg.index, cfg.store.out)) for k in range(cfg.selector.shards)]
+        self.shards: list[StoredShardClient] = shards or [
+            LocalStoredShard(StoredShard(k, cfg.index, cfg.store.out)) for k in range(cfg.selector.shards)]
         self.shard = shard
         self.lock_timeout_s = lock_timeout_s
         self.selector: InfoGrowthSelector | None = None
@@ -235,8 +236,9 @@ class SelectWriteStage:
         self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": self.fingerprint},
                                        self.shard)
         (out / "config.toml").write_text(to_toml(self.cfg))
+        clients: list[ShardClient] = list(self.shards)
         self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
-                                           text_embed=self._embed_texts, shards=self.shards)
+                                           text_embed=self._embed_texts, shards=clients)
         m = self.writer.manifest
         for c in self.shards:
             c.setup(m if m["commit"] > 0 else None)  # each restores its index snapshot, drops uncommitted parts
@@ -262,7 +264,7 @@ class SelectWriteStage:
         """The selector's state from the manifest; its hash table from the committed decisions."""
         assert self.selector is not None
         self.selector.load_state_dict(state)
-        self.selector.restore_hashes(committed_keys(self.cfg.store.out))
+        self.selector.restore_hashes(read_table(self.cfg.store.out, "decisions", KEY_COLUMNS))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         if self._text_embedder is None:
@@ -442,7 +444,7 @@ def _typed(stage: Stage, cls: type[S]) -> S:
 
 
 def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, shard: int = 0,
-                 lock_timeout_s: float = 60.0, shards: list[ShardClient] | None = None) -> Stages:
+                 lock_timeout_s: float = 60.0, shards: list[StoredShardClient] | None = None) -> Stages:
     """The one builder: the stages of a run from its configuration, in data-flow order (nothing is
     loaded yet). `resources` by role; `shards`: clients of selector shards placed elsewhere (Ray
     actors); by default they live in the select-and-write stage."""

@@ -185,3 +185,12 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
     assert "curator.sub.ok imports _hidden" not in got
     assert f"module over {MAX_LINES} lines: pipelines.long" in got
     assert "tests.t imports _hidden" in got
+
+
+def test_the_selector_never_imports_the_store() -> None:
+    """curator/select decides and indexes; the Parquet rows and their place in the commit protocol are the
+    store's (`curator.store.shards` adds them to an index shard where the shard runs)."""
+    edges = check_layout(REPO).edges
+    bad = sorted(f"{m} imports {t}" for m, ts in edges.items() if m.startswith("curator.select.")
+                 for t in ts if t == "curator.store" or t.startswith("curator.store."))
+    assert not bad, "\n".join(bad)

@@ -24,18 +24,15 @@ The table is rebuilt on resume from the committed decisions, which record every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curator.embed.hashes import ContentHashes, vector_key
-from curator.records import DECISION_SCHEMA, Decision
+from curator.records import Decision
 from curator.select.codes import RULE_CONTENT, RULE_NEAR, RULE_NONE, RULE_PIXELS  # noqa: F401 - the rules' codes
-from curator.store.writer import committed_parts
 
 #: the value of the decisions' `dup_rule` column per rule (the embedding rule's is "embedding")
 RULE_NAMES = {RULE_CONTENT: "hash-exact", RULE_PIXELS: "hash-exact", RULE_NEAR: "hash-near"}
@@ -217,14 +214,8 @@ class HashTable:
                  pc.is_valid(ph).to_numpy(zero_copy_only=False))
 
 
-#: the decisions' columns the table is rebuilt from
+#: the decisions' columns the table is rebuilt from (a resuming run reads only these of its committed ones)
 KEY_COLUMNS = ["id", "seq", "decision", "content_hash", "pixel_hash", "phash"]
-
-
-def committed_keys(run_dir: str | Path) -> pa.Table:
-    """The committed decisions' key columns (every shard's parts the manifest names)."""
-    parts = [pq.read_table(p, columns=KEY_COLUMNS) for p in committed_parts(run_dir)["decisions"]]
-    return pa.concat_tables(parts) if parts else DECISION_SCHEMA.empty_table().select(KEY_COLUMNS)
 
 
 def hash_report(on: bool, max_dist: int, accepted: int) -> dict[str, dict]:

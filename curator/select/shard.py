@@ -1,9 +1,10 @@
-"""One selector shard: the index (per modality) of the items whose home it is, and their rows.
+"""One selector shard: the index (per modality) of the items whose home it is.
 
-A shard answers searches for the items that probe it, indexes the accepted items routed to it,
-stages the decision and curated rows of its items, and on a commit writes them and its index
-snapshot (`ShardParts`) before the manifest names them. In one process the selector calls it
-directly (`LocalShard`); on Ray it is an actor on any node, behind the same `ShardClient` methods.
+A shard answers searches for the items that probe it and indexes the accepted items routed to it. In
+one process the selector calls it directly (`LocalShard`); on Ray it is an actor on any node, behind the
+same `ShardClient` methods. The index knows nothing of Parquet: the rows of a shard's items and its
+place in the commit protocol are the store's (`curator.store.shards.StoredShard`), which adds them to
+this class where the shard runs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 from curator.config import IndexConfig
 from curator.index import VectorIndex
-from curator.store.writer import ShardCommit, ShardParts, shard_checkpoint
 
 #: one search's results for its queries: similarities, local rows, vote labels, rows' stream positions
 Found = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -40,27 +39,13 @@ class ShardStats:
 class IndexShard:
     shard: int
     cfg: IndexConfig
-    run_dir: str | None = None  # None: no rows to write (a selector used on its own)
     indexes: dict[str, VectorIndex] = field(default_factory=dict)
-    stats: ShardStats | None = None
+    stats: ShardStats = field(init=False)
 
     def __post_init__(self) -> None:
-        self.parts = ShardParts(self.run_dir, self.shard) if self.run_dir else None
-        self.stats = ShardStats(self.shard, {})
-
-    def setup(self, manifest: dict[str, Any] | None, node_id: str = "") -> ShardStats:
-        """Drop what a crashed run left behind; restore this shard's indexes from the last commit."""
-        assert self.stats is not None
-        self.stats.node_id, self.stats.pid = node_id, os.getpid()
-        if manifest is not None and self.parts is not None and self.run_dir is not None:
-            self.parts.collect_garbage(manifest)
-            ck = shard_checkpoint(manifest, self.shard)
-            if ck:
-                self.load(Path(self.run_dir) / ck)
-        return self.describe()
+        self.stats = ShardStats(self.shard, {}, pid=os.getpid())
 
     def describe(self) -> ShardStats:
-        assert self.stats is not None
         self.stats.sizes = {m: len(i) for m, i in self.indexes.items()}
         self.stats.kinds = {m: i.kind for m, i in self.indexes.items()}
         return self.stats
@@ -76,7 +61,6 @@ class IndexShard:
         else:
             sims, rows = index.search(q, k, seqs)
             out = (sims, rows, index.labels_of(rows), np.where(rows >= 0, index.seqs[np.maximum(rows, 0)], 0))
-        assert self.stats is not None
         self.stats.searches += 1
         self.stats.search_seconds += time.perf_counter() - t0
         return out
@@ -97,18 +81,7 @@ class IndexShard:
         rows = np.arange(len(index))
         return index.vectors(rows), index.ids_of(rows), index.labels.copy(), index.seqs.copy()
 
-    # --- rows and commits ------------------------------------------------------------------
-    def stage(self, table: str, rows: pa.Table) -> None:
-        if self.parts is None:
-            raise RuntimeError("this shard has no run directory to write rows to")
-        self.parts.stage(table, rows)
-
-    def write(self, no: int) -> ShardCommit:
-        """Commit `no`: this shard's parts, then its index snapshot (one folder per modality)."""
-        if self.parts is None:
-            raise RuntimeError("this shard has no run directory to write to")
-        return self.parts.write(no, self.save)
-
+    # --- snapshots ----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         for m, index in self.indexes.items():
             index.save(Path(directory) / m)
@@ -127,13 +100,10 @@ class ShardClient(Protocol):
 
     shard: int
 
-    def setup(self, manifest: dict[str, Any] | None) -> ShardStats: ...
     def search(self, m: str, q: np.ndarray, k: int, seqs: np.ndarray) -> Pending: ...
     def add(self, m: str, x: np.ndarray, ids: list[str], labels: np.ndarray, seqs: np.ndarray) -> None: ...
     def ids_of(self, m: str, rows: np.ndarray) -> list[str]: ...
     def take_all(self, m: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]: ...
-    def stage(self, table: str, rows: pa.Table) -> None: ...
-    def write(self, no: int) -> Pending: ...
     def describe(self) -> ShardStats: ...
 
 
@@ -152,9 +122,6 @@ class LocalShard:
         self.target = target
         self.shard = target.shard
 
-    def setup(self, manifest: dict[str, Any] | None) -> ShardStats:
-        return self.target.setup(manifest)
-
     def search(self, m: str, q: np.ndarray, k: int, seqs: np.ndarray) -> Done:
         return Done(self.target.search(m, q, k, seqs))
 
@@ -166,12 +133,6 @@ class LocalShard:
 
     def take_all(self, m: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
         return self.target.take_all(m)
-
-    def stage(self, table: str, rows: pa.Table) -> None:
-        self.target.stage(table, rows)
-
-    def write(self, no: int) -> Done:
-        return Done(self.target.write(no))
 
     def describe(self) -> ShardStats:
         return self.target.describe()

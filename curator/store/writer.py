@@ -94,12 +94,13 @@ def committed_parts(run_dir: str | Path) -> dict[str, list[Path]]:
     return {t: [run / p for p in m["parts"].get(t, [])] for t in TABLES}
 
 
-def read_table(run_dir: str | Path, table: str) -> pa.Table:
-    """One committed table of a run as Arrow (for tests, benchmarks, training jobs)."""
+def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """One committed table of a run as Arrow, or only its `columns` (for tests, benchmarks, training jobs,
+    and a resuming selector's hash table)."""
     parts = committed_parts(run_dir)[table]
     if not parts:
         return pa.table({})
-    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts], promote_options="default")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Selector shards as Ray actors: the `curator.select.shard.IndexShard` objects, placed by Ray across
-the cluster's nodes, behind the same `ShardClient` methods the selector uses in one process.
+"""Selector shards as Ray actors: the `curator.store.shards.StoredShard` objects (an index shard and its
+rows), placed by Ray across the cluster's nodes, behind the same `StoredShardClient` methods the
+select-and-write stage uses in one process.
 
 Calls from the selector/writer actor to a shard run in the order they are made (an actor runs its
 calls in submission order), so an `add` always lands before the next `search`; searches of one batch
@@ -17,11 +18,12 @@ import ray
 from ray.actor import ActorHandle
 
 from curator.config import RunConfig
-from curator.select.shard import IndexShard, ShardStats
+from curator.select.shard import ShardStats
+from curator.store.shards import StoredShard
 
 
-class ShardActor(IndexShard):
-    """An IndexShard that knows where it runs (its stats name its node)."""
+class ShardActor(StoredShard):
+    """A StoredShard that knows where it runs (its stats name its node)."""
 
     def setup(self, manifest: dict[str, Any] | None, node_id: str = "") -> ShardStats:
         return super().setup(manifest, node_id or ray.get_runtime_context().get_node_id())
