@@ -35,7 +35,7 @@ from curator.stages import build_stages, run_chain
 from curator.store import read_manifest
 from pipelines.config import ServeConfig
 from pipelines.executors.feed import bootstrap, feed
-from pipelines.executors.placement import init_ray
+from pipelines.executors.placement import init_ray, pool_resources
 from pipelines.executors.ray import RayExecutor
 from pipelines.run_skeleton import Progress, bootstrap_or_warn, limited, log_throughput
 
@@ -110,9 +110,10 @@ def embedded_batches(scfg: ServeConfig, src: FileSource, start: Positions | None
         return
     ds = ray.data.read_datasource(ranges, num_cpus=READ_NUM_CPUS)
     pool = ray.data.ActorPoolStrategy(size=min(s.embed_actors, len(ranges.plan)))  # no idle actors on a small input
+    each = pool_resources(scfg)  # the embedder's and every filter's
     ds = ds.map_batches(EmbedWorker, fn_constructor_args=(cfg, embedding_dim), batch_size=1,
-                        compute=pool, num_cpus=s.embed_num_cpus,
-                        num_gpus=s.embed_num_gpus or None, batch_format="numpy", zero_copy_batch=True)
+                        compute=pool, num_cpus=each.cpus,
+                        num_gpus=each.gpus or None, batch_format="numpy", zero_copy_batch=True)
     for row in ds.iter_rows():
         yield pickle.loads(row["batch"])
 

@@ -17,9 +17,10 @@ from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from curator.config import ConfigError
+from curator.ops.stage import FilterStage
 from curator.resources import Resources
 from curator.select.shard import ShardStats
-from curator.stages import EmbedInfo, Resume, Stages, build_stages
+from curator.stages import EmbedInfo, Resume, Stage, Stages, build_stages
 from pipelines.config import ServeConfig
 from pipelines.executors.actors import ActorInfo, SelectWriteActor, StageActor, reserved
 from pipelines.executors.shards import start_shards
@@ -27,10 +28,44 @@ from pipelines.executors.shards import start_shards
 log = logging.getLogger("curator.service")
 
 
-def graph_cpus(scfg: ServeConfig) -> float:
-    """CPUs the actor graph reserves: the embedder pool, the selector/writer, the selector shards."""
+def stage_resources(scfg: ServeConfig) -> dict[str, Resources]:
+    """What one copy of each role reserves, by the service's settings (`build_stages`'s `resources`); a
+    filter declares its own (`curator.ops.Filter.resources`), which the filter stage sums."""
+    s = scfg.service
+    return {"embed": Resources(s.embed_num_cpus, s.embed_num_gpus), "select": Resources(s.selector_num_cpus)}
+
+
+def pool_resources(scfg: ServeConfig) -> Resources:
+    """What one pool actor reserves: every stage upstream of select-and-write (the embedder, the filters)."""
+    return reserved(build_stages(scfg.run, stage_resources(scfg)).upstream)
+
+
+def graph_needs(scfg: ServeConfig, stages: Stages, extra_cpus: float = 0.0) -> tuple[Resources, str]:
+    """What the actor graph reserves in all, and what that is made of (for people): `service.embed_actors`
+    pool actors each running the upstream stages as they declare (filters included), the select-and-write
+    actor, the selector shards, and `extra_cpus` (readers)."""
     s, n = scfg.service, scfg.run.selector.shards
-    return s.embed_actors * s.embed_num_cpus + s.selector_num_cpus + (n * s.shard_num_cpus if n > 1 else 0)
+    pool = reserved(stages.upstream)
+    sel = stages.select.resources
+    shards = n * s.shard_num_cpus if n > 1 else 0.0
+    need = Resources(s.embed_actors * pool.cpus + sel.cpus + shards + extra_cpus, s.embed_actors * pool.gpus + sel.gpus)
+    each = ", ".join(_declared(st) for st in stages.upstream if st.resources != Resources())
+    parts = [f"{s.embed_actors} embedder actors x ({each or 'nothing'})", f"the selector {_amount(sel)}"]
+    parts += [f"{n} shards x {s.shard_num_cpus:g} CPU"] if n > 1 else []
+    parts += [f"readers {extra_cpus:g} CPU"] if extra_cpus else []
+    return need, ", ".join(parts)
+
+
+def _amount(r: Resources) -> str:
+    return f"{r.cpus:g} CPU" + (f" {r.gpus:g} GPU" if r.gpus else "")
+
+
+def _declared(stage: Stage) -> str:
+    """A stage's reservation; a filter stage's names each filter that declares one."""
+    own = ""
+    if isinstance(stage, FilterStage):
+        own = "; ".join(f"{r.name} {_amount(r.op.resources)}" for r in stage.rules if r.op.resources != Resources())
+    return f"{stage.name} {_amount(stage.resources)}" + (f" [{own}]" if own else "")
 
 
 def init_ray(scfg: ServeConfig, extra_cpus: float = 0.0) -> tuple[ModuleType, bool]:
@@ -45,27 +80,25 @@ def init_ray(scfg: ServeConfig, extra_cpus: float = 0.0) -> tuple[ModuleType, bo
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
-        need = graph_cpus(scfg) + extra_cpus
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+        need, _ = graph_needs(scfg, build_stages(scfg.run, stage_resources(scfg)), extra_cpus)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need.cpus + 0.999)), include_dashboard=False,
                  object_store_memory=s.object_store_mb * 1024 * 1024, log_to_driver=True)
         log.info("started a local Ray instance (set service.ray_address or $RAY_ADDRESS to join a cluster)")
     return ray, True
 
 
-def check_resources(scfg: ServeConfig, extra_cpus: float = 0.0) -> None:
-    """Refuse a graph the cluster cannot place, instead of waiting forever for its actors."""
-    s, n = scfg.service, scfg.run.selector.shards
-    cpus = graph_cpus(scfg) + extra_cpus
-    gpus = s.embed_actors * s.embed_num_gpus
-    have = ray.cluster_resources()
-    if cpus > have.get("CPU", 0) + 1e-9 or gpus > have.get("GPU", 0) + 1e-9:
+def check_resources(scfg: ServeConfig, stages: Stages, extra_cpus: float = 0.0,
+                    have: dict[str, float] | None = None) -> None:
+    """Refuse a graph the cluster (`have`: Ray's cluster resources) cannot place, instead of waiting forever
+    for its actors."""
+    need, parts = graph_needs(scfg, stages, extra_cpus)
+    have = ray.cluster_resources() if have is None else have
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    if need.cpus > cpus + 1e-9 or need.gpus > gpus + 1e-9:
         raise ConfigError(
-            f"the graph needs {cpus:g} CPUs and {gpus:g} GPUs ({s.embed_actors} embedder actors x "
-            f"{s.embed_num_cpus:g} CPU / {s.embed_num_gpus:g} GPU, the selector {s.selector_num_cpus:g} CPU"
-            + (f", {n} shards x {s.shard_num_cpus:g} CPU" if n > 1 else "")
-            + (f", readers {extra_cpus:g} CPU" if extra_cpus else "")
-            + f"), but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
-            "lower service.embed_actors / *_num_cpus / embed_num_gpus, or add nodes")
+            f"the graph needs {need.cpus:g} CPUs and {need.gpus:g} GPUs ({parts}), but the Ray cluster has "
+            f"{cpus:g} CPUs and {gpus:g} GPUs: lower service.embed_actors / *_num_cpus / embed_num_gpus, drop "
+            "or change a [[filters]] entry whose operator declares resources, or add nodes")
 
 
 @dataclass
@@ -105,11 +138,10 @@ def start_graph(scfg: ServeConfig, embed_actors: int, extra_cpus: float = 0.0) -
     shards first (the select-and-write stage talks to them), then `embed_actors` pool actors (0: the
     batches come embedded from elsewhere, as on Ray Data), then the select-and-write actor."""
     s, cfg = scfg.service, scfg.run
-    check_resources(scfg, extra_cpus)
+    check_resources(scfg, build_stages(cfg, stage_resources(scfg)), extra_cpus)
     shard_actors, clients = start_shards(cfg, s.shard_num_cpus) if cfg.selector.shards > 1 else ([], None)
-    stages = build_stages(cfg, {"embed": Resources(s.embed_num_cpus, s.embed_num_gpus),
-                                "select": Resources(s.selector_num_cpus)},
-                          lock_timeout_s=max(30.0, 2 * scfg.kafka.session_timeout_ms / 1000), shards=clients)
+    stages = build_stages(cfg, stage_resources(scfg), lock_timeout_s=max(30.0, 2 * scfg.kafka.session_timeout_ms / 1000),
+                          shards=clients)
     embedders, embed_info = _start_pool(stages, embed_actors)
     selector, selector_info = _start_selector(stages)
     g = Graph(selector, selector_info, embedders, embed_info, shard_actors)
