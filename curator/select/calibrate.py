@@ -249,177 +249,280 @@ def _merged_labels(a: np.ndarray, b: np.ndarray) -> int:
     return len(set(a[1:1 + a[0]].tolist()) | set(b[1:1 + b[0]].tolist()))
 
 
+@dataclass
+class _Resolved:
+    """One setting's value in force, its status (`Calibration.origin`) and its evidence (None: no entry)."""
+
+    value: float
+    origin: str
+    evidence: dict[str, Any] | None = None
+
+
+@dataclass
+class _Neighbours:
+    """The accepted items' nearest-neighbour distances, summarised: eps_dup's and relabel_radius's evidence."""
+
+    n: int  # items in the body (separated copies left out)
+    info: dict[str, Any]
+    l_eps: float = math.nan  # log10 of the extrapolated duplicate cut (from MIN_NN items on)
+    l50: float = math.nan  # log10 of the median
+
+
+@dataclass
+class _Votes:
+    """How much label evidence there is: trusted votes, classes, and the votes calibration needs."""
+
+    n: float
+    classes: int
+    need: int
+
+
+@dataclass
+class _LabelCut:
+    """The label rule's least-risk cut: agreement bin `b` (tau_noise = (b + 1) / AGR_BINS) and its expectations."""
+
+    b: int
+    catch: float  # share of wrong labels below the cut
+    precision: float  # share of flags that are wrong labels, at the estimated noise rate
+    f_clean: np.ndarray  # right labels' agreement CDF over the bins
+    info: dict[str, Any]
+
+
+@dataclass
+class _Gaussians:
+    """The caption alignments of right pairs (c) and of mismatched ones (x), and the mismatch rate."""
+
+    mu_c: float
+    sd_c: float
+    mu_x: float
+    sd_x: float
+    rate: float
+    rate_from: str
+
+
 def calibrate(cfg: SelectorConfig, ev: Evidence, trusted_source: str, seq: int,
               boot: Evidence | None = None, eps_floor: float = EPS_FLOOR) -> Calibration:
     """The values in force from the configured numbers and, for 'auto', the evidence so far (`ev`,
     filled in stream order; `boot`, the trusted items' leave-one-out votes). `eps_floor`: the least
-    cosine distance the index resolves (`EPS_FLOOR`, or `SQ8_FLOOR` on 8-bit re-ranking)."""
-    if boot is not None:  # label evidence: the trusted votes plus those of items taken unjudged
-        merged = Evidence(ev.nn, ev.nn_meta, ev.clean + boot.clean, ev.noisy + boot.noisy, ev.prec + boot.prec,
-                          ev.labels, ev.sums.copy(), ev.cross)
-        merged.sums[CLEAN_AGR] += boot.sums[CLEAN_AGR]
-        merged.sums[CLEAN_VOTES] += boot.sums[CLEAN_VOTES]
-        n_labels = _merged_labels(ev.labels, boot.labels)
-        ev = merged
-    else:
-        n_labels = int(ev.labels[0])
-    values: dict[str, float] = {}
-    origin: dict[str, str] = {}
-    evidence: dict[str, dict[str, Any]] = {}
+    cosine distance the index resolves (`EPS_FLOOR`, or `SQ8_FLOOR` on 8-bit re-ranking). The order
+    matters: tau_drop follows tau_noise."""
+    ev, n_labels = _label_evidence(ev, boot)
+    nn = _neighbours(ev, cfg.dup_false_rate)
+    votes = _Votes(ev.sums[CLEAN_VOTES], n_labels, max(MIN_VOTES, VOTES_PER_CLASS * n_labels))
+    cal = Calibration({}, {}, {}, seq)
+    _put(cal, "eps_dup", _configured(cfg, "eps_dup") or _eps_dup(nn, cfg.dup_false_rate, eps_floor, trusted_source))
+    _put(cal, "relabel_radius", _configured(cfg, "relabel_radius") or _relabel_radius(nn))
+    _put(cal, "tau_noise", _configured(cfg, "tau_noise") or _tau_noise(ev, votes, trusted_source))
+    _put(cal, "tau_drop", _abstain_override(cfg) or _configured(cfg, "tau_drop")
+         or _tau_drop(cal, votes, trusted_source))
+    _put(cal, "tau_relabel", _configured(cfg, "tau_relabel")
+         or _tau_relabel(ev, votes, cfg.relabel_precision, trusted_source))
+    _put(cal, "align_threshold", _configured(cfg, "align_threshold") or _align_threshold(ev, trusted_source))
+    return cal
 
-    def fixed(name: str) -> bool:
-        v = getattr(cfg, name)
-        if v != AUTO:
-            values[name], origin[name] = float(v), "config"
-            return True
-        return False
 
+def _put(cal: Calibration, name: str, r: _Resolved) -> None:
+    cal.values[name], cal.origin[name] = r.value, r.origin
+    if r.evidence is not None:
+        cal.evidence[name] = r.evidence
+
+
+def _configured(cfg: SelectorConfig, name: str) -> _Resolved | None:
+    """The configured number (no evidence entry), or None for 'auto'."""
+    v = getattr(cfg, name)
+    return None if v == AUTO else _Resolved(float(v), "config")
+
+
+def _label_evidence(ev: Evidence, boot: Evidence | None) -> tuple[Evidence, int]:
+    """The label evidence (the trusted votes plus those of items taken unjudged) and its classes."""
+    if boot is None:
+        return ev, int(ev.labels[0])
+    merged = Evidence(ev.nn, ev.nn_meta, ev.clean + boot.clean, ev.noisy + boot.noisy, ev.prec + boot.prec,
+                      ev.labels, ev.sums.copy(), ev.cross)
+    merged.sums[CLEAN_AGR] += boot.sums[CLEAN_AGR]
+    merged.sums[CLEAN_VOTES] += boot.sums[CLEAN_VOTES]
+    return merged, _merged_labels(ev.labels, boot.labels)
+
+
+# --- eps_dup, relabel_radius: nearest-neighbour distances ----------------------------------------
+
+
+def _neighbours(ev: Evidence, dup_false_rate: float) -> _Neighbours:
+    """The body's quantiles and the power-law tail extrapolated down to `dup_false_rate` (module doc)."""
     counts = ev.nn[0] + ev.nn[1]
     gap_from, body_from, n_copies = separated_copies(counts)
     body = counts.copy()
     body[:body_from] = 0
     n_nn = int(body.sum())
-    nn_info: dict[str, Any] = {"accepted_items": n_nn}
+    info: dict[str, Any] = {"accepted_items": n_nn}
     if n_copies:
-        nn_info["separated_copies"] = n_copies
-    if n_nn >= MIN_NN:
-        l05, l25, l50 = (_quantile_log(body, q) for q in (0.05, 0.25, 0.5))
-        slope = math.log(5.0) / (math.log(10.0) * max(l25 - l05, 1e-9))
-        l_eps = l05 + math.log10(cfg.dup_false_rate / 0.05) / slope
-        if n_copies:  # at least the middle of the empty decade(s) between the copies and the body
-            l_eps = max(l_eps, _bin_log((gap_from + body_from) / 2))
-        nn_info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
-                    "tail_exponent": round(slope, 3)}
-    if not fixed("eps_dup"):
-        if n_nn >= MIN_NN and 10 ** l_eps >= eps_floor:
-            values["eps_dup"], origin["eps_dup"] = 10 ** l_eps, f"calibrated from {n_nn} items"
-        elif n_nn >= MIN_NN:
-            values["eps_dup"] = eps_floor
-            origin["eps_dup"] = (f"floor: calibration gave {10 ** l_eps:.2g} from {n_nn} items, below what the "
-                                 f"cosines resolve ({eps_floor:g}); exact and float-rounding copies only")
-        else:
-            values["eps_dup"] = eps_floor
-            origin["eps_dup"] = (f"floor: not calibrated yet ({n_nn} of {MIN_NN} accepted items); exact and "
-                                 "float-rounding copies only")
-        evidence["eps_dup"] = {"from": f"nearest-neighbour distances of accepted items ({trusted_source} first)",
-                               "dup_false_rate": cfg.dup_false_rate, "floor": eps_floor, **nn_info}
-    if not fixed("relabel_radius"):
-        ok = n_nn >= MIN_NN
-        values["relabel_radius"] = 10 ** l50 if ok else math.nan
-        origin["relabel_radius"] = (f"calibrated from {n_nn} items" if ok else
-                                    f"not applied: not calibrated yet ({n_nn} of {MIN_NN} accepted items; no corrections)")
-        evidence["relabel_radius"] = {"from": "median nearest-neighbour distance of accepted items", **nn_info}
+        info["separated_copies"] = n_copies
+    if n_nn < MIN_NN:
+        return _Neighbours(n_nn, info)
+    l05, l25, l50 = (_quantile_log(body, q) for q in (0.05, 0.25, 0.5))
+    slope = math.log(5.0) / (math.log(10.0) * max(l25 - l05, 1e-9))
+    l_eps = l05 + math.log10(dup_false_rate / 0.05) / slope
+    if n_copies:  # at least the middle of the empty decade(s) between the copies and the body
+        l_eps = max(l_eps, _bin_log((gap_from + body_from) / 2))
+    info |= {"q05": round(10 ** l05, 6), "q25": round(10 ** l25, 6), "q50": round(10 ** l50, 6),
+             "tail_exponent": round(slope, 3)}
+    return _Neighbours(n_nn, info, l_eps, l50)
 
-    n_votes = ev.sums[CLEAN_VOTES]
-    vote_info: dict[str, Any] = {"trusted_votes": int(n_votes), "classes": n_labels}
-    need_votes = max(MIN_VOTES, VOTES_PER_CLASS * n_labels)
-    if not fixed("tau_noise"):
-        if n_votes >= need_votes and n_labels >= 2:
-            f_clean = np.cumsum(ev.clean) / n_votes  # F_c(t_b), t_b = (b + 1) / AGR_BINS
-            noisy = ev.noisy.astype(np.float64).copy()
-            noisy[0] += n_votes * (n_labels - 1) - noisy.sum()  # labels absent from the neighbours: share 0
-            f_noisy = np.cumsum(noisy) / noisy.sum()
-            # the noise rate: the stream's share of unsupported labels (agreement in the lowest bin) is
-            # (1 - rate) F_c + rate F_n there; the lowest bin is where the two differ most
-            rate, how = _rate(f_clean[0], f_noisy[0], ev.sums[STREAM_LOW], ev.sums[STREAM_VOTES])
-            rate_info = {"unsupported_share_of_stream": round(ev.sums[STREAM_LOW] / max(ev.sums[STREAM_VOTES], 1), 4)}
-            risk = (1 - rate) * f_clean + rate * (1 - f_noisy)
-            best = np.flatnonzero(risk <= risk.min() + 1e-12)
-            b = int(best[len(best) // 2])
-            below = np.cumsum(ev.clean)
-            clean_upper = np.array([1.0 - wilson_lower(n_votes - below[j], n_votes) for j in range(AGR_BINS)])
-            prec = rate * f_noisy[b] / max(rate * f_noisy[b] + (1 - rate) * f_clean[b], 1e-12)
-            vote_info |= {"noise_rate": round(rate, 4), "noise_rate_from": how, **rate_info,
-                          "expected_flag_recall": round(float(f_noisy[b]), 4),
-                          "expected_clean_flagged": round(float(f_clean[b]), 4),
-                          "clean_flagged_upper": round(float(clean_upper[b]), 4),
-                          "expected_flag_precision": round(float(prec), 4)}
-            if f_noisy[b] >= MIN_CATCH and prec >= MIN_FLAG_PRECISION:
-                values["tau_noise"] = (b + 1) / AGR_BINS
-                origin["tau_noise"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
-                # drops only where at most CLEAN_DROP_TARGET of the trusted (right) labels fall below the cut
-                sure = np.flatnonzero(f_clean[: b + 1] <= CLEAN_DROP_TARGET)
-                drop_cut = (int(sure[-1]) + 1) / AGR_BINS if len(sure) else 0.0
-                vote_info |= {"drop_below": drop_cut,
-                              "expected_clean_dropped": round(float(f_clean[int(sure[-1])]), 4) if len(sure) else 0.0}
-            else:
-                values["tau_noise"] = math.nan
-                origin["tau_noise"] = (
-                    f"not applied: {int(n_votes)} votes of the {trusted_source} do not separate right labels from "
-                    f"wrong ones (the best cut catches {float(f_noisy[b]):.0%} of wrong ones at precision "
-                    f"{prec:.0%}; needs {MIN_CATCH:.0%} at {MIN_FLAG_PRECISION:.0%})")
-        else:
-            values["tau_noise"] = math.nan
-            origin["tau_noise"] = (f"not applied: not calibrated yet ({int(n_votes)} of {need_votes} trusted votes"
-                                   + (")" if n_labels >= 2 or not n_votes else f", {n_labels} class)"))
-        evidence["tau_noise"] = {"from": f"{trusted_source} votes vs the same votes for other labels", **vote_info}
-    if cfg.relabel_abstain != "auto":  # 'drop' drops every uncorrected flag, 'keep' none
-        values["tau_drop"] = NEVER if cfg.relabel_abstain == "drop" else -1.0
-        origin["tau_drop"] = f"config (relabel_abstain = '{cfg.relabel_abstain}')"
-    elif not fixed("tau_drop"):
-        applied = values["tau_noise"] == values["tau_noise"]
-        if origin["tau_noise"] == "config":  # a configured label cut: its flags are dropped, as it says
-            values["tau_drop"], origin["tau_drop"] = values["tau_noise"], "config (tau_noise)"
-        else:
-            values["tau_drop"] = float(vote_info.get("drop_below", 0.0)) if applied else 0.0
-            origin["tau_drop"] = (f"calibrated from {int(n_votes)} votes of the {trusted_source}" if applied else
-                                  "not applied: no calibrated label rule (a flagged label is kept, flagged)")
-        evidence["tau_drop"] = {"from": "the trusted votes' agreement: where right labels fall below the cut "
-                                        f"at most {CLEAN_DROP_TARGET:.0%} of the time",
-                                "expected_clean_dropped": vote_info.get("expected_clean_dropped")}
-    if not fixed("tau_relabel"):
-        right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
-        if n_votes >= need_votes:
-            ok = [b for b in range(SHARE_BINS) if wilson_lower(right[b], total[b]) >= cfg.relabel_precision]
-            if ok:
-                b = ok[0]
-                values["tau_relabel"] = b / SHARE_BINS
-                info = {"votes_at_or_above": int(total[b]), "right": int(right[b]),
-                        "precision_lower_bound": round(wilson_lower(right[b], total[b]), 4)}
-                origin["tau_relabel"] = f"calibrated from {int(n_votes)} votes of the {trusted_source}"
-            else:
-                values["tau_relabel"] = NEVER
-                info = {}
-                origin["tau_relabel"] = (f"never: no majority share reaches precision {cfg.relabel_precision} in "
-                                         f"{int(n_votes)} trusted votes (no corrections)")
-        else:
-            values["tau_relabel"], info = NEVER, {}
-            origin["tau_relabel"] = f"not applied: not calibrated yet ({int(n_votes)} of {need_votes} trusted votes; no corrections)"
-        evidence["tau_relabel"] = {"from": f"{trusted_source} items' own votes, right or wrong by majority share",
-                                   "relabel_precision": cfg.relabel_precision, "trusted_votes": int(n_votes), **info}
 
-    if not fixed("align_threshold"):
-        n_p, n_x = ev.sums[CLEAN_PAIRS], ev.cross[2]
-        info = {"trusted_pairs": int(n_p), "other_caption_pairs": int(n_x)}
-        if n_p >= MIN_PAIRS and n_x >= MIN_PAIRS:
-            mu_c = ev.sums[CLEAN_ALIGN] / n_p
-            sd_c = math.sqrt(max(ev.sums[CLEAN_ALIGN2] / n_p - mu_c * mu_c, 1e-12))
-            mu_x = ev.cross[0] / n_x
-            sd_x = math.sqrt(max(ev.cross[1] / n_x - mu_x * mu_x, 1e-12))
-            rate, how = _rate(mu_c, mu_x, ev.sums[STREAM_ALIGN], ev.sums[STREAM_PAIRS])
-            lo, hi = min(mu_x, mu_c), max(mu_x, mu_c)
-            grid = np.linspace(lo, hi, 2001)
-            risk = [(1 - rate) * _phi((t - mu_c) / sd_c) + rate * (1 - _phi((t - mu_x) / sd_x)) for t in grid]
-            # no cut that drops more right captions than the bar allows
-            t = min(float(grid[int(np.argmin(risk))]), mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * sd_c)
-            dropped, caught = _phi((t - mu_c) / sd_c), _phi((t - mu_x) / sd_x)  # below t: dropped
-            info |= {"trusted_mean": round(mu_c, 4), "trusted_std": round(sd_c, 4), "mismatch_mean": round(mu_x, 4),
-                     "mismatch_std": round(sd_x, 4), "mismatch_rate": round(rate, 4), "mismatch_rate_from": how,
-                     "expected_clean_dropped": round(dropped, 5), "expected_mismatch_kept": round(1 - caught, 5)}
-            if mu_c > mu_x and caught >= MIN_CATCH:
-                values["align_threshold"] = t
-                origin["align_threshold"] = f"calibrated from {int(n_p)} pairs of the {trusted_source}"
-            else:
-                values["align_threshold"] = math.nan
-                origin["align_threshold"] = (
-                    f"not applied: trusted pairs (mean cos {mu_c:.3f}) align no better than mismatched ones (mean "
-                    f"{mu_x:.3f})" if mu_c <= mu_x else
-                    f"not applied: trusted pairs (mean cos {mu_c:.3f}) do not separate from mismatched ones (mean "
-                    f"{mu_x:.3f}): a cut dropping at most {MAX_CLEAN_DROP:.0%} of right captions catches {caught:.0%} "
-                    f"of wrong ones; needs {MIN_CATCH:.0%}")
-        else:
-            values["align_threshold"] = math.nan
-            origin["align_threshold"] = (f"not applied: not calibrated yet ({int(min(n_p, n_x))} of {MIN_PAIRS} "
-                                         "trusted pairs)")
-        evidence["align_threshold"] = {"from": f"{trusted_source} pairs vs their images with other captions", **info}
-    return Calibration(values, origin, evidence, seq)
+def _eps_dup(nn: _Neighbours, dup_false_rate: float, eps_floor: float, trusted_source: str) -> _Resolved:
+    evidence = {"from": f"nearest-neighbour distances of accepted items ({trusted_source} first)",
+                "dup_false_rate": dup_false_rate, "floor": eps_floor, **nn.info}
+    if nn.n < MIN_NN:
+        return _Resolved(eps_floor, f"floor: not calibrated yet ({nn.n} of {MIN_NN} accepted items); exact and "
+                                    "float-rounding copies only", evidence)
+    if 10 ** nn.l_eps >= eps_floor:
+        return _Resolved(10 ** nn.l_eps, f"calibrated from {nn.n} items", evidence)
+    return _Resolved(eps_floor, f"floor: calibration gave {10 ** nn.l_eps:.2g} from {nn.n} items, below what the "
+                                f"cosines resolve ({eps_floor:g}); exact and float-rounding copies only", evidence)
+
+
+def _relabel_radius(nn: _Neighbours) -> _Resolved:
+    evidence = {"from": "median nearest-neighbour distance of accepted items", **nn.info}
+    if nn.n < MIN_NN:
+        return _Resolved(math.nan, f"not applied: not calibrated yet ({nn.n} of {MIN_NN} accepted items; no "
+                                   "corrections)", evidence)
+    return _Resolved(10 ** nn.l50, f"calibrated from {nn.n} items", evidence)
+
+
+# --- tau_noise, tau_drop, tau_relabel: the trusted votes ------------------------------------------
+
+
+def _tau_noise(ev: Evidence, votes: _Votes, trusted_source: str) -> _Resolved:
+    """The label rule's cut, applied where the trusted votes show it catches wrong labels precisely enough."""
+    head = {"from": f"{trusted_source} votes vs the same votes for other labels",
+            "trusted_votes": int(votes.n), "classes": votes.classes}
+    if votes.n < votes.need or votes.classes < 2:
+        return _Resolved(math.nan, f"not applied: not calibrated yet ({int(votes.n)} of {votes.need} trusted votes"
+                         + (")" if votes.classes >= 2 or not votes.n else f", {votes.classes} class)"), head)
+    cut = _label_cut(ev, votes)
+    if cut.catch >= MIN_CATCH and cut.precision >= MIN_FLAG_PRECISION:
+        return _Resolved((cut.b + 1) / AGR_BINS, f"calibrated from {int(votes.n)} votes of the {trusted_source}",
+                         {**head, **cut.info, **_drop_cut(cut.f_clean, cut.b)})
+    return _Resolved(math.nan, (
+        f"not applied: {int(votes.n)} votes of the {trusted_source} do not separate right labels from "
+        f"wrong ones (the best cut catches {float(cut.catch):.0%} of wrong ones at precision "
+        f"{cut.precision:.0%}; needs {MIN_CATCH:.0%} at {MIN_FLAG_PRECISION:.0%})"), {**head, **cut.info})
+
+
+def _label_cut(ev: Evidence, votes: _Votes) -> _LabelCut:
+    """The cut minimising the expected error at the noise rate, estimated from the stream's share of
+    unsupported labels (agreement in the lowest bin), which is (1 - rate) F_c + rate F_n there: the
+    lowest bin is where the two differ most."""
+    f_clean = np.cumsum(ev.clean) / votes.n  # F_c(t_b), t_b = (b + 1) / AGR_BINS
+    noisy = ev.noisy.astype(np.float64).copy()
+    noisy[0] += votes.n * (votes.classes - 1) - noisy.sum()  # labels absent from the neighbours: share 0
+    f_noisy = np.cumsum(noisy) / noisy.sum()
+    rate, how = _rate(f_clean[0], f_noisy[0], ev.sums[STREAM_LOW], ev.sums[STREAM_VOTES])
+    risk = (1 - rate) * f_clean + rate * (1 - f_noisy)
+    best = np.flatnonzero(risk <= risk.min() + 1e-12)
+    b = int(best[len(best) // 2])
+    clean_upper = 1.0 - wilson_lower(votes.n - np.cumsum(ev.clean)[b], votes.n)
+    prec = rate * f_noisy[b] / max(rate * f_noisy[b] + (1 - rate) * f_clean[b], 1e-12)
+    info = {"noise_rate": round(rate, 4), "noise_rate_from": how,
+            "unsupported_share_of_stream": round(ev.sums[STREAM_LOW] / max(ev.sums[STREAM_VOTES], 1), 4),
+            "expected_flag_recall": round(float(f_noisy[b]), 4),
+            "expected_clean_flagged": round(float(f_clean[b]), 4),
+            "clean_flagged_upper": round(float(clean_upper), 4),
+            "expected_flag_precision": round(float(prec), 4)}
+    return _LabelCut(b, f_noisy[b], prec, f_clean, info)
+
+
+def _drop_cut(f_clean: np.ndarray, b: int) -> dict[str, Any]:
+    """Where a flag is dropped: only below the agreement that at most CLEAN_DROP_TARGET of the trusted
+    (right) labels fall under, within the label cut (bin `b`)."""
+    sure = np.flatnonzero(f_clean[: b + 1] <= CLEAN_DROP_TARGET)
+    return {"drop_below": (int(sure[-1]) + 1) / AGR_BINS if len(sure) else 0.0,
+            "expected_clean_dropped": round(float(f_clean[int(sure[-1])]), 4) if len(sure) else 0.0}
+
+
+def _abstain_override(cfg: SelectorConfig) -> _Resolved | None:
+    """relabel_abstain 'drop' drops every uncorrected flag, 'keep' none, whatever tau_drop says."""
+    if cfg.relabel_abstain == AUTO:
+        return None
+    return _Resolved(NEVER if cfg.relabel_abstain == "drop" else -1.0,
+                     f"config (relabel_abstain = '{cfg.relabel_abstain}')")
+
+
+def _tau_drop(cal: Calibration, votes: _Votes, trusted_source: str) -> _Resolved:
+    """Follows the label rule already in `cal`: a configured cut drops its flags; a calibrated one
+    drops them where few right labels score that low (`_drop_cut`)."""
+    noise = cal.evidence.get("tau_noise", {})
+    evidence = {"from": "the trusted votes' agreement: where right labels fall below the cut "
+                        f"at most {CLEAN_DROP_TARGET:.0%} of the time",
+                "expected_clean_dropped": noise.get("expected_clean_dropped")}
+    if cal.origin["tau_noise"] == "config":  # a configured label cut: its flags are dropped, as it says
+        return _Resolved(cal.values["tau_noise"], "config (tau_noise)", evidence)
+    if math.isnan(cal.values["tau_noise"]):
+        return _Resolved(0.0, "not applied: no calibrated label rule (a flagged label is kept, flagged)", evidence)
+    return _Resolved(float(noise.get("drop_below", 0.0)), f"calibrated from {int(votes.n)} votes of the "
+                     f"{trusted_source}", evidence)
+
+
+def _tau_relabel(ev: Evidence, votes: _Votes, relabel_precision: float, trusted_source: str) -> _Resolved:
+    """The lowest majority share whose trusted votes are right at `relabel_precision` (Wilson bound)."""
+    evidence = {"from": f"{trusted_source} items' own votes, right or wrong by majority share",
+                "relabel_precision": relabel_precision, "trusted_votes": int(votes.n)}
+    if votes.n < votes.need:
+        return _Resolved(NEVER, f"not applied: not calibrated yet ({int(votes.n)} of {votes.need} trusted votes; no "
+                                "corrections)", evidence)
+    right, total = ev.prec[1][::-1].cumsum()[::-1], ev.prec.sum(0)[::-1].cumsum()[::-1]
+    ok = [b for b in range(SHARE_BINS) if wilson_lower(right[b], total[b]) >= relabel_precision]
+    if not ok:
+        return _Resolved(NEVER, f"never: no majority share reaches precision {relabel_precision} in "
+                                f"{int(votes.n)} trusted votes (no corrections)", evidence)
+    b = ok[0]
+    return _Resolved(b / SHARE_BINS, f"calibrated from {int(votes.n)} votes of the {trusted_source}",
+                     {**evidence, "votes_at_or_above": int(total[b]), "right": int(right[b]),
+                      "precision_lower_bound": round(wilson_lower(right[b], total[b]), 4)})
+
+
+# --- align_threshold: the trusted pairs ------------------------------------------------------------
+
+
+def _align_threshold(ev: Evidence, trusted_source: str) -> _Resolved:
+    """The Bayes cut between right and mismatched captions, within the bar on right captions dropped."""
+    n_p, n_x = ev.sums[CLEAN_PAIRS], ev.cross[2]
+    head = {"from": f"{trusted_source} pairs vs their images with other captions",
+            "trusted_pairs": int(n_p), "other_caption_pairs": int(n_x)}
+    if n_p < MIN_PAIRS or n_x < MIN_PAIRS:
+        return _Resolved(math.nan, f"not applied: not calibrated yet ({int(min(n_p, n_x))} of {MIN_PAIRS} "
+                                   "trusted pairs)", head)
+    g = _alignments(ev)
+    t = _caption_cut(g)
+    dropped, caught = _phi((t - g.mu_c) / g.sd_c), _phi((t - g.mu_x) / g.sd_x)  # below t: dropped
+    evidence = {**head, "trusted_mean": round(g.mu_c, 4), "trusted_std": round(g.sd_c, 4),
+                "mismatch_mean": round(g.mu_x, 4), "mismatch_std": round(g.sd_x, 4),
+                "mismatch_rate": round(g.rate, 4), "mismatch_rate_from": g.rate_from,
+                "expected_clean_dropped": round(dropped, 5), "expected_mismatch_kept": round(1 - caught, 5)}
+    if g.mu_c > g.mu_x and caught >= MIN_CATCH:
+        return _Resolved(t, f"calibrated from {int(n_p)} pairs of the {trusted_source}", evidence)
+    if g.mu_c <= g.mu_x:
+        return _Resolved(math.nan, f"not applied: trusted pairs (mean cos {g.mu_c:.3f}) align no better than "
+                                   f"mismatched ones (mean {g.mu_x:.3f})", evidence)
+    return _Resolved(math.nan, (
+        f"not applied: trusted pairs (mean cos {g.mu_c:.3f}) do not separate from mismatched ones (mean "
+        f"{g.mu_x:.3f}): a cut dropping at most {MAX_CLEAN_DROP:.0%} of right captions catches {caught:.0%} "
+        f"of wrong ones; needs {MIN_CATCH:.0%}"), evidence)
+
+
+def _alignments(ev: Evidence) -> _Gaussians:
+    """Gaussians of the trusted pairs' and the other-caption pairs' alignments, and the stream's mismatch rate."""
+    n_p, n_x = ev.sums[CLEAN_PAIRS], ev.cross[2]
+    mu_c = ev.sums[CLEAN_ALIGN] / n_p
+    sd_c = math.sqrt(max(ev.sums[CLEAN_ALIGN2] / n_p - mu_c * mu_c, 1e-12))
+    mu_x = ev.cross[0] / n_x
+    sd_x = math.sqrt(max(ev.cross[1] / n_x - mu_x * mu_x, 1e-12))
+    rate, how = _rate(mu_c, mu_x, ev.sums[STREAM_ALIGN], ev.sums[STREAM_PAIRS])
+    return _Gaussians(mu_c, sd_c, mu_x, sd_x, rate, how)
+
+
+def _caption_cut(g: _Gaussians) -> float:
+    """The least-risk cut between the two means, and never one that drops more right captions than the bar."""
+    grid = np.linspace(min(g.mu_x, g.mu_c), max(g.mu_x, g.mu_c), 2001)
+    risk = [(1 - g.rate) * _phi((t - g.mu_c) / g.sd_c) + g.rate * (1 - _phi((t - g.mu_x) / g.sd_x)) for t in grid]
+    return min(float(grid[int(np.argmin(risk))]), g.mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * g.sd_c)
