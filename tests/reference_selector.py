@@ -13,9 +13,10 @@ import math
 import numpy as np
 
 import curator.select.calibrate as cal
-import curator.select.kernel as kern
+import curator.select.codes as codes
 from curator.select.hashdup import RULE_NEAR
-from curator.select.outcome import MODALITIES, BatchView, Scores
+from curator.select.loop_data import Scores
+from curator.select.outcome import MODALITIES, BatchView
 from curator.select.selector import InfoGrowthSelector
 
 
@@ -46,7 +47,7 @@ class ReferenceSelector(InfoGrowthSelector):
         h = v.hashes
         if h is None:
             return False
-        found = [(h.hit_rule[i] == RULE_NEAR, int(h.hit_dist[i]), -1, kern.DUP_HASHED, int(h.hit_row[i]),
+        found = [(h.hit_rule[i] == RULE_NEAR, int(h.hit_dist[i]), -1, codes.DUP_HASHED, int(h.hit_row[i]),
                   int(h.hit_rule[i]))] if h.hit_rule[i] else []
         found += [(h.crule[c] == RULE_NEAR, int(h.cdist[c]), int(h.crow[c]), 1, int(h.crow[c]), int(h.crule[c]))
                   for c in range(h.cptr[i], h.cptr[i + 1]) if v.inserted[h.crow[c]]]
@@ -55,9 +56,20 @@ class ReferenceSelector(InfoGrowthSelector):
         _, dist, _, src, row, rule = min(found)
         if rule == RULE_NEAR and not self.near_ok:
             return False
-        s.decision[i], s.why[i] = kern.DROPPED_DUPLICATE, kern.WHY_HASH
+        s.decision[i], s.why[i] = codes.DROPPED_DUPLICATE, codes.WHY_HASH
         s.dup_src[i], s.dup_row[i], s.hash_rule[i], s.hash_dist[i] = src, row, rule, dist
         return True
+
+    def _align_threshold(self, judged: bool) -> float:
+        """The caption threshold in force now (NaN: not calibrated yet, captions pass)."""
+        c, fixed = self.cfg, self.cal.values["align_threshold"]
+        if c.align_mode == "bootstrap" and self.boot_align_sketch.n:
+            q = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
+            return float(q) if q is not None else fixed
+        if c.align_mode == "adaptive" and judged and self.align_sketch.n >= c.align_warmup:
+            q = self.align_sketch.quantile(c.align_drop_quantile)
+            return float(q) if q is not None else fixed
+        return fixed
 
     def _resolve(self, v: BatchView, trusted: bool) -> Scores:
         c, n = self.cfg, len(v.ids)
@@ -65,7 +77,7 @@ class ReferenceSelector(InfoGrowthSelector):
         acc: list[list[int]] = [[], []]
         ev = self.evidence
         for i in range(n):
-            self._begin_item(s, i, trusted)
+            self._begin_item(v, s, i, trusted)
             nb = {m: self._neighbours(v, i, m, acc[m]) for m in range(2) if v.present[m] and v.has[m, i]}
             if self._hash_copy(v, s, i, nb):
                 continue
@@ -73,7 +85,7 @@ class ReferenceSelector(InfoGrowthSelector):
             prim, dmod = v.prim, v.dmod
             n_trusted = int(v.n_index[prim]) + len(acc[prim]) if prim >= 0 and v.present[prim] else 0
             judged = trusted or n_trusted >= c.min_trusted
-            dec, why = kern.KEPT, kern.WHY_NONE
+            dec, why = codes.KEPT, codes.WHY_NONE
             if v.pair[i] and trusted:
                 self.boot_align_sketch.update(v.align[i])
             if v.pair[i] and not trusted and c.align_mode != "off":
@@ -84,10 +96,10 @@ class ReferenceSelector(InfoGrowthSelector):
                 if v.align[i] < thr:
                     if self.recaption is not None:
                         self._recaption_item(v, s, i)
-                    if s.recap[i] == kern.RECAP_ACCEPTED:
-                        dec, s.recap_note[i] = kern.RECAPTIONED, True
+                    if s.recap[i] == codes.RECAP_ACCEPTED:
+                        dec, s.recap_note[i] = codes.RECAPTIONED, True
                     else:
-                        dec, why = kern.DROPPED_NOISY, kern.WHY_MISALIGNED
+                        dec, why = codes.DROPPED_NOISY, codes.WHY_MISALIGNED
                 self.align_sketch.update(v.align[i])
             if v.pair[i] and (trusted or not judged or self.collecting()[1]):
                 ev.sums[cal.CLEAN_ALIGN] += v.align[i]
@@ -110,8 +122,8 @@ class ReferenceSelector(InfoGrowthSelector):
                     s.agreement[i] = w[lv == label].sum() / total
                     s.best[i], s.share[i] = int(uniq[int(np.argmax(votes))]), votes.max() / total
                     if judged and not trusted and math.isnan(val["tau_noise"]):
-                        s.unjudged[i], s.n_trusted[i] = True, kern.UNJUDGED_CALIBRATING
-                    elif judged and not trusted and dec != kern.DROPPED_NOISY:
+                        s.unjudged[i], s.n_trusted[i] = True, codes.UNJUDGED_CALIBRATING
+                    elif judged and not trusted and dec != codes.DROPPED_NOISY:
                         if _bin(s.agreement[i], 0.0, 1.0, cal.AGR_BINS) == 0:
                             ev.sums[cal.STREAM_LOW] += 1.0
                         ev.sums[cal.STREAM_VOTES] += 1.0
@@ -122,15 +134,15 @@ class ReferenceSelector(InfoGrowthSelector):
                             and s.nn_dist[i] <= val["relabel_radius"]
                         if noisy and c.label_action == "relabel" and strong:
                             v.label_out[i], v.vote_label[i], s.relabel_note[i] = s.best[i], -1, True
-                            dec = kern.RELABELLED if dec == kern.KEPT else dec
+                            dec = codes.RELABELLED if dec == codes.KEPT else dec
                         elif noisy and c.label_action == "relabel" and s.agreement[i] >= val["tau_drop"]:
                             v.vote_label[i], s.abstain_note[i] = -1, True
                         elif noisy:
-                            dec, why = kern.DROPPED_NOISY, kern.WHY_LABEL
+                            dec, why = codes.DROPPED_NOISY, codes.WHY_LABEL
                             s.abstain_note[i] = c.label_action == "relabel"
             if not judged and not trusted:
                 s.unjudged[i], s.n_trusted[i] = True, n_trusted
-            if dec == kern.DROPPED_NOISY:
+            if dec == codes.DROPPED_NOISY:
                 s.decision[i], s.why[i] = dec, why
                 continue
             for m, (sims, _, _) in nb.items():
@@ -141,9 +153,9 @@ class ReferenceSelector(InfoGrowthSelector):
             if dmod in nb and len(nb[dmod][0]):
                 s.max_sim[i] = float(nb[dmod][0][0])
                 if s.max_sim[i] >= 1.0 - val["eps_dup"]:
-                    dec, why = kern.DROPPED_DUPLICATE, kern.WHY_DUPLICATE
+                    dec, why = codes.DROPPED_DUPLICATE, codes.WHY_DUPLICATE
                     s.dup_src[i], s.dup_row[i] = nb[dmod][2][0]
-            if dec != kern.DROPPED_DUPLICATE and nb:
+            if dec != codes.DROPPED_DUPLICATE and nb:
                 if dmod in nb and len(nb[dmod][0]):  # the windowed sketch of nearest-neighbour distances
                     d = 1.0 - s.max_sim[i]
                     b = 0 if not d > 0 else _bin(math.log10(d), cal.NN_LO, cal.NN_HI, cal.NN_BINS)
@@ -165,7 +177,7 @@ class ReferenceSelector(InfoGrowthSelector):
                 if c.keep_rate > 0 and not trusted:
                     s.keep_prob[i] = min(1.0, s.gain_norm[i] * c.keep_rate / max(self.g_sum / self.g_count, 1e-9))
                     if self.rng.random() >= s.keep_prob[i]:
-                        dec, why = kern.DROPPED_BY_BUDGET, kern.WHY_BUDGET
+                        dec, why = codes.DROPPED_BY_BUDGET, codes.WHY_BUDGET
             s.decision[i], s.why[i] = dec, why
         for m in range(2):
             v.n_acc[m] = len(acc[m])

@@ -166,8 +166,9 @@ def test_bootstrap_calibrated_alignment_threshold():
     recs = [{"id": f"b{i}", "text": "t", "image": b"png"} for i in range(3)]
     sel = InfoGrowthSelector(SelectorConfig(align_mode="bootstrap", align_threshold=0.0, eps_dup=1e-4))
     sel.bootstrap(_batch(recs), _emb(img, boot_txt))
-    assert sel._align_threshold(True) == pytest.approx(0.958, abs=1e-3)
-    assert sel._align_threshold(True) <= 1 / np.linalg.norm([0.3, 1.0])
+    thr = sel.boot_align_sketch.quantile(sel.cfg.align_bootstrap_quantile, lower=True)  # the bootstrap's cut
+    assert thr == pytest.approx(0.958, abs=1e-3)
+    assert thr <= 1 / np.linalg.norm([0.3, 1.0])
     txt = np.array([[1.0, 0.2, 0.0], [1.0, 0.6, 0.0]], np.float32)  # cos 0.98 and 0.86 with image 0
     q = [{"id": f"q{i}", "text": "t", "image": b"png"} for i in range(2)]
     r = sel.select(_batch(q, 3), _emb(np.stack([img[0] * 0.999 + img[1] * 0.04, img[0] * 0.96 + img[2] * 0.28]),

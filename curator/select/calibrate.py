@@ -124,8 +124,8 @@ LOO_CAP = 2048  # trusted items whose leave-one-out votes are the label evidence
 def trusted_votes(vectors: np.ndarray, labels: np.ndarray, k: int, temperature: float) -> Evidence:
     """Label evidence from trusted items: each votes against all the *other* trusted items (leave
     one out), so every vote sees the bootstrap's full density, whatever its batches were."""
-    from curator.select.kernel import sketch_bin
     from curator.select.rules import label_shares
+    from curator.select.sketch import sketch_bin
 
     ev = Evidence()
     ok = labels >= 0

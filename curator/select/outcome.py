@@ -3,17 +3,27 @@ and the decisions table (with its reasons) built from them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-import curator.select.kernel as kern
 import curator.select.reasons as reasons
 from curator.records import DECISION_SCHEMA
 from curator.select.calibrate import Calibration
+from curator.select.codes import (
+    DUP_HASHED,
+    RECAP_ACCEPTED,
+    RECAP_REJECTED,
+    WHY_BUDGET,
+    WHY_DUPLICATE,
+    WHY_HASH,
+    WHY_LABEL,
+    WHY_MISALIGNED,
+)
 from curator.select.hashdup import RULE_CONTENT, RULE_NAMES, RULE_NEAR, RULE_PIXELS, BatchHashes
+from curator.select.loop_data import Scores
 
 MODALITIES = ("image", "text")
 
@@ -60,49 +70,7 @@ class BatchView:
     cross_ok: np.ndarray  # bool[n]
     hashes: BatchHashes | None  # the items' content hashes and the hash rules' matches (None: no dedup modality)
     inserted: np.ndarray  # bool[n]: accepted (into the index) so far
-
-
-@dataclass
-class Scores:
-    """Per-item results of one batch (arrays of n; NaN or -1 where a score was not computed)."""
-
-    decision: np.ndarray
-    why: np.ndarray
-    label_noisy: np.ndarray  # -1 not judged, 0 agrees, 1 noisy
-    agreement: np.ndarray
-    best: np.ndarray
-    share: np.ndarray
-    thr: np.ndarray
-    recap: np.ndarray
-    align_out: np.ndarray
-    gain_m: np.ndarray  # float64[2, n]
-    gain: np.ndarray
-    gain_norm: np.ndarray
-    max_sim: np.ndarray
-    dup_src: np.ndarray  # -1 none, 0 an index item, 1 an earlier item of the batch
-    dup_row: np.ndarray
-    keep_prob: np.ndarray
-    unjudged: np.ndarray
-    n_trusted: np.ndarray
-    relabel_note: np.ndarray
-    recap_note: np.ndarray
-    abstain_note: np.ndarray  # noisy label, no strong evidence for a correction
-    cal_idx: np.ndarray  # per item, which of `cals` was in force
-    cals: list[Calibration]
-    nn_dist: np.ndarray  # distance to the nearest voting neighbour, where a label was judged
-    hash_rule: np.ndarray  # int8: the hash rule that found the item a copy (curator.select.hashdup.RULE_*)
-    hash_dist: np.ndarray  # int64: perceptual bits apart from its original (0: exact; -1: no hash rule fired)
-
-    @classmethod
-    def empty(cls, n: int) -> Scores:
-        def nan(*shape: int) -> np.ndarray:
-            return np.full(shape or (n,), np.nan)
-
-        return cls(np.zeros(n, np.int8), np.zeros(n, np.int8), np.full(n, -1, np.int8), nan(),
-                   np.full(n, -1, np.int64), nan(), nan(), np.full(n, kern.RECAP_UNKNOWN, np.int8), nan(), nan(2, n),
-                   nan(), nan(), nan(), np.full(n, -1, np.int8), np.full(n, -1, np.int64), nan(), np.zeros(n, bool),
-                   np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool),
-                   np.zeros(n, np.int64), [], nan(), np.zeros(n, np.int8), np.full(n, -1, np.int64))
+    cals: list[Calibration] = field(default_factory=list)  # the calibrations in force (Scores.cal_idx)
 
 
 def concat_selections(a: Selection, b: Selection) -> Selection:
@@ -123,7 +91,7 @@ def dup_ids(sel: Any, v: BatchView, s: Scores) -> list[str | None]:
             out[r] = name
     for r in np.flatnonzero(s.dup_src == 1):
         out[r] = v.ids[s.dup_row[r]]
-    for r in np.flatnonzero(s.dup_src == kern.DUP_HASHED):
+    for r in np.flatnonzero(s.dup_src == DUP_HASHED):
         out[r] = sel.hashes.ids[s.dup_row[r]]
     return out
 
@@ -138,12 +106,12 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     # most items are plainly accepted: their reason is the head and the gain (as `reasons.accepted`)
     head = "trusted bootstrap" if trusted else "clean"
     out = [f"{head}; gain {g:.4f}" if g == g else f"{head}; no gain" for g in s.gain.tolist()]
-    caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off") & (s.why != kern.WHY_HASH)
+    caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off") & (s.why != WHY_HASH)
     plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
               | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0) | caption_unjudged)
     autos: dict[int, dict[str, str]] = {}
     for i in np.flatnonzero(~plain).tolist():
-        cal = s.cals[s.cal_idx[i]] if s.cals else sel.cal
+        cal = v.cals[s.cal_idx[i]] if v.cals else sel.cal
         val = cal.values
         auto = autos.get(id(cal)) or autos.setdefault(id(cal), {k: status_word(o) for k, o in cal.origin.items()})
         notes = []
@@ -155,7 +123,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
             if s.abstain_note[i] else ""
         if s.relabel_note[i]:
             notes.append(reasons.relabelled(base, int(s.best[i]), s.share[i]))
-        elif s.abstain_note[i] and s.why[i] != kern.WHY_LABEL:
+        elif s.abstain_note[i] and s.why[i] != WHY_LABEL:
             notes.append(reasons.kept_flagged(base, weak, s.agreement[i], val["tau_drop"]))
         if s.unjudged[i]:
             notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted, cal.origin.get("tau_noise", "")))
@@ -165,17 +133,17 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
                 f"align_mode {c.align_mode}: too few pairs yet"))
         w = s.why[i]
         drop = ""
-        if w == kern.WHY_MISALIGNED:
+        if w == WHY_MISALIGNED:
             drop = reasons.misaligned(v.align[i], s.thr[i], reasons.not_recaptioned(
-                sel.recaption is not None, s.recap[i] in (kern.RECAP_ACCEPTED, kern.RECAP_REJECTED),
+                sel.recaption is not None, s.recap[i] in (RECAP_ACCEPTED, RECAP_REJECTED),
                 s.align_out[i]), auto["align_threshold"] if c.align_mode == "fixed" else "")
-        elif w == kern.WHY_LABEL:
+        elif w == WHY_LABEL:
             drop = reasons.label_dropped(base, s.share[i], val["tau_relabel"], relabel, weak)
-        elif w == kern.WHY_DUPLICATE:
+        elif w == WHY_DUPLICATE:
             drop = reasons.duplicate(str(dup_of[i]), s.max_sim[i], val["eps_dup"], auto["eps_dup"])
-        elif w == kern.WHY_BUDGET:
+        elif w == WHY_BUDGET:
             drop = reasons.budget(s.keep_prob[i], c.keep_rate, s.gain_norm[i])
-        elif w == kern.WHY_HASH:
+        elif w == WHY_HASH:
             r = int(s.hash_rule[i])
             drop = reasons.near_copy(str(dup_of[i]), int(s.hash_dist[i]), c.phash_max_dist) if r == RULE_NEAR else \
                 reasons.exact_copy(str(dup_of[i]), "decoded pixels" if r == RULE_PIXELS else
@@ -206,7 +174,7 @@ def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values:
 
     names = np.array([None] + [RULE_NAMES[r] for r in (RULE_CONTENT, RULE_PIXELS, RULE_NEAR)], dtype=object)
     rule = names[s.hash_rule]
-    rule[s.why == kern.WHY_DUPLICATE] = "embedding"
+    rule[s.why == WHY_DUPLICATE] = "embedding"
     cols: dict[str, Any] = {
         "id": samples.column("id"),
         "source": samples.column("source"),

@@ -44,12 +44,12 @@ from curator.select.calibrate import (
     calibrate,
     trusted_votes,
 )
-from curator.select.codes import ALIGN_MODES, DECISIONS
+from curator.select.codes import ALIGN_MODES, DECISIONS, KEPT, RECAP_ACCEPTED, RECAP_NONE, RECAP_REJECTED
 from curator.select.hashdup import ACCEPTED, HashTable, hash_report
+from curator.select.loop_data import G_COUNT, G_SUM, USED, LoopBatch, LoopSettings, LoopState, Scores
 from curator.select.outcome import (
     MODALITIES,
     BatchView,
-    Scores,
     Selection,
     concat_selections,
     decisions_table,
@@ -210,8 +210,9 @@ class InfoGrowthSelector:
         self._hashed = int(state.get("hashed", 0))
 
     def restore_hashes(self, decisions: pa.Table) -> None:
-        """Rebuild the hash table from the committed decisions (`hashdup.committed_keys`): they record
-        every accepted item's keys, so the table needs no snapshot of its own."""
+        """Rebuild the hash table from the committed decisions (their `hashdup.KEY_COLUMNS`, which the
+        select-and-write stage reads): they record every accepted item's keys, so the table needs no
+        snapshot of its own."""
         self.hashes.rebuild(decisions)
         if self.cfg.hash_dedup and len(self.hashes) != self._hashed:
             raise ValueError(f"the committed decisions hold {len(self.hashes)} accepted items' hashes, but the "
@@ -314,7 +315,7 @@ class InfoGrowthSelector:
             return
         r = np.arange(lo, upto)
         if self.collecting()[0]:
-            self._note_trusted(self._view, r[s.unjudged[r].astype(bool) & (s.decision[r] == kern.KEPT)])
+            self._note_trusted(self._view, r[s.unjudged[r].astype(bool) & (s.decision[r] == KEPT)])
 
     def _note_phash(self, s: Scores, r: np.ndarray) -> None:
         """The trusted images' perceptual hashes (rows `r` of a bootstrap batch): distinct pictures by
@@ -324,22 +325,31 @@ class InfoGrowthSelector:
             took = r[_ACCEPTED_CODES[s.decision[r]] & h.phash_ok[r]]
             self._recent_phash = np.concatenate([self._recent_phash, h.phash[took]])[:PHASH_SAMPLE]
 
-    def _begin_item(self, s: Scores, i: int, trusted: bool) -> None:
+    def _begin_item(self, v: BatchView, s: Scores, i: int, trusted: bool) -> None:
         """Before deciding item i (of this batch): recalibrate when due, note the values in force."""
         if not trusted and self._calibration_due(self.seq + i):
             self._collect(s, i)
             self._recalibrate(self.seq + i)
-        if not s.cals or s.cals[-1] is not self.cal:
-            s.cals.append(self.cal)
-        s.cal_idx[i] = len(s.cals) - 1
+        if not v.cals or v.cals[-1] is not self.cal:
+            v.cals.append(self.cal)
+        s.cal_idx[i] = len(v.cals) - 1
 
-    def _fp(self) -> np.ndarray:
+    def _settings(self, has_hook: bool) -> LoopSettings:
+        """The values in force, as the compiled loop takes them."""
         c, val = self.cfg, self.cal.values
         boot = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
-        return np.array([val["tau_noise"], val["tau_relabel"], c.vote_temperature, val["eps_dup"], c.gain_quantile,
-                         c.keep_rate, val["align_threshold"], c.align_drop_quantile, np.nan if boot is None else boot,
-                         self.gain_sketch.lo, self.gain_sketch.hi, self.align_sketch.lo, self.align_sketch.hi,
-                         val["relabel_radius"], NN_LO, NN_HI, val["tau_drop"], float(self.near_ok)])
+        return LoopSettings(
+            k_gain=int(c.k_gain), k_label=int(c.k_label), min_trusted=int(c.min_trusted),
+            align_mode=ALIGN_MODES[c.align_mode], align_warmup=int(c.align_warmup),
+            relabel=c.label_action == "relabel", has_hook=has_hook, collect_pairs=self.collecting()[1],
+            nn_window=NN_WINDOW, near_ok=bool(self.near_ok), tau_noise=float(val["tau_noise"]),
+            tau_relabel=float(val["tau_relabel"]), tau_drop=float(val["tau_drop"]),
+            relabel_radius=float(val["relabel_radius"]), temperature=float(c.vote_temperature),
+            eps_dup=float(val["eps_dup"]), gain_quantile=float(c.gain_quantile), keep_rate=float(c.keep_rate),
+            align_threshold=float(val["align_threshold"]), align_drop_quantile=float(c.align_drop_quantile),
+            boot_threshold=np.nan if boot is None else float(boot), gain_lo=self.gain_sketch.lo,
+            gain_hi=self.gain_sketch.hi, align_lo=self.align_sketch.lo, align_hi=self.align_sketch.hi,
+            nn_lo=NN_LO, nn_hi=NN_HI)
 
     def save_indexes(self, directory: str | Path) -> None:
         """Snapshot the shards' indexes (in this process) under `directory` (shard k: `shard=k/`), and the
@@ -491,58 +501,52 @@ class InfoGrowthSelector:
 
     def _resolve(self, v: BatchView, trusted: bool) -> Scores:
         """The per-item loop (compiled), stopping to ask a recaption hook and to recalibrate."""
-        c, s, n = self.cfg, Scores.empty(len(v.ids)), len(v.ids)
-        ip = np.array([c.k_gain, c.k_label, c.min_trusted, ALIGN_MODES[c.align_mode], c.align_warmup,
-                       c.label_action == "relabel", c.keep_rate > 0, NN_WINDOW, 0],
-                      np.int64)
-        state = np.array([self.g_sum, float(self.g_count), 0.0])
-        budget = c.keep_rate > 0 and not trusted
+        n = len(v.ids)
+        s = Scores.empty(n)
+        budget = self.cfg.keep_rate > 0 and not trusted
         rng_state = self.rng.bit_generator.state
-        uniforms = self.rng.random(n) if budget else np.zeros(0)  # at most one draw per item
-        ev = self.evidence
         h = v.hashes or self.hashes.judge(None, np.zeros((n, 1), np.float32), "image", on=False)
+        b = LoopBatch(trusted, int(v.isims.shape[2]), v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
+                      v.gram, v.n_index, v.labels_in, v.pair, v.align, v.cross, v.cross_ok, h.hit_rule, h.hit_dist,
+                      h.hit_row, h.cptr, h.crow, h.crule, h.cdist)
+        ev = self.evidence
+        run = LoopState(self.gain_sketch.counts, self.align_sketch.counts, self.boot_align_sketch.counts, v.acc,
+                        v.n_acc, v.vote_label, v.label_out, v.inserted,
+                        np.array([self.g_sum, float(self.g_count), 0.0]),
+                        self.rng.random(n) if budget else np.zeros(0),  # at most one draw per item
+                        ev.nn, ev.nn_meta, ev.sums, ev.cross)
         i = 0
         while i < n:
-            self._begin_item(s, i, trusted)
+            self._begin_item(v, s, i, trusted)
             stop = self._segment_end(i, n, trusted)
             s.cal_idx[i:stop] = s.cal_idx[i]
-            ip[8] = self.collecting()[1]
-            j = kern.resolve(i, trusted, v.isims.shape[2], v.prim, v.dmod, v.present, v.has, v.isims, v.ilab, v.irow,
-                             v.gram, v.n_index, v.labels_in, v.vote_label, v.label_out, v.pair, v.align, s.recap,
-                             s.align_out, self.recaption is not None, ip, self._fp(), self.gain_sketch.counts,
-                             self.align_sketch.counts, self.boot_align_sketch.counts, v.acc, v.n_acc, state,
-                             uniforms, s.decision, s.why, s.label_noisy, s.agreement, s.best, s.share, s.thr,
-                             s.gain_m, s.gain, s.gain_norm, s.max_sim, s.dup_src, s.dup_row, s.keep_prob,
-                             s.unjudged, s.n_trusted, s.relabel_note, s.recap_note, stop, ev.nn, ev.nn_meta,
-                             ev.sums, s.abstain_note, v.cross, v.cross_ok, ev.cross,
-                             s.nn_dist, h.hit_rule, h.hit_dist, h.hit_row, h.cptr, h.crow, h.crule, h.cdist,
-                             v.inserted, s.hash_rule, s.hash_dist)
+            j = kern.resolve(b, self._settings(self.recaption is not None), run, s, i, stop)
             if j < stop:
                 self._recaption_item(v, s, j)
             i = j
-        self.g_sum, self.g_count = float(state[0]), int(state[1])
+        self.g_sum, self.g_count = float(run.tally[G_SUM]), int(run.tally[G_COUNT])
         if budget:  # the generator moves by the draws used, as if drawn one by one
             self.rng.bit_generator.state = rng_state
-            self.rng.bit_generator.advance(int(state[2]))
+            self.rng.bit_generator.advance(int(run.tally[USED]))
         return s
 
     def _recaption_item(self, v: BatchView, s: Scores, i: int) -> None:
         """Item i's caption is misaligned: ask the hook; keep a proposal that scores above the threshold."""
         new = self._recaption(v.samples, i)
         if new is None:
-            s.recap[i] = kern.RECAP_NONE
+            s.recap[i] = RECAP_NONE
             return
         assert self.text_embed is not None
         tv = self.text_embed([new])[0].astype(np.float32)
         s.align_out[i] = float(v.mods["image"][i] @ tv)
         if s.align_out[i] < s.thr[i]:
-            s.recap[i] = kern.RECAP_REJECTED
+            s.recap[i] = RECAP_REJECTED
             return
         text = v.mods["text"]
         text[i] = tv
         v.gram[1, :, i] = text @ tv  # what later items see of item i (its own neighbours were gathered)
         v.text_out[i] = new
-        s.recap[i] = kern.RECAP_ACCEPTED
+        s.recap[i] = RECAP_ACCEPTED
 
     def _finish(self, v: BatchView, s: Scores, trusted: bool) -> Selection:
         """Insert the accepted items, count, and write the decisions table."""
@@ -574,18 +578,6 @@ class InfoGrowthSelector:
             gain_norm=s.gain_norm.astype(np.float32),
             homes=homes,
         )
-
-    def _align_threshold(self, judged: bool) -> float:
-        """The caption threshold in force now (the loop computes the same inline; NaN: not calibrated
-        yet, captions pass)."""
-        c, fixed = self.cfg, self.cal.values["align_threshold"]
-        if c.align_mode == "bootstrap" and self.boot_align_sketch.n:
-            q = self.boot_align_sketch.quantile(c.align_bootstrap_quantile, lower=True)
-            return float(q) if q is not None else fixed
-        if c.align_mode == "adaptive" and judged and self.align_sketch.n >= c.align_warmup:
-            q = self.align_sketch.quantile(c.align_drop_quantile)
-            return float(q) if q is not None else fixed
-        return fixed
 
     def _recaption(self, samples: pa.Table, i: int) -> str | None:
         if self.recaption is None:
