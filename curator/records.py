@@ -81,15 +81,12 @@ DECISION_SCHEMA = pa.schema(
         pa.field("keep_prob", pa.float32()),  # budget keep probability (1 without a budget)
         pa.field("model", pa.string()),
         pa.field("config_fingerprint", pa.string()),
+        # every configured filter's score (`curator.ops`): {filter name: score}, a null score where the filter
+        # does not apply (no caption, no image); the whole map null where no filter saw the item (rejected
+        # input, a run without [[filters]]), as in parts written before filters existed
+        pa.field("filters", pa.map_(pa.string(), pa.float64())),
     ]
 )
-
-#: Every configured filter's score for the item (`curator.ops`): {filter name: score}, a null score where
-#: the filter does not apply (no caption, no image); null for items no filter saw (rejected input).
-FILTERS_FIELD = pa.field("filters", pa.map_(pa.string(), pa.float64()))
-
-#: A decision record as the run stores it: the selector's columns, then every filter's score.
-STORED_DECISION_SCHEMA = DECISION_SCHEMA.append(FILTERS_FIELD)
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -244,9 +241,9 @@ def rejection_decisions(rejects: list[Rejection], model: str, fingerprint: str) 
     return pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)
 
 
-def with_filter_scores(decisions: pa.Table, scores: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
-    """Decision rows (`DECISION_SCHEMA`) as stored (`STORED_DECISION_SCHEMA`): with each row's filter scores,
-    or null ones (rows no filter saw)."""
-    if scores is None:
-        scores = pa.nulls(decisions.num_rows, FILTERS_FIELD.type)
-    return decisions.append_column(FILTERS_FIELD, scores)
+def filter_scores(samples: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """The decisions' `filters` column for these samples: the filter stage's scores, or nulls (no filter saw
+    them)."""
+    if "filters" in samples.column_names:
+        return samples.column("filters")
+    return pa.nulls(samples.num_rows, DECISION_SCHEMA.field("filters").type)

@@ -39,13 +39,13 @@ from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.ops import build_rules
 from curator.ops.stage import FilterStage
 from curator.records import (
+    DECISION_SCHEMA,
     Fault,
     Limits,
     Position,
     Rejection,
     rejection_decisions,
     rejections_table,
-    with_filter_scores,
 )
 from curator.resources import Resources
 from curator.select import InfoGrowthSelector, kept_table
@@ -300,19 +300,18 @@ class SelectWriteStage:
         if batch.samples.num_rows:
             assert batch.emb is not None
             s = (sel.bootstrap if batch.trusted else sel.select)(batch.samples, batch.emb)
-            scores = batch.samples.column("filters") if "filters" in batch.samples.column_names else None
-            decisions.append(with_filter_scores(s.decisions, scores))
+            decisions.append(s.decisions)  # with the filters' scores the samples carry
             kept = kept_table(batch.samples, batch.emb, s, self.cfg.store.store_images)
             h = s.homes if s.homes is not None else np.zeros(batch.samples.num_rows, np.int64)
             homes.append(h)
             kept_homes = h[s.kept_rows]
         if batch.rejects:  # shard 0 writes rejected input, and filtered items
-            decisions.append(with_filter_scores(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint)))
+            decisions.append(rejection_decisions(batch.rejects, batch.model_id, self.fingerprint))
             homes.append(np.zeros(len(batch.rejects), np.int64))
         if batch.filtered is not None and batch.filtered.num_rows:
             decisions.append(batch.filtered)
             homes.append(np.zeros(batch.filtered.num_rows, np.int64))
-        table = pa.concat_tables(decisions) if decisions else with_filter_scores(rejection_decisions([], "", ""))
+        table = pa.concat_tables(decisions) if decisions else DECISION_SCHEMA.empty_table()
         return SelectedBatch(table, kept, batch.rejects, batch.positions, batch.items, self.index_size, batch.trusted,
                              np.concatenate(homes) if homes else None, kept_homes, self.shard_stats())
 

@@ -16,16 +16,27 @@ import pytest
 from PIL import Image
 
 from curator.batch import RawBatch
-from curator.config import ConfigError, FilterConfig, RunConfig, load_config, parse_filters, to_toml
+from curator.config import (
+    ConfigError,
+    FilterConfig,
+    RunConfig,
+    SelectorConfig,
+    load_config,
+    parse_filters,
+    to_toml,
+)
 from curator.demo_data import demo_config, write_demo_inputs
+from curator.embed import Embeddings
 from curator.ops import Filter, Rule, build_rules
 from curator.ops.image import AspectRatio, ImageResolution
 from curator.ops.language import Language
-from curator.ops.stage import FilterStage
+from curator.ops.stage import FilterStage, scores_column
 from curator.ops.text import CaptionLength, CaptionWords
-from curator.records import STORED_DECISION_SCHEMA, Decision, Position
+from curator.records import DECISION_SCHEMA, Decision, Position
 from curator.registry import EMBEDDERS, FILTERS, INDEX_KINDS, Registry, RegistryError
+from curator.select import InfoGrowthSelector
 from curator.validate import validate_batch
+from tests.test_auto_index import stream, table
 
 
 def png(w: int, h: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -116,7 +127,7 @@ def test_filter_stage_drops_with_one_decision_each_and_carries_every_score(mixed
     assert scores == {"res": 48.0, "caption_words": 5.0, "aspect_ratio": pytest.approx(64 / 48)}
     assert dict(out.samples.column("filters")[2].as_py())["res"] is None  # unreadable image: not applicable
     f = out.filtered
-    assert f is not None and f.schema.equals(STORED_DECISION_SCHEMA)
+    assert f is not None and f.schema.equals(DECISION_SCHEMA)
     rows = {r["id"]: r for r in f.to_pylist()}
     assert set(rows) == {"c", "d"}
     assert rows["c"]["reason"] == "filter caption_words: 8 > max 5"
@@ -128,6 +139,20 @@ def test_filter_stage_drops_with_one_decision_each_and_carries_every_score(mixed
                                                                                             min=2)]), "m", "fp")
     r = {x["id"]: x["reason"] for x in both.process(batch).filtered.to_pylist()}
     assert r["b"] == "filter image_resolution: 100 < min 500; filter caption_words: 1 < min 2"
+
+
+def test_the_selectors_decisions_carry_the_filters_scores_in_the_one_decision_schema() -> None:
+    """In memory as stored and queried: the selector's decision records are DECISION_SCHEMA's, with the scores
+    the filter stage gave the samples, and a null map for samples no filter saw."""
+    x, given = stream(30, d=16)
+    plain = table(given, 0, 30)
+    scored = plain.append_column(DECISION_SCHEMA.field("filters"), scores_column(["w"], np.arange(30.0)[:, None]))
+    emb = Embeddings(x, None, np.ones(30, bool), np.zeros(30, bool))
+    for t in (scored, plain):
+        d = InfoGrowthSelector(SelectorConfig(min_trusted=0)).select(t, emb).decisions
+        assert d.schema.equals(DECISION_SCHEMA)
+        assert d.column("filters").to_pylist() == ([[("w", float(i))] for i in range(30)] if t is scored
+                                                   else [None] * 30)
 
 
 def _load(tmp_path: Path, text: str) -> RunConfig:

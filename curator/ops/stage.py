@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curator.batch import ValidBatch
 from curator.ops.base import Rule
-from curator.records import FILTERS_FIELD, STORED_DECISION_SCHEMA, Decision
+from curator.records import DECISION_SCHEMA, Decision
 from curator.resources import Resources
 
 
@@ -28,14 +28,14 @@ def scores_column(names: list[str], scores: np.ndarray) -> pa.MapArray:
     keys = pa.array(np.tile(np.asarray(names, dtype=object), n), pa.string())
     flat = scores.ravel()
     items = pa.array(flat, pa.float64(), mask=np.isnan(flat))
-    return pa.MapArray.from_arrays(offsets, keys, items, type=FILTERS_FIELD.type)
+    return pa.MapArray.from_arrays(offsets, keys, items, type=DECISION_SCHEMA.field("filters").type)
 
 
 def filtered_decisions(samples: pa.Table, reasons: list[str], model: str, fingerprint: str) -> pa.Table:
     """Decision rows of items a filter dropped (`samples` with its `filters` column): seq -1, as they never
     reach the selector; the given label as label_in; every other score null."""
     n = samples.num_rows
-    cols = {f.name: pa.nulls(n, f.type) for f in STORED_DECISION_SCHEMA}
+    cols = {f.name: pa.nulls(n, f.type) for f in DECISION_SCHEMA}
     cols.update({c: samples.column(c) for c in ("id", "source", "partition", "offset", "filters")})
     cols.update({
         "seq": pa.array(np.full(n, -1, np.int64)),
@@ -45,7 +45,7 @@ def filtered_decisions(samples: pa.Table, reasons: list[str], model: str, finger
         "model": pa.array([model] * n, pa.string()),
         "config_fingerprint": pa.array([fingerprint] * n, pa.string()),
     })
-    return pa.table(cols, schema=STORED_DECISION_SCHEMA)
+    return pa.table(cols, schema=DECISION_SCHEMA)
 
 
 class FilterStage:
@@ -71,7 +71,7 @@ class FilterStage:
         scores = np.column_stack([r.scores(samples) for r in self.rules]) if n else np.zeros((0, len(self.rules)))
         fails = np.column_stack([r.fails(scores[:, j]) for j, r in enumerate(self.rules)]) if n else \
             np.zeros((0, len(self.rules)), bool)
-        samples = samples.append_column(FILTERS_FIELD, scores_column([r.name for r in self.rules], scores))
+        samples = samples.append_column(DECISION_SCHEMA.field("filters"), scores_column([r.name for r in self.rules], scores))
         dropped = np.flatnonzero(fails.any(axis=1))
         if not len(dropped):
             return replace(batch, samples=samples)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 import curator.select.reasons as reasons
-from curator.records import DECISION_SCHEMA
+from curator.records import DECISION_SCHEMA, filter_scores
 from curator.select.calibrate import Calibration
 from curator.select.codes import (
     DUP_HASHED,
@@ -205,5 +205,6 @@ def decisions_table(sel: Any, v: BatchView, s: Scores, seqs: np.ndarray, values:
         "keep_prob": f32(s.keep_prob),
         "model": pa.array([sel.model_id] * n, pa.string()),
         "config_fingerprint": pa.array([sel.fingerprint] * n, pa.string()),
+        "filters": filter_scores(samples),
     }
     return pa.table(cols, schema=DECISION_SCHEMA)

@@ -17,11 +17,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from curator.records import QUARANTINE_SCHEMA, STORED_DECISION_SCHEMA
+from curator.records import DECISION_SCHEMA, QUARANTINE_SCHEMA
 from curator.store.writer import TABLES, committed_parts
 
 READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-EMPTY_SCHEMAS = {"decisions": STORED_DECISION_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
+EMPTY_SCHEMAS = {"decisions": DECISION_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
 
 
 class QueryError(ValueError):
