@@ -12,10 +12,13 @@ import math
 
 import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curator.config import SelectorConfig
 from curator.select import InfoGrowthSelector
 from curator.select import calibrate as cal
+from curator.select.calibrate import top_k_stable
 from curator.select.outcome import status_word
 from curator.select.rules import duplicate
 from tests.test_selector import _batch, _digits, _emb
@@ -115,3 +118,14 @@ def test_reasons_config_show_and_manifest_give_one_status() -> None:
     assert all("calibrated" not in r for r in dups)
     assert report["tau_relabel"]["origin"].startswith("not applied: not calibrated yet")
     assert sel.cal.values["tau_relabel"] > 1  # no corrections while it is not applied
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 39), st.integers(0, 2**32 - 1), st.booleans())
+def test_top_k_stable_is_a_stable_argsort_of_each_row(n: int, k: int, seed: int, ties: bool) -> None:
+    """The leave-one-out votes' neighbours: the same columns, in the same order, as a full stable sort."""
+    k = min(k, n - 1)
+    rng = np.random.default_rng(seed)
+    g = (rng.integers(-2, 3, (n, n)) if ties else rng.normal(size=(n, n))).astype(np.float32)
+    np.fill_diagonal(g, -np.inf)
+    assert (top_k_stable(g, k) == np.argsort(-g, axis=1, kind="stable")[:, :k]).all()

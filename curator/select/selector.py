@@ -120,6 +120,7 @@ class InfoGrowthSelector:
         self.boot_evidence = Evidence()  # the trusted items' leave-one-out votes
         self._trusted_x: list[np.ndarray] = []  # up to LOO_CAP trusted vectors (primary modality) while bootstrapping
         self._trusted_y: list[np.ndarray] = []
+        self._loo_stale = False  # trusted vectors were added since boot_evidence was computed
         self.trusted_seen = 0  # trusted items decided (bootstrap)
         self.cal_pending = False  # trusted items decided since the last calibration
         self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), -1)
@@ -171,7 +172,7 @@ class InfoGrowthSelector:
             "shard_sizes": {m: list(i.sizes) for m, i in self.indexes.items()},
             "routers": {m: i.router.to_json() for m, i in self.indexes.items() if getattr(i, "router", None)},
             "evidence": self.evidence.state_dict(),
-            "boot_evidence": self.boot_evidence.state_dict(),
+            "boot_evidence": self._trusted_evidence().state_dict(),
             "calibration": self.cal.state_dict(),
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
@@ -247,7 +248,7 @@ class InfoGrowthSelector:
         return SQ8_FLOOR if index is not None and "sq8" in index.kind else EPS_FLOOR
 
     def _recalibrate(self, pos: int) -> None:
-        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self.boot_evidence,
+        self.cal = calibrate(self.cfg, self.evidence, self._evidence_source(), pos, self._trusted_evidence(),
                              self._eps_floor())
         self.cal_pending = False
         self.near_ok, self.near_crowd = phash_crowd(self._recent_phash, self.cfg.phash_max_dist)
@@ -279,9 +280,9 @@ class InfoGrowthSelector:
                 o.get("align_threshold", "").startswith("not applied: not calibrated yet"))
 
     def _note_trusted(self, v: BatchView, rows: np.ndarray | None = None) -> None:
-        """Keep trusted vectors (up to LOO_CAP) and redo their leave-one-out votes over all kept so far:
-        after the last bootstrap batch the evidence is the same however the bootstrap was batched.
-        `rows`: the batch's rows to take (default: every labelled one)."""
+        """Keep trusted vectors (up to LOO_CAP); their leave-one-out votes are redone over all kept so
+        far when next read (`_trusted_evidence`). `rows`: the batch's rows to take (default: every
+        labelled one)."""
         if v.prim < 0:
             return
         held = sum(len(y) for y in self._trusted_y)
@@ -292,8 +293,17 @@ class InfoGrowthSelector:
             return
         self._trusted_x.append(v.mods[MODALITIES[v.prim]][rows].astype(np.float32))
         self._trusted_y.append(v.labels_in[rows])
-        self.boot_evidence = trusted_votes(np.concatenate(self._trusted_x), np.concatenate(self._trusted_y),
-                                           self.cfg.k_label, self.cfg.vote_temperature)
+        self._loo_stale = True
+
+    def _trusted_evidence(self) -> Evidence:
+        """The kept trusted items' leave-one-out votes, each against all the others kept so far: the same
+        however the bootstrap was batched. Redone when read (a calibration point, a checkpoint), not per
+        batch: it is an n x n vote over up to LOO_CAP items."""
+        if self._loo_stale:
+            self.boot_evidence = trusted_votes(np.concatenate(self._trusted_x), np.concatenate(self._trusted_y),
+                                               self.cfg.k_label, self.cfg.vote_temperature)
+            self._loo_stale = False
+        return self.boot_evidence
 
     def _segment_end(self, i: int, n: int, trusted: bool) -> int:
         """Where the compiled loop stops next: the batch's end, or the next calibration point."""
