@@ -42,6 +42,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from curator.config import AUTO, SelectorConfig
 from curator.select.codes import (
@@ -56,6 +57,8 @@ from curator.select.codes import (
     STREAM_PAIRS,
     STREAM_VOTES,
 )
+from curator.select.rules import label_shares, pairwise_sum
+from curator.select.sketch import sketch_bin
 
 NN_BINS, NN_LO, NN_HI = 1024, -7.0, 0.5  # log10 of the cosine distance 1 - max_sim
 NN_WINDOW = 2048  # the sketch covers the last 2048..4096 accepted items
@@ -124,9 +127,6 @@ LOO_CAP = 2048  # trusted items whose leave-one-out votes are the label evidence
 def trusted_votes(vectors: np.ndarray, labels: np.ndarray, k: int, temperature: float) -> Evidence:
     """Label evidence from trusted items: each votes against all the *other* trusted items (leave
     one out), so every vote sees the bootstrap's full density, whatever its batches were."""
-    from curator.select.rules import label_shares
-    from curator.select.sketch import sketch_bin
-
     ev = Evidence()
     ok = labels >= 0
     x, y = vectors[ok], labels[ok]
@@ -137,25 +137,40 @@ def trusted_votes(vectors: np.ndarray, labels: np.ndarray, k: int, temperature: 
     np.fill_diagonal(g, -np.inf)
     kk = min(k, n - 1)
     nb = top_k_stable(g, kk)
-    lab, shr = np.empty(kk, np.int64), np.empty(kk, np.float64)
-    for i in range(n):
-        sims = g[i, nb[i]].astype(np.float32)
-        m = label_shares(sims, y[nb[i]], kk, temperature, lab, shr)
-        if m == 0:
-            continue
-        agr = float(shr[:m][lab[:m] == y[i]].sum())
-        b = int(np.argmax(shr[:m]))
-        ev.clean[sketch_bin(agr, 0.0, 1.0, AGR_BINS)] += 1
-        ev.sums[CLEAN_AGR] += agr
-        ev.sums[CLEAN_VOTES] += 1
-        ev.prec[int(lab[b] == y[i]), sketch_bin(float(shr[b]), 0.0, 1.0, SHARE_BINS)] += 1
-        for j in range(m):
-            if lab[j] != y[i]:
-                ev.noisy[sketch_bin(float(shr[j]), 0.0, 1.0, AGR_BINS)] += 1
+    sims = np.take_along_axis(g, nb, axis=1).astype(np.float32)
+    _vote_rows(sims, y[nb], y, temperature, ev.clean, ev.noisy, ev.prec, ev.sums)
     uniq = np.unique(y)[:MAX_LABELS]
     ev.labels[0] = len(uniq)
     ev.labels[1:1 + len(uniq)] = uniq
     return ev
+
+
+@njit(cache=True)
+def _vote_rows(sims: np.ndarray, nb_labels: np.ndarray, y: np.ndarray, temperature: float, clean: np.ndarray,
+               noisy: np.ndarray, prec: np.ndarray, sums: np.ndarray) -> None:
+    """Each trusted item's vote among its neighbours (row i: their similarities and labels), into the
+    evidence's histograms: its own label's agreement, the other labels' shares, the best label's share."""
+    kk = sims.shape[1]
+    lab, shr, own = np.empty(kk, np.int64), np.empty(kk, np.float64), np.empty(kk, np.float64)
+    for i in range(sims.shape[0]):
+        m = label_shares(sims[i], nb_labels[i], kk, temperature, lab, shr)
+        if m == 0:
+            continue
+        c, b = 0, 0
+        for j in range(m):
+            if lab[j] == y[i]:
+                own[c] = shr[j]
+                c += 1
+            if shr[j] > shr[b]:
+                b = j
+        agr = pairwise_sum(own, 0, c)  # (numpy's summation order: the same float as a numpy sum)
+        clean[sketch_bin(agr, 0.0, 1.0, AGR_BINS)] += 1
+        sums[CLEAN_AGR] += agr
+        sums[CLEAN_VOTES] += 1
+        prec[1 if lab[b] == y[i] else 0, sketch_bin(shr[b], 0.0, 1.0, SHARE_BINS)] += 1
+        for j in range(m):
+            if lab[j] != y[i]:
+                noisy[sketch_bin(shr[j], 0.0, 1.0, AGR_BINS)] += 1
 
 
 def top_k_stable(g: np.ndarray, kk: int) -> np.ndarray:

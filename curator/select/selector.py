@@ -280,9 +280,8 @@ class InfoGrowthSelector:
                 o.get("align_threshold", "").startswith("not applied: not calibrated yet"))
 
     def _note_trusted(self, v: BatchView, rows: np.ndarray | None = None) -> None:
-        """Keep trusted vectors (up to LOO_CAP); their leave-one-out votes are redone over all kept so
-        far when next read (`_trusted_evidence`). `rows`: the batch's rows to take (default: every
-        labelled one)."""
+        """Keep trusted vectors (up to LOO_CAP) for `_trusted_evidence`. `rows`: the batch's rows to take
+        (default: every labelled one)."""
         if v.prim < 0:
             return
         held = sum(len(y) for y in self._trusted_y)
@@ -296,9 +295,8 @@ class InfoGrowthSelector:
         self._loo_stale = True
 
     def _trusted_evidence(self) -> Evidence:
-        """The kept trusted items' leave-one-out votes, each against all the others kept so far: the same
-        however the bootstrap was batched. Redone when read (a calibration point, a checkpoint), not per
-        batch: it is an n x n vote over up to LOO_CAP items."""
+        """The kept trusted items' leave-one-out votes (the same however the bootstrap was batched), redone
+        when read, not per batch: an n x n vote over up to LOO_CAP items."""
         if self._loo_stale:
             self.boot_evidence = trusted_votes(np.concatenate(self._trusted_x), np.concatenate(self._trusted_y),
                                                self.cfg.k_label, self.cfg.vote_temperature)
