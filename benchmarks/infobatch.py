@@ -46,13 +46,18 @@ Cost columns (medians over ``--repeats`` runs of seed 0's data; ``runs`` says ho
 ``executor`` in-process or ``ray xW`` (W Ray Train workers, per-worker batch = batch / W);
 ``steps`` per rank over the run; ``step_ms`` = epoch-loop time / steps; sampler cost per
 step in microseconds and its share of the epoch-loop time (under Ray: summed over ranks /
-summed epoch-loop time); ``saving`` = sum(pruned) / (C * N); ``loop_s`` = the epoch loop's
-wall time (sum over epochs of each epoch's training time: the draw, every step, the
-epoch-end score exchange; evaluation excluded; under Ray the mean over ranks);
-``time_saved`` = 1 - loop_s / loop_s of full data in the same executor and run, the
-wall-clock speed-up; ``gap`` = saving - time_saved, in points (target: under 5).
-``control`` (in-process): full data with a step that only averages the losses -- the
-cost of one reduction op where the step runs, the floor under the sampler's cost there.
+summed epoch-loop time), then where it goes, per step: ``draw_us`` (set_epoch's draw),
+``iter_us`` (handing the loader its indices), ``step_us`` (recording losses, weighting the
+batch loss) and ``sync_us`` (the epoch's losses applied; under Ray the exchange between
+ranks);
+``saving`` = sum(pruned) / (C * N); ``loop_s`` = the epoch loop's wall time (sum over
+epochs of each epoch's training time: the draw, every step, the epoch-end sync; evaluation
+excluded; under Ray the mean over ranks); ``epoch_s`` = the whole epochs (loop, metric
+reduction and evaluation); ``time_saved`` =
+1 - loop_s / loop_s of full data in the same executor and run, the wall-clock speed-up;
+``gap`` = saving - time_saved, in points (target: under 5). ``control`` (in-process): full
+data with a step that only averages the losses -- the cost of one reduction op where the
+step runs, the floor under the sampler's cost there.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from torch.utils.data import Subset  # noqa: E402
 from curator.config import load_config  # noqa: E402
 from curator.demo_data import demo_config, png_bytes, write_demo_inputs  # noqa: E402
 from curator.train import (  # noqa: E402
+    SAMPLER_PARTS,
     TASK_COLUMNS,
     EpochLoop,
     TimedSampler,
@@ -105,7 +111,8 @@ COLS = ["dataset", "variant", "acc_mean", "acc_std", "acc_median", "acc_vs_full"
         "speedup", "time_saved", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
 COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5, "control": 0.0}  # control: in-process only (MeanStep)
 COST_COLS = ["dataset", "executor", "variant", "acc", "saving", "steps", "step_ms", "sampler_us_per_step",
-             "sampler_share_pct", "loop_s", "time_saved", "gap", "runs"]
+             "sampler_share_pct", *(f"{k}_us" for k in SAMPLER_PARTS), "loop_s", "epoch_s", "time_saved",
+             "gap", "runs"]
 
 #: Per data set: task and training settings (AdamW, cosine, no warm-up).
 SETUPS: dict[str, dict[str, Any]] = {
@@ -222,7 +229,20 @@ class MeanStep(TimedSampler):
         try:
             return losses.mean()
         finally:
-            self.seconds += time.perf_counter() - t
+            self.part_seconds["step"] += time.perf_counter() - t
+
+
+def summary(hist: list[dict[str, Any]]) -> dict[str, float]:
+    """A run's figures from its per-epoch metrics (under Ray the times are means over ranks)."""
+    train_s = sum(h["train_s"] for h in hist)
+    sampler_s = sum(h["sampler_s"] for h in hist)
+    steps = sum(h["steps"] for h in hist)
+    out = {"acc": hist[-1]["eval_acc"], "saving": hist[-1]["saving"], "train_s": train_s, "sampler_s": sampler_s,
+           "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps),
+           "epoch_s": sum(h["epoch_s"] for h in hist)}
+    for k in SAMPLER_PARTS:  # where the sampler's time goes, per step
+        out[f"{k}_us"] = 1e6 * sum(h[f"sampler_{k}_s"] for h in hist) / max(1, steps)
+    return out
 
 
 def train(data: Data, setup: dict[str, Any], seed: int, prune_ratio: float = 0.0, init_from_gain: bool = False,
@@ -235,14 +255,10 @@ def train(data: Data, setup: dict[str, Any], seed: int, prune_ratio: float = 0.0
     init = data.gains if subset is None else data.gains[subset]
     sampler = MeanStep(len(ds), s.epochs, prune_ratio=0.0, seed=seed) if control else make_sampler(len(ds), s, init=init)
     loop = EpochLoop(model, ds, data.test, s, sampler)
-    hist = [loop.run_epoch(e, evaluate=e == s.epochs - 1) for e in range(s.epochs)]
-    train_s = sum(h["train_s"] for h in hist)
-    sampler_s = sum(h["sampler_s"] for h in hist)
-    steps = sum(h["steps"] for h in hist)
-    n_full = len(data.train)
-    saving = hist[-1]["saving"] if subset is None else 1.0 - len(subset) / n_full
-    return {"acc": hist[-1]["eval_acc"], "saving": saving, "train_s": train_s, "sampler_s": sampler_s,
-            "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps)}
+    out = summary([loop.run_epoch(e, evaluate=e == s.epochs - 1) for e in range(s.epochs)])
+    if subset is not None:
+        out["saving"] = 1.0 - len(subset) / len(data.train)
+    return out
 
 
 def run_seed(data: Data, setup: dict[str, Any], seed: int) -> dict[str, dict[str, float]]:
@@ -268,12 +284,7 @@ def train_ray(data: Data, setup: dict[str, Any], workers: int, prune_ratio: floa
               "run_dir": str(data.run_dir)}
     out = run_train_job(config, workers=workers, use_gpu="off", storage_path=work / "ray-train",
                         name=f"{data.name}-w{workers}-r{prune_ratio}-{time.time_ns()}")
-    hist = out["history"]
-    train_s = sum(h["train_s"] for h in hist)  # mean over ranks, per epoch
-    sampler_s = sum(h["sampler_s"] for h in hist)
-    steps = sum(h["steps"] for h in hist)
-    return {"acc": hist[-1]["eval_acc"], "saving": hist[-1]["saving"], "train_s": train_s, "sampler_s": sampler_s,
-            "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps)}
+    return summary(out["history"])
 
 
 def cost_rows(name: str, executor: str, runs: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
@@ -284,7 +295,8 @@ def cost_rows(name: str, executor: str, runs: dict[str, list[dict[str, float]]])
         rows.append({"dataset": name, "executor": executor, "variant": v, "acc": 100 * m["acc"],
                      "saving": 100 * m["saving"], "steps": int(m["steps"]), "step_ms": 1e3 * m["train_s"] / m["steps"],
                      "sampler_us_per_step": m["us_per_step"], "sampler_share_pct": 100 * m["overhead"],
-                     "loop_s": m["train_s"], "time_saved": saved, "gap": 100 * m["saving"] - saved,
+                     **{f"{k}_us": m[f"{k}_us"] for k in SAMPLER_PARTS},
+                     "loop_s": m["train_s"], "epoch_s": m["epoch_s"], "time_saved": saved, "gap": 100 * m["saving"] - saved,
                      "runs": len(runs[v])})
     return rows
 

@@ -32,7 +32,7 @@ from curator.train.datasets import (
     split_eval,
 )
 from curator.train.loader import IndexedCollate, IndexedDataset, indexed_loader
-from curator.train.loop import EpochLoop, TimedSampler, make_sampler
+from curator.train.loop import SAMPLER_PARTS, EpochLoop, TimedSampler, make_sampler
 from curator.train.models import Standardize, build_model, feature_stats, load_model
 from curator.train.rule import MAX_PRUNE_RATIO, MULTI_BAND
 from curator.train.sampler import InfoBatchSampler, InfoBatchStats
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_PRUNE_RATIO",
     "MULTI_BAND",
     "PRELOAD_BYTES",
+    "SAMPLER_PARTS",
     "TASKS",
     "TASK_COLUMNS",
     "ArrowEmbeddingDataset",

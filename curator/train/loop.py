@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,50 +20,56 @@ from curator.train.loader import indexed_loader
 from curator.train.sampler import InfoBatchSampler
 from curator.train.tasks import TrainSettings
 
-__all__ = ["EpochLoop", "TimedSampler", "make_sampler"]
+__all__ = ["SAMPLER_PARTS", "EpochLoop", "TimedSampler", "make_sampler"]
+
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------- the sampler, timed
-class TimedSampler(InfoBatchSampler):
-    """An InfoBatchSampler that adds up the wall time spent inside its own calls.
+#: The sampler's calls, timed apart: ``draw`` (set_epoch's pruning draw), ``iter`` (handing the
+#: loader its indices), ``step`` (recording losses and weighting the batch loss) and ``sync``
+#: (the epoch's losses applied -- under torch.distributed the one exchange between ranks).
+SAMPLER_PARTS = ("draw", "iter", "step", "sync")
 
-    Counted: ``set_epoch`` (the draw), ``__iter__`` (handing the loader its indices),
-    ``step`` (recording losses and weighting the batch loss) and ``sync`` (applying the
-    epoch's losses -- under torch.distributed the one exchange between ranks). ``seconds``
-    is what the sampler costs a training loop.
+
+class TimedSampler(InfoBatchSampler):
+    """An InfoBatchSampler that adds up the wall time spent inside its own calls, per part.
+
+    ``seconds`` is what the sampler costs a training loop; ``part_seconds`` says where
+    (keys: :data:`SAMPLER_PARTS`; a call inside another counts only for its own part), so a
+    cost can be traced to the per-step or the per-epoch work.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.seconds = 0.0
+        self.part_seconds = dict.fromkeys(SAMPLER_PARTS, 0.0)
+        self._inner = 0.0  # time of the timed calls made inside the one being timed
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.part_seconds.values())
+
+    def _timed(self, part: str, fn: Callable[..., _T], *args: Any) -> _T:
+        outer, self._inner = self._inner, 0.0
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            dt = time.perf_counter() - t
+            self.part_seconds[part] += dt - self._inner
+            self._inner = outer + dt
 
     def set_epoch(self, epoch: int) -> None:
-        t = time.perf_counter()
-        try:
-            super().set_epoch(epoch)
-        finally:
-            self.seconds += time.perf_counter() - t
+        self._timed("draw", super().set_epoch, epoch)
 
     def sync(self) -> None:
-        t = time.perf_counter()
-        try:
-            super().sync()
-        finally:
-            self.seconds += time.perf_counter() - t
+        self._timed("sync", super().sync)
 
     def __iter__(self) -> Iterator[int]:
-        t = time.perf_counter()
-        try:
-            return super().__iter__()
-        finally:
-            self.seconds += time.perf_counter() - t
+        return self._timed("iter", super().__iter__)
 
     def step(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
-        try:
-            return super().step(indices, losses)
-        finally:
-            self.seconds += time.perf_counter() - t
+        return self._timed("step", super().step, indices, losses)
 
 
 def make_sampler(n: int, s: TrainSettings, num_replicas: int = 1, rank: int = 0,
@@ -126,7 +132,7 @@ class EpochLoop:
         The metrics are identical on every rank; ``train_s`` excludes the evaluation.
         """
         t0 = time.perf_counter()
-        sampler_before = self.sampler.seconds
+        parts_before = dict(self.sampler.part_seconds)
         self.sampler.set_epoch(epoch)
         steps = len(self.loader)
         self.model.train()
@@ -148,9 +154,10 @@ class EpochLoop:
                 seen += int(y.shape[0])
         self.sampler.sync()  # the epoch's losses applied (exchanged between ranks) before anyone checkpoints
         train_s = time.perf_counter() - t0
-        sampler_s = self.sampler.seconds - sampler_before
-        loss_sum, correct, seen, sampler_s_all, train_s_all = all_reduce_sum(
-            [loss_sum, correct, seen, sampler_s, train_s], self.device)
+        parts = [self.sampler.part_seconds[k] - parts_before[k] for k in SAMPLER_PARTS]
+        loss_sum, correct, seen, train_s_all, *parts_all = all_reduce_sum(
+            [loss_sum, correct, seen, train_s, *parts], self.device)
+        sampler_s_all = sum(parts_all)
         ev_loss, ev_acc, ev_n = self.evaluate() if evaluate else (float("nan"), float("nan"), 0)
         st = self.sampler.stats()
         world = self.sampler.num_replicas
@@ -171,6 +178,7 @@ class EpochLoop:
             "train_s": train_s_all / world,
             "sampler_s": sampler_s_all / world,
             "sampler_overhead": sampler_s_all / max(1e-12, train_s_all),
+            **{f"sampler_{k}_s": v / world for k, v in zip(SAMPLER_PARTS, parts_all, strict=True)},
             "epoch_s": time.perf_counter() - t0,
         }
         self.history.append(m)
