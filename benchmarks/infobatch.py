@@ -46,14 +46,16 @@ Cost columns (medians over ``--repeats`` runs of seed 0's data; ``runs`` says ho
 ``executor`` in-process or ``ray xW`` (W Ray Train workers, per-worker batch = batch / W);
 ``steps`` per rank over the run; ``step_ms`` = epoch-loop time / steps; sampler cost per
 step in microseconds and its share of the epoch-loop time (under Ray: summed over ranks /
-summed epoch-loop time), then where it goes, per step: ``draw_us`` (set_epoch's draw),
-``iter_us`` (handing the loader its indices), ``step_us`` (recording losses, weighting the
-batch loss) and ``sync_us`` (the epoch's losses applied; under Ray the exchange between
-ranks);
+summed epoch-loop time), then where it goes, per step: ``draw_us`` (set_epoch's draw; the
+first epoch's also makes the one blocking check across ranks), ``iter_us`` (handing the
+loader its indices), ``step_us`` (recording losses, weighting the batch loss), ``sync_us``
+(the epoch's losses applied; under Ray taken and their exchange started) and ``land_us``
+(waiting for that exchange); ``bg_cpu_us`` = CPU time the exchange and the next draw took
+on their background thread, off the training thread (not in the share);
 ``saving`` = sum(pruned) / (C * N); ``loop_s`` = the epoch loop's wall time (sum over
 epochs of each epoch's training time: the draw, every step, the epoch-end sync; evaluation
 excluded; under Ray the mean over ranks); ``epoch_s`` = the whole epochs (loop, metric
-reduction and evaluation); ``time_saved`` =
+reduction and evaluation, which the background exchange overlaps); ``time_saved`` =
 1 - loop_s / loop_s of full data in the same executor and run, the wall-clock speed-up;
 ``gap`` = saving - time_saved, in points (target: under 5). ``control`` (in-process): full
 data with a step that only averages the losses -- the cost of one reduction op where the
@@ -111,7 +113,7 @@ COLS = ["dataset", "variant", "acc_mean", "acc_std", "acc_median", "acc_vs_full"
         "speedup", "time_saved", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
 COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5, "control": 0.0}  # control: in-process only (MeanStep)
 COST_COLS = ["dataset", "executor", "variant", "acc", "saving", "steps", "step_ms", "sampler_us_per_step",
-             "sampler_share_pct", *(f"{k}_us" for k in SAMPLER_PARTS), "loop_s", "epoch_s", "time_saved",
+             "sampler_share_pct", *(f"{k}_us" for k in SAMPLER_PARTS), "bg_cpu_us", "loop_s", "epoch_s", "time_saved",
              "gap", "runs"]
 
 #: Per data set: task and training settings (AdamW, cosine, no warm-up).
@@ -242,6 +244,7 @@ def summary(hist: list[dict[str, Any]]) -> dict[str, float]:
            "epoch_s": sum(h["epoch_s"] for h in hist)}
     for k in SAMPLER_PARTS:  # where the sampler's time goes, per step
         out[f"{k}_us"] = 1e6 * sum(h[f"sampler_{k}_s"] for h in hist) / max(1, steps)
+    out["bg_cpu_us"] = 1e6 * sum(h["sampler_background_cpu_s"] for h in hist) / max(1, steps)
     return out
 
 
@@ -295,7 +298,7 @@ def cost_rows(name: str, executor: str, runs: dict[str, list[dict[str, float]]])
         rows.append({"dataset": name, "executor": executor, "variant": v, "acc": 100 * m["acc"],
                      "saving": 100 * m["saving"], "steps": int(m["steps"]), "step_ms": 1e3 * m["train_s"] / m["steps"],
                      "sampler_us_per_step": m["us_per_step"], "sampler_share_pct": 100 * m["overhead"],
-                     **{f"{k}_us": m[f"{k}_us"] for k in SAMPLER_PARTS},
+                     **{f"{k}_us": m[f"{k}_us"] for k in (*SAMPLER_PARTS, "bg_cpu")},
                      "loop_s": m["train_s"], "epoch_s": m["epoch_s"], "time_saved": saved, "gap": 100 * m["saving"] - saved,
                      "runs": len(runs[v])})
     return rows

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import random
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,7 @@ from curator.train import (
     IndexedCollate,
     IndexedDataset,
     InfoBatchSampler,
+    TimedSampler,
     indexed_loader,
 )
 
@@ -544,6 +546,13 @@ def _dist_worker(rank: int, tmp: str) -> None:
     try:
         s = InfoBatchSampler(103, num_epochs=6, seed=7)  # num_replicas and rank from torch.distributed
         assert (s.num_replicas, s.rank) == (2, rank)
+        drawn_on, draw = [], s._draw
+
+        def tracked_draw(epoch: int) -> object:
+            drawn_on.append((epoch, threading.current_thread().name))
+            return draw(epoch)
+
+        s._draw = tracked_draw  # type: ignore[method-assign]
         ref = np.zeros(103, dtype=np.float32)
         skipped = [0]
 
@@ -573,6 +582,7 @@ def _dist_worker(rank: int, tmp: str) -> None:
         rest = _train(resumed, rank, range(2, 6), first_step=4)
 
         # collectives the sampler makes: one check at the first draw, none per step, one at the epoch end
+        # (started by sync() on a background thread, landed by the next set_epoch)
         gathers, real_all_gather = [0], torch.distributed.all_gather
 
         def counting_all_gather(*args: object, **kwargs: object) -> object:
@@ -594,7 +604,11 @@ def _dist_worker(rank: int, tmp: str) -> None:
                 batch = torch.tensor(mine[start:start + 8])
                 counted.step(batch, torch.rand(len(batch)))
 
-        for call in (lambda: counted.set_epoch(0), steps, counted.sync, lambda: counted.set_epoch(1)):
+        def epoch_end() -> None:
+            counted.sync()
+            counted.set_epoch(1)
+
+        for call in (lambda: counted.set_epoch(0), steps, epoch_end):
             count(call)
         torch.distributed.all_gather = real_all_gather
 
@@ -612,6 +626,20 @@ def _dist_worker(rank: int, tmp: str) -> None:
         big.update(idx, torch.tensor([7.0] if rank == 0 else [8.0, 9.0]))
         big.sync()
         tail = big.scores()[BIG - 5:].tolist()
+        # sync() does not wait for the other ranks: rank 1 reaches it 1 s after rank 0, whose sync()
+        # returns at once; rank 0's next set_epoch waits for (lands) the exchange, the draw itself does not
+        late = TimedSampler(10, 2)
+        late.set_epoch(0)
+        late.step(torch.tensor([rank]), torch.tensor([1.0 + rank]))
+        torch.distributed.barrier()
+        if rank == 1:
+            time.sleep(1.0)
+        before = dict(late.part_seconds)
+        late.sync()
+        late.set_epoch(1)
+        late_parts = {k: v - before[k] for k, v in late.part_seconds.items()}
+        late_scores = late.scores()[:2].tolist()
+
         mismatch = ""
         try:
             InfoBatchSampler(10, 3, seed=rank).set_epoch(1)
@@ -619,7 +647,8 @@ def _dist_worker(rank: int, tmp: str) -> None:
             mismatch = str(err)
         torch.save({"epochs": epochs, "ref": ref, "skipped": skipped[0], "stats": stats, "rest": rest,
                     "order": order.scores(), "order_ref": order_ref, "collectives": collectives,
-                    "pending": pending, "tail": tail,
+                    "pending": pending, "tail": tail, "late_parts": late_parts, "late_scores": late_scores,
+                    "drawn_on": drawn_on,
                     "mismatch": mismatch}, f"{tmp}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -647,10 +676,23 @@ def test_two_gloo_ranks_prune_identically_and_share_scores_once_per_epoch(tmp_pa
         for a, b in zip(rank_out["epochs"][2:], rank_out["rest"], strict=True):
             assert a["kept"] == b["kept"] and a["mine"] == b["mine"]
             assert np.array_equal(a["weights"], b["weights"]) and np.array_equal(a["scores"], b["scores"])
-    assert r0["collectives"] == r1["collectives"] == [1, 0, 1, 0]
+    assert r0["collectives"] == r1["collectives"] == [1, 0, 1]
     assert "call sampler.sync() on every rank" in r0["pending"] and "sync()" in r1["pending"]
     assert r0["tail"] == r1["tail"] == [0.0, 7.0, 8.0, 9.0, 0.0]  # int64 indices: exact above 2**24
     assert "differ across ranks" in r0["mismatch"] and "differ across ranks" in r1["mismatch"]
+    # epochs after the first are drawn on the exchange's thread, ahead of set_epoch: the rule's draws from
+    # the exchanged scores all the same
+    assert {e for e, thread in r0["drawn_on"] if thread != "curator-infobatch-exchange"} == {0}
+    assert {e for e, _ in r0["drawn_on"]} == set(range(6))
+    for e in range(1, 6):
+        ref = InfoBatchSampler(103, num_epochs=6, seed=7)
+        ref.update(np.arange(103), r0["epochs"][e - 1]["scores"])
+        ref.set_epoch(e)
+        assert ref.kept_indices().tolist() == r0["epochs"][e]["kept"], e
+        assert np.array_equal(ref.weights(np.arange(103)).numpy(), r0["epochs"][e]["weights"]), e
+    early = r0["late_parts"]  # rank 0 started its exchange 1 s before rank 1 did
+    assert early["sync"] < 0.5 and early["land"] > 0.5 and early["draw"] < 0.5, early
+    assert r0["late_scores"] == r1["late_scores"] == [1.0, 2.0]
 
 
 # ------------------------------------------------------------------ argument errors

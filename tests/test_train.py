@@ -110,7 +110,7 @@ def test_two_worker_ray_train_job_on_the_curated_demo_set(demo_run: Path, ray_lo
     hist = out["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]
     for h in hist:
-        assert {"train_loss", "eval_acc", "pruned", "saving", "sampler_overhead", "sampler_sync_s"} <= set(h)
+        assert {"train_loss", "eval_acc", "pruned", "saving", "sampler_overhead", "sampler_land_s"} <= set(h)
         assert math.isfinite(h["train_loss"]) and h["eval_items"] > 100
     assert hist[-1]["eval_acc"] > 0.5  # chance is 0.1
     assert hist[0]["pruned"] > 0  # gain-initialised scores prune from epoch 0
@@ -143,6 +143,7 @@ def test_cnn_trains_on_the_stored_images(demo_run: Path, one_thread: None) -> No
     assert 0 < hist[-1]["sampler_s"] < hist[-1]["train_s"]
     parts = {k: hist[-1][f"sampler_{k}_s"] for k in SAMPLER_PARTS}  # where the sampler's time went
     assert sum(parts.values()) == pytest.approx(hist[-1]["sampler_s"]) and parts["step"] > 0 and parts["draw"] > 0
+    assert parts["land"] == 0 and hist[-1]["sampler_background_cpu_s"] == 0  # one process: nothing travels
 
 
 def test_linear_probe_and_bands(demo_run: Path) -> None:

@@ -27,9 +27,10 @@ _T = TypeVar("_T")
 
 # --------------------------------------------------------------------- the sampler, timed
 #: The sampler's calls, timed apart: ``draw`` (set_epoch's pruning draw), ``iter`` (handing the
-#: loader its indices), ``step`` (recording losses and weighting the batch loss) and ``sync``
-#: (the epoch's losses applied -- under torch.distributed the one exchange between ranks).
-SAMPLER_PARTS = ("draw", "iter", "step", "sync")
+#: loader its indices), ``step`` (recording losses and weighting the batch loss), ``sync`` (the
+#: epoch's losses applied -- under torch.distributed packed and their exchange started) and
+#: ``land`` (waiting for that exchange and applying it, wherever that happens).
+SAMPLER_PARTS = ("draw", "iter", "step", "sync", "land")
 
 
 class TimedSampler(InfoBatchSampler):
@@ -37,12 +38,14 @@ class TimedSampler(InfoBatchSampler):
 
     ``seconds`` is what the sampler costs a training loop; ``part_seconds`` says where
     (keys: :data:`SAMPLER_PARTS`; a call inside another counts only for its own part), so a
-    cost can be traced to the per-step or the per-epoch work.
+    cost can be traced to the per-step or the per-epoch work. ``background_cpu_s`` is the CPU
+    time the exchanges took on their background thread, off the training thread.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.part_seconds = dict.fromkeys(SAMPLER_PARTS, 0.0)
+        self.background_cpu_s = 0.0
         self._inner = 0.0  # time of the timed calls made inside the one being timed
 
     @property
@@ -70,6 +73,12 @@ class TimedSampler(InfoBatchSampler):
 
     def step(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
         return self._timed("step", super().step, indices, losses)
+
+    def _land(self) -> None:
+        exchange = self._inflight
+        self._timed("land", super()._land)
+        if exchange is not None:
+            self.background_cpu_s += exchange.job.cpu_s
 
 
 def make_sampler(n: int, s: TrainSettings, num_replicas: int = 1, rank: int = 0,
@@ -133,6 +142,7 @@ class EpochLoop:
         """
         t0 = time.perf_counter()
         parts_before = dict(self.sampler.part_seconds)
+        background_before = self.sampler.background_cpu_s
         self.sampler.set_epoch(epoch)
         steps = len(self.loader)
         self.model.train()
@@ -155,8 +165,9 @@ class EpochLoop:
         self.sampler.sync()  # the epoch's losses applied (exchanged between ranks) before anyone checkpoints
         train_s = time.perf_counter() - t0
         parts = [self.sampler.part_seconds[k] - parts_before[k] for k in SAMPLER_PARTS]
-        loss_sum, correct, seen, train_s_all, *parts_all = all_reduce_sum(
-            [loss_sum, correct, seen, train_s, *parts], self.device)
+        background = self.sampler.background_cpu_s - background_before
+        loss_sum, correct, seen, train_s_all, background_all, *parts_all = all_reduce_sum(
+            [loss_sum, correct, seen, train_s, background, *parts], self.device)
         sampler_s_all = sum(parts_all)
         ev_loss, ev_acc, ev_n = self.evaluate() if evaluate else (float("nan"), float("nan"), 0)
         st = self.sampler.stats()
@@ -179,6 +190,7 @@ class EpochLoop:
             "sampler_s": sampler_s_all / world,
             "sampler_overhead": sampler_s_all / max(1e-12, train_s_all),
             **{f"sampler_{k}_s": v / world for k, v in zip(SAMPLER_PARTS, parts_all, strict=True)},
+            "sampler_background_cpu_s": background_all / world,  # the exchanges' thread, off the training thread
             "epoch_s": time.perf_counter() - t0,
         }
         self.history.append(m)

@@ -25,7 +25,9 @@ pruning draw comes from the sampler's own generator seeded by ``(seed, epoch)``:
 rank makes the same draw, nothing global is reseeded, and ``state_dict()`` resumes a job
 so that it prunes exactly as the uninterrupted one would have. A step costs two small
 tensor ops and no collective: losses are kept per rank and applied, or exchanged between
-ranks, once per epoch (``scores.py``).
+ranks, once per epoch (``scores.py``). Across ranks that exchange, and the next epoch's
+draw from its result, run on a background thread that ``sync()`` starts, while the
+training loop does its own epoch-end work.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from curator.train.dist import collective_device, world_size
+from curator.train.dist import world_size
 from curator.train.rule import (
     MAX_PRUNE_RATIO,
     Plan,
@@ -53,7 +56,7 @@ from curator.train.rule import (
     mid_ranks,
     prunable_groups,
 )
-from curator.train.scores import ScoreTable
+from curator.train.scores import Exchange, ScoreTable
 
 __all__ = ["InfoBatchSampler", "InfoBatchStats"]
 
@@ -122,7 +125,9 @@ class InfoBatchSampler(Sampler[int]):
 
     Losses are recorded without a collective: each rank keeps the (index, loss) pairs of
     its own steps, and ``set_epoch`` (or ``sync()``, e.g. at the end of an epoch, before
-    rank 0 checkpoints) exchanges them once, with the result a per-step all-gather gives.
+    rank 0 checkpoints) exchanges them once, with the result a per-step all-gather gives;
+    ``sync()`` does it without waiting, so the exchange and the next draw leave the
+    training thread.
     """
 
     def __init__(
@@ -203,6 +208,8 @@ class InfoBatchSampler(Sampler[int]):
         self._iterated_plan: int | None = None
         self._warned_reiter = False
         self._closed = False  # sync() has exchanged every rank's losses since the last draw
+        self._inflight: Exchange[Plan] | None = None  # an exchange sync() started, not yet landed
+        self._ahead: Plan | None = None  # the next epoch's draw, made off the training thread after an exchange
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -228,22 +235,29 @@ class InfoBatchSampler(Sampler[int]):
         if self._plan is not None and self._plan.epoch == epoch and self._epoch == epoch:
             return
         agreed = self._closed and not self._table.pending and self._exchanges()
-        if not agreed:  # (right after sync(), with nothing recorded since, the ranks agree already)
-            self._sync(epoch)
+        if agreed:  # right after sync(), with nothing recorded since: its exchange checks that the ranks agree
+            self._land()
+        else:
+            self._sync(epoch, wait=True)
+        ahead, self._ahead = self._ahead, None  # drawn from the table as it is now, by the same rule
         self._epoch = epoch
-        self._plan = self._draw(epoch)
+        self._plan = self._adopt(ahead if ahead is not None and ahead.epoch == epoch else self._draw(epoch))
 
     def sync(self) -> None:
         """Bring the score table up to date with every loss recorded so far.
 
-        Under torch.distributed this is collective (call it on every rank): the exchange of
-        the ranks' recorded losses that ``set_epoch`` otherwise makes. At the end of an
-        epoch, where the ranks are in step, it spares the next ``set_epoch`` a collective;
-        before ``state_dict()`` on a checkpointing rank it is required. Steps between
-        ``sync()`` and ``set_epoch`` must be made on every rank or on none, as with any
-        collective. In one process it only applies the recorded losses.
+        Under torch.distributed this is collective (call it on every rank), but it does not
+        wait: it takes this rank's recorded losses and starts the exchange that ``set_epoch``
+        otherwise makes, on a background thread and a process group of its own, where the
+        losses are also applied and the next epoch's draw is made while the training loop
+        does its own epoch-end work. The next ``set_epoch`` (or ``state_dict()``,
+        ``scores()``) waits for it, and raises there if the ranks disagree. At the end of an
+        epoch it takes the exchange and the draw off the training thread; before
+        ``state_dict()`` on a checkpointing rank it is required. Steps between ``sync()`` and
+        ``set_epoch`` must be made on every rank or on none, as with any collective. In one
+        process it only applies the recorded losses.
         """
-        self._sync(self._epoch)
+        self._sync(self._epoch, wait=False)
         self._closed = True
 
     def _exchanges(self) -> bool:
@@ -258,13 +272,25 @@ class InfoBatchSampler(Sampler[int]):
                                f"torch.distributed world size is {world}")
         return True
 
-    def _sync(self, epoch: int) -> None:
+    def _sync(self, epoch: int, wait: bool) -> None:
         if not self._exchanges():
             self._table.flush()
             return
+        self._land()  # the previous exchange first: the next one's check covers the table it leaves
         # records travel with the check in one collective when they fit this rank's share of the epoch
         capacity = 0 if self._plan is None else self._rank_length(self._plan.order.size)
-        if not self._table.exchange([self.seed, epoch, self._settings_crc()], collective_device(), capacity):
+        ahead = None if wait or epoch + 1 >= self.num_epochs else partial(self._draw, epoch + 1)
+        self._inflight = self._table.start_exchange([self.seed, epoch, self._settings_crc()], capacity, ahead)
+        if wait:
+            self._land()
+
+    def _land(self) -> None:
+        """Wait for the exchange in flight, if any (no collective: every rank started it)."""
+        exchange, self._inflight = self._inflight, None
+        if exchange is None:
+            return
+        agree, self._ahead = self._table.land(exchange)
+        if not agree:
             raise RuntimeError("InfoBatchSampler score tables, seeds, settings or epochs differ across ranks, so "
                                "ranks would prune differently: call set_epoch(epoch) with the same epoch on every "
                                "rank with torch.distributed initialised, and give every rank the same settings, "
@@ -278,15 +304,20 @@ class InfoBatchSampler(Sampler[int]):
     def _current_plan(self) -> Plan:
         if self._plan is None or self._plan.epoch != self._epoch:
             self._up_to_date()
-            self._plan = self._draw(self._epoch)
+            self._land()
+            self._plan = self._adopt(self._draw(self._epoch))
         return self._plan
 
     def _draw(self, epoch: int) -> Plan:
+        """The epoch's plan from the score table and settings alone (also run on the exchange's thread)."""
         prunable = []
         if epoch < self.pruning_epochs:
             eff, eligible = effective_scores(self._table.scores, self._table.seen, self._initial, self._initial_q)
             prunable = prunable_groups(eff, eligible, self.prune_ratio, self.bands)
-        plan = draw_plan(epoch, self.num_samples, self.seed, prunable, self.shuffle)
+        return draw_plan(epoch, self.num_samples, self.seed, prunable, self.shuffle)
+
+    def _adopt(self, plan: Plan) -> Plan:
+        epoch = plan.epoch
         if 0 <= epoch < self.num_epochs:
             self._pruned[epoch] = self.num_samples - plan.order.size
         self._updates_in_plan = 0
@@ -469,6 +500,7 @@ class InfoBatchSampler(Sampler[int]):
         Under torch.distributed: as of the last exchange (``set_epoch`` or ``sync()``).
         """
         self._up_to_date()
+        self._land()
         return self._table.scores.copy()
 
     # ----------------------------------------------------------------- checkpointing
@@ -483,6 +515,7 @@ class InfoBatchSampler(Sampler[int]):
                 raise RuntimeError(f"InfoBatchSampler.state_dict() with {self._table.pending} steps' losses not yet "
                                    "exchanged between ranks: call sampler.sync() on every rank first, so that "
                                    "the checkpoint holds every rank's scores")
+            self._land()
         else:
             self._table.flush()
         plan = self._plan
@@ -527,6 +560,9 @@ class InfoBatchSampler(Sampler[int]):
                 raise ValueError("state was saved with different settings (saved, here): "
                                  + ", ".join(f"{k}={a!r}/{b!r}" for k, (a, b) in diff.items())
                                  + "; pass strict=False to keep this sampler's settings")
+        if self._inflight is not None:  # replaced by the loaded scores, but it writes to the table: let it finish
+            self._inflight.job.wait()
+        self._inflight = self._ahead = None
         self.seed = int(state["seed"])
         self._epoch = int(state["epoch"])
         self._table.load(state["scores"].numpy(), state["seen"].numpy(), int(state["nonfinite"]))

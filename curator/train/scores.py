@@ -7,20 +7,31 @@ the records are applied in bulk -- or, across ranks, exchanged in one all-gather
 applied -- with the result a per-step all-gather gives: records in step order, ranks in
 rank order within a step, the last finite loss of a sample wins, non-finite losses are
 skipped (the sample keeps its score) and counted.
+
+Across ranks the exchange leaves the training thread: the caller only takes its records (a
+copy, so its tensors are free again); a background thread packs and all-gathers them on a
+group of their own, applies them and runs whatever the caller wants done with the new
+scores (the sampler: the next epoch's draw); the next read of the table lands the result.
 """
 
 from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from curator.train.dist import all_gather_fixed, all_gather_varlen
+from curator.train.dist import Background, all_gather_fixed, all_gather_varlen, exchange_group
 
-__all__ = ["ScoreTable"]
+__all__ = ["Exchange", "ScoreTable"]
+
+T = TypeVar("T")
+
+#: Pending records, taken: (int64 CPU indices, float32 CPU losses, records per step).
+Records = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 #: Steps whose records are kept as separate tensors; past it they are concatenated, so a
 #: long epoch holds a few large tensors rather than many small ones.
@@ -81,16 +92,20 @@ class ScoreTable:
         self._merged_sizes += [r[0].shape[0] for r in self._records]
         self._records = []
 
-    def _take(self, steps: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The pending records as (indices, float32 losses, step number of each), then forget them."""
+    def _take(self) -> Records | None:
+        """The pending records, then forget them: (indices, float32 CPU losses, records per step).
+
+        Copies the caller can no longer touch: a device's losses come to the CPU here, on the
+        caller's thread and stream.
+        """
         self._merge()
         if self._merged is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64) if steps else None
-        idx = self._merged[0].numpy()
-        vals = self._merged[1].to("cpu", torch.float32).numpy()
-        step_of = np.repeat(np.arange(len(self._merged_sizes), dtype=np.int64), self._merged_sizes) if steps else None
+            return None
+        (idx, vals), sizes = self._merged, self._merged_sizes
+        one = len(sizes) == 1  # a single step's tensors pass through _merge uncopied
+        records = (idx.clone() if one else idx, vals.to("cpu", torch.float32, copy=one), sizes)
         self.discard()
-        return idx, vals, step_of
+        return records
 
     def discard(self) -> None:
         """Forget the pending records (a loaded state replaces them)."""
@@ -99,58 +114,52 @@ class ScoreTable:
     def flush(self) -> None:
         """Apply this process's pending records (one process: nothing to exchange)."""
         if self.pending:
-            idx, vals, _ = self._take(steps=False)
-            self._apply(idx, vals)
+            idx, vals, _ = _arrays(self._take())
+            self._warn(self._apply(idx, vals))
 
     def crc(self) -> int:
         crc = zlib.crc32(self.scores.tobytes())
         return zlib.crc32(self.seen.tobytes(), crc)
 
-    def exchange(self, check: Sequence[int], device: torch.device, capacity: int) -> bool:
-        """Collective: apply every rank's pending records to every rank's table.
+    def start_exchange(self, check: Sequence[int], capacity: int,
+                       then: Callable[[], T] | None = None) -> Exchange[T]:
+        """Collective, but it does not wait: apply every rank's pending records to every rank's table.
 
         One all-gather carries a header (record count, table checksum, ``check``) and up to
         ``capacity`` records per rank -- a bound every rank computes alike, e.g. its share of
-        the epoch; only when a rank has more does a second all-gather follow. Returns False
-        (the records are dropped) when the ranks' tables or ``check`` values differ: they
-        would not draw the same pruning.
+        the epoch; only when a rank has more does a second all-gather follow. Here the records
+        are only taken (copied); on a background thread they are packed, the all-gathers run,
+        the records are applied and ``then()`` runs on the updated table. Until :meth:`land`
+        the table is the thread's: read nothing from it. Every rank must start its exchanges
+        in the same order.
         """
-        idx, vals, steps = self._take(steps=True)
-        assert steps is not None
-        bits = vals.view(np.int32).astype(np.int64)  # the float32 bits, exact in an int64 payload
-        head = np.array([idx.size, self.crc(), *check], dtype=np.int64)
-        body = np.zeros((3, capacity), dtype=np.int64)
-        if idx.size <= capacity:
-            body[:, : idx.size] = (idx, bits, steps)
-        rows = all_gather_fixed(torch.from_numpy(np.concatenate([head, body.ravel()])), device).numpy()
-        heads, world = rows[:, : head.size], rows.shape[0]
-        if (heads[:, 1:] != heads[0, 1:]).any():
-            return False
-        counts = heads[:, 0].tolist()
-        if max(counts) <= capacity:
-            bodies = rows[:, head.size:].reshape(world, 3, capacity)
-            every = np.concatenate([bodies[r, :, :c] for r, c in enumerate(counts)], axis=1)
-        else:
-            every = all_gather_varlen(torch.from_numpy(np.stack([idx, bits, steps])), counts, device).numpy()
-        if every.shape[1] == 0:
-            return True
-        ranks = np.repeat(np.arange(world, dtype=np.int64), counts)
-        order = np.argsort(every[2] * world + ranks, kind="stable")  # step, then rank, then position
-        every = every[:, order]
-        self._apply(every[0], every[1].astype(np.int32).view(np.float32))
-        return True
+        group = exchange_group()  # made here, on the calling thread: creating it is itself collective
+        return Exchange(self, self._take(), [int(c) for c in check], capacity, group, then)
 
-    def _apply(self, idx: np.ndarray, vals: np.ndarray) -> None:
+    def land(self, exchange: Exchange[T]) -> tuple[bool, T | None]:
+        """Wait for an exchange: (False, None) when the ranks' tables or ``check`` values differ,
+        so they would not draw the same pruning (nothing was applied), else (True, ``then()``)."""
+        ok, skipped, after = exchange.job.result()
+        self._warn(skipped)
+        return ok, after
+
+    def _warn(self, skipped: int) -> None:
+        """Warn once about skipped losses (on the caller's thread, where warnings filters apply)."""
+        if skipped and not self._warned:
+            warnings.warn("InfoBatchSampler got non-finite losses; those samples keep their previous score",
+                          UserWarning, stacklevel=5)
+            self._warned = True
+
+    def _apply(self, idx: np.ndarray, vals: np.ndarray) -> int:
+        """Apply records in order; returns how many were skipped as non-finite."""
         ok = np.isfinite(vals)
+        skipped = 0
         if not ok.all():
-            self.nonfinite += int(ok.size - np.count_nonzero(ok))
-            if not self._warned:
-                warnings.warn("InfoBatchSampler got non-finite losses; those samples keep their previous score",
-                              UserWarning, stacklevel=5)
-                self._warned = True
+            skipped = int(ok.size - np.count_nonzero(ok))
+            self.nonfinite += skipped
             idx, vals = idx[ok], vals[ok]
         if idx.size == 0:
-            return
+            return skipped
         if np.bincount(idx, minlength=self.scores.size).max() > 1:
             # a sample recorded more than once: its last record wins (numpy leaves the order of
             # repeated-index assignment unspecified)
@@ -160,9 +169,61 @@ class ScoreTable:
             idx, vals = idx[take], vals[take]
         self.scores[idx] = vals
         self.seen[idx] = True
+        return skipped
 
     def load(self, scores: np.ndarray, seen: np.ndarray, nonfinite: int) -> None:
         self.discard()
         self.scores = scores.astype(np.float32, copy=True)
         self.seen = seen.astype(bool, copy=True)
         self.nonfinite = int(nonfinite)
+
+
+def _arrays(records: Records | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Records as numpy: (int64 indices, float32 losses, step number of each)."""
+    if records is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    idx, vals, sizes = records
+    return idx.numpy(), vals.numpy(), np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+
+
+class Exchange(Generic[T]):
+    """An exchange in flight: packing, collectives, the records' application and ``then`` on a background thread."""
+
+    def __init__(self, table: ScoreTable, records: Records | None, check: list[int], capacity: int, group: Any,
+                 then: Callable[[], T] | None) -> None:
+        self.table, self.records, self.check, self.capacity, self.group, self.then = (
+            table, records, check, capacity, group, then)
+        self.job: Background[tuple[bool, int, T | None]] = Background(self._arrive)
+
+    def _arrive(self) -> tuple[bool, int, T | None]:
+        every = self._gather()
+        if every is None:
+            return False, 0, None
+        skipped = self.table._apply(every[0], every[1].astype(np.int32).view(np.float32))
+        return True, skipped, None if self.then is None else self.then()
+
+    def _gather(self) -> np.ndarray | None:
+        """Every rank's (index, loss bits, step) rows ordered as a per-step all-gather would have
+        applied them -- step, then rank, then position -- or None when the headers disagree."""
+        idx, vals, steps = _arrays(self.records)
+        cap, n = self.capacity, idx.size
+        head = np.array([n, self.table.crc(), *self.check], dtype=np.int64)
+        payload = np.zeros(head.size + 3 * cap, dtype=np.int64)
+        payload[: head.size] = head
+        body = payload[head.size:].reshape(3, cap)
+        bits = vals.view(np.int32)  # the float32 bits, exact in an int64 payload
+        if n <= cap:
+            body[0, :n], body[1, :n], body[2, :n] = idx, bits, steps
+        rows = all_gather_fixed(torch.from_numpy(payload), self.group).numpy()
+        heads, world = rows[:, : head.size], rows.shape[0]
+        if (heads[:, 1:] != heads[0, 1:]).any():
+            return None
+        counts = heads[:, 0].tolist()
+        if max(counts) <= cap:
+            bodies = rows[:, head.size:].reshape(world, 3, cap)
+            every = np.concatenate([bodies[r, :, :c] for r, c in enumerate(counts)], axis=1)
+        else:
+            mine = torch.from_numpy(np.stack([idx, bits.astype(np.int64), steps]))
+            every = all_gather_varlen(mine, counts, self.group).numpy()
+        ranks = np.repeat(np.arange(world, dtype=np.int64), counts)
+        return every[:, np.argsort(every[2] * world + ranks, kind="stable")]
