@@ -87,7 +87,7 @@ def phash(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Bit 8*r + c is set where DCT coefficient (r, c) of the 8x8 lowest frequencies exceeds their median
     (imagehash's ``phash``, DC term included)."""
     t = np.asarray(thumbs, np.float64).reshape(-1, THUMB, THUMB)
-    low = np.einsum("ij,njk,lk->nil", _DCT[:LOW], t, _DCT[:LOW]).reshape(len(t), LOW * LOW)
+    low = (_DCT[:LOW] @ t @ _DCT[:LOW].T).reshape(len(t), LOW * LOW)  # (matmul: ~50x an einsum's speed)
     med = np.median(low, axis=1, keepdims=True)
     ok = np.median(np.abs(low - med), axis=1) >= MIN_SPREAD
     bits = (low > med).astype(np.uint64)
@@ -99,13 +99,13 @@ def thumbnails(images: Sequence[torch.Tensor]) -> np.ndarray:
     """(n, 32, 32) float32 grey thumbnails of uint8 (3, H, W) tensors, on the device they are on
     (antialiased bilinear resize of the whole picture, then ITU-R 601 luma)."""
     import torch
-    from torchvision.transforms.v2 import functional as F
 
     if not images:
         return np.zeros((0, THUMB, THUMB), np.float32)
     out = []
-    for im in images:
-        small = F.resize(im[None].float(), [THUMB, THUMB], antialias=True)[0]
+    for im in images:  # (torchvision's resize is this call, after checks that cost more than it at 64 px)
+        small = torch.nn.functional.interpolate(im[None].float(), size=(THUMB, THUMB), mode="bilinear",
+                                                antialias=True, align_corners=False)[0]
         out.append(0.299 * small[0] + 0.587 * small[1] + 0.114 * small[2])
     return torch.stack(out).cpu().numpy().astype(np.float32)
 
