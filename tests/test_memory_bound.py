@@ -33,3 +33,33 @@ def test_pss_is_read_only_when_rss_is_over_the_limit_or_for_the_metrics(monkeypa
     reads.clear()
     clock[0] += 1.0
     assert tight.over() and len(reads) == 2 and tight.total > 2**20
+
+
+def test_over_the_limit_by_rss_pss_is_reread_when_rss_grew_into_the_room_or_after_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch processes share most pages, so their RSS sum is over the limit while PSS is far under it:
+    PSS is then not read 4x a second (it cost the driver a third of its CPU), but when RSS grew by half
+    the room the last reading left, or after pss_over_every_s -- and at every check while over."""
+    mb = 2**20
+    rss, pss, reads = [1000 * mb], [400 * mb], []
+    monkeypatch.setattr(memory, "rss_bytes", lambda pid=None: rss[0])
+    monkeypatch.setattr(memory, "pss_bytes", lambda pid=None: reads.append(pid) or pss[0])
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    bound = memory.MemoryBound(600, dict)  # only the driver: one reading per check
+    assert not bound.over() and len(reads) == 1
+    for _ in range(3):  # 0.75 s: RSS steady, 200 MB of room left
+        clock[0] += 0.25
+        assert not bound.over()
+    assert len(reads) == 1
+    clock[0] += 0.25  # a second since the reading
+    assert not bound.over() and len(reads) == 2
+    rss[0] += 101 * mb  # grew by more than half the room: read now
+    clock[0] += 0.25
+    assert not bound.over() and len(reads) == 3
+    pss[0] = 700 * mb
+    clock[0] += 1.0
+    assert bound.over() and len(reads) == 4
+    pss[0] = 500 * mb  # while over, every check reads: it resumes as soon as PSS is back under
+    clock[0] += 0.25
+    assert not bound.over() and len(reads) == 5
