@@ -2,7 +2,8 @@
 kind `index.kind = "auto"` chooses for a given size.
 
     flat        exact inner product (IndexFlatIP)
-    hnsw        HNSW graph over exact vectors: no training; slow to insert into, so never chosen by auto
+    hnsw        HNSW graph over exact vectors: no training; slow to insert into, so never chosen by auto;
+                written whole at every commit (its adds cannot be replayed)
     ivf         IVF{nlist},Flat: exact distances inside the probed lists; reads 4d bytes per candidate
     ivf-pq      IVF{nlist},PQ{d/8}x4fs,RFlat: 4-bit fast-scan PQ codes find `pq_refine` x k candidates
                 in the probed lists (d/16 bytes each: SIMD, a fraction of what ivf reads), the exact
@@ -31,9 +32,13 @@ class IndexKind:
 
     A trained kind (an IVF) starts exact and is built, with `nlist` lists, from the first
     `index.ivf_train_size` items; any other kind is built as it is from the first item, never rebuilt.
+    A replayable kind gives the same index when the same vectors are added to a copy read back from
+    disk, so a commit writes only the rows added since the last (`curator.index.deltas`); any other
+    kind is written whole at every commit.
     """
 
     trainable: bool = False
+    replayable: bool = True
 
     def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
         """The `faiss.index_factory` string for vectors of `dim` (inner-product metric)."""
@@ -50,6 +55,8 @@ class Flat(IndexKind):
 
 
 class HNSW(IndexKind):
+    replayable = False  # random levels, and threads racing to link: adding again builds another graph
+
     def factory(self, dim: int, cfg: IndexConfig, nlist: int) -> str:
         return f"HNSW{cfg.hnsw_m},Flat"
 

@@ -7,6 +7,8 @@ background (`curator.index.rebuild`) from the first `at` rows and put in service
 position -- `lag` positions after the one that indexed row `at` -- so which queries the new index
 answers never depends on timing or batching. While the serving index is approximate, every query
 also compares exactly with the items of the last `window` stream positions (`curator.index.recent`).
+A snapshot is the whole index (`save`) or, between rebuilds, only the rows added since the last one
+(`save_delta`, `curator.index.deltas`); `load` reads a base and adds its deltas back.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import curator.index.deltas as deltas
 import curator.index.kinds as kinds
 from curator.config import IndexConfig
+from curator.index.deltas import Delta, Journal
 from curator.index.rebuild import Rebuild, training_rows
 from curator.index.recent import RecentWindow, bounds, merge
 from curator.index.threads import share_cores_with_faiss
@@ -126,6 +131,7 @@ class VectorIndex:
         self._build: Rebuild | None = None
         self.switch_at: int | None = None  # stream position the rebuild goes into service
         self.recent = RecentWindow(self.dim, self.cfg.auto_window)
+        self.journal: Journal | None = None  # what was added since the last snapshot (`save_delta`)
 
     # --- placement ------------------------------------------------------------------------
     def _device(self, idx: faiss.Index) -> faiss.Index:
@@ -219,6 +225,10 @@ class VectorIndex:
             self._n = n0 + m
         self._ids.append(pa.array(ids, pa.string()))
         self.recent.add(x, rows, seqs)
+        if self.journal is not None:
+            self.journal.add(x)
+            if self.journal.outgrown(self._n, deltas.row_bytes(self.dim)):
+                self.journal = None  # the next snapshot is a new base: holding these would be for nothing
         if self._build is not None:
             self._build.poke()
         self._maybe_start()
@@ -267,6 +277,7 @@ class VectorIndex:
             self.index = self._device(new)
             self.spec, self.built_at, self.serving_from = step.spec, step.at, self.switch_at
         self._build, self.switch_at = None, None
+        self.journal = None  # deltas add to the index they follow: this one needs a base of its own
         self.step = kinds.next_step(self.cfg, self.dim, self.spec, self.built_at, self.on_gpu)
         self._maybe_start()
 
@@ -277,6 +288,7 @@ class VectorIndex:
         called twice, once for the training sample and once to add. For back-fills and benchmarks."""
         if self._n:
             raise ValueError("bulk_build fills an empty index")
+        self.journal = None
         step, last = self.step, None
         while step is not None and total >= step.at:
             last, step = step, kinds.next_step(self.cfg, self.dim, step.spec, step.at, self.on_gpu)
@@ -309,6 +321,7 @@ class VectorIndex:
             last, step = step, kinds.next_step(self.cfg, self.dim, step.spec, step.at, self.on_gpu)
         if last is None:
             return
+        self.journal = None
         build = Rebuild(last.spec, last.at, self.dim, self.cfg, self._read, self._size)
         build.finish_now(self._n)
         new = build.index
@@ -374,9 +387,14 @@ class VectorIndex:
             r = np.pad(r, ((0, 0), (0, k - kk)), constant_values=-1)
         return np.where(r < 0, -np.inf, s).astype(np.float32), r.astype(np.int64)
 
-    # --- snapshot ---------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        """Write the serving index, ids, labels, positions and any rebuild in progress (fsynced)."""
+    # --- snapshots ------------------------------------------------------------------------
+    def _rebuild_state(self) -> dict[str, Any] | None:
+        return None if self._build is None else {"at": self.step.at if self.step else None, "switch_at": self.switch_at}
+
+    def save(self, directory: str | Path, track: bool = False) -> None:
+        """Write the whole index: the serving index, ids, labels, positions and any rebuild in progress
+        (fsynced). `track`: this is the base of a chain, so keep what is added from here on for
+        `save_delta` (unless this kind's adds cannot be replayed)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -387,16 +405,45 @@ class VectorIndex:
         # the window's exact vectors: an index that stores codes cannot give them back exactly
         np.savez(d / "recent.npz", vecs=self.recent.vecs, rows=self.recent.rows, seqs=self.recent.seqs)
         meta = {"format": FORMAT, "dim": self.dim, "ntotal": n, "spec": self.spec.to_json(),
-                "built_at": self.built_at, "serving_from": self.serving_from,
-                "rebuild": None if self._build is None else {"at": self.step.at if self.step else None,
-                                                             "switch_at": self.switch_at}}
+                "built_at": self.built_at, "serving_from": self.serving_from, "rebuild": self._rebuild_state()}
         (d / "index.json").write_text(json.dumps(meta))
         for name in ("index.faiss", "items.parquet", "recent.npz", "index.json"):
             with open(d / name, "rb") as fh:
                 os.fsync(fh.fileno())
+        if track:
+            self._track(n)
+
+    def _track(self, base_rows: int) -> None:
+        """Journal what is added from here on: the snapshot just written or read ends at this row."""
+        self.journal = None
+        if kinds.kind_of(self.spec.kind).replayable:
+            on_disk = kinds.bytes_per_vector(self.spec, self.dim) + 16 + sum(a.nbytes for a in self._ids) / max(self._n, 1)
+            self.journal = Journal(self._n, base_rows, base_rows * on_disk)
+
+    def next_snapshot(self) -> str | None:
+        """What the next snapshot of the chain this index tracks must be: 'base' (none yet, rebuilt,
+        or the deltas would outweigh the base), 'delta', or None (nothing added since the last)."""
+        if self.journal is None:
+            return "base"
+        return None if self.journal.start == self._n else "delta"
+
+    def save_delta(self, directory: str | Path) -> None:
+        """Write the rows added since the last snapshot (`directory/delta.parquet`, fsynced)."""
+        j = self.journal
+        if j is None:
+            raise RuntimeError("this index tracks no snapshot chain (or was rebuilt since): write a base with "
+                               "save(directory, track=True)")
+        start, n = j.start, self._n
+        deltas.write(Path(directory), Delta(start, j.vectors(self.dim), self.ids.arrow.slice(start, n - start)
+                                            .combine_chunks(), self._labels[start:n], self._seqs[start:n],
+                                            self._rebuild_state()))
+        j.written()  # only once it is durable: after a failed write they are still here for the next try
 
     @classmethod
-    def load(cls, directory: str | Path, cfg: IndexConfig | None = None) -> VectorIndex:
+    def load(cls, directory: str | Path, cfg: IndexConfig | None = None, delta_dirs: list[Path] | None = None,
+             track: bool = False) -> VectorIndex:
+        """The index a base snapshot holds, with its deltas (in the order written) added back; `track`:
+        go on journalling, so the chain continues with this index's next `save_delta`."""
         d = Path(directory)
         meta = json.loads((d / "index.json").read_text())
         if meta.get("format") != FORMAT:
@@ -407,21 +454,41 @@ class VectorIndex:
         kinds.tune(cpu, self.cfg)
         kinds.enable_reconstruct(cpu)
         self.spec = kinds.Spec.from_json(meta["spec"])
-        self.index = self._device(cpu)
         self.built_at, self.serving_from = int(meta["built_at"]), int(meta["serving_from"])
         items = pq.read_table(d / "items.parquet")
         self._n = items.num_rows
         self._ids = [items.column("id").combine_chunks().cast(pa.string())]
         self._labels = _grown(items.column("label").to_numpy().astype(np.int64), 1)
         self._seqs = _grown(items.column("seq").to_numpy().astype(np.int64), 1)
-        if self._n != int(self.index.ntotal) or self._n != meta["ntotal"]:
-            raise RuntimeError(f"index snapshot in {d} is inconsistent: {self.index.ntotal} vectors, "
+        if self._n != int(cpu.ntotal) or self._n != meta["ntotal"]:
+            raise RuntimeError(f"index snapshot in {d} is inconsistent: {cpu.ntotal} vectors, "
                                f"{self._n} ids; restore from an earlier checkpoint")
-        self.step = kinds.next_step(self.cfg, self.dim, self.spec, self.built_at, self.on_gpu)
         with np.load(d / "recent.npz") as r:
             self.recent.add(r["vecs"], r["rows"], r["seqs"])
-        rb = meta.get("rebuild")
+        base_rows, rb = self._n, meta.get("rebuild")
+        for dd in delta_dirs or []:
+            rb = self._replay(cpu, deltas.read(dd), dd)
+        self.index = self._device(cpu)
+        self.step = kinds.next_step(self.cfg, self.dim, self.spec, self.built_at, self.on_gpu)
+        if track:
+            self._track(base_rows)
         if rb and self.step is not None:  # the same rebuild, from the same rows: the same result
             self.switch_at = int(rb["switch_at"])
             self._start(self.step)
         return self
+
+    def _replay(self, cpu: faiss.Index, d: Delta, where: Path) -> dict[str, Any] | None:
+        """Add a delta's rows as `add` added them (the same vectors to the same index: the same codes)."""
+        if d.start != self._n or (len(d) and d.vectors.shape[1] != self.dim):
+            raise RuntimeError(f"index delta {where} starts at row {d.start} with {d.vectors.shape[1]}-d vectors, "
+                               f"but the snapshot before it ends at row {self._n} ({self.dim}-d): the snapshot "
+                               "chain is broken; restore from an earlier checkpoint")
+        m, n0 = len(d), self._n
+        cpu.add(d.vectors)
+        self._labels = _grown(self._labels, n0 + m)
+        self._seqs = _grown(self._seqs, n0 + m)
+        self._labels[n0:n0 + m], self._seqs[n0:n0 + m] = d.labels, d.seqs
+        self._ids.append(d.ids)
+        self._n = n0 + m
+        self.recent.add(d.vectors, np.arange(n0, n0 + m, dtype=np.int64), d.seqs)
+        return d.rebuild
