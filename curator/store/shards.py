@@ -3,9 +3,10 @@
 Select and write are one checkpointed stage, and a shard's rows are written where its index is (a Ray
 actor on any node writes its own parts), but the index itself knows nothing of Parquet
 (`curator.select.shard`). `StoredShard` adds what the commit protocol needs to it: on `setup` it drops
-what a crashed run left behind and restores the snapshot the manifest names; between commits it stages
-its items' rows; on a commit it writes them, then its index snapshot (`ShardParts.write`), before the
-manifest names both.
+what a crashed run left behind and restores the snapshots the manifest names; between commits it stages
+its items' rows; on a commit it writes them (`ShardParts.write`), then each index's snapshot -- the
+rows added since the last commit, or now and then the whole index (`curator.store.snapshots`) --
+before the manifest names both.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from curator.config import IndexConfig
+from curator.index import VectorIndex
 from curator.select.shard import Done, IndexShard, LocalShard, Pending, ShardClient, ShardStats
-from curator.store.writer import ShardCommit, ShardParts, shard_checkpoint
+from curator.store.writer import ShardCommit, ShardParts
 
 
 class StoredShard(IndexShard):
@@ -34,17 +36,18 @@ class StoredShard(IndexShard):
         self.stats.node_id, self.stats.pid = node_id, os.getpid()
         if manifest is not None:
             self.parts.collect_garbage(manifest)
-            ck = shard_checkpoint(manifest, self.shard)
-            if ck:
-                self.load(self.run_dir / ck)
+            self.indexes = {m: VectorIndex.load(links[0], self.cfg, links[1:], track=True)
+                            for m, links in self.parts.snapshots.resume(manifest).items()}
         return self.describe()
 
     def stage(self, table: str, rows: pa.Table) -> None:
         self.parts.stage(table, rows)
 
     def write(self, no: int) -> ShardCommit:
-        """Commit `no`: this shard's parts, then its index snapshot (one folder per modality)."""
-        return self.parts.write(no, self.save)
+        """Commit `no`: this shard's parts, then its indexes' snapshots (one folder per modality)."""
+        done = self.parts.write(no)
+        done.snapshots = self.parts.snapshots.write(no, self.indexes)
+        return done
 
 
 class StoredShardClient(ShardClient, Protocol):

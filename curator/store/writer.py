@@ -7,10 +7,11 @@ Layout of a run directory::
     kept/shard=0/part-000001.parquet       curated samples (embedding: fixed-size float32 list)
     decisions/shard=0/part-000001.parquet  one record per input item
     quarantine/shard=0/part-000001.parquet bad input with the reason
-    checkpoints/ckpt-000001/        FAISS index snapshot of that commit
+    checkpoints/shard=0/ckpt-000001/image/ an index snapshot that commit wrote: a base or a delta
 
 A part exists on disk before the manifest names it; readers only read what the manifest
-names, so a crash between the two leaves an orphan that is ignored and later removed.
+names, so a crash between the two leaves an orphan that is ignored and later removed. The same
+holds for index snapshots, which the manifest names as chains (`curator.store.snapshots`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,24 +28,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curator.store.snapshots import Chains, ShardSnapshots, fsync_dir
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = "curator-run/1"
+FORMAT = "curator-run/2"
+#: formats this version reads: /1 named one folder of whole index snapshots per shard, /2 chains
+READS = ("curator-run/1", FORMAT)
 TABLES = ("kept", "decisions", "quarantine")
-KEEP_CHECKPOINTS = 2
 
 
 class StoreError(RuntimeError):
     """The run directory is missing, damaged, or belongs to another configuration."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -78,8 +73,9 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
         m = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise StoreError(f"{p} is not valid JSON ({exc}); the run directory is damaged") from None
-    if m.get("format") != FORMAT:
-        raise StoreError(f"{p} has format {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("format") not in READS:
+        raise StoreError(f"{p} has format {m.get('format')!r}, expected one of {', '.join(READS)}: it was "
+                         "written by another curator version")
     return m
 
 
@@ -105,20 +101,21 @@ def read_table(run_dir: str | Path, table: str, columns: list[str] | None = None
 
 @dataclass
 class ShardCommit:
-    """What one shard made durable for a commit: its parts, and its index snapshot folder."""
+    """What one shard made durable for a commit: its parts, and the chains of its index snapshots."""
 
     shard: int
     parts: dict[str, str]  # table -> part path (relative to the run directory)
-    checkpoint: str | None
+    snapshots: Chains | None = None
 
 
 class ShardParts:
-    """One shard's staged rows and checkpoint folders: written before the manifest names them."""
+    """One shard's staged rows, and its index snapshots (`snapshots`): written before the manifest names them."""
 
     def __init__(self, run_dir: str | Path, shard: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.shard = shard
         self._pending: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+        self.snapshots = ShardSnapshots(self.run_dir, shard)
 
     def stage(self, table: str, rows: pa.Table) -> None:
         if rows.num_rows:
@@ -127,8 +124,8 @@ class ShardParts:
     def pending_rows(self, table: str = "decisions") -> int:
         return sum(t.num_rows for t in self._pending[table])
 
-    def write(self, no: int, save_checkpoint: Callable[[Path], None] | None) -> ShardCommit:
-        """Commit `no`'s parts (temp file, fsync, rename), then the index snapshot, durable on return."""
+    def write(self, no: int) -> ShardCommit:
+        """Commit `no`'s parts (temp file, fsync, rename), durable on return."""
         parts = {}
         for t in TABLES:
             if self._pending[t]:
@@ -137,26 +134,10 @@ class ShardParts:
                                       self.run_dir / rel)
                 parts[t] = rel
         self._pending = {t: [] for t in TABLES}
-        rel_ck = None
-        if save_checkpoint is not None:
-            rel_ck = f"checkpoints/shard={self.shard}/ckpt-{no:06d}"
-            ck = self.run_dir / rel_ck
-            if ck.exists():
-                shutil.rmtree(ck)
-            save_checkpoint(ck)
-            ck.mkdir(parents=True, exist_ok=True)  # a run with nothing indexed yet (all input rejected)
-            fsync_dir(ck.parent)
-            self._prune_checkpoints()
-        return ShardCommit(self.shard, parts, rel_ck)
-
-    def _prune_checkpoints(self) -> None:
-        """Keep the newest two: this commit's, and the committed one until this commit is durable."""
-        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
-        for p in sorted(p for p in d.iterdir() if p.name.startswith("ckpt-"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(p, ignore_errors=True)
+        return ShardCommit(self.shard, parts)
 
     def collect_garbage(self, manifest: dict[str, Any]) -> None:
-        """Remove parts and checkpoints a crashed run left behind (never named by the manifest)."""
+        """Remove parts and index snapshots a crashed run left behind (never named by the manifest)."""
         named = {self.run_dir / p for t in TABLES for p in manifest["parts"].get(t, [])}
         for t in TABLES:
             d = self.run_dir / t / f"shard={self.shard}"
@@ -165,18 +146,7 @@ class ShardParts:
                     if p not in named:
                         log.info("removing uncommitted part %s", p)
                         p.unlink()
-        d = self.run_dir / "checkpoints" / f"shard={self.shard}"
-        cur = shard_checkpoint(manifest, self.shard)
-        if d.exists():
-            for p in d.iterdir():
-                if p.name.startswith("ckpt-") and cur and p.name > Path(cur).name:
-                    shutil.rmtree(p, ignore_errors=True)
-
-
-def shard_checkpoint(manifest: dict[str, Any], shard: int) -> str | None:
-    """A shard's index snapshot folder in a manifest (shard 0's is also `checkpoint`)."""
-    cks = (manifest.get("shards") or {}).get("checkpoints") or {}
-    return cks.get(str(shard)) or (manifest.get("checkpoint") if shard == 0 else None)
+        self.snapshots.collect_garbage(manifest)
 
 
 @dataclass
@@ -211,6 +181,7 @@ class StoreWriter:
         else:
             m = {"format": FORMAT, "commit": 0, "created": time.time(), "parts": {t: [] for t in TABLES},
                  "positions": {}, "checkpoint": None, "selector_state": None, "counts": {}, **meta}
+        m["format"] = FORMAT  # a /1 run continues as /2: its whole snapshots are chains of one base
         w = cls(run, shard, dict(meta), m, ShardParts(run, shard))
         assert w.own is not None
         w.own.collect_garbage(m)
@@ -232,25 +203,27 @@ class StoreWriter:
         self,
         positions: dict[str, dict[int, int]],
         selector_state: dict[str, Any] | None,
-        save_checkpoint: Callable[[Path], None] | None,
+        snapshot: Callable[[int], Chains] | None,
         extra: dict[str, Any] | None = None,
         shards: list[ShardCommit] | None = None,
     ) -> dict[str, Any]:
-        """Write staged parts and the checkpoint (and take the other shards' durable ones), then the
-        manifest naming them (in that order)."""
+        """Write staged parts and `snapshot(no)` -- this writer's own index snapshots, if it has any --
+        (and take the other shards' durable ones), then the manifest naming them (in that order)."""
         assert self.own is not None
         no = self.commit_no + 1
         m = json.loads(json.dumps(self.manifest))  # a copy: the old one stays valid until the rename
         if extra:
             m.update(extra)
-        done = [self.own.write(no, save_checkpoint), *(shards or [])]
-        for c in sorted(done, key=lambda c: c.shard):
+        own = self.own.write(no)
+        if snapshot is not None:
+            own.snapshots = snapshot(no)
+        for c in sorted([own, *(shards or [])], key=lambda c: c.shard):
             for t, rel in c.parts.items():
                 m["parts"][t].append(rel)
-            if c.checkpoint is not None:
+            if c.snapshots is not None:
                 if c.shard == 0:
-                    m["checkpoint"] = c.checkpoint
-                m.setdefault("shards", {}).setdefault("checkpoints", {})[str(c.shard)] = c.checkpoint
+                    m["checkpoint"] = c.snapshots
+                m.setdefault("shards", {}).setdefault("checkpoints", {})[str(c.shard)] = c.snapshots
         m["commit"] = no
         m["updated"] = time.time()
         m["positions"] = {s: {str(p): int(o) for p, o in parts.items()} for s, parts in positions.items()}
