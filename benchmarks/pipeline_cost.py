@@ -10,8 +10,9 @@
   (a warm-up run first starts Ray's worker pool; each run waits for the last one's actors to go).
 - `indexed_cost`: what N items already in the index add per item to the selector/writer process,
   in this process: one warm selector on `selector_speed`'s 512-d mixture (one FAISS thread) at N and
-  at a small size, and the index snapshot every commit writes (`VectorIndex.save`, the whole index
-  each time) -- CPU and wall, per commit and per item at the run's commit_every.
+  at a small size, and the index snapshot a commit writes (a delta of the items added since the
+  last commit, and its share of the whole index written as a new base now and then:
+  `benchmarks/commit_cost.py`) -- CPU and wall, per commit and per item at the run's commit_every.
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
     512-d mixture)."""
     import faiss
 
-    from benchmarks.selector_speed import DIM, base_chunks, centers, queries
+    from benchmarks.commit_cost import base_every, folder_mb
+    from benchmarks.selector_speed import DIM, base_chunks, centers, mixture, queries
     from curator.config import IndexConfig
     from curator.index import VectorIndex
+    from curator.store.snapshots import ShardSnapshots
 
     c = centers()
     got: dict[int, dict[str, Any]] = {}
@@ -151,10 +154,19 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
         select_us, wall_speed = steady_selector_cpu(idx, qx, given, batch, warm)
         d = Path(tempfile.mkdtemp(prefix="curator-snapshot-"))
         try:
+            snaps = ShardSnapshots(d, 0)
             c0, w0 = time.process_time(), time.perf_counter()
-            idx.save(d)
-            snap_cpu, snap_wall = time.process_time() - c0, time.perf_counter() - w0
-            snap_mb = sum(f.stat().st_size for f in d.iterdir()) / 2**20
+            chains = snaps.write(1, {"image": idx})  # a base: the whole index
+            base_cpu, base_wall, base_mb = time.process_time() - c0, time.perf_counter() - w0, folder_mb(d)
+            x, lab = mixture(np.random.default_rng(size), c, commit_every)
+            s = int(idx.seqs[-1]) + 1
+            idx.add(x, [f"c{s + j}" for j in range(commit_every)], lab, np.arange(s, s + commit_every))
+            c0, w0 = time.process_time(), time.perf_counter()
+            chains = snaps.write(2, {"image": idx})  # a commit: the items added since the last
+            every = base_every(idx, commit_every)  # commits per base: each carries 1/every of one
+            snap_cpu = time.process_time() - c0 + base_cpu / every
+            snap_wall = time.perf_counter() - w0 + base_wall / every
+            snap_mb = folder_mb(d / chains["image"][-1]) + base_mb / every
         finally:
             shutil.rmtree(d, ignore_errors=True)
         got[size] = {"kind": idx.kind, "build_s": round(build_s, 1), "select_us_per_item": round(select_us, 1),

@@ -25,7 +25,7 @@ to 3 run --repeats times, interleaved; the tables give medians (the JSON also ha
    subprocess joining this Ray): its items/s, and per process role the marginal CPU per item of a
    run on 4x the records over a run on the records (setup cancels out).
 4. **--indexed N**: what N items already indexed add per item to the selector/writer (search and
-   decide, and the whole-index snapshot each commit writes), measured in this process on
+   decide, and the index snapshot each commit writes), measured in this process on
    selector_speed's 512-d mixture, and the service's selector/writer projected to N indexed. The
    issue's targets are at 1M indexed; filling a service's run directory with 1M items would mean
    embedding 1M images here (hours), so the selector's part is measured on its own.

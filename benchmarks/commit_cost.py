@@ -1,0 +1,142 @@
+"""What a commit writes for the index, against the index's size: the whole index at every commit (as
+curator did before incremental snapshots) against the chain (a delta of the rows added since the last
+commit, a new base now and then).
+
+    python benchmarks/commit_cost.py [--sizes 10000 100000 1000000] [--commits 7] [--commit-every 2048]
+                                     [--dir DIR] [--json FILE]
+
+The index is filled with N unit 512-d vectors of `selector_speed`'s mixture with the default index
+settings (`index.kind = "auto"`: exact up to 8,192 items, then IVF-PQ with exact re-ranking), built
+directly as growing to N would end with (`VectorIndex.bulk_build`). Then `--commits` times:
+`--commit-every` new items are added, and the commit's index snapshot is written both ways into a run
+directory under `--dir` (the disk a run directory would be on), durable (fsynced) on return:
+
+- ``whole``: `VectorIndex.save` into a fresh folder -- what every commit wrote before;
+- ``delta``: `ShardSnapshots.write`, the store's own path: the first commit writes the base, every
+  later one the rows added since the commit before.
+
+Columns (medians over the commits; the first, the base, is left out of ``delta``): seconds and MB
+written per commit each way; ``base_every``: commits between two bases once the chain compacts (the
+deltas may weigh `COMPACT_FRACTION` of the base), and ``amortized_mb``: a delta plus that share of a
+base per commit -- what the chain writes on average; ``restore_s``: loading the chain (base and the
+deltas) against ``restore_whole_s``, loading a whole snapshot of the same index (medians of 3, each
+read from the page cache). The rest of a commit (the Parquet parts,
+the manifest) is the same both ways and grows with `--commit-every`, not with the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.selector_speed import DIM, base_chunks, centers, mixture  # noqa: E402
+from curator.config import IndexConfig  # noqa: E402
+from curator.index import VectorIndex  # noqa: E402
+from curator.index.deltas import COMPACT_FRACTION, row_bytes  # noqa: E402
+from curator.store.snapshots import ShardSnapshots, fsync_dir  # noqa: E402
+
+COLS = ["n_indexed", "kind", "whole_s", "whole_mb", "delta_s", "delta_mb", "speedup", "base_every",
+        "amortized_mb", "restore_s", "restore_whole_s"]
+
+
+def folder_mb(d: Path) -> float:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+
+
+def timed(load: Callable[[], object], times: int = 3) -> float:
+    """Median seconds of `load` after a first, untimed call: both restores read from the page cache."""
+    load()
+    took = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        load()
+        took.append(time.perf_counter() - t0)
+    return statistics.median(took)
+
+
+def base_every(idx: VectorIndex, commit_every: int) -> int:
+    """Commits of `commit_every` items between two bases of `idx`'s chain: the deltas may weigh
+    `COMPACT_FRACTION` of the base."""
+    assert idx.journal is not None, "the index tracks no chain"
+    return max(1, int(COMPACT_FRACTION * idx.journal.base_bytes // (commit_every * row_bytes(idx.dim))))
+
+
+def measure(n: int, commits: int, commit_every: int, root: Path) -> dict:
+    c = centers()
+    idx = VectorIndex(DIM, IndexConfig(gpu="off"))
+    idx.bulk_build(partial(base_chunks, n, c), n)
+    run = root / f"run-{n}"
+    snaps = ShardSnapshots(run, 0)
+    rng = np.random.default_rng(n)
+    whole_s, whole_mb, delta_s, delta_mb = [], [], [], []
+    chains: dict[str, list[str]] = {}
+    for no in range(1, commits + 1):
+        x, lab = mixture(rng, c, commit_every)
+        s = len(idx)
+        idx.add(x, [f"new{s + j}" for j in range(commit_every)], lab, np.arange(s, s + commit_every))
+        d = root / f"whole-{n}-{no}"
+        t0 = time.perf_counter()
+        idx.save(d)  # before: the whole index, every commit
+        for f in (d, d.parent):
+            fsync_dir(f)
+        whole_s.append(time.perf_counter() - t0)
+        whole_mb.append(folder_mb(d))
+        if no < commits:
+            shutil.rmtree(d)
+        t0 = time.perf_counter()
+        chains = snaps.write(no, {"image": idx})
+        took = time.perf_counter() - t0
+        if no > 1:  # the first is the chain's base
+            delta_s.append(took)
+            delta_mb.append(folder_mb(run / chains["image"][-1]))
+    chain = partial(VectorIndex.load, run / chains["image"][0], idx.cfg, [run / p for p in chains["image"][1:]])
+    restore_s, restore_whole_s = timed(chain), timed(partial(VectorIndex.load, d, idx.cfg))
+    base_mb = folder_mb(run / chains["image"][0])
+    every = base_every(idx, commit_every)
+    med = statistics.median
+    return {"n_indexed": n, "kind": idx.kind, "commit_every": commit_every, "commits": commits,
+            "whole_s": round(med(whole_s), 3), "whole_mb": round(med(whole_mb), 1),
+            "delta_s": round(med(delta_s), 3), "delta_mb": round(med(delta_mb), 2),
+            "speedup": round(med(whole_s) / med(delta_s), 1), "base_every": every,
+            "amortized_mb": round(med(delta_mb) + base_mb / every, 2),
+            "restore_s": round(restore_s, 2), "restore_whole_s": round(restore_whole_s, 2),
+            "whole_s_all": [round(v, 3) for v in whole_s], "delta_s_all": [round(v, 3) for v in delta_s]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--commits", type=int, default=7, help="commits per size (the first writes the base)")
+    ap.add_argument("--commit-every", type=int, default=2048, help="items added per commit (store.commit_every)")
+    ap.add_argument("--dir", default=None, help="where the run directories go (default: a temporary folder)")
+    ap.add_argument("--json", help="also write the rows here (keys as in the table, and every commit's seconds)")
+    args = ap.parse_args()
+    if args.commits < 2:
+        ap.error("--commits must be at least 2: the first writes the base")
+    rows = []
+    print(" | ".join(f"{h:>15}" for h in COLS), flush=True)
+    with tempfile.TemporaryDirectory(prefix="curator-commit-", dir=args.dir) as tmp:
+        for n in args.sizes:
+            row = measure(n, args.commits, args.commit_every, Path(tmp))
+            shutil.rmtree(Path(tmp), ignore_errors=True)
+            Path(tmp).mkdir(exist_ok=True)
+            rows.append(row)
+            print(" | ".join(f"{row[h]:>15}" for h in COLS), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
