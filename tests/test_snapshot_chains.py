@@ -124,7 +124,7 @@ def test_a_crash_between_a_snapshot_and_its_manifest_restores_the_committed_inde
     while True:
         grow(shard, x, s, s + 150)
         s += 150
-        if s > 1500 and shard.indexes[M].next_snapshot() == link:
+        if s > 1500 and shard.indexes[M].next_snapshot(tmp_path / shard.parts.snapshots.chains[M][0]) == link:
             break
         commit(w, shard)
     committed = restored(tmp_path, cfg)  # the index as commit k left it
@@ -165,6 +165,22 @@ def test_garbage_collection_keeps_what_the_manifest_names_and_only_that(tmp_path
     old.setup(read_manifest(tmp_path))
     assert on_disk(tmp_path) == named and not (ck / f"ckpt-{m['commit'] + 1:06d}").exists()
     assert_same(shard.indexes[M], old.indexes[M], x)
+
+
+def test_a_delta_only_continues_the_chain_its_index_tracks(tmp_path: Path) -> None:
+    """An index that starts another chain elsewhere (a base saved with track=True) has no delta for the
+    run's chain: the next commit writes a base, never a delta that skips rows."""
+    x, _ = stream(1000, seed=10)
+    cfg = IndexConfig(kind="flat", gpu="off")
+    w = StoreWriter.open(tmp_path, {})
+    shard = StoredShard(0, cfg, tmp_path)
+    grow(shard, x, 0, 800)
+    commit(w, shard)
+    grow(shard, x, 800, 850)
+    shard.indexes[M].save(tmp_path / "elsewhere", track=True)
+    grow(shard, x, 850, 900)
+    assert is_base(tmp_path, links(commit(w, shard))[-1])
+    assert_same(shard.indexes[M], restored(tmp_path, cfg), x)
 
 
 def test_hnsw_is_written_whole_at_every_commit_and_restores(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def fsync_path(path: Path) -> None:
 class Journal:
     """The exact vectors an index added since its last snapshot, in add order."""
 
+    base: str  # the chain's base folder: a delta continues that chain only
     start: int  # the row the last snapshot ended at: the first one held here
     base_rows: int  # rows in the chain's base
     base_bytes: float  # what the base weighs on disk (about)

@@ -411,19 +411,20 @@ class VectorIndex:
             with open(d / name, "rb") as fh:
                 os.fsync(fh.fileno())
         if track:
-            self._track(n)
+            self._track(d, n)
 
-    def _track(self, base_rows: int) -> None:
-        """Journal what is added from here on: the snapshot just written or read ends at this row."""
+    def _track(self, base: Path, base_rows: int) -> None:
+        """Journal what is added from here on: the chain from `base` ends at this row."""
         self.journal = None
         if kinds.kind_of(self.spec.kind).replayable:
             on_disk = kinds.bytes_per_vector(self.spec, self.dim) + 16 + sum(a.nbytes for a in self._ids) / max(self._n, 1)
-            self.journal = Journal(self._n, base_rows, base_rows * on_disk)
+            self.journal = Journal(str(base), self._n, base_rows, base_rows * on_disk)
 
-    def next_snapshot(self) -> str | None:
-        """What the next snapshot of the chain this index tracks must be: 'base' (none yet, rebuilt,
-        or the deltas would outweigh the base), 'delta', or None (nothing added since the last)."""
-        if self.journal is None:
+    def next_snapshot(self, base: str | Path) -> str | None:
+        """What the next snapshot of the chain from `base` must be: 'base' (a new chain: this index
+        tracks another, or none, or was rebuilt, or the deltas would outweigh the base), 'delta', or
+        None (nothing added since the last)."""
+        if self.journal is None or self.journal.base != str(base):
             return "base"
         return None if self.journal.start == self._n else "delta"
 
@@ -471,7 +472,7 @@ class VectorIndex:
         self.index = self._device(cpu)
         self.step = kinds.next_step(self.cfg, self.dim, self.spec, self.built_at, self.on_gpu)
         if track:
-            self._track(base_rows)
+            self._track(d, base_rows)
         if rb and self.step is not None:  # the same rebuild, from the same rows: the same result
             self.switch_at = int(rb["switch_at"])
             self._start(self.step)

@@ -30,7 +30,7 @@ Chains = dict[str, list[str]]
 class Snapshotting(Protocol):
     """What a chain needs of an index (`curator.index.VectorIndex`)."""
 
-    def next_snapshot(self) -> str | None: ...
+    def next_snapshot(self, base: str | Path) -> str | None: ...
     def save(self, directory: str | Path, track: bool = False) -> None: ...
     def save_delta(self, directory: str | Path) -> None: ...
 
@@ -75,7 +75,8 @@ class ShardSnapshots:
         chains: Chains = {}
         for m, index in sorted(indexes.items()):
             rel = f"checkpoints/shard={self.shard}/ckpt-{no:06d}/{m}"
-            what = index.next_snapshot() if self.chains.get(m) else "base"
+            chain = self.chains.get(m) or []
+            what = index.next_snapshot(self.run_dir / chain[0]) if chain else "base"
             if what is not None:
                 link = self.run_dir / rel
                 if link.exists():  # left by a write whose commit failed: nothing names it
@@ -86,7 +87,7 @@ class ShardSnapshots:
                     index.save_delta(link)
                 for d in (link, link.parent, self.folder, self.folder.parent):  # the new names, durable
                     fsync_dir(d)
-            chains[m] = [rel] if what == "base" else [*self.chains[m], *([rel] if what else [])]
+            chains[m] = [rel] if what == "base" else [*chain, *([rel] if what else [])]
         previous, self.chains = self.chains, chains
         self._remove_unnamed({p for links in (*previous.values(), *chains.values()) for p in links})
         return chains
