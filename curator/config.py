@@ -145,12 +145,11 @@ class SelectorConfig:
     gain_quantile: float = setting(0.99, "gain is normalised by this streaming quantile of gains")
     keep_rate: float = setting(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
                                "(0 = keep every clean non-duplicate item)")
-    shards: int = setting(1, "selector shards: each holds the index of the items routed to it (a coarse quantizer "
-                             "trained on the bootstrap) and writes their rows; on Ray, one actor each")
-    probe: int = setting(2, "shards an item compares with (its home and the nearest others); = shards: the same "
-                            "decisions as one shard")
-    router_train_size: int = setting(4096, "without a trusted bootstrap: the stream positions whose accepted items "
-                                           "train the shard router (all on one shard until then)")
+    shards: int = setting(1, "selector shards, each indexing and writing the items routed to it; on Ray, an actor each")
+    probe: int = setting(2, "most shards an item searches: its home, then others within shard_margin")
+    shard_margin: AutoFloat = setting(AUTO, "an item also searches the shards within this cosine distance; "
+                                      "'auto': eps_dup's or the copies' reach (routing_margin); 2: all")
+    router_train_size: int = setting(4096, "no bootstrap: the shard router trains on the items accepted up to here")
 
 
 @dataclass
@@ -486,6 +485,7 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
         (_auto_or(s.tau_relabel, lambda v: 0.0 <= v <= 1.0), "selector.tau_relabel must be 'auto' or in [0, 1]"),
         (_auto_or(s.eps_dup, lambda v: 0.0 <= v < 1.0), "selector.eps_dup must be 'auto' or in [0, 1)"),
         (_auto_or(s.relabel_radius, lambda v: 0.0 <= v <= 2.0), "selector.relabel_radius must be 'auto' or in [0, 2]"),
+        (_auto_or(s.shard_margin, lambda v: 0.0 <= v <= 2.0), "selector.shard_margin must be 'auto' or in [0, 2]"),
         (_auto_or(s.align_threshold, lambda v: -1.0 <= v <= 1.0),
          "selector.align_threshold must be 'auto' or in [-1, 1]"),
         (0.0 < s.relabel_precision < 1.0, "selector.relabel_precision must be in (0, 1)"),

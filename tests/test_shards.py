@@ -1,8 +1,12 @@
-"""Sharded selection in one process: the router, probe = N equal to one shard, batch independence with
-fewer probes, per-shard parts and snapshots named by one manifest, restarts, a changed shard count refused."""
+"""Sharded selection in one process: the router's cells and margin (balance, determinism, the items within
+the margin always searched, the checkpointed router), every shard searched equal to one shard, the margin's
+decisions close to one shard's with most items searching one shard, batch independence, per-shard parts and
+snapshots named by one manifest, restarts, a changed shard count refused."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -14,7 +18,8 @@ from curator.config import SelectorConfig
 from curator.demo_data import demo_config, write_demo_inputs
 from curator.embed import Embeddings
 from curator.select import InfoGrowthSelector
-from curator.select.routing import train_router
+from curator.select.calibrate import NN_BINS
+from curator.select.routing import Router, nn_bins, routing_margin, train_router
 from curator.store import StoreError, read_manifest, read_table
 from pipelines.ingest import run_ingest
 from tests.test_auto_index import stream, table
@@ -24,8 +29,9 @@ EXACT = ["id", "decision", "label_out", "label_noisy", "dup_of", "seq"]
 SCORES = ["label_agreement", "gain", "max_sim", "gain_norm"]
 
 
-def select(cfg: SelectorConfig, sizes: list[int], x: np.ndarray, given: np.ndarray) -> pa.Table:
-    sel = InfoGrowthSelector(cfg)
+def select(cfg: SelectorConfig, sizes: list[int], x: np.ndarray, given: np.ndarray,
+           sel: InfoGrowthSelector | None = None) -> pa.Table:
+    sel = sel if sel is not None else InfoGrowthSelector(cfg)
     out, s, b = [], 0, 0
     while s < len(x):
         e = min(len(x), s + sizes[b % len(sizes)])
@@ -35,20 +41,77 @@ def select(cfg: SelectorConfig, sizes: list[int], x: np.ndarray, given: np.ndarr
     return pa.concat_tables(out)
 
 
-def test_router_balances_shards_and_probes_the_nearest() -> None:
+def agreement(a: pa.Table, b: pa.Table) -> float:
+    """The share of items with the same decision, label out and duplicate-of."""
+    rows = [list(zip(*(t.column(c).to_pylist() for c in ("decision", "label_out", "dup_of")), strict=True))
+            for t in (a, b)]
+    return float(np.mean([u == v for u, v in zip(*rows, strict=True)]))
+
+
+def test_router_cells_balance_the_shards_and_route_the_same_after_a_checkpoint() -> None:
     x, _ = stream(6000, seed=4)
-    r = train_router(x[:2000], 4)
-    home, probes = r.route(x, 2)
-    counts = np.bincount(home, minlength=4)
+    r = train_router(x[:2000], 4, margin=0.02)
+    counts = np.bincount(r.home(x), minlength=4)
     assert counts.max() / counts.min() <= 1.5, counts
-    assert probes.sum(axis=1).tolist() == [2] * len(x) and probes[np.arange(len(x)), home].all()
-    assert np.array_equal(train_router(x[:2000], 4).centroids, r.centroids)  # deterministic
+    assert r.cells >= 16 and np.bincount(r.cell_shard, minlength=4).min() >= 2  # many cells per shard
+    again = train_router(x[:2000], 4, margin=0.02)
+    assert np.array_equal(again.centroids, r.centroids) and np.array_equal(again.cell_shard, r.cell_shard)
+    back = Router.from_json(json.loads(json.dumps(r.to_json())))
+    for a, b in zip(r.route(x, 2), back.route(x, 2), strict=True):
+        assert np.array_equal(a, b)
+    home, probes = r.route(x, 2)
+    assert probes[np.arange(len(x)), home].all() and (probes.sum(axis=1) <= 2).all()
+
+
+def test_every_item_within_the_margin_lives_on_a_shard_the_query_searches() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(4000, 3)).astype(np.float32)  # dense on the sphere: many close pairs across borders
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    r = train_router(x[:1500], 4, margin=0.005)
+    home, probes = r.route(x, 4)
+    i, j = np.nonzero(1.0 - x @ x.T <= r.margin)  # pairs within the margin (cosine distance)
+    assert (home[i] != home[j]).sum() > 500
+    assert probes[i, home[j]].all()  # each query searches its partner's home
+    assert (probes.sum(axis=1) > 1).mean() < 0.35  # most items search their home alone
+    smaller = dataclasses.replace(r, margin=r.margin / 4)
+    assert not smaller.route(x, 4)[1][i, home[j]].all()  # (a smaller margin does miss some)
+
+
+def test_the_auto_margin_covers_the_copies_the_stream_shows() -> None:
+    eps = 0.01
+    assert routing_margin(0.003, eps, np.zeros(NN_BINS, np.int64)) == 0.003  # configured: as given
+    body = np.zeros(NN_BINS, np.int64)
+    body[nn_bins(1.0 - np.geomspace(0.05, 0.4, 500))] += 1  # distinct items only: the threshold's reach
+    assert routing_margin("auto", eps, body) == pytest.approx(4 * eps)
+    copies = body.copy()
+    copies[nn_bins(1.0 - np.geomspace(2e-6, 5e-6, 50))] += 1  # copies, decades below the distinct items
+    m = routing_margin("auto", eps, copies)
+    assert 4 * 5e-6 <= m < 4 * 1e-5  # four times the copies' reach, not the empty gap above them
+
+
+def test_what_the_margin_will_read_is_in_the_checkpoint_before_the_router_trains() -> None:
+    x, given = stream(1200, seed=10)
+    cfg = SelectorConfig(min_trusted=0, shards=2, router_train_size=800)
+    a, b = InfoGrowthSelector(cfg), InfoGrowthSelector(cfg)
+    select(cfg, [100], x[:600], given[:600], a)
+    assert a.indexes["image"].router is None and a.indexes["image"].nn_counts.sum() == 500  # (batch 1: none found)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert np.array_equal(a.indexes["image"].nn_counts, b.indexes["image"].nn_counts)
+
+
+def test_a_router_from_before_cells_routes_as_it_did() -> None:
+    x, _ = stream(500, seed=8)
+    c = x[:3] / np.linalg.norm(x[:3], axis=1, keepdims=True)
+    old = Router.from_json({"centroids": c.tolist(), "offsets": [0.1, 0.0, -0.05]})
+    assert np.array_equal(old.home(x), np.argmax(x @ c.T - np.array([0.1, 0.0, -0.05]), axis=1))
+    assert old.route(x, 3)[1].all()  # it knew no margin: every shard
 
 
 def test_probe_all_shards_decides_exactly_as_one_shard() -> None:
     x, given = stream(3000, seed=5)
     one = select(SelectorConfig(min_trusted=0, router_train_size=500), [97], x, given)
-    four = select(SelectorConfig(min_trusted=0, shards=4, probe=4, router_train_size=500), [97], x, given)
+    four = select(SelectorConfig(min_trusted=0, shards=4, probe=4, shard_margin=2.0, router_train_size=500), [97],
+                  x, given)
     for c in EXACT:
         assert one.column(c).to_pylist() == four.column(c).to_pylist(), c
     for c in SCORES:
@@ -59,6 +122,31 @@ def test_probe_all_shards_decides_exactly_as_one_shard() -> None:
         [mask.sub("#", r) for r in four.column("reason").to_pylist()]
 
 
+def test_the_margin_decides_as_one_shard_while_most_items_search_one() -> None:
+    x, given = stream(3000, seed=5)
+    one = select(SelectorConfig(min_trusted=0, router_train_size=500), [97], x, given)
+    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0, shards=4, router_train_size=500))  # probe 2, margin auto
+    four = select(sel.cfg, [97], x, given, sel)
+    index = sel.indexes["image"]
+    assert 0 < index.router.margin < 2.0
+    routed = index.searched.sum() - 500  # the items before the router searched shard 0 alone
+    assert index.searched[2:].sum() / routed < 0.25, index.searched
+    assert agreement(one, four) >= 0.995, agreement(one, four)
+
+
+def test_the_router_and_its_margin_are_in_the_selector_state() -> None:
+    x, given = stream(1500, seed=9)
+    cfg = SelectorConfig(min_trusted=0, shards=3, router_train_size=400)
+    a = InfoGrowthSelector(cfg)
+    select(cfg, [128], x[:1000], given[:1000], a)
+    b = InfoGrowthSelector(cfg)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    ra, rb = a.indexes["image"].router, b.indexes["image"].router
+    assert rb is not None and rb.margin == ra.margin
+    for u, v in zip(ra.route(x[1000:], cfg.probe), rb.route(x[1000:], cfg.probe), strict=True):
+        assert np.array_equal(u, v)
+
+
 def test_fewer_probes_stay_batch_independent_and_close_to_one_shard() -> None:
     x, given = stream(3000, seed=6)
     cfg = SelectorConfig(min_trusted=0, shards=4, probe=2, router_train_size=700)
@@ -67,9 +155,7 @@ def test_fewer_probes_stay_batch_independent_and_close_to_one_shard() -> None:
     for c in ("id", "decision", "label_out", "dup_of"):
         assert a.column(c).to_pylist() == b.column(c).to_pylist(), c
     one = select(SelectorConfig(min_trusted=0), [97], x, given)
-    agree = np.mean([p == q for p, q in zip(a.column("decision").to_pylist(), one.column("decision").to_pylist(),
-                                            strict=True)])
-    assert agree >= 0.97, agree  # probing 2 of 4 shards can miss a few neighbours across borders
+    assert agreement(a, one) >= 0.995, agreement(a, one)
 
 
 def _demo(root: Path, out: Path, **selector: object):
@@ -86,7 +172,7 @@ def test_sharded_run_writes_per_shard_parts_resumes_and_refuses_another_shard_co
     assert m is not None and m["shards"]["n"] == 3 and set(m["shards"]["checkpoints"]) == {"0", "1", "2"}
     assert {p.split("/")[1] for p in m["parts"]["decisions"]} == {"shard=0", "shard=1", "shard=2"}
     routers = m["selector_state"]["routers"]
-    assert set(routers) == {"image"} and len(routers["image"]["centroids"]) == 3  # trained on the bootstrap
+    assert set(routers) == {"image"} and routers["image"]["shards"] == 3  # trained on the bootstrap
     # a second run that stops part-way and resumes makes the same decisions
     cfg = _demo(tmp_path, part, shards=3, probe=2)
     cfg.source.limit = 600

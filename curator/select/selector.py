@@ -54,7 +54,6 @@ from curator.select.outcome import (
     concat_selections,
     decisions_table,
 )
-from curator.select.routing import Router
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.select.sketch import StreamingQuantile
@@ -170,7 +169,7 @@ class InfoGrowthSelector:
             "indexed": {m: len(i) for m, i in self.indexes.items()},
             "dims": {m: int(i.dim) for m, i in self.indexes.items()},
             "shard_sizes": {m: list(i.sizes) for m, i in self.indexes.items()},
-            "routers": {m: i.router.to_json() for m, i in self.indexes.items() if getattr(i, "router", None)},
+            "routers": {m: r for m, i in self.indexes.items() if (r := i.state())},  # (or what they train on)
             "evidence": self.evidence.state_dict(),
             "boot_evidence": self._trusted_evidence().state_dict(),
             "calibration": self.cal.state_dict(),
@@ -192,7 +191,7 @@ class InfoGrowthSelector:
         self.rng.bit_generator.state = state["rng"]
         routers, dims = state.get("routers") or {}, state.get("dims") or {}
         self.indexes = {m: ShardedIndex(m, int(dims.get(m, 0)), self.shards, self.cfg.probe,
-                                        Router.from_json(routers[m]) if m in routers else None, self.cfg.seed)
+                                        routers.get(m), self.cfg.seed)
                         for m in state["modalities"]}
         for m, n in (state.get("indexed") or {}).items():
             self.indexes[m].n = int(n)
@@ -380,14 +379,17 @@ class InfoGrowthSelector:
 
     def finish_bootstrap(self) -> None:
         """The trusted items are in: train the shard routers on them (nothing to do with one shard)."""
+        self._train_routers(later=self.cfg.router_train_size)
+
+    def _train_routers(self, later: int | None = None) -> None:
+        """Route from here on; an 'auto' margin reads the eps_dup the evidence so far calibrates (the
+        calibration in force may predate the last items); `later`: see ShardedIndex.train_router."""
+        if self.cfg.shards == 1 or all(i.router is not None for i in self.indexes.values()):
+            return
+        eps = calibrate(self.cfg, self.evidence, self._evidence_source(), self.seq, self._trusted_evidence(),
+                        self._eps_floor()).values["eps_dup"]
         for index in self.indexes.values():
-            if isinstance(index, ShardedIndex) and index.router is None and index.shards > 1:
-                if len(index) >= index.shards:
-                    index.train_router()
-                else:
-                    log.warning("the bootstrap gave %d %s items for %d shards: the shard router trains at stream "
-                                "position %d instead", len(index), index.modality, index.shards,
-                                self.cfg.router_train_size)
+            index.train_router(self.cfg.shard_margin, eps, later)
 
     # --- selection ----------------------------------------------------------------------
     def bootstrap(self, samples: pa.Table, emb: Embeddings) -> Selection:
@@ -409,8 +411,7 @@ class InfoGrowthSelector:
         cut = self._router_cut(samples.num_rows, trusted)
         if cut is not None:  # the routers train at a fixed stream position, also mid-batch
             first = self._run(samples.slice(0, cut), emb.take(np.arange(cut)), trusted)
-            for index in self.indexes.values():
-                index.train_router()
+            self._train_routers()
             rest = self._run(samples.slice(cut), emb.take(np.arange(cut, samples.num_rows)), trusted)
             return concat_selections(first, rest)
         view = self._prepare(samples, emb)
@@ -432,8 +433,7 @@ class InfoGrowthSelector:
             return None
         at = self.cfg.router_train_size - self.seq
         if at <= 0:
-            for index in self.indexes.values():
-                index.train_router()
+            self._train_routers()
             return None
         return at if at < n else None
 
@@ -468,8 +468,7 @@ class InfoGrowthSelector:
             index = self.indexes[m]
             isims[j], irow[j], ilab[j] = index.search_labelled(mods[m], k, seqs)
             gram[j] = mods[m] @ mods[m].T
-            visible = index.visibility(mods[m]) if hasattr(index, "visibility") else None
-            if visible is not None:  # in-batch items on shards this item does not probe are not its neighbours
+            if (visible := index.visibility(mods[m])) is not None:  # in-batch items on shards it does not search
                 gram[j][~visible] = -np.inf
             n_index[j] = len(index)
         pair = present[0] & present[1] & has[0] & has[1]
