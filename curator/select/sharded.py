@@ -55,6 +55,7 @@ class ShardedIndex:
         self.latency: dict[int, float] = {}  # the last search's seconds per shard queried
         self.searched = np.zeros(len(clients) + 1, np.int64)  # items searched, by how many shards they searched
         self._routed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._homes: tuple[np.ndarray, np.ndarray] | None = None  # the last search's (positions, homes)
 
     @property
     def shards(self) -> int:
@@ -125,7 +126,8 @@ class ShardedIndex:
     def search_labelled(self, q: np.ndarray, k: int, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(q)
         self._routed = None  # routed afresh once per batch (a caller may refill the same array)
-        _, probes = self.route(q)
+        home, probes = self.route(q)
+        self._homes = (np.asarray(seqs, np.int64), home)
         self.searched += np.bincount(probes.sum(axis=1), minlength=self.shards + 1)
         asked = [(s, np.flatnonzero(probes[:, s])) for s in range(self.shards)]
         pending = [(s, g, self.clients[s].search(self.modality, q[g], k, seqs[g])) for s, g in asked if len(g)]
@@ -149,13 +151,26 @@ class ShardedIndex:
         return tuple(np.take_along_axis(a, best, axis=1) for a in (sims, rows, labels))  # type: ignore[return-value]
 
     def add(self, x: np.ndarray, ids: list[str], labels: np.ndarray, seqs: np.ndarray) -> None:
-        home = self.route(x)[0] if self.router is None else self.router.home(x)
+        home = self._known_homes(np.asarray(seqs, np.int64))
+        if home is None:
+            home = self.route(x)[0] if self.router is None else self.router.home(x)
         for s in range(self.shards):
             sel = np.flatnonzero(home == s)
             if len(sel):
                 self.clients[s].add(self.modality, x[sel], [ids[i] for i in sel], labels[sel], seqs[sel])
                 self.sizes[s] += len(sel)
         self.n += len(x)
+
+    def _known_homes(self, seqs: np.ndarray) -> np.ndarray | None:
+        """The homes of items the last search routed (by stream position: the batch's accepted items),
+        or None where one of them was not in it."""
+        if self._homes is None or self.router is None:
+            return None
+        known, home = self._homes
+        at = np.searchsorted(known, seqs)
+        if len(known) == 0 or (at >= len(known)).any() or not np.array_equal(known[np.minimum(at, len(known) - 1)], seqs):
+            return None
+        return home[at]
 
     def ids_of(self, rows: np.ndarray) -> list[str]:
         rows = np.asarray(rows, np.int64)
