@@ -42,24 +42,27 @@ the mean to ``full``; achieved saving = sum(pruned) / (C * N); training wall tim
 the epochs' training time, evaluation excluded) mean; sampler overhead = time inside the
 sampler's calls (set_epoch, iteration, step) / training time, and per step in microseconds.
 
-Cost columns (medians over ``--repeats`` runs of seed 0's data; ``runs`` says how many):
-``executor`` in-process or ``ray xW`` (W Ray Train workers, per-worker batch = batch / W);
-``steps`` per rank over the run; ``step_ms`` = epoch-loop time / steps; sampler cost per
-step in microseconds and its share of the epoch-loop time (under Ray: summed over ranks /
-summed epoch-loop time), then where it goes, per step: ``draw_us`` (set_epoch's draw; the
-first epoch's also makes the one blocking check across ranks), ``iter_us`` (handing the
-loader its indices), ``step_us`` (recording losses, weighting the batch loss), ``sync_us``
-(the epoch's losses applied; under Ray taken and their exchange started) and ``land_us``
-(waiting for that exchange); ``bg_cpu_us`` = CPU time the exchange and the next draw took
-on their background thread, off the training thread (not in the share);
-``saving`` = sum(pruned) / (C * N); ``loop_s`` = the epoch loop's wall time (sum over
-epochs of each epoch's training time: the draw, every step, the epoch-end sync; evaluation
-excluded; under Ray the mean over ranks); ``epoch_s`` = the whole epochs (loop, metric
-reduction and evaluation, which the background exchange overlaps); ``time_saved`` =
-1 - loop_s / loop_s of full data in the same executor and run, the wall-clock speed-up;
-``gap`` = saving - time_saved, in points (target: under 5). ``control`` (in-process): full
-data with a step that only averages the losses -- the cost of one reduction op where the
-step runs, the floor under the sampler's cost there.
+Cost columns (medians over ``--repeats`` runs of seed 0's data; ``runs`` says how many;
+every run's figures are in ``--json`` under ``cost_runs``): ``executor`` in-process or
+``ray xW`` (W Ray Train workers, per-worker batch = batch / W); ``steps`` per rank over the
+run; ``step_ms`` = epoch-loop time / steps; sampler cost per step in microseconds and its
+share of the epoch-loop time (under Ray: summed over ranks / summed epoch-loop time);
+``later_share_pct``, the same over the epochs after the first, and ``first_ms``, the first
+epoch's sampler time, which also holds one-time set-up (under Ray the blocking check that
+the ranks agree, and the exchanges' group and thread); then where the time goes, per step:
+``draw_us`` (set_epoch's draw), ``iter_us`` (handing the loader its indices), ``step_us``
+(recording losses, weighting the batch loss), ``sync_us`` (the epoch's losses applied;
+under Ray taken and their exchange started) and ``land_us`` (waiting for that exchange);
+``bg_cpu_us`` = CPU time the exchange and the next draw took on their background thread,
+off the training thread (not in the share); ``saving`` = sum(pruned) / (C * N);
+``loop_s`` = the epoch loop's wall time (sum over epochs of each epoch's training time:
+the draw, every step, the epoch-end sync; evaluation excluded; under Ray the mean over
+ranks); ``epoch_s`` = the whole epochs (loop, metric reduction and evaluation, which the
+background exchange overlaps); ``time_saved`` = 1 - loop_s / loop_s of full data in the
+same executor and run, the wall-clock speed-up; ``gap`` = saving - time_saved, in points
+(target: under 5). ``control`` (in-process): full data with a step that only averages the
+losses -- the cost of one reduction op where the step runs, the floor under the sampler's
+cost there.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ COLS = ["dataset", "variant", "acc_mean", "acc_std", "acc_median", "acc_vs_full"
         "speedup", "time_saved", "sampler_overhead_pct", "sampler_us_per_step", "seeds"]
 COST_VARIANTS = {"full": 0.0, "ib_r0.5": 0.5, "control": 0.0}  # control: in-process only (MeanStep)
 COST_COLS = ["dataset", "executor", "variant", "acc", "saving", "steps", "step_ms", "sampler_us_per_step",
-             "sampler_share_pct", *(f"{k}_us" for k in SAMPLER_PARTS), "bg_cpu_us", "loop_s", "epoch_s", "time_saved",
+             "sampler_share_pct", "later_share_pct", "first_ms", *(f"{k}_us" for k in SAMPLER_PARTS), "bg_cpu_us", "loop_s", "epoch_s", "time_saved",
              "gap", "runs"]
 
 #: Per data set: task and training settings (AdamW, cosine, no warm-up).
@@ -241,7 +244,11 @@ def summary(hist: list[dict[str, Any]]) -> dict[str, float]:
     steps = sum(h["steps"] for h in hist)
     out = {"acc": hist[-1]["eval_acc"], "saving": hist[-1]["saving"], "train_s": train_s, "sampler_s": sampler_s,
            "steps": steps, "overhead": sampler_s / train_s, "us_per_step": 1e6 * sampler_s / max(1, steps),
-           "epoch_s": sum(h["epoch_s"] for h in hist)}
+           "epoch_s": sum(h["epoch_s"] for h in hist),
+           # the first epoch's sampler time (one-time set-up: under Ray the check that the ranks agree) apart
+           # from the share over the epochs after it
+           "first_ms": 1e3 * hist[0]["sampler_s"],
+           "later_share": sum(h["sampler_s"] for h in hist[1:]) / max(1e-12, sum(h["train_s"] for h in hist[1:]))}
     for k in SAMPLER_PARTS:  # where the sampler's time goes, per step
         out[f"{k}_us"] = 1e6 * sum(h[f"sampler_{k}_s"] for h in hist) / max(1, steps)
     out["bg_cpu_us"] = 1e6 * sum(h["sampler_background_cpu_s"] for h in hist) / max(1, steps)
@@ -298,14 +305,18 @@ def cost_rows(name: str, executor: str, runs: dict[str, list[dict[str, float]]])
         rows.append({"dataset": name, "executor": executor, "variant": v, "acc": 100 * m["acc"],
                      "saving": 100 * m["saving"], "steps": int(m["steps"]), "step_ms": 1e3 * m["train_s"] / m["steps"],
                      "sampler_us_per_step": m["us_per_step"], "sampler_share_pct": 100 * m["overhead"],
+                     "later_share_pct": 100 * m["later_share"], "first_ms": m["first_ms"],
                      **{f"{k}_us": m[f"{k}_us"] for k in (*SAMPLER_PARTS, "bg_cpu")},
                      "loop_s": m["train_s"], "epoch_s": m["epoch_s"], "time_saved": saved, "gap": 100 * m["saving"] - saved,
                      "runs": len(runs[v])})
     return rows
 
 
-def cost(data: Data, setup: dict[str, Any], workers: list[int], repeats: int, work: Path) -> list[dict[str, Any]]:
-    """In-process, then each Ray Train worker count: full and r = 0.5 interleaved, ``repeats`` times."""
+def cost(data: Data, setup: dict[str, Any], workers: list[int], repeats: int, work: Path,
+         every_run: dict[str, Any]) -> list[dict[str, Any]]:
+    """In-process, then each Ray Train worker count: full and r = 0.5 interleaved, ``repeats`` times.
+
+    Returns the table's rows (medians); each run's own figures go into ``every_run``."""
     rows = []
     for w in [0, *workers]:
         variants = {v: r for v, r in COST_VARIANTS.items() if w == 0 or v != "control"}
@@ -314,7 +325,9 @@ def cost(data: Data, setup: dict[str, Any], workers: list[int], repeats: int, wo
             for v, r in variants.items():
                 runs[v].append(train(data, setup, 0, prune_ratio=r, control=v == "control") if w == 0
                                else train_ray(data, setup, w, r, work))
-        rows += cost_rows(data.name, "in-process" if w == 0 else f"ray x{w}", runs)
+        executor = "in-process" if w == 0 else f"ray x{w}"
+        rows += cost_rows(data.name, executor, runs)
+        every_run[f"{data.name} {executor}"] = runs
         print(f"{data.name} cost, {'in-process' if w == 0 else f'{w} Ray Train worker(s)'}: done", file=sys.stderr)
     return rows
 
@@ -400,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += summarise(name, per_seed)
 
     cost_table: list[dict[str, Any]] = []
+    cost_runs: dict[str, Any] = {}
     if args.cost_datasets and args.workers:
         import ray
 
@@ -413,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             if cdata is None:
                 notes.append(f"fashion cost skipped: {FASHION_DIR} not found")
                 continue
-            cost_table += cost(cdata, setup, args.workers, args.repeats, work)
+            cost_table += cost(cdata, setup, args.workers, args.repeats, work, cost_runs)
     finally:
         if args.cost_datasets and args.workers:
             ray.shutdown()
@@ -429,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
           f"train_s and loop_s in seconds, {args.threads} CPU thread(s) in-process, 1 per Ray Train worker)")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "columns": COLS, "rows": rows, "cost_columns": COST_COLS, "cost_rows": cost_table, "raw": raw,
-            "notes": notes, "seeds": args.seeds, "threads": args.threads, "workers": args.workers,
+            "columns": COLS, "rows": rows, "cost_columns": COST_COLS, "cost_rows": cost_table, "cost_runs": cost_runs,
+            "raw": raw, "notes": notes, "seeds": args.seeds, "threads": args.threads, "workers": args.workers,
             "repeats": args.repeats}, indent=1))
     if work_ctx is not None:
         work_ctx.cleanup()

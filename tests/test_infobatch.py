@@ -639,6 +639,11 @@ def _dist_worker(rank: int, tmp: str) -> None:
         late.set_epoch(1)
         late_parts = {k: v - before[k] for k, v in late.part_seconds.items()}
         late_scores = late.scores()[:2].tolist()
+        snapshot = late.state_dict()
+        late.step(torch.tensor([2 + rank]), torch.tensor([5.0]))
+        late.sync()  # an exchange in flight, which the loaded state replaces: it must not land on top of it
+        late.load_state_dict(snapshot)
+        replaced = late.scores()[:4].tolist()
 
         mismatch = ""
         try:
@@ -648,6 +653,7 @@ def _dist_worker(rank: int, tmp: str) -> None:
         torch.save({"epochs": epochs, "ref": ref, "skipped": skipped[0], "stats": stats, "rest": rest,
                     "order": order.scores(), "order_ref": order_ref, "collectives": collectives,
                     "pending": pending, "tail": tail, "late_parts": late_parts, "late_scores": late_scores,
+                    "replaced": replaced,
                     "drawn_on": drawn_on,
                     "mismatch": mismatch}, f"{tmp}/rank{rank}.pt")
     finally:
@@ -693,6 +699,7 @@ def test_two_gloo_ranks_prune_identically_and_share_scores_once_per_epoch(tmp_pa
     early = r0["late_parts"]  # rank 0 started its exchange 1 s before rank 1 did
     assert early["sync"] < 0.5 and early["land"] > 0.5 and early["draw"] < 0.5, early
     assert r0["late_scores"] == r1["late_scores"] == [1.0, 2.0]
+    assert r0["replaced"] == r1["replaced"] == [1.0, 2.0, 0.0, 0.0]
 
 
 # ------------------------------------------------------------------ argument errors

@@ -25,11 +25,18 @@ def initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+_world_size: tuple[Any, int] = (None, 1)  # (the default group, its size): asked for at every epoch boundary
+
+
 def world_size() -> int:
     """World size of the default process group, or 1 when torch.distributed is not in use."""
-    if initialized():
-        return torch.distributed.get_world_size()
-    return 1
+    global _world_size
+    world = torch.distributed.group.WORLD if torch.distributed.is_available() else None
+    if world is None:
+        return 1
+    if _world_size[0] is not world:  # c10d's own lookup is a dozen Python calls
+        _world_size = (world, torch.distributed.get_world_size())
+    return _world_size[1]
 
 
 _exchange_group: tuple[Any, ProcessGroup] | None = None  # (the default group it was made for, the group)

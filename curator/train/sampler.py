@@ -407,8 +407,8 @@ class InfoBatchSampler(Sampler[int]):
         if plan is None or plan.epoch != self._epoch:
             plan = self._current_plan()
         try:
-            b = len(idx)
-            if b == 0 or len(losses) != b:
+            b = idx.shape[0]  # (shape, not len(): Tensor.__len__ is Python, ~1 us on this path)
+            if b == 0 or losses.shape[0] != b:
                 raise ValueError("empty or mismatched batch")
             w = plan.scaled_weights(b).index_select(0, idx)  # also the range check: it raises outside [0, N)
             if not (losses.is_cpu and losses.dtype is torch.float32):

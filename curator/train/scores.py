@@ -42,8 +42,11 @@ def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate on the first chunk's device (without a copy for a single chunk)."""
     if len(chunks) == 1:
         return chunks[0]
-    dev = chunks[0].device
-    return torch.cat([c if c.device == dev else c.to(dev) for c in chunks])
+    try:
+        return torch.cat(chunks)  # one device, as nearly always: no per-chunk device check
+    except RuntimeError:
+        dev = chunks[0].device
+        return torch.cat([c if c.device == dev else c.to(dev) for c in chunks])
 
 
 class ScoreTable:
