@@ -468,7 +468,8 @@ class InfoGrowthSelector:
             index = self.indexes[m]
             isims[j], irow[j], ilab[j] = index.search_labelled(mods[m], k, seqs)
             gram[j] = mods[m] @ mods[m].T
-            if (visible := index.visibility(mods[m])) is not None:  # in-batch items on shards it does not search
+            visible = index.visibility(mods[m]) if hasattr(index, "visibility") else None  # (a bare VectorIndex: all)
+            if visible is not None:  # in-batch items on shards it does not search
                 gram[j][~visible] = -np.inf
             n_index[j] = len(index)
         pair = present[0] & present[1] & has[0] & has[1]
