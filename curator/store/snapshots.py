@@ -15,11 +15,12 @@ crash at any point leaves every link the committed manifest names.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from curator.index.deltas import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ShardSnapshots:
                 else:
                     index.save_delta(link)
                 for d in (link, link.parent, self.folder, self.folder.parent):  # the new names, durable
-                    fsync_dir(d)
+                    fsync_path(d)
             chains[m] = [rel] if what == "base" else [*chain, *([rel] if what else [])]
         previous, self.chains = self.chains, chains
         self._remove_unnamed({p for links in (*previous.values(), *chains.values()) for p in links})
@@ -111,10 +112,3 @@ class ShardSnapshots:
             if not any(ck.iterdir()):
                 ck.rmdir()
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

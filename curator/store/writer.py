@@ -28,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator.store.snapshots import Chains, ShardSnapshots, fsync_dir
+from curator.index.deltas import fsync_path
+from curator.store.snapshots import Chains, ShardSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_parquet_durable(table: pa.Table, path: Path) -> None:
@@ -61,7 +62,7 @@ def write_parquet_durable(table: pa.Table, path: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
