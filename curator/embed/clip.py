@@ -20,6 +20,7 @@ from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
 from curator.embed.hashes import ContentHashes, text_key, thumbnails
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
+from curator.embed.preprocess import BatchPreprocess
 from curator.records import Fault, InvalidRecord, Limits
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ class ClipEmbedder:
         self.precision: str | None = None
         self.decode: str | None = None  # 'pil' or 'torch', after setup
         self._jpeg: JpegPreprocess | None = None
+        self._batcher: BatchPreprocess | None = None
         self._model: Any = None
         self._preprocess: Any = None
         self._tokenizer: Any = None
@@ -310,6 +312,7 @@ class ClipEmbedder:
             raise self._fail(msg) from None
         model.eval()
         self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        self._batcher = BatchPreprocess(preprocess)
         self.decode = self._setup_decode()
         # Dimensions from a real forward pass: also proves the model runs before any data arrives.
         from PIL import Image
@@ -351,15 +354,15 @@ class ClipEmbedder:
         return feats.float().cpu().numpy()
 
     # --- embedding --------------------------------------------------------------------------
-    def _pil_tensor(self, data: bytes, hashes: ContentHashes, i: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Row i's preprocessed image and its grey thumbnail; its content keys go into `hashes`."""
-        import torch
-
+    def _pil_image(self, data: bytes, hashes: ContentHashes, i: int) -> tuple[Any, np.ndarray]:
+        """Row i's image prepared for `BatchPreprocess.batch` and its decoded pixels; its content keys
+        go into `hashes`."""
         im = decode_image(data, self.limits)
         try:
             rgb = np.array(im)  # writable: torch takes it without a copy
             hashes.set_picture(i, data, rgb)
-            return self._preprocess(im), thumbnails([torch.from_numpy(rgb).permute(2, 0, 1)])[0]
+            assert self._batcher is not None, "call setup() first"
+            return self._batcher.prepare(im), rgb
         finally:
             im.close()
 
@@ -371,14 +374,15 @@ class ClipEmbedder:
         content hashes go into `hashes` (the perceptual one from the pixels where they were decoded)."""
         import torch
 
-        pil: dict[int, torch.Tensor] = {}
+        pil: dict[int, Any] = {}  # row -> prepared for the batch (`BatchPreprocess`)
+        pixels: dict[int, np.ndarray] = {}  # row -> decoded pixels, for its thumbnail
         thumbs: dict[int, np.ndarray] = {}
         jpegs: list[tuple[int, bytes, tuple[int, int]]] = []
 
         def via_pil(i: int, data: bytes | None) -> None:
             try:
                 data = data if data is not None else fetch_image_bytes(uris[i] or "", self.limits)
-                pil[i], thumbs[i] = self._pil_tensor(data, hashes, i)
+                pil[i], pixels[i] = self._pil_image(data, hashes, i)
             except InvalidRecord as exc:
                 errors[i] = Fault.of(exc)
             except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
@@ -411,14 +415,22 @@ class ClipEmbedder:
                 if i not in decoded:
                     via_pil(i, data)  # the device could not decode it: Pillow decodes it or says why
         ok = [i for i in rows if i in pil or i in decoded]
+        if pixels:  # one call for the batch: pictures of one shape are resized together
+            thumbs.update(zip(pixels, thumbnails([torch.from_numpy(p).permute(2, 0, 1) for p in pixels.values()])))
         hashes.set_phash(ok, np.stack([thumbs[i] for i in ok]) if ok else np.zeros((0, 32, 32), np.float32))
         if not ok:
             return [], None
         if batch is not None and len(decoded) == len(ok):
             return ok, batch  # all decoded on the device, in row order
-        out = torch.empty((len(ok), *next(iter(pil.values())).shape), dtype=torch.float32, device=self.device)
+        on_host = [i for i in ok if i in pil]
+        assert self._batcher is not None, "call setup() first"
+        host = self._batcher.batch([pil[i] for i in on_host])
+        if not decoded:
+            return ok, host
+        out = torch.empty((len(ok), *host.shape[1:]), dtype=torch.float32, device=self.device)
+        place = {i: p for p, i in enumerate(on_host)}
         for p, i in enumerate(ok):
-            out[p] = batch[decoded[i]] if i in decoded else pil[i]  # type: ignore[index]
+            out[p] = batch[decoded[i]] if i in decoded else host[place[i]]  # type: ignore[index]
         return ok, out
 
     def embed(self, samples: pa.Table) -> Embeddings:

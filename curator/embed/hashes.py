@@ -102,12 +102,17 @@ def thumbnails(images: Sequence[torch.Tensor]) -> np.ndarray:
 
     if not images:
         return np.zeros((0, THUMB, THUMB), np.float32)
-    out = []
-    for im in images:  # (torchvision's resize is this call, after checks that cost more than it at 64 px)
-        small = torch.nn.functional.interpolate(im[None].float(), size=(THUMB, THUMB), mode="bilinear",
-                                                antialias=True, align_corners=False)[0]
-        out.append(0.299 * small[0] + 0.587 * small[1] + 0.114 * small[2])
-    return torch.stack(out).cpu().numpy().astype(np.float32)
+    by_shape: dict[tuple[object, ...], list[int]] = {}
+    for k, im in enumerate(images):
+        by_shape.setdefault((*im.shape, str(im.device)), []).append(k)
+    out = np.empty((len(images), THUMB, THUMB), np.float32)
+    for rows in by_shape.values():  # one resize per shape (torchvision's resize is this call, after checks)
+        x = torch.stack([images[k] for k in rows]).float()
+        small = torch.nn.functional.interpolate(x, size=(THUMB, THUMB), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        grey = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
+        out[rows] = grey.cpu().numpy().astype(np.float32)
+    return out
 
 
 @dataclass
