@@ -48,7 +48,7 @@ def test_thumbnails_of_mixed_shapes_are_each_pictures_own() -> None:
     rng = np.random.default_rng(3)
     ims = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in SIZES + SIZES[:2]]
     got = thumbnails(ims)
-    for im, t in zip(ims, got):
+    for im, t in zip(ims, got, strict=True):
         one = torch.nn.functional.interpolate(im[None].float(), size=(THUMB, THUMB), mode="bilinear",
                                               antialias=True, align_corners=False)[0]
         assert np.array_equal(t, (0.299 * one[0] + 0.587 * one[1] + 0.114 * one[2]).numpy())

@@ -416,7 +416,8 @@ class ClipEmbedder:
                     via_pil(i, data)  # the device could not decode it: Pillow decodes it or says why
         ok = [i for i in rows if i in pil or i in decoded]
         if pixels:  # one call for the batch: pictures of one shape are resized together
-            thumbs.update(zip(pixels, thumbnails([torch.from_numpy(p).permute(2, 0, 1) for p in pixels.values()])))
+            small = thumbnails([torch.from_numpy(p).permute(2, 0, 1) for p in pixels.values()])
+            thumbs.update(zip(pixels, small, strict=True))
         hashes.set_phash(ok, np.stack([thumbs[i] for i in ok]) if ok else np.zeros((0, 32, 32), np.float32))
         if not ok:
             return [], None
