@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from curator.config import SelectorConfig
 from curator.select import InfoGrowthSelector
 from curator.select import calibrate as cal
-from curator.select.calibrate import top_k_stable
 from curator.select.outcome import status_word
 from curator.select.rules import duplicate
+from curator.select.trust import LooVotes
 from tests.test_selector import _batch, _digits, _emb
 
 
@@ -120,12 +120,58 @@ def test_reasons_config_show_and_manifest_give_one_status() -> None:
     assert sel.cal.values["tau_relabel"] > 1  # no corrections while it is not applied
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(2, 40), st.integers(1, 39), st.integers(0, 2**32 - 1), st.booleans())
-def test_top_k_stable_is_a_stable_argsort_of_each_row(n: int, k: int, seed: int, ties: bool) -> None:
-    """The leave-one-out votes' neighbours: the same columns, in the same order, as a full stable sort."""
-    k = min(k, n - 1)
+def _grid_vectors(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of -1/0/1 (every dot product is an exact small integer: no rounding, many ties)."""
     rng = np.random.default_rng(seed)
-    g = (rng.integers(-2, 3, (n, n)) if ties else rng.normal(size=(n, n))).astype(np.float32)
+    return rng.integers(-1, 2, (n, dim)).astype(np.float32), rng.integers(-1, 4, n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 700), st.integers(2, 8), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_loo_neighbours_are_a_stable_sort_of_each_row(n: int, dim: int, k: int, seed: int) -> None:
+    """The leave-one-out votes' neighbours: the same rows, in the same order, as a full stable sort of
+    the similarities to every other held item (across the blocks LooVotes compares at once)."""
+    x, y = _grid_vectors(n, dim, seed)
+    votes = LooVotes(k, 0.05)
+    votes.add(x, y)
+    x, n = x[y >= 0], int((y >= 0).sum())  # unlabelled items are not evidence
+    cols, sims = votes.neighbours()
+    if n < 2:
+        return
+    g = x @ x.T
     np.fill_diagonal(g, -np.inf)
-    assert (top_k_stable(g, k) == np.argsort(-g, axis=1, kind="stable")[:, :k]).all()
+    want = np.argsort(-g, axis=1, kind="stable")[:, : min(k, n - 1)]
+    assert (cols == want).all()
+    assert (sims == np.take_along_axis(g, want, axis=1)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(1, 300), min_size=1, max_size=20), st.booleans())
+def test_loo_votes_do_not_depend_on_batching_or_reads(seed: int, sizes: list[int], copies: bool) -> None:
+    """Added in any batches and read at any points (each read brings the blocks up to date), the
+    evidence equals one read after adding everything at once, for clustered unit vectors (with exact
+    copies: ties) -- so a replay after a crash, or a run batched otherwise, calibrates the same."""
+    rng = np.random.default_rng(seed)
+    n = min(sum(sizes), 2100)
+    c = rng.normal(size=(20, 64)).astype(np.float32)
+    lab = rng.integers(0, 20, n)
+    x = c[lab] + rng.normal(0, 0.15, (n, 64)).astype(np.float32)
+    if copies:
+        for i in range(1, n, 7):
+            x[i] = x[rng.integers(0, i)]
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.where(rng.random(n) < 0.1, -1, lab)
+    inc, pos = LooVotes(10, 0.05), 0
+    for m in sizes:
+        inc.add(x[pos:pos + m], y[pos:pos + m])
+        pos += m
+        if rng.random() < 0.5:
+            inc.evidence()
+    once = LooVotes(10, 0.05)
+    once.add(x, y)
+    a, b = inc.evidence(), once.evidence()
+    for name in cal.Evidence.ARRAYS:
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (inc.neighbours()[0] == once.neighbours()[0]).all()
+    restored = LooVotes.from_state(inc.state_dict(), 10, 0.05)
+    assert np.array_equal(restored.evidence().clean, a.clean) and np.array_equal(restored.evidence().prec, a.prec)

@@ -124,31 +124,10 @@ class Evidence:
 LOO_CAP = 2048  # trusted items whose leave-one-out votes are the label evidence
 
 
-def trusted_votes(vectors: np.ndarray, labels: np.ndarray, k: int, temperature: float) -> Evidence:
-    """Label evidence from trusted items: each votes against all the *other* trusted items (leave
-    one out), so every vote sees the bootstrap's full density, whatever its batches were."""
-    ev = Evidence()
-    ok = labels >= 0
-    x, y = vectors[ok], labels[ok]
-    n = len(y)
-    if n < 2:
-        return ev
-    g = x @ x.T
-    np.fill_diagonal(g, -np.inf)
-    kk = min(k, n - 1)
-    nb = top_k_stable(g, kk)
-    sims = np.take_along_axis(g, nb, axis=1).astype(np.float32)
-    _vote_rows(sims, y[nb], y, temperature, ev.clean, ev.noisy, ev.prec, ev.sums)
-    uniq = np.unique(y)[:MAX_LABELS]
-    ev.labels[0] = len(uniq)
-    ev.labels[1:1 + len(uniq)] = uniq
-    return ev
-
-
 @njit(cache=True)
-def _vote_rows(sims: np.ndarray, nb_labels: np.ndarray, y: np.ndarray, temperature: float, clean: np.ndarray,
+def vote_rows(sims: np.ndarray, nb_labels: np.ndarray, y: np.ndarray, temperature: float, clean: np.ndarray,
                noisy: np.ndarray, prec: np.ndarray, sums: np.ndarray) -> None:
-    """Each trusted item's vote among its neighbours (row i: their similarities and labels), into the
+    """Each trusted item's vote among its neighbours (leave one out: `curator.select.trust.LooVotes`) (row i: their similarities and labels), into the
     evidence's histograms: its own label's agreement, the other labels' shares, the best label's share."""
     kk = sims.shape[1]
     lab, shr, own = np.empty(kk, np.int64), np.empty(kk, np.float64), np.empty(kk, np.float64)
@@ -171,22 +150,6 @@ def _vote_rows(sims: np.ndarray, nb_labels: np.ndarray, y: np.ndarray, temperatu
         for j in range(m):
             if lab[j] != y[i]:
                 noisy[sketch_bin(shr[j], 0.0, 1.0, AGR_BINS)] += 1
-
-
-def top_k_stable(g: np.ndarray, kk: int) -> np.ndarray:
-    """Per row, the columns of the kk largest values, largest first, ties in column order: what
-    `np.argsort(-g, axis=1, kind="stable")[:, :kk]` gives, without sorting whole rows (n log n each,
-    the bulk of the leave-one-out votes' cost at LOO_CAP items)."""
-    n, m = g.shape
-    if kk >= m:
-        return np.argsort(-g, axis=1, kind="stable")[:, :kk]
-    kth = -np.partition(-g, kk - 1, axis=1)[:, kk - 1:kk]  # each row's kk-th largest value
-    above = g > kth
-    need = kk - above.sum(axis=1)  # how many of the values equal to kth each row takes, in column order
-    take = above | ((g == kth) & (np.cumsum(g == kth, axis=1) <= need[:, None]))
-    cols = np.nonzero(take)[1].reshape(n, kk)  # ascending columns per row
-    order = np.argsort(-np.take_along_axis(g, cols, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cols, order, axis=1)
 
 
 def _quantile_log(counts: np.ndarray, q: float) -> float:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 #: the modules of curator.select that hold compiled code (and what it inlines or calls)
-COMPILED_MODULES = ("codes", "rules", "sketch", "loop_data", "steps", "kernel", "calibrate")
+COMPILED_MODULES = ("codes", "rules", "sketch", "loop_data", "steps", "kernel", "calibrate", "trust")
 STAMP = "numba-sources.sha256"
 
 

@@ -34,7 +34,6 @@ from curator.records import KEPT_DECISIONS
 from curator.select.calibrate import (
     EARLY,
     EPS_FLOOR,
-    LOO_CAP,
     NN_HI,
     NN_LO,
     NN_WINDOW,
@@ -42,7 +41,6 @@ from curator.select.calibrate import (
     Calibration,
     Evidence,
     calibrate,
-    trusted_votes,
 )
 from curator.select.codes import ALIGN_MODES, DECISIONS, KEPT, RECAP_ACCEPTED, RECAP_NONE, RECAP_REJECTED
 from curator.select.hashdup import ACCEPTED, HashTable, hash_report
@@ -57,7 +55,7 @@ from curator.select.outcome import (
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.select.sketch import StreamingQuantile
-from curator.select.trust import PHASH_SAMPLE, crowd_status, loo_from_state, loo_state, phash_crowd
+from curator.select.trust import PHASH_SAMPLE, LooVotes, crowd_status, phash_crowd
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +115,7 @@ class InfoGrowthSelector:
         self._warned_unjudged = False
         self.evidence = Evidence()
         self.boot_evidence = Evidence()  # the trusted items' leave-one-out votes
-        self._trusted_x: list[np.ndarray] = []  # up to LOO_CAP trusted vectors (primary modality) while bootstrapping
-        self._trusted_y: list[np.ndarray] = []
+        self.loo = LooVotes(self.cfg.k_label, self.cfg.vote_temperature)  # trusted vectors (primary modality)
         self._loo_stale = False  # trusted vectors were added since boot_evidence was computed
         self.trusted_seen = 0  # trusted items decided (bootstrap)
         self.cal_pending = False  # trusted items decided since the last calibration
@@ -176,7 +173,7 @@ class InfoGrowthSelector:
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
             "hashed": len(self.hashes),
-            "loo": loo_state(self._trusted_x, self._trusted_y),
+            "loo": self.loo.state_dict(),
             "recent_phash": self._recent_phash.tolist(),
         }
 
@@ -203,7 +200,7 @@ class InfoGrowthSelector:
             self.cal = Calibration.from_state(state["calibration"])
             self.trusted_seen = int(state["trusted_seen"])
             self.cal_pending = bool(state["cal_pending"])
-            self._trusted_x, self._trusted_y = loo_from_state(state.get("loo"))
+            self.loo = LooVotes.from_state(state.get("loo"), self.cfg.k_label, self.cfg.vote_temperature)
             self._recent_phash = np.asarray(state.get("recent_phash") or [], np.int64)
             # only the bootstrap fills the sample, and the stream's first item recalibrates: derived, not stored
             self.near_ok, self.near_crowd = phash_crowd(self._recent_phash, self.cfg.phash_max_dist)
@@ -262,7 +259,7 @@ class InfoGrowthSelector:
                             {k: v for k, v in self.cal.evidence.get(name, {}).items() if k != "from"})
                 self._warned_rules.add(name)
         if not self.collecting()[0]:  # the label evidence is complete: no more leave-one-out votes to redo
-            self._trusted_x, self._trusted_y = [], []
+            self.loo = LooVotes(self.cfg.k_label, self.cfg.vote_temperature)
         if not self.trusted_seen and not self._warned_uncalibrated and any(
                 o.startswith("calibrated") for o in self.cal.origin.values()):
             log.warning("no trusted bootstrap: the 'auto' thresholds are calibrated on the first accepted items "
@@ -283,22 +280,17 @@ class InfoGrowthSelector:
         (default: every labelled one)."""
         if v.prim < 0:
             return
-        held = sum(len(y) for y in self._trusted_y)
         ok = v.has[v.prim] & (v.labels_in >= 0)
         rows = np.flatnonzero(ok) if rows is None else rows[ok[rows]]
-        rows = rows[: max(0, LOO_CAP - held)]
-        if not len(rows):
-            return
-        self._trusted_x.append(v.mods[MODALITIES[v.prim]][rows].astype(np.float32))
-        self._trusted_y.append(v.labels_in[rows])
-        self._loo_stale = True
+        held = len(self.loo)
+        self.loo.add(v.mods[MODALITIES[v.prim]][rows], v.labels_in[rows])
+        self._loo_stale = self._loo_stale or len(self.loo) > held
 
     def _trusted_evidence(self) -> Evidence:
-        """The kept trusted items' leave-one-out votes (the same however the bootstrap was batched), redone
-        when read, not per batch: an n x n vote over up to LOO_CAP items."""
+        """The kept trusted items' leave-one-out votes (the same however the bootstrap was batched), brought
+        up to date when read, not per batch."""
         if self._loo_stale:
-            self.boot_evidence = trusted_votes(np.concatenate(self._trusted_x), np.concatenate(self._trusted_y),
-                                               self.cfg.k_label, self.cfg.vote_temperature)
+            self.boot_evidence = self.loo.evidence()
             self._loo_stale = False
         return self.boot_evidence
 

@@ -9,7 +9,9 @@ import base64
 from typing import Any
 
 import numpy as np
+from numba import njit
 
+from curator.select.calibrate import LOO_CAP, MAX_LABELS, Evidence, vote_rows
 from curator.select.hashdup import hamming
 
 #: trusted images whose perceptual hashes show how crowded distinct pictures are (see `phash_crowd`)
@@ -39,17 +41,122 @@ def crowd_status(crowd: float, n: int, max_dist: int) -> str:
             "copies are still caught")
 
 
-def loo_state(xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, Any] | None:
-    """The vectors whose leave-one-out votes are the label evidence, while they are still collected."""
-    if not ys:
-        return None
-    x = np.concatenate(xs).astype(np.float32)
-    return {"dim": int(x.shape[1]), "x": base64.b64encode(x.tobytes()).decode(),
-            "y": np.concatenate(ys).astype(int).tolist()}
+#: rows of the leave-one-out similarity matrix computed together, once a block of them is held
+LOO_BLOCK = 256
+#: the fewest rows in one product: smaller ones take BLAS's small-matrix kernels (or a matrix-vector
+#: product), whose sums may round differently from the large products' in the last bit
+LOO_MIN_ROWS = 64
 
 
-def loo_from_state(state: dict[str, Any] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    if not state:
-        return [], []
-    x = np.frombuffer(base64.b64decode(state["x"]), np.float32).reshape(-1, int(state["dim"]))
-    return [x.copy()], [np.asarray(state["y"], np.int64)]
+class LooVotes:
+    """The label evidence of up to LOO_CAP trusted (or taken-as-trusted) items: each votes among its
+    `k` nearest of all the *other* items (leave one out), so every vote sees the full set, whatever
+    its batches were. Kept incrementally: each complete block of LOO_BLOCK rows is compared once with
+    the rows before it, and every row keeps its k best (similarity, then row) among complete blocks;
+    only the rows past the last complete block are compared afresh when the evidence is read. So the
+    similarities are products of fixed shapes that depend on the number of rows held alone, and the
+    evidence is the same however the rows were added and whenever it was read."""
+
+    def __init__(self, k: int, temperature: float) -> None:
+        self.k, self.temperature = max(int(k), 1), float(temperature)
+        self.x = np.zeros((0, 0), np.float32)
+        self.y = np.zeros(0, np.int64)
+        self.n = 0
+        self.done = 0  # rows in complete blocks, compared with each other
+        self.cols = np.zeros((0, self.k), np.int64)  # per row: its k best among complete blocks
+        self.sims = np.zeros((0, self.k), np.float32)
+        self.cnt = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Hold these items (labelled ones only; up to LOO_CAP in all)."""
+        ok = np.asarray(y) >= 0
+        x, y = np.asarray(x, np.float32)[ok][: LOO_CAP - self.n], np.asarray(y, np.int64)[ok][: LOO_CAP - self.n]
+        if not len(y):
+            return
+        if not self.n:  # room for all of them at once (LOO_CAP x 512-d: 4 MB)
+            self.x, self.y = np.zeros((LOO_CAP, x.shape[1]), np.float32), np.zeros(LOO_CAP, np.int64)
+            self.cols, self.sims = np.zeros((LOO_CAP, self.k), np.int64), np.zeros((LOO_CAP, self.k), np.float32)
+            self.cnt = np.zeros(LOO_CAP, np.int64)
+        self.x[self.n:self.n + len(y)], self.y[self.n:self.n + len(y)] = x, y
+        self.n += len(y)
+
+    def evidence(self) -> Evidence:
+        """The held items' leave-one-out votes, as the calibration reads them."""
+        ev = Evidence()
+        if self.n < 2:
+            return ev
+        cols, sims = self.neighbours()
+        y = self.y[: self.n]
+        vote_rows(sims, y[cols], y, self.temperature, ev.clean, ev.noisy, ev.prec, ev.sums)
+        uniq = np.unique(y)[:MAX_LABELS]
+        ev.labels[0] = len(uniq)
+        ev.labels[1:1 + len(uniq)] = uniq
+        return ev
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each held item's min(k, n - 1) nearest others (rows, similarities): largest first, equal
+        similarities in row order (a stable sort of the row)."""
+        n = self.n
+        while self.done + LOO_BLOCK <= n:
+            self._complete_block()
+        d, x = self.done, self.x
+        lo = max(0, min(d, n - LOO_MIN_ROWS))  # the rest, with enough rows before it for a large product
+        g = x[lo:n] @ x[:n].T
+        cols, sims, cnt = self.cols[:n].copy(), self.sims[:n].copy(), self.cnt[:n].copy()
+        _fold(np.ascontiguousarray(g.T[:d, d - lo:]), d, 0, cols, sims, cnt)  # the complete rows, over the rest
+        _fold(g[d - lo:], 0, d, cols[d:], sims[d:], cnt[d:])  # the rest, over every row
+        kk = max(0, min(self.k, n - 1))
+        return cols[:, :kk], sims[:, :kk]
+
+    def _complete_block(self) -> None:
+        """Compare the next block of rows with every row up to its end; keep each row's k best."""
+        d, e, x = self.done, self.done + LOO_BLOCK, self.x
+        g = x[d:e] @ x[:e].T
+        _fold(np.ascontiguousarray(g.T[:d]), d, 0, self.cols, self.sims, self.cnt)
+        _fold(g, 0, d, self.cols[d:e], self.sims[d:e], self.cnt[d:e])
+        self.done = e
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The items held, while they are still collected (the rest is derived from them)."""
+        if not self.n:
+            return None
+        x = self.x[: self.n]
+        return {"dim": int(x.shape[1]), "x": base64.b64encode(x.tobytes()).decode(), "y": self.y[: self.n].tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, k: int, temperature: float) -> LooVotes:
+        votes = cls(k, temperature)
+        if state:
+            x = np.frombuffer(base64.b64decode(state["x"]), np.float32).reshape(-1, int(state["dim"]))
+            votes.add(x, np.asarray(state["y"], np.int64))
+        return votes
+
+
+@njit(cache=True)
+def _fold(g: np.ndarray, col0: int, row0: int, cols: np.ndarray, sims: np.ndarray, cnt: np.ndarray) -> None:
+    """Fold columns col0.. (values g[i, :]) into each row i's best list (cols/sims, cnt long, at most
+    cols.shape[1]): largest first, equal values in column order -- the columns come after every one
+    already listed, so a new value goes after the listed values it does not exceed. Row i is stream
+    row row0 + i and skips itself (leave one out)."""
+    k = cols.shape[1]
+    for i in range(g.shape[0]):
+        c = cnt[i]
+        for j in range(g.shape[1]):
+            col = col0 + j
+            if col == row0 + i:
+                continue
+            v = g[i, j]
+            if c == k and not v > sims[i, k - 1]:
+                continue
+            if c < k:
+                p, c = c, c + 1
+            else:
+                p = k - 1  # the last one drops out
+            while p > 0 and not sims[i, p - 1] >= v:
+                sims[i, p], cols[i, p] = sims[i, p - 1], cols[i, p - 1]
+                p -= 1
+            sims[i, p], cols[i, p] = v, col
+        cnt[i] = c
