@@ -46,7 +46,7 @@ def test_over_the_limit_by_rss_pss_is_reread_when_rss_grew_into_the_room_or_afte
     monkeypatch.setattr(memory, "pss_bytes", lambda pid=None: reads.append(pid) or pss[0])
     clock = [1000.0]
     monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
-    bound = memory.MemoryBound(600, dict)  # only the driver: one reading per check
+    bound = memory.MemoryBound(600, dict, pss_over_every_s=1.0)  # only the driver: one reading per check
     assert not bound.over() and len(reads) == 1
     for _ in range(3):  # 0.75 s: RSS steady, 200 MB of room left
         clock[0] += 0.25
