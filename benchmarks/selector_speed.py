@@ -13,7 +13,13 @@ exercised. Columns:
 
 - ``items_per_s``: the selector, median over the repeats;
 - ``search_only_items_per_s``: the same index's batched search of the same queries alone, in the same
-  run (the physical limit);
+  run (the physical limit); ``ratio``: the first over the second (median of the per-repeat ratios);
+- ``search_share``, ``votes_share``: of the selector's time, the part inside the index search, and
+  the part redoing the leave-one-out label votes (`curator.select.trust.LooVotes`: a fresh selector
+  without a bootstrap takes its first accepted items as the label evidence) -- what bounds `ratio`;
+- ``steady_items_per_s``, ``steady_ratio``: the same selector two query sets later (another
+  `--queries` items, searched alone just before on the same index), once it holds its LOO_CAP
+  evidence items and the votes are no longer redone; ``steady_search_share`` as ``search_share``;
 - ``decision_agreement``: share of items whose decision (and corrected label, and duplicate) equals
   a run of the same queries with exact search (brute force over the same N vectors, regenerated);
 - ``recall_at_4``: overlap of the 4 nearest indexed items with the exact 4 nearest;
@@ -45,10 +51,12 @@ from curator.embed import Embeddings  # noqa: E402
 from curator.index import VectorIndex  # noqa: E402
 from curator.records import SAMPLE_SCHEMA  # noqa: E402
 from curator.select import InfoGrowthSelector  # noqa: E402
+from curator.select.trust import LooVotes  # noqa: E402
 
 DIM, CLUSTERS, CHUNK = 512, 2000, 200_000
-COLS = ["index", "kind", "n_indexed", "build_s", "items_per_s", "search_only_items_per_s", "ratio",
-        "decision_agreement", "recall_at_4", "bytes_per_item", "rss_mb"]
+COLS = ["index", "kind", "n_indexed", "build_s", "items_per_s", "search_only_items_per_s", "ratio", "search_share",
+        "votes_share", "steady_items_per_s", "steady_ratio", "steady_search_share", "decision_agreement", "recall_at_4", "bytes_per_item",
+        "rss_mb"]
 
 
 def centers() -> np.ndarray:
@@ -167,10 +175,32 @@ def samples(n: int, start: int, labels: np.ndarray) -> pa.Table:
                     schema=SAMPLE_SCHEMA)
 
 
-def run_selector(index: object, q: np.ndarray, given: np.ndarray, batch: int) -> tuple[float, list[tuple]]:
-    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
-    sel.indexes["image"] = index  # type: ignore[assignment]
-    sel.seq = len(index)  # the queries come after the indexed items in the stream
+class Timed:
+    """Time spent inside a callable (a phase of the selector), summed over calls."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.s = fn, 0.0
+
+    def __call__(self, *args: object, **kw: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kw)
+        finally:
+            self.s += time.perf_counter() - t0
+
+
+def run_selector(index: object, q: np.ndarray, given: np.ndarray, batch: int,
+                 sel: InfoGrowthSelector | None = None, phases: dict[str, float] | None = None,
+                 ) -> tuple[float, list[tuple]]:
+    """Items/s of `sel` (default: a fresh one over `index`) deciding `q`, and its decisions; `phases`:
+    filled with the seconds inside the index search and the leave-one-out votes."""
+    if sel is None:
+        sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+        sel.indexes["image"] = index  # type: ignore[assignment]
+        sel.seq = len(index)  # the queries come after the indexed items in the stream
+    search, votes = Timed(index.search_labelled), Timed(LooVotes.evidence)  # type: ignore[attr-defined]
+    if phases is not None:
+        index.search_labelled, LooVotes.evidence = search, lambda self: votes(self)  # type: ignore[attr-defined,method-assign]
     work = [(samples(len(q[s:s + batch]), s, given[s:s + batch]),
              Embeddings(q[s:s + batch], None, np.ones(len(q[s:s + batch]), bool),
                         np.zeros(len(q[s:s + batch]), bool))) for s in range(0, len(q), batch)]
@@ -180,7 +210,12 @@ def run_selector(index: object, q: np.ndarray, given: np.ndarray, batch: int) ->
         d = sel.select(tbl, emb).decisions
         out += list(zip(d.column("decision").to_pylist(), d.column("label_out").to_pylist(),
                         d.column("dup_of").to_pylist(), strict=True))
-    return len(q) / (time.perf_counter() - t0), out
+    speed = len(q) / (time.perf_counter() - t0)
+    if phases is not None:
+        del index.search_labelled  # type: ignore[attr-defined]
+        LooVotes.evidence = votes.fn  # type: ignore[method-assign]
+        phases.update(search=search.s, votes=votes.s, total=len(q) / speed)
+    return speed, out
 
 
 def search_only(index: VectorIndex, q: np.ndarray, batch: int, k: int) -> float:
@@ -234,14 +269,23 @@ def main() -> None:
             idx = VectorIndex(DIM, cfg)
             idx.bulk_build(lambda n=n: base_chunks(n, c), n)
             build = time.perf_counter() - t0
-            search, speeds, agree, recall = [], [], [], []
+            search, speeds, agree, recall, shares, steady = [], [], [], [], [], []
             for r, ((qx, given), (ts, tr, labels)) in enumerate(zip(qsets, exact, strict=True)):
                 _, ar = idx.search(qx[:256], 4, len(idx) + np.arange(256))
                 if r == 0:
                     recall.append(np.mean([len(set(a) & set(b)) / 4 for a, b in zip(ar, tr[:256, :4], strict=True)]))
                 search.append(search_only(idx, qx, args.batch, k))  # back to back: the same machine load
-                speed, dec = run_selector(idx, qx, given, args.batch)
+                sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+                sel.indexes["image"], sel.seq = idx, len(idx)  # type: ignore[assignment]
+                phases: dict[str, float] = {}
+                speed, dec = run_selector(idx, qx, given, args.batch, sel, phases)
                 speeds.append(speed)
+                shares.append((phases["search"] / phases["total"], phases["votes"] / phases["total"]))
+                run_selector(idx, *queries(n, c, args.queries, 107 + r), args.batch, sel)  # it goes on: past LOO_CAP
+                nx, ngiven = queries(n, c, args.queries, 207 + r)
+                so = search_only(idx, nx, args.batch, k)
+                late: dict[str, float] = {}
+                steady.append((run_selector(idx, nx, ngiven, args.batch, sel, late)[0], so, late["search"] / late["total"]))
                 if r == 0:  # the exact run starts from the same index contents: the base alone
                     _, ref = run_selector(ExactIndex(n, labels, ts, tr), qx, given, args.batch)
                     agree.append(np.mean([a == b for a, b in zip(dec, ref, strict=True)]))
@@ -249,6 +293,11 @@ def main() -> None:
             row = {"index": kind, "kind": idx.kind, "n_indexed": n, "build_s": round(build, 1),
                    "items_per_s": round(statistics.median(speeds)), "search_only_items_per_s": round(so),
                    "ratio": round(statistics.median([a / b for a, b in zip(speeds, search, strict=True)]), 2),
+                   "search_share": round(statistics.median(a for a, _ in shares), 2),
+                   "votes_share": round(statistics.median(b for _, b in shares), 2),
+                   "steady_items_per_s": round(statistics.median(a for a, _, _ in steady)),
+                   "steady_ratio": round(statistics.median(a / b for a, b, _ in steady), 2),
+                   "steady_search_share": round(statistics.median(sh for _, _, sh in steady), 2),
                    "decision_agreement": round(float(np.mean(agree)), 4), "recall_at_4": round(float(np.mean(recall)), 3),
                    "bytes_per_item": round(idx.bytes_per_item()), "rss_mb": round(rss_mb())}
             rows.append(row)
