@@ -21,7 +21,9 @@ Columns (medians over the repeats): ``shard_us``, CPU microseconds per item summ
 processes (read from each process's own CPU clock) and ``ratio`` over the one-shard row's (the
 target: <= 1.15); ``max_shard_us``, the busiest shard's; ``search_us`` and ``add_us``, the part of
 ``shard_us`` spent inside the shards' searches and inserts (their threads' CPU: the rest is the actor
-calls' own cost) and ``search_ratio``, the search part over the one-shard row's; ``driver_us``, the
+calls' own cost) and ``search_ratio``, the search part over the one-shard row's; ``idle_us``, what
+the shard processes spend doing nothing (Ray's threads), per item: their CPU rate over `IDLE_S` idle
+seconds before the set, times the set's wall clock; ``driver_us``, the
 selector process's (routing, the compiled loop, the calls); ``multi_probe``, the share of items that
 searched more than one shard; ``same_1m``, the share of decisions (decision, label out, duplicate of) equal to the one-shard run's;
 ``items_per_s``, wall clock -- the driver and the shards share this machine's cores, so it is not
@@ -70,10 +72,11 @@ from curator.select.sharded import ShardedIndex  # noqa: E402
 from curator.store import read_table  # noqa: E402
 
 COLS = ["shards", "probe", "margin", "margin_value", "shard_us", "ratio", "max_shard_us", "search_us", "search_ratio",
-        "add_us",
+        "add_us", "idle_us",
         "driver_us", "multi_probe", "same_1m",
         "items_per_s", "d_dup", "d_noise", "same_demo", "multi_demo"]
 PROJECT_CORES = (4, 8, 16)
+IDLE_S = 1.0  # seconds the shards sit idle before each set, to read what they spend doing nothing
 DECIDED = ("decision", "label_out", "dup_of")
 
 
@@ -196,7 +199,7 @@ def run_queries(sh: Shards, probe: int, margin: float, qsets: list, batch: int, 
 
     clients = [RayShard(a, k) for k, a in enumerate(sh.actors)]
     router = dataclasses.replace(sh.router, margin=margin) if sh.router is not None else None
-    shard_us, max_us, driver_us, speeds, multi, decided, eps = [], [], [], [], [], [], []
+    shard_us, max_us, driver_us, speeds, multi, decided, eps, idle = [], [], [], [], [], [], [], []
     calls: dict[str, list[float]] = {"search": [], "add": [], "ids_of": []}
     nn = np.zeros(NN_BINS, np.int64)  # the items' distances to their nearest accepted item (routing_margin)
     for qx, given in qsets:
@@ -209,10 +212,14 @@ def run_queries(sh: Shards, probe: int, margin: float, qsets: list, batch: int, 
         work = [(samples(len(qx[s:s + batch]), s, given[s:s + batch]),
                  Embeddings(qx[s:s + batch], None, np.ones(len(qx[s:s + batch]), bool),
                             np.zeros(len(qx[s:s + batch]), bool))) for s in range(0, len(qx), batch)]
+        i0, t_idle = sum(c for c, _ in ray.get([a.cpu.remote() for a in sh.actors])), time.perf_counter()
+        time.sleep(IDLE_S)
         before = [c for c, _ in ray.get([a.cpu.remote() for a in sh.actors])]
+        idle_rate = (sum(before) - i0) / (time.perf_counter() - t_idle)  # CPU seconds per second, all shards
         c0, t0 = time.process_time(), time.perf_counter()
         out = [sel.select(tbl, emb).decisions for tbl, emb in work]
-        ray.get([a.describe.remote() for a in sh.actors])  # every add has landed
+        for c in clients:  # every add has landed (the clients hold the last batch's back until a call)
+            c.describe()
         wall, driver = time.perf_counter() - t0, time.process_time() - c0
         after = ray.get([a.cpu.remote() for a in sh.actors])
         used = np.array([c for c, _ in after]) - np.array(before)
@@ -221,6 +228,7 @@ def run_queries(sh: Shards, probe: int, margin: float, qsets: list, batch: int, 
         shard_us.append(used.sum() / len(qx) * 1e6)
         max_us.append(used.max() / len(qx) * 1e6)
         driver_us.append(driver / len(qx) * 1e6)
+        idle.append(idle_rate * wall / len(qx) * 1e6)
         speeds.append(len(qx) / wall)
         multi.append(index.searched[2:].sum() / max(1, index.searched.sum()))
         decided += [d for t in out for d in zip(*(t.column(k).to_pylist() for k in DECIDED), strict=True)]
@@ -229,7 +237,7 @@ def run_queries(sh: Shards, probe: int, margin: float, qsets: list, batch: int, 
         eps.append(float(sel.cal.values["eps_dup"]))
     med = statistics.median
     return {"shard_us": med(shard_us), "max_shard_us": med(max_us), "driver_us": med(driver_us),
-            "items_per_s": med(speeds), "multi_probe": med(multi), "_decided": decided, "_eps": med(eps), "_nn": nn,
+            "items_per_s": med(speeds), "idle_us": med(idle), "multi_probe": med(multi), "_decided": decided, "_eps": med(eps), "_nn": nn,
             **{f"{k}_us": med(v) for k, v in calls.items()}}
 
 
@@ -308,7 +316,7 @@ def measure(sh: Shards, probe: int, margin: str, base: dict, qsets: list, args: 
             "shard_us": round(w["shard_us"], 1), "ratio": round(w["shard_us"] / bw["shard_us"], 3),
             "max_shard_us": round(w["max_shard_us"], 1), "driver_us": round(w["driver_us"], 1),
             "search_us": round(w["search_us"], 1), "search_ratio": round(w["search_us"] / bw["search_us"], 3),
-            "add_us": round(w["add_us"], 1),
+            "add_us": round(w["add_us"], 1), "idle_us": round(w["idle_us"], 1),
             "ids_of_us": round(w["ids_of_us"], 1), "multi_probe": round(w["multi_probe"], 4),
             "same_1m": round(same(w["_decided"], bw["_decided"]), 4), "items_per_s": round(w["items_per_s"]),
             "d_dup": round(q["dup"] - bq["dup"], 4), "d_noise": round(q["noise"] - bq["noise"], 4),

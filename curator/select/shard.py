@@ -22,6 +22,11 @@ from curator.index import VectorIndex
 
 #: one search's results for its queries: similarities, local rows, vote labels, rows' stream positions
 Found = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: a call a remote shard's client held back to send with its next one: (method name, arguments)
+Held = tuple[str, tuple[Any, ...]]
+#: the calls that answer nothing, so a client may hold them back: nothing reads what they change before
+#: the shard's next call, which carries them first
+HELD_BACK = frozenset({"add", "stage"})
 
 
 @dataclass
@@ -64,6 +69,26 @@ class IndexShard:
         self.stats.searches += 1
         self.stats.search_seconds += time.perf_counter() - t0
         return out
+
+    def search_after(self, held: list[Held], m: str, q: np.ndarray, k: int,
+                     seqs: np.ndarray) -> tuple[Found, list[str]]:
+        """The calls a remote client held back since its last one (the last batch's inserts), in their
+        order, then the search, with the id of each query's nearest row ("" where none): an index
+        duplicate is its nearest accepted item, so the decisions' `dup_of` needs no `ids_of` call. A
+        remote shard takes one call per batch where it took three."""
+        self.replay(held)
+        found = self.search(m, q, k, seqs)
+        rows = found[1][:, 0] if found[1].shape[1] else np.zeros(0, np.int64)
+        index = self.indexes.get(m)
+        named = index.ids_of(np.maximum(rows, 0)) if index is not None and len(rows) else [""] * len(rows)
+        return found, [name if r >= 0 else "" for r, name in zip(rows.tolist(), named, strict=True)]
+
+    def replay(self, held: list[Held]) -> None:
+        """Held-back calls (`HELD_BACK` methods only), in the order they were made."""
+        for name, args in held:
+            if name not in HELD_BACK:
+                raise ValueError(f"a shard does not replay {name!r}")
+            getattr(self, name)(*args)
 
     def add(self, m: str, x: np.ndarray, ids: list[str], labels: np.ndarray, seqs: np.ndarray) -> None:
         if m not in self.indexes:
