@@ -21,6 +21,7 @@ from curator.select import InfoGrowthSelector
 from curator.select.calibrate import NN_BINS
 from curator.select.routing import Router, nn_bins, routing_margin, train_router
 from curator.store import StoreError, read_manifest, read_table
+from pipelines.executors.shards import RayShard
 from pipelines.ingest import run_ingest
 from tests.test_auto_index import stream, table
 
@@ -189,51 +190,42 @@ def test_sharded_run_writes_per_shard_parts_resumes_and_refuses_another_shard_co
 
 
 def test_a_remote_shard_client_sends_its_inserts_with_its_next_call_and_names_the_nearest_rows(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_local, tmp_path: Path) -> None:
     """RayShard holds back add and stage and sends them ahead of the shard's next call (the search after
-    an insert finds it), and the batch's duplicates are named from the search's nearest rows: one call
-    reaches the actor per batch instead of three."""
+    an insert finds it), and the batch's duplicates are named from the search's nearest rows, with no
+    call: a real shard actor, asked directly (not through the client) what it holds."""
     import copy
 
-    import ray
-
     from curator.config import IndexConfig
-    from curator.select.shard import IndexShard
-    from pipelines.executors.shards import RayShard
+    from pipelines.executors.shards import ShardActor
 
-    target, calls = IndexShard(0, IndexConfig()), []
+    actor = ray_local.remote(ShardActor).options(num_cpus=0).remote(0, IndexConfig(), str(tmp_path))
+    client = RayShard(actor, 0)
 
-    class Method:
-        def __init__(self, name: str) -> None:
-            self.name = name
+    def sizes() -> dict[str, int]:
+        return ray_local.get(actor.describe.remote()).sizes
 
-        def remote(self, *args: object) -> object:
-            calls.append(self.name)
-            return getattr(target, self.name)(*args)
-
-    class Handle:
-        def __getattr__(self, name: str) -> Method:
-            return Method(name)
-
-    monkeypatch.setattr(ray, "get", lambda v: v)  # the fake handle answers values, not references
     x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    client = RayShard(Handle(), 0)  # type: ignore[arg-type]
     client.add("image", x[:4], ["a", "b", "c", "d"], np.zeros(4, np.int64), np.arange(4))
-    assert calls == [] and len(client.held) == 1
+    assert sizes() == {} and len(client.held) == 1  # not sent yet
     assert copy.copy(client).held == []  # a copy (a pickled one too) does not send them again
     sims, rows, _, _ = client.search("image", x[[2, 6]], 2, np.array([10, 11])).result()
-    assert calls == ["search_after"] and client.held == []
+    assert client.held == [] and sizes() == {"image": 4}
     assert rows[0, 0] == 2 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)  # the insert landed first
-    assert client.ids_of("image", rows[:, 0]) == ["c", target.indexes["image"].ids_of(rows[1:, 0])[0]]
-    assert calls == ["search_after"]  # named by the search
-    other = int(np.setdiff1d(np.arange(4), rows[:, 0])[0])
-    assert client.ids_of("image", np.array([other])) == ["abcd"[other]] and calls[-1] == "ids_of"
+    assert ray_local.get(actor.ids_of.remote("image", rows[:1, 0])) == ["c"]
     client.add("image", x[4:6], ["e", "f"], np.zeros(2, np.int64), np.arange(4, 6))
     client.add("image", x[6:], ["g", "h"], np.zeros(2, np.int64), np.arange(6, 8))
     client.search("image", x[:1], 1, np.array([12])).result()
-    assert calls.count("search_after") == 2 and target.indexes["image"].ids_of(np.arange(8)) == list("abcdefgh")
+    assert sizes() == {"image": 8}
+    assert ray_local.get(actor.ids_of.remote("image", np.arange(8))) == list("abcdefgh")
     client.add("image", x[:1], ["i"], np.zeros(1, np.int64), np.array([13]))
-    assert client.describe().sizes == {"image": 9} and calls[-2:] == ["replay", "describe"]
+    assert client.describe().sizes == {"image": 9}  # a call that does not carry them sends them first
     with pytest.raises(ValueError, match="does not replay"):
-        target.replay([("take_all", ("image",))])
+        ray_local.get(actor.replay.remote([("take_all", ("image",))]))
+    sims, rows, _, _ = client.search("image", x[[3, 7]], 1, np.array([14, 15])).result()
+    other = int(np.setdiff1d(np.arange(8), rows[:, 0])[0])
+    ray_local.kill(actor)  # from here a call fails: what the client answers, it answers without one
+    assert client.ids_of("image", rows[:, 0]) == ["d", "h"]
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        client.ids_of("image", np.array([other]))
