@@ -103,6 +103,20 @@ def test_arrow_message_is_never_split_across_batches(
     assert sum(len(b) for b in batches) == 12
 
 
+
+
+def test_a_poll_of_arrow_messages_asks_for_a_batch_of_records_not_of_messages(
+    kafka_broker: KafkaTestBroker, kafka_topic: Callable[..., str]
+) -> None:
+    # a poll is capped in messages: asking for batch_size messages of 16 rows each brought 16 batches'
+    # worth at once, which the service's bounded merge then dropped and read again (~6x the driver's CPU)
+    topic = kafka_topic(1)
+    produce(kafka_broker, topic, records(640), fmt="arrow", rows_per_message=16)
+    with KafkaSource(config(kafka_broker, topic)) as src:
+        sizes = [len(b) for b in drain(src, batch_size=64)]
+    assert sum(sizes) == 640
+    assert sizes[0] <= 64 * 16  # the first poll cannot know how many rows a message holds ...
+    assert max(sizes[1:]) <= 64 + 16, sizes  # ... later ones do: at most one message past the batch
 # --------------------------------------------------------------------------- commit and resume
 
 

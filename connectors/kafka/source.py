@@ -143,6 +143,7 @@ class KafkaSource:
         self._settings = config.consumer_settings()  # validate early: bad config fails at construction
         self._consumer: KafkaConsumer | None = None
         self._floor: dict[int, int] = {}  # `start`: nothing before it is ever yielded
+        self._rows_per_message = 1.0  # records per message in the last poll (an Arrow message holds many)
         self._yielded: Positions = {}  # just after everything yielded so far (`snapshot`)
         self._fresh: set[int] = set()  # assigned since the last poll: seek past `start` if behind
         self._lock = threading.Lock()  # _pending / _fresh are touched by the IO thread's listener
@@ -413,7 +414,8 @@ class KafkaSource:
         while not self._stop.is_set() and self._consumer is not None:
             self._apply_pause()
             self._skip_to_start(consumer)
-            room = max(1, min(cfg.max_poll_records, batch_size - len(self._pending)))
+            # a poll is capped in messages, a batch in records: ask for as many messages as fill the batch
+            room = max(1, min(cfg.max_poll_records, int((batch_size - len(self._pending)) / self._rows_per_message)))
             try:
                 polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=room)
                 failing_since = None
@@ -425,15 +427,19 @@ class KafkaSource:
                 log.warning("Kafka poll failed (%s); retrying", exc)
                 time.sleep(min(1.0, cfg.poll_timeout_ms / 1000))
                 continue
-            got = 0
+            got = decoded = 0
             with self._lock:
+                before = len(self._pending)
                 for tp, messages in polled.items():
                     floor = self._floor.get(tp.partition, 0)
                     for msg in messages:
                         if msg.offset >= floor:
                             decode_message(tp.topic, tp.partition, msg.offset, msg.value, msg.key, msg.headers,
                                            self._pending, cfg.max_message_bytes)
+                            decoded += 1
                         got += 1
+                if decoded:
+                    self._rows_per_message = max(1.0, (len(self._pending) - before) / decoded)
             now = time.monotonic()
             if got or self._want_paused or not consumer.assignment():
                 last_message = now  # idle means: assigned, fetching, and nothing arrives
