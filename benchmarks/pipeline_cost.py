@@ -224,6 +224,9 @@ def print_results(out: dict[str, Any], args: Any, items: int) -> None:
     e = out["embed_only"]
     print(f"\nmodel {args.model}, batch {args.batch_size}, {args.actors} embedder actor(s) x {args.embed_cpus} CPU, "
           f"{items} items of {args.image_size}px PNG, {os.cpu_count()} CPU cores; medians of {args.repeats} runs")
+    wire = getattr(args, "wire", "json")
+    print("service messages: " + ("JSON, one record each, base64 images" if wire == "json" else
+                                  f"Arrow IPC, {args.rows_per_message} records each, raw image bytes"))
     print(f"{'measurement':<52} | {'value':>9}")
     print(f"{'-' * 52}-|-{'-' * 9}")
     for label, v in (("embed-only, one embedder in-process, items/s", e["inprocess_items_per_s"]),

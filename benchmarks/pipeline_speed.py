@@ -3,7 +3,7 @@ per item (the cost model), and its memory under a 10x burst.
 
     python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64] [--repeats 3]
         [--model curator-tiny] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
-        [--skip-ray-engine] [--skip-burst] [--json FILE]
+        [--wire json|arrow] [--rows-per-message 16] [--skip-ray-engine] [--skip-burst] [--json FILE]
 
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
 broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool. Parts 1
@@ -13,7 +13,8 @@ to 3 run --repeats times, interleaved; the tables give medians (the JSON also ha
    decoded records directly -- no Kafka, no ordering, no selector, no writer. Also, for reference,
    one embedder in this process (with one actor's thread count) on the same batches, and the model's
    forward pass alone (`pipeline_cost.forward_us`): the CPU a GPU would take over.
-2. **service**: the same records as JSON messages (base64 images) on a --partitions topic, through
+2. **service**: the same records as JSON messages (base64 images; with --wire arrow, Arrow IPC
+   messages of --rows-per-message records with raw image bytes) on a --partitions topic, through
    `curator serve` (a subprocess joining this Ray). Items/s: the service's own window, first item
    sent into the graph to the last item decided. CPU: a second, warm service (it first decides
    --warmup other items) -- every process's CPU time from /proc over producing the records, deciding
@@ -72,7 +73,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks.cpu_cost import CpuWindow, cost_table, costs, median_tables  # noqa: E402
 from benchmarks.pipeline_cost import forward_us, indexed_cost, ingest_ray_speed, print_results, write_parquet  # noqa: E402
 from connectors.kafka.clients import kafka_producer  # noqa: E402
-from connectors.kafka.codec import encode_json  # noqa: E402
+from connectors.kafka.codec import encode_arrow, encode_json  # noqa: E402
 from curator.batch import RawBatch  # noqa: E402
 from curator.config import RunConfig  # noqa: E402
 from curator.records import Position  # noqa: E402
@@ -296,10 +297,13 @@ class Service:
 
 
 def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partitions: int, rate: float | None = None,
-            seconds: float | None = None, start: int = 0) -> int:
-    """Send JSON messages round-robin; at `rate` per second for `seconds` if given. Returns how many."""
+            seconds: float | None = None, start: int = 0, wire: str = "json", rows_per_message: int = 16) -> int:
+    """Send the records round-robin over the partitions, as JSON messages (one record each, base64
+    images) or Arrow IPC messages (`rows_per_message` records each, raw image bytes); at `rate`
+    records per second for `seconds` if given. Returns how many records."""
     prod = kafka_producer(broker.bootstrap, broker.api, linger_ms=5)
-    n, t0 = 0, time.monotonic()
+    per = 1 if wire == "json" else max(1, rows_per_message)
+    n, msg, t0 = 0, 0, time.monotonic()
     try:
         while True:
             if seconds is not None and time.monotonic() - t0 >= seconds:
@@ -311,10 +315,14 @@ def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partition
                 if ahead > 0:
                     time.sleep(min(ahead, 0.05))
                     continue
-            r = records[(start + n) % len(records)]
-            rec = {**r, "id": f"{r['id']}-{start + n}"}
-            prod.send(topic, value=encode_json(rec), partition=(start + n) % partitions)
-            n += 1
+            k = per if seconds is not None else min(per, len(records) - n)
+            rows = []
+            for j in range(start + n, start + n + k):
+                r = records[j % len(records)]
+                rows.append({**r, "id": f"{r['id']}-{j}"})
+            value = encode_json(rows[0]) if wire == "json" else encode_arrow(rows)
+            prod.send(topic, value=value, partition=(start // per + msg) % partitions)
+            n, msg = n + k, msg + 1
         prod.flush()
     finally:
         prod.close()
@@ -328,7 +336,7 @@ def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[s
                   work: Path, run: int = 0) -> dict[str, float]:
     """Items/s of a service over records produced beforehand: its own window, first item sent to last decided."""
     topic = broker.topic(args.partitions)
-    produce(broker, topic, records, args.partitions)
+    produce(broker, topic, records, args.partitions, wire=args.wire, rows_per_message=args.rows_per_message)
     svc = Service(serve_toml(args, work / f"speed-run-{run}", broker, topic, address, bounded=True), work,
                   f"speed-{run}")
     rc = svc.wait(1800)
@@ -362,7 +370,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     commit is in it). The driver's figure is net of this benchmark's /metrics reads (each measured)."""
     warm = dataset(args.warmup, args.image_size, seed=1)  # other images: no exact-hash duplicates of them
     topic = broker.topic(args.partitions)
-    produce(broker, topic, warm, args.partitions)
+    produce(broker, topic, warm, args.partitions, wire=args.wire, rows_per_message=args.rows_per_message)
     svc = Service(serve_toml(args, work / f"cpu-run-{run}", broker, topic, address, bounded=False), work,
                   f"cpu-{run}")
     port = svc.port()
@@ -388,7 +396,8 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     st0 = svc.metrics(port, "curator_batch_seconds_sum")
     win = CpuWindow([os.getpid()]).open()
     win.follow_threads(known)
-    produce(broker, topic, records, args.partitions, start=len(warm))
+    produce(broker, topic, records, args.partitions, start=len(warm), wire=args.wire,
+            rows_per_message=args.rows_per_message)
     reads = decided(len(warm) + len(records), 0.5)
     st1 = svc.metrics(port, "curator_batch_seconds_sum")
     svc.proc.send_signal(signal.SIGTERM)
@@ -452,10 +461,12 @@ def burst_memory(args: argparse.Namespace, broker: Broker, records: list[dict[st
         time.sleep(0.2)
     cpu = CpuHogs(hogs)
     phase[0] = "steady"
-    sent = produce(broker, topic, records, args.partitions, rate=rate, seconds=args.steady_s)
+    sent = produce(broker, topic, records, args.partitions, rate=rate, seconds=args.steady_s, wire=args.wire,
+                   rows_per_message=args.rows_per_message)
     phase[0] = "burst"
     t_burst = time.monotonic()
-    sent += produce(broker, topic, records, args.partitions, rate=10 * rate, seconds=args.burst_s, start=sent)
+    sent += produce(broker, topic, records, args.partitions, rate=10 * rate, seconds=args.burst_s, start=sent,
+                    wire=args.wire, rows_per_message=args.rows_per_message)
     burst_send_s = time.monotonic() - t_burst
     phase[0] = "catch-up"
     deadline = time.monotonic() + 1800
@@ -536,6 +547,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--memory-limit-mb", type=int, default=3000, help="service.memory_limit_mb: the bound")
     ap.add_argument("--partitions", type=int, default=12, help="partitions of the benchmark topics")
+    ap.add_argument("--wire", choices=("json", "arrow"), default="json",
+                    help="message format: JSON (one record, base64 image) or Arrow IPC (raw image bytes)")
+    ap.add_argument("--rows-per-message", type=int, default=16, help="records per Arrow IPC message (--wire arrow)")
     ap.add_argument("--steady-s", type=float, default=10.0)
     ap.add_argument("--burst-s", type=float, default=3.0,
                     help="(librdkafka's mock cluster keeps only ~5 MB per partition: a longer burst of 3 KB "
