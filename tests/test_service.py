@@ -536,9 +536,13 @@ def test_ray_job_submit_runs_the_service(digits: Digits, tmp_path: Path) -> None
             except OSError:
                 assert time.monotonic() < deadline and head.poll() is None, "ray head did not start"
                 time.sleep(1)
-        r = subprocess.run([str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir",
-                            ".", "--", "curator", "serve", "--config", str(cfgp)], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=400)
+        while True:  # the dashboard answers before its job agent is up: Ray says to try again later
+            r = subprocess.run([str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                                "--working-dir", ".", "--", "curator", "serve", "--config", str(cfgp)], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in r.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert f"curated set: {out.resolve()}" in r.stdout, r.stdout[-3000:]
         assert "succeeded" in r.stdout
