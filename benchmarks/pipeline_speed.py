@@ -394,12 +394,14 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
         svc.metric(port, "curator_items_out_total")
     read_s = w.close().seconds()[0][1] / 10
     st0 = svc.metrics(port, "curator_batch_seconds_sum")
+    sb0 = svc.metric(port, "curator_source_seek_backs_total") or 0.0
     win = CpuWindow([os.getpid()]).open()
     win.follow_threads(known)
     produce(broker, topic, records, args.partitions, start=len(warm), wire=args.wire,
             rows_per_message=args.rows_per_message)
     reads = decided(len(warm) + len(records), 0.5)
     st1 = svc.metrics(port, "curator_batch_seconds_sum")
+    seek_backs = (svc.metric(port, "curator_source_seek_backs_total") or 0.0) - sb0
     svc.proc.send_signal(signal.SIGTERM)
     svc.wait_log(r"^curated set: ")
     win.close()
@@ -409,9 +411,10 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     procs = costs(win, known, outside)
     for p in procs:
         if p.role == "driver":
-            p.cpu_s -= (reads + 1) * read_s
+            p.cpu_s -= (reads + 2) * read_s
     table = cost_table(procs, n, embed_only["forward_us_per_item"], items_per_s, embed_only["pool_items_per_s"])
-    table["summary"]["metrics_reads_us_per_item"] = round((reads + 1) * read_s * 1e6 / n, 1)
+    table["summary"]["metrics_reads_us_per_item"] = round((reads + 2) * read_s * 1e6 / n, 1)
+    table["summary"]["source_seek_backs"] = seek_backs  # buffered records dropped and read again: wasted work
     return {**table, "stage_us_per_item": {k: (v - st0.get(k, 0.0)) * 1e6 / n for k, v in st1.items()
                                            if k != "end_to_end"}}
 
