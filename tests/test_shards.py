@@ -126,13 +126,18 @@ def test_probe_all_shards_decides_exactly_as_one_shard() -> None:
 def test_the_margin_decides_as_one_shard_while_most_items_search_one() -> None:
     x, given = stream(3000, seed=5)
     one = select(SelectorConfig(min_trusted=0, router_train_size=500), [97], x, given)
-    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0, shards=4, router_train_size=500))  # probe 2, margin auto
+    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0, shards=4, router_train_size=500))  # margin auto, no cap
     four = select(sel.cfg, [97], x, given, sel)
     index = sel.indexes["image"]
     assert 0 < index.router.margin < 2.0
     routed = index.searched.sum() - 500  # the items before the router searched shard 0 alone
     assert index.searched[2:].sum() / routed < 0.25, index.searched
     assert agreement(one, four) >= 0.995, agreement(one, four)
+    assert index.probe == 4  # the default caps nothing but the margin: ...
+    capped = InfoGrowthSelector(SelectorConfig(min_trusted=0, shards=4, probe=2, router_train_size=500))
+    select(capped.cfg, [97], x, given, capped)
+    assert capped.indexes["image"].searched[3:].sum() == 0  # ... a cap of 2 stops items at two shards
+    assert index.searched[3:].sum() > 0, index.searched  # where this stream has items near three
 
 
 def test_the_router_and_its_margin_are_in_the_selector_state() -> None:

@@ -99,10 +99,10 @@ class Router:
 
     def route(self, x: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
         """(home shard per row, bool (rows, shards): the shards each row searches): its home and the
-        shards within the margin, nearest first, at most `probe` in all."""
+        shards within the margin, nearest first, at most `probe` in all (0: every one)."""
         home, d = self.border_distances(x)
         probes = d <= self.radius
-        if probe < self.shards and len(x):
+        if 0 < probe < self.shards and len(x):
             over = probes.sum(axis=1) > probe
             if over.any():  # keep the `probe` nearest (home first: its distance is 0)
                 rank = np.argsort(d[over], axis=1, kind="stable")

@@ -42,7 +42,7 @@ class ShardedIndex:
         self.modality = modality
         self.dim = dim
         self.clients = clients
-        self.probe = max(1, min(probe, len(clients)))
+        self.probe = len(clients) if probe <= 0 else min(probe, len(clients))  # 0: no cap but the margin
         # until the router trains: the searched items' distances to their nearest accepted item (routing_margin)
         self.nn_counts = np.zeros(NN_BINS, np.int64)
         if isinstance(router, dict) and "nn_counts" in router:
