@@ -365,7 +365,8 @@ class SelectWriteStage:
         self.bootstrapped = self.bootstrapped or bootstrapped
         no = w.commit_no + 1
         durable = [p.result() for p in [c.write(no) for c in self.shards]]
-        shards = {"n": len(self.shards), "probe": self.cfg.selector.probe or len(self.shards)}
+        n, probe = len(self.shards), self.cfg.selector.probe
+        shards = {"n": n, "probe": min(probe, n) if probe > 0 else n}  # the most shards an item searched
         m = w.commit(self.positions, sel.state_dict(), None,
                      {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
                       "calibration": sel.calibration_report(), **(extra or {}),
