@@ -95,9 +95,16 @@ def phash(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok, codes.view(np.int64), 0), ok
 
 
+#: ITU-R 601 luma weights of R, G, B
+LUMA = (0.299, 0.587, 0.114)
+
+
 def thumbnails(images: Sequence[torch.Tensor]) -> np.ndarray:
-    """(n, 32, 32) float32 grey thumbnails of uint8 (3, H, W) tensors, on the device they are on
-    (antialiased bilinear resize of the whole picture, then ITU-R 601 luma)."""
+    """(n, 32, 32) float32 grey thumbnails of uint8 (3, H, W) tensors, on the device they are on:
+    ITU-R 601 luma of the whole picture, then an antialiased bilinear resize.
+
+    Both steps are linear, so this is the resize-then-luma thumbnail to float rounding; taking the
+    luma first resizes one plane instead of three (half the CPU time, on photos and on 64 px images)."""
     import torch
 
     if not images:
@@ -107,11 +114,11 @@ def thumbnails(images: Sequence[torch.Tensor]) -> np.ndarray:
         by_shape.setdefault((*im.shape, str(im.device)), []).append(k)
     out = np.empty((len(images), THUMB, THUMB), np.float32)
     for rows in by_shape.values():  # one resize per shape (torchvision's resize is this call, after checks)
-        x = torch.stack([images[k] for k in rows]).float()
-        small = torch.nn.functional.interpolate(x, size=(THUMB, THUMB), mode="bilinear", antialias=True,
+        x = torch.stack([images[k].permute(1, 2, 0) for k in rows]).float()  # (n, H, W, 3): as decoded
+        grey = (x @ torch.tensor(LUMA, device=x.device))[:, None]
+        small = torch.nn.functional.interpolate(grey, size=(THUMB, THUMB), mode="bilinear", antialias=True,
                                                 align_corners=False)
-        grey = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
-        out[rows] = grey.cpu().numpy().astype(np.float32)
+        out[rows] = small[:, 0].cpu().numpy().astype(np.float32)
     return out
 
 
