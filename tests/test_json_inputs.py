@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given as for_all
+from hypothesis import settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from connectors.json_records import read_json_bytes, record_from_json
@@ -108,6 +111,26 @@ def test_image_fields_as_other_tools_write_them(tmp_path: Path) -> None:
     row = validate_records([record_from_json({"key": "k", "jpg": b64, "url": "https://x/1.jpg", "license": "cc"})],
                            [Position("f", 1, 0)])[0].to_pylist()[0]
     assert row["id"] == "k" and row["image"] == png and json.loads(row["metadata"]) == {"license": "cc"}
+
+
+@settings(max_examples=300, deadline=None)
+@for_all(st.binary(max_size=200), st.sampled_from(["", "\n", "\r\n", " "]), st.integers(0, 400))
+def test_base64_images_read_the_same_with_or_without_white_space(data: bytes, sep: str, at: int) -> None:
+    # plain base64 takes one strict pass; anything else (white space, paths) the checks behind it
+    text = base64.b64encode(data).decode()
+    wrapped = text[:at] + sep + text[at:]
+    for value in (text, wrapped, "  " + text + "\n"):
+        if not data and not value.strip():
+            continue  # nothing at all is no image (rejected below as such)
+        assert record_from_json({"image": value}) == {"image": data}, value
+    for bad in (text + "!", text[:-1] if text.endswith("=") else None):  # not base64: never read as bytes
+        if bad is None or not bad.strip():
+            continue
+        try:
+            out = record_from_json({"image": bad})
+        except InvalidRecord:
+            continue
+        assert "image" not in out and out["image_uri"] == bad  # a path when it has a '/'
 
 
 @pytest.mark.parametrize("value, code, words", [
