@@ -223,7 +223,9 @@ def print_results(out: dict[str, Any], args: Any, items: int) -> None:
     """pipeline_speed's tables: items/s, then CPU per item for embed-only, the service, the Ray engine."""
     e = out["embed_only"]
     print(f"\nmodel {args.model}, batch {args.batch_size}, {args.actors} embedder actor(s) x {args.embed_cpus} CPU, "
-          f"{items} items of {args.image_size}px PNG, {os.cpu_count()} CPU cores; medians of {args.repeats} runs")
+          f"{items} items of " + (f"{args.image_size}px PNG" if getattr(args, "images", "digits") == "digits" else
+                                  f"JPEG photos up to {args.image_size}px") +
+          f", {os.cpu_count()} CPU cores; medians of {args.repeats} runs")
     wire = getattr(args, "wire", "json")
     print("service messages: " + ("JSON, one record each, base64 images" if wire == "json" else
                                   f"Arrow IPC, {args.rows_per_message} records each, raw image bytes"))

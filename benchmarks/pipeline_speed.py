@@ -2,7 +2,7 @@
 per item (the cost model), and its memory under a 10x burst.
 
     python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64] [--repeats 3]
-        [--model curator-tiny] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
+        [--model curator-tiny] [--images digits|photos] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
         [--wire json|arrow] [--rows-per-message 16] [--skip-ray-engine] [--skip-burst] [--json FILE]
 
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
@@ -40,7 +40,8 @@ CPU time per item is the figure that holds on a shared machine and carries to a 
 table ends with the process that caps the service (``critical``: the busiest process that does not
 grow with the cores) and projected items/s for 4, 8 and 16 cores -- projections, not measurements
 (`cpu_cost`). Images are the scikit-learn digits upscaled to --image-size pixels (PNG), so decoding
-is real work. Linux only (/proc).
+is real work; `--images photos --image-size 480` uses JPEG crops of real photographs of random shape
+instead. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -79,13 +80,30 @@ from curator.config import RunConfig  # noqa: E402
 from curator.records import Position  # noqa: E402
 
 
-def dataset(n: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+def dataset(n: int, size: int, seed: int = 0, images: str = "digits") -> list[dict[str, Any]]:
+    """`n` labelled records. "digits": scikit-learn's digits upscaled to `size` px (PNG); "photos":
+    JPEG crops of scikit-learn's two sample photographs, of random shape, the longer side 60-100% of
+    `size`, at quality 75-95 (what a folder of users' photos costs to decode, hash and preprocess)."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits, load_sample_images
 
-    x, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(seed)
     out = []
+    if images == "photos":
+        photos = load_sample_images().images
+        for i in range(n):
+            j = int(rng.integers(len(photos)))
+            a = photos[j]
+            h, w = (int(rng.integers(a.shape[k] * 2 // 5, a.shape[k] + 1)) for k in (0, 1))
+            y0, x0 = int(rng.integers(a.shape[0] - h + 1)), int(rng.integers(a.shape[1] - w + 1))
+            im = Image.fromarray(a[y0:y0 + h, x0:x0 + w])
+            scale = size * rng.uniform(0.6, 1.0) / max(h, w)
+            im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
+            out.append({"id": f"p{i}", "image": buf.getvalue(), "label": j, "text": f"a photograph, crop {i}"})
+        return out
+    x, y = load_digits(return_X_y=True)
     for i in range(n):
         j = int(rng.integers(len(x)))
         px = np.clip(x[j].reshape(8, 8) * 16 + rng.normal(0, 8, (8, 8)), 0, 255).astype(np.uint8)
@@ -368,7 +386,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     compiled loops and the commit path warmed; the graph then idles); the window opens, the records
     are produced, and it closes once every one is decided, drained and committed (SIGTERM: the final
     commit is in it). The driver's figure is net of this benchmark's /metrics reads (each measured)."""
-    warm = dataset(args.warmup, args.image_size, seed=1)  # other images: no exact-hash duplicates of them
+    warm = dataset(args.warmup, args.image_size, seed=1, images=args.images)  # other images: no exact-hash duplicates of them
     topic = broker.topic(args.partitions)
     produce(broker, topic, warm, args.partitions, wire=args.wire, rows_per_message=args.rows_per_message)
     svc = Service(serve_toml(args, work / f"cpu-run-{run}", broker, topic, address, bounded=False), work,
@@ -502,7 +520,7 @@ def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[
     runs: dict[str, list[dict[str, Any]]] = {"embed_only": [], "service": [], "ingest_ray": []}
     inputs = {}
     if not args.skip_ray_engine:  # the records, and 4x as many (the first of which are the records)
-        more = dataset(4 * len(records), args.image_size)
+        more = dataset(4 * len(records), args.image_size, images=args.images)
         inputs = {n: write_parquet(more[:n], work / f"inputs-{n}") for n in (len(records), len(more))}
     outside = {broker.proc.proc.pid: "kafka broker (mock)"} if broker.proc is not None else {}
     for r in range(args.repeats):
@@ -547,7 +565,9 @@ def main() -> None:
     ap.add_argument("--model", default="curator-tiny")
     ap.add_argument("--pretrained", default="")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=64, help="digits: the side; photos: the longest side at most")
+    ap.add_argument("--images", choices=("digits", "photos"), default="digits",
+                    help="digits upscaled (PNG), or JPEG crops of real photographs of random shape")
     ap.add_argument("--memory-limit-mb", type=int, default=3000, help="service.memory_limit_mb: the bound")
     ap.add_argument("--partitions", type=int, default=12, help="partitions of the benchmark topics")
     ap.add_argument("--wire", choices=("json", "arrow"), default="json",
@@ -572,7 +592,7 @@ def main() -> None:
 
     import ray
 
-    records = dataset(args.items, args.image_size)
+    records = dataset(args.items, args.image_size, images=args.images)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(args.actors * args.embed_cpus + 1.999)),
              include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
