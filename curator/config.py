@@ -146,8 +146,7 @@ class SelectorConfig:
     keep_rate: float = setting(0.0, "storage budget: target share of clean items kept, sampled by normalised gain "
                                "(0 = keep every clean non-duplicate item)")
     shards: int = setting(1, "selector shards, each indexing and writing the items routed to it; on Ray, an actor each")
-    probe: int = setting(0, "most shards an item searches: its home, then others with a cell within shard_margin; "
-                            "0 = every such shard (the decisions of one selector within the margin)")
+    probe: int = setting(0, "most shards an item searches: its home, then others within shard_margin; 0 = no cap")
     shard_margin: AutoFloat = setting(AUTO, "an item also searches the shards within this cosine distance; "
                                       "'auto': eps_dup's or the copies' reach (routing_margin); 2: all")
     router_train_size: int = setting(4096, "no bootstrap: the shard router trains on the items accepted up to here")
@@ -497,8 +496,7 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
         (0.0 <= s.keep_rate <= 1.0, "selector.keep_rate must be in [0, 1] (0 disables the budget)"),
         (0.0 <= s.align_drop_quantile < 1.0, "selector.align_drop_quantile must be in [0, 1)"),
         (0.0 <= s.align_bootstrap_quantile < 1.0, "selector.align_bootstrap_quantile must be in [0, 1)"),
-        (s.shards >= 1, "selector.shards must be >= 1"),
-        (s.probe >= 0, "selector.probe must be >= 0 (0: every shard within selector.shard_margin)"),
+        (s.shards >= 1 and s.probe >= 0, "selector.shards must be >= 1 and selector.probe >= 0 (0: no cap)"),
         (s.router_train_size >= s.shards, "selector.router_train_size must be at least selector.shards"),
         (cfg.store.commit_every >= 1, "store.commit_every must be >= 1"),
         (cfg.index.auto_window >= cfg.source.batch_size, "index.auto_window must be at least source.batch_size "
