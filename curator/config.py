@@ -1,8 +1,7 @@
 """Run configuration: one dataclass per component, one TOML file per run.
 
-CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and
-a config field are always the same thing, and the reference in docs/configuration.md is generated
-from the same field metadata (``curator config --reference``).
+CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and a config field
+are always the same thing; docs/configuration.md comes from the same metadata (``curator config --reference``).
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ import tomllib
 
 from curator.registry import EMBEDDERS, FILTERS, INDEX_KINDS, RegistryError
 
-#: A setting that takes a number or "auto" (calibrated by the engine on the trusted data; see
-#: curator.select.calibrate). Annotated `AutoFloat`; its coercion and flag say so.
+#: A setting that takes a number or "auto" (calibrated on the trusted data: curator.select.calibrate).
 AutoFloat = typing.Union[float, str]  # noqa: UP007 - a runtime value, read by _field_type
 AUTO = "auto"
 
@@ -215,6 +213,8 @@ class RunConfig:
         d["embedder"] = {k: d["embedder"][k] for k in ("kind", "model", "pretrained")}
         if not d["filters"]:
             d.pop("filters")  # a run without filters keeps the fingerprint it had before filters existed
+        if d["selector"]["shards"] == 1:  # probe changes nothing: keep the fingerprint of its old default
+            d["selector"]["probe"] = 2
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

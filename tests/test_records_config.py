@@ -128,6 +128,15 @@ def test_fingerprint_ignores_output_location():
     assert a.fingerprint() != b.fingerprint()
 
 
+def test_probe_is_in_the_fingerprint_only_with_shards():
+    # one shard is searched whatever probe says: a single-shard run resumes across probe's default change
+    a, b = RunConfig(), RunConfig()
+    b.selector.probe = 2
+    assert a.fingerprint() == b.fingerprint()
+    a.selector.shards = b.selector.shards = 4
+    assert a.fingerprint() != b.fingerprint()
+
+
 def test_reference_lists_every_field():
     ref = reference_markdown()
     assert "`selector.eps_dup`" in ref and "`index.hnsw_m`" in ref
