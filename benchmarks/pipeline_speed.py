@@ -58,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks.cpu_cost import CpuWindow, cost_table, costs, median_tables  # noqa: E402
 from benchmarks.pipeline_cost import forward_us, indexed_cost, ingest_ray_speed, print_results, write_parquet  # noqa: E402
 from connectors.kafka.clients import kafka_producer  # noqa: E402
-from connectors.kafka.codec import encode_arrow, encode_json  # noqa: E402
+from connectors.kafka.produce import produce_records  # noqa: E402
 from curator.batch import RawBatch  # noqa: E402
 from curator.config import RunConfig  # noqa: E402
 from curator.records import Position  # noqa: E402
@@ -316,35 +317,28 @@ class Service:
 
 def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partitions: int, rate: float | None = None,
             seconds: float | None = None, start: int = 0, wire: str = "json", rows_per_message: int = 16) -> int:
-    """Send the records round-robin over the partitions, as JSON messages (one record each, base64
-    images) or Arrow IPC messages (`rows_per_message` records each, raw image bytes); at `rate`
-    records per second for `seconds` if given. Returns how many records."""
+    """Send the records round-robin over the partitions with `curator produce`'s sender
+    (`produce_records`): JSON messages (one record each, base64 images) or Arrow IPC messages
+    (`rows_per_message` records each, raw image bytes); at `rate` records per second for `seconds` if
+    given. Returns how many records."""
+
+    def paced() -> Iterator[dict[str, Any]]:
+        n, t0 = 0, time.monotonic()
+        while (time.monotonic() - t0 < seconds) if seconds is not None else n < len(records):
+            ahead = 0.0 if rate is None else n / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(min(ahead, 0.05))
+                continue
+            r = records[(start + n) % len(records)]
+            yield {**r, "id": f"{r['id']}-{start + n}"}
+            n += 1
+
     prod = kafka_producer(broker.bootstrap, broker.api, linger_ms=5)
-    per = 1 if wire == "json" else max(1, rows_per_message)
-    n, msg, t0 = 0, 0, time.monotonic()
     try:
-        while True:
-            if seconds is not None and time.monotonic() - t0 >= seconds:
-                break
-            if seconds is None and n >= len(records):
-                break
-            if rate is not None:
-                ahead = n / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(min(ahead, 0.05))
-                    continue
-            k = per if seconds is not None else min(per, len(records) - n)
-            rows = []
-            for j in range(start + n, start + n + k):
-                r = records[j % len(records)]
-                rows.append({**r, "id": f"{r['id']}-{j}"})
-            value = encode_json(rows[0]) if wire == "json" else encode_arrow(rows)
-            prod.send(topic, value=value, partition=(start // per + msg) % partitions)
-            n, msg = n + k, msg + 1
-        prod.flush()
+        return produce_records(broker.bootstrap, topic, paced(), fmt=wire, partitions=list(range(partitions)),
+                               rows_per_message=rows_per_message, producer=prod)
     finally:
         prod.close()
-    return n
 
 
 # --------------------------------------------------------------------------- 2 and 3
