@@ -103,8 +103,6 @@ def test_arrow_message_is_never_split_across_batches(
     assert sum(len(b) for b in batches) == 12
 
 
-
-
 def test_a_poll_of_arrow_messages_asks_for_a_batch_of_records_not_of_messages(
     kafka_broker: KafkaTestBroker, kafka_topic: Callable[..., str]
 ) -> None:
@@ -117,6 +115,8 @@ def test_a_poll_of_arrow_messages_asks_for_a_batch_of_records_not_of_messages(
     assert sum(sizes) == 640
     assert sizes[0] <= 64 * 16  # the first poll cannot know how many rows a message holds ...
     assert max(sizes[1:]) <= 64 + 16, sizes  # ... later ones do: at most one message past the batch
+
+
 # --------------------------------------------------------------------------- commit and resume
 
 
