@@ -16,6 +16,7 @@ from curator.select.codes import (
     DUP_HASHED,
     RECAP_ACCEPTED,
     RECAP_REJECTED,
+    UNJUDGED_CALIBRATING,
     WHY_BUDGET,
     WHY_DUPLICATE,
     WHY_HASH,
@@ -26,6 +27,7 @@ from curator.select.hashdup import RULE_CONTENT, RULE_NAMES, RULE_NEAR, RULE_PIX
 from curator.select.loop_data import Scores
 
 MODALITIES = ("image", "text")
+NO_NOTE = UNJUDGED_CALIBRATING - 1  # an n_trusted no item has: "no unjudged note" in reason_texts' grouping
 
 
 @dataclass
@@ -100,17 +102,27 @@ def status_word(status: str) -> str:
     return "" if status == "config" else status.split(" ", 1)[0].rstrip(":")
 
 
+def _unjudged_note(sel: Any, v: BatchView, n_trusted: int, cal_idx: int) -> str:
+    cal = v.cals[cal_idx] if v.cals else sel.cal
+    return reasons.unjudged(n_trusted, sel.cfg.min_trusted, cal.origin.get("tau_noise", ""))
+
+
 def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], trusted: bool) -> list[str]:
     c = sel.cfg
     relabel = c.label_action == "relabel"
-    # most items are plainly accepted: their reason is the head and the gain (as `reasons.accepted`)
-    head = "trusted bootstrap" if trusted else "clean"
-    out = [f"{head}; gain {g:.4f}" if g == g else f"{head}; no gain" for g in s.gain.tolist()]
     caption_unjudged = v.pair & np.isnan(s.thr) & (not trusted) & (c.align_mode != "off") & (s.why != WHY_HASH)
-    plain = ~(s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
-              | s.relabel_note.astype(bool) | s.unjudged.astype(bool) | (s.why != 0) | caption_unjudged)
+    flagged = (s.recap_note.astype(bool) | (s.label_noisy == 1) | s.abstain_note.astype(bool)
+               | s.relabel_note.astype(bool) | (s.why != 0) | caption_unjudged)
+    # most items are accepted with no note, or with only the label rule's "not judged" (no bootstrap
+    # yet): their reason is a head shared by many, formatted once per batch, and the gain
+    unjudged = ~flagged & s.unjudged.astype(bool)
+    kinds, which = np.unique(np.stack([np.where(unjudged, s.n_trusted, NO_NOTE), s.cal_idx * unjudged]), axis=1,
+                             return_inverse=True)
+    heads = np.array([reasons.accepted_head(trusted, [] if n_trusted == NO_NOTE else [_unjudged_note(sel, v, n_trusted, k)])
+                      for n_trusted, k in kinds.T.tolist()], dtype=object)
+    out = [reasons.with_gain(h, g) for h, g in zip(heads[which.ravel()].tolist(), s.gain.tolist(), strict=True)]
     autos: dict[int, dict[str, str]] = {}
-    for i in np.flatnonzero(~plain).tolist():
+    for i in np.flatnonzero(flagged).tolist():
         cal = v.cals[s.cal_idx[i]] if v.cals else sel.cal
         val = cal.values
         auto = autos.get(id(cal)) or autos.setdefault(id(cal), {k: status_word(o) for k, o in cal.origin.items()})
@@ -126,7 +138,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
         elif s.abstain_note[i] and s.why[i] != WHY_LABEL:
             notes.append(reasons.kept_flagged(base, weak, s.agreement[i], val["tau_drop"]))
         if s.unjudged[i]:
-            notes.append(reasons.unjudged(int(s.n_trusted[i]), c.min_trusted, cal.origin.get("tau_noise", "")))
+            notes.append(_unjudged_note(sel, v, int(s.n_trusted[i]), int(s.cal_idx[i])))
         if caption_unjudged[i] and not (s.unjudged[i] and s.n_trusted[i] >= 0):
             notes.append(reasons.captions_unjudged(
                 f"align_threshold {cal.origin.get('align_threshold', '')}" if c.align_mode == "fixed" else

@@ -88,11 +88,20 @@ def budget(keep_prob: float, keep_rate: float, gain_norm: float) -> str:
     return f"storage budget: keep probability {keep_prob:.3f} (keep_rate {keep_rate}, normalised gain {gain_norm:.3f})"
 
 
-def accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
-    """A kept item: "clean" only when every rule that applies to it judged it; else its notes say which not."""
+def accepted_head(trusted: bool, notes: list[str]) -> str:
+    """A kept item's reason before its gain: "clean" only when every rule that applies to it judged it;
+    else its notes say which not."""
     unjudged_note = any(n.startswith("not judged") for n in notes)
-    head = "trusted bootstrap" if trusted else ("kept" if unjudged_note else "clean")
-    return "; ".join([head, *notes, f"gain {gain:.4f}" if gain is not None else "no gain"])
+    return "; ".join(["trusted bootstrap" if trusted else ("kept" if unjudged_note else "clean"), *notes])
+
+
+def with_gain(head: str, gain: float) -> str:
+    """A kept item's reason: its head, then its gain (NaN: none)."""
+    return f"{head}; gain {gain:.4f}" if gain == gain else f"{head}; no gain"
+
+
+def accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
+    return with_gain(accepted_head(trusted, notes), float("nan") if gain is None else gain)
 
 
 def compose(notes: list[str], drop_reason: str, trusted: bool, gain: float | None) -> str:
