@@ -27,7 +27,7 @@ from curator.select.hashdup import RULE_CONTENT, RULE_NAMES, RULE_NEAR, RULE_PIX
 from curator.select.loop_data import Scores
 
 MODALITIES = ("image", "text")
-NO_NOTE = UNJUDGED_CALIBRATING - 1  # an n_trusted no item has: "no unjudged note" in reason_texts' grouping
+NO_NOTE = UNJUDGED_CALIBRATING - 1  # below every item's n_trusted: reason_texts keys unjudged items from 1 up
 
 
 @dataclass
@@ -116,11 +116,11 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     # most items are accepted with no note, or with only the label rule's "not judged" (no bootstrap
     # yet): their reason is a head shared by many, formatted once per batch, and the gain
     unjudged = ~flagged & s.unjudged.astype(bool)
-    kinds, which = np.unique(np.stack([np.where(unjudged, s.n_trusted, NO_NOTE), s.cal_idx * unjudged]), axis=1,
-                             return_inverse=True)
-    heads = np.array([reasons.accepted_head(trusted, [] if n_trusted == NO_NOTE else [_unjudged_note(sel, v, n_trusted, k)])
-                      for n_trusted, k in kinds.T.tolist()], dtype=object)
-    out = [reasons.with_gain(h, g) for h, g in zip(heads[which.ravel()].tolist(), s.gain.tolist(), strict=True)]
+    ncal = max(len(v.cals), 1)
+    kinds, which = np.unique(np.where(unjudged, (s.n_trusted - NO_NOTE) * ncal + s.cal_idx, 0), return_inverse=True)
+    heads = np.array([reasons.accepted_head(trusted, [_unjudged_note(sel, v, k // ncal + NO_NOTE, k % ncal)] if k else [])
+                      for k in kinds.tolist()], dtype=object)
+    out = [reasons.with_gain(h, g) for h, g in zip(heads[which].tolist(), s.gain.tolist(), strict=True)]
     autos: dict[int, dict[str, str]] = {}
     for i in np.flatnonzero(flagged).tolist():
         cal = v.cals[s.cal_idx[i]] if v.cals else sel.cal
