@@ -193,8 +193,22 @@ def wilson_lower(right: float, n: float, z: float = Z) -> float:
     return (centre - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / den
 
 
+@njit(cache=True)
 def _phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+@njit(cache=True)
+def _least_risk(grid: np.ndarray, rate: float, mu_c: float, sd_c: float, mu_x: float, sd_x: float) -> int:
+    """The first grid point of least risk: right captions below the cut plus wrong ones above it (compiled:
+    a Python loop over the grid cost ~1.5 ms per calibration, every calibrate_every items)."""
+    best, at = np.inf, 0
+    for i in range(len(grid)):
+        t = grid[i]
+        risk = (1 - rate) * _phi((t - mu_c) / sd_c) + rate * (1 - _phi((t - mu_x) / sd_x))
+        if risk < best:
+            best, at = risk, i
+    return at
 
 
 def _rate(mu_clean: float, mu_noisy: float, stream_sum: float, stream_n: float) -> tuple[float, str]:
@@ -518,5 +532,5 @@ def _alignments(ev: Evidence) -> _Gaussians:
 def _caption_cut(g: _Gaussians) -> float:
     """The least-risk cut between the two means, and never one that drops more right captions than the bar."""
     grid = np.linspace(min(g.mu_x, g.mu_c), max(g.mu_x, g.mu_c), 2001)
-    risk = [(1 - g.rate) * _phi((t - g.mu_c) / g.sd_c) + g.rate * (1 - _phi((t - g.mu_x) / g.sd_x)) for t in grid]
-    return min(float(grid[int(np.argmin(risk))]), g.mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * g.sd_c)
+    at = _least_risk(grid, g.rate, g.mu_c, g.sd_c, g.mu_x, g.sd_x)
+    return min(float(grid[at]), g.mu_c + NormalDist().inv_cdf(MAX_CLEAN_DROP) * g.sd_c)
