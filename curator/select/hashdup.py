@@ -138,6 +138,9 @@ class HashTable:
         n = len(content)
         pairs: dict[tuple[int, int], tuple[int, int]] = {}
         for rule, keys in ((RULE_CONTENT, content), (RULE_PIXELS, pixels)):
+            given = keys[keys != 0]
+            if len(np.unique(given)) == len(given):  # no key twice (most batches): no pairs to find
+                continue
             seen: dict[int, list[int]] = {}
             for i, key in enumerate(keys.tolist()):
                 if key:
