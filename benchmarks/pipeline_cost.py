@@ -222,7 +222,7 @@ def ingest_ray_speed(make_cfg: Callable[[Path], RunConfig], args: Any, address: 
 def print_results(out: dict[str, Any], args: Any, items: int) -> None:
     """pipeline_speed's tables: items/s, then CPU per item for embed-only, the service, the Ray engine."""
     e = out["embed_only"]
-    print(f"\nmodel {args.model}, batch {args.batch_size}, {args.actors} embedder actor(s) x {args.embed_cpus} CPU, "
+    print(f"\nmodel {args.model}, batches of {args.batch_size} ({args.embed_batch} per forward pass), {args.actors} embedder actor(s) x {args.embed_cpus} CPU, "
           f"{items} items of " + (f"{args.image_size}px PNG" if getattr(args, "images", "digits") == "digits" else
                                   f"JPEG photos up to {args.image_size}px") +
           f", {os.cpu_count()} CPU cores; medians of {args.repeats} runs")

@@ -1,13 +1,15 @@
 """End-to-end speed of `curator serve` against embed-only speed, what each of its processes spends
 per item (the cost model), and its memory under a 10x burst.
 
-    python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 64] [--repeats 3]
+    python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 256] [--embed-batch 64] [--repeats 3]
         [--model curator-tiny] [--images digits|photos] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
         [--wire json|arrow] [--rows-per-message 16] [--skip-ray-engine] [--skip-burst] [--json FILE]
 
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
-broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batch size, same embedder actor pool. Parts 1
-to 3 run --repeats times, interleaved; the tables give medians (the JSON also has every run):
+broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batches, same embedder actor pool: --batch-size
+records per source batch (each embedder call takes one) and --embed-batch images per forward pass,
+by default the product's own (source.batch_size, embedder.batch_size). Parts 1 to 3 run --repeats
+times, interleaved; the tables give medians (the JSON also has every run):
 
 1. **embed-only**: the pool (`StageActor[validate, embed]` actors, 2 batches in flight each) fed the
    decoded records directly -- no Kafka, no ordering, no selector, no writer. Also, for reference,
@@ -77,7 +79,7 @@ from benchmarks.pipeline_cost import forward_us, indexed_cost, ingest_ray_speed,
 from connectors.kafka.clients import kafka_producer  # noqa: E402
 from connectors.kafka.produce import produce_records  # noqa: E402
 from curator.batch import RawBatch  # noqa: E402
-from curator.config import RunConfig  # noqa: E402
+from curator.config import EmbedderConfig, RunConfig, SourceConfig  # noqa: E402
 from curator.records import Position  # noqa: E402
 
 
@@ -118,7 +120,7 @@ def dataset(n: int, size: int, seed: int = 0, images: str = "digits") -> list[di
 def run_config(args: argparse.Namespace, out: Path) -> RunConfig:
     cfg = RunConfig()
     cfg.embedder.kind, cfg.embedder.model, cfg.embedder.pretrained = "clip", args.model, args.pretrained
-    cfg.embedder.device, cfg.embedder.batch_size = "cpu" if args.device == "cpu" else args.device, args.batch_size
+    cfg.embedder.device, cfg.embedder.batch_size = "cpu" if args.device == "cpu" else args.device, args.embed_batch
     cfg.source.batch_size = args.batch_size
     cfg.store.out, cfg.store.commit_every = str(out), 1024
     cfg.selector.align_mode = "off"  # a random-init model's captions are noise: do not judge them
@@ -192,7 +194,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
     one_s, one_cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.set_num_threads(threads)
     n = len(records)
-    fwd = forward_us(args.model, emb.model, records, args.batch_size)
+    fwd = forward_us(args.model, emb.model, records, args.embed_batch)
     return {"pool_items_per_s": n / pool_s, "inprocess_items_per_s": n / one_s,
             "inprocess_embed_us_per_item": one_cpu * 1e6 / n, "forward_us_per_item": fwd,
             "pool": cost_table(procs, n, fwd, n / pool_s),
@@ -555,7 +557,11 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=2, help="embedder actors (pool size)")
     ap.add_argument("--embed-cpus", type=float, default=1.0, help="CPUs per embedder actor")
     ap.add_argument("--embed-gpus", type=float, default=0.0, help="GPUs per embedder actor")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=SourceConfig().batch_size,
+                    help="records per batch the source reads and the selector decides (source.batch_size; "
+                         "each embedder actor gets one such batch per call); default: the product's")
+    ap.add_argument("--embed-batch", type=int, default=EmbedderConfig().batch_size,
+                    help="images per forward pass (embedder.batch_size); default: the product's")
     ap.add_argument("--model", default="curator-tiny")
     ap.add_argument("--pretrained", default="")
     ap.add_argument("--device", default="cpu")
