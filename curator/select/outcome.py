@@ -116,6 +116,7 @@ def reason_texts(sel: Any, v: BatchView, s: Scores, dup_of: list[str | None], tr
     # most items are accepted with no note, or with only the label rule's "not judged" (no bootstrap
     # yet): their reason is a head shared by many, formatted once per batch, and the gain
     unjudged = ~flagged & s.unjudged.astype(bool)
+    # one int key per distinct head: 0 for no note, else (n_trusted, calibration) packed into one number
     ncal = max(len(v.cals), 1)
     kinds, which = np.unique(np.where(unjudged, (s.n_trusted - NO_NOTE) * ncal + s.cal_idx, 0), return_inverse=True)
     heads = np.array([reasons.accepted_head(trusted, [_unjudged_note(sel, v, k // ncal + NO_NOTE, k % ncal)] if k else [])

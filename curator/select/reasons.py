@@ -101,6 +101,7 @@ def with_gain(head: str, gain: float) -> str:
 
 
 def accepted(trusted: bool, notes: list[str], gain: float | None) -> str:
+    """A kept item's whole reason (`reason_texts` builds the same from `accepted_head` once per head)."""
     return with_gain(accepted_head(trusted, notes), float("nan") if gain is None else gain)
 
 
