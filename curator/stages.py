@@ -51,7 +51,7 @@ from curator.resources import Resources
 from curator.select import InfoGrowthSelector, kept_table
 from curator.select.hashdup import KEY_COLUMNS
 from curator.select.shard import ShardClient
-from curator.select.sharded import ShardedIndex
+from curator.select.sharded import ShardedIndex, probe_cap
 from curator.store.lock import RunDirLock
 from curator.store.shards import LocalStoredShard, StoredShard, StoredShardClient
 from curator.store.writer import StoreError, StoreWriter, read_manifest, read_table
@@ -365,8 +365,8 @@ class SelectWriteStage:
         self.bootstrapped = self.bootstrapped or bootstrapped
         no = w.commit_no + 1
         durable = [p.result() for p in [c.write(no) for c in self.shards]]
-        n, probe = len(self.shards), self.cfg.selector.probe
-        shards = {"n": n, "probe": min(probe, n) if probe > 0 else n}  # the most shards an item searched
+        n = len(self.shards)
+        shards = {"n": n, "probe": probe_cap(self.cfg.selector.probe, n)}
         m = w.commit(self.positions, sel.state_dict(), None,
                      {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
                       "calibration": sel.calibration_report(), **(extra or {}),

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 ROW_BITS = 40  # a global row: shard << 40 | the row in its shard
 
 
+def probe_cap(probe: int, shards: int) -> int:
+    """The most shards an item searches: `selector.probe`, where 0 means no cap but the margin."""
+    return shards if probe <= 0 else min(probe, shards)
+
+
 class ShardedIndex:
     def __init__(self, modality: str, dim: int, clients: list[ShardClient], probe: int,
                  router: Router | dict[str, Any] | None = None, seed: int = 0) -> None:
@@ -42,7 +47,7 @@ class ShardedIndex:
         self.modality = modality
         self.dim = dim
         self.clients = clients
-        self.probe = len(clients) if probe <= 0 else min(probe, len(clients))  # 0: no cap but the margin
+        self.probe = probe_cap(probe, len(clients))
         # until the router trains: the searched items' distances to their nearest accepted item (routing_margin)
         self.nn_counts = np.zeros(NN_BINS, np.int64)
         if isinstance(router, dict) and "nn_counts" in router:
