@@ -21,6 +21,7 @@ from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column
 from curator.embed.hashes import ContentHashes, text_key, thumbnails
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
 from curator.embed.preprocess import BatchPreprocess
+from curator.embed.tokens import caption_tokens
 from curator.records import Fault, InvalidRecord, Limits
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ class ClipEmbedder:
                                       "open_clip state_dict; check --embedder.model") from None
             raise self._fail(msg) from None
         model.eval()
-        self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        self._model, self._preprocess, self._tokenizer = model, preprocess, caption_tokens(tokenizer)
         self._batcher = BatchPreprocess(preprocess)
         self.decode = self._setup_decode()
         # Dimensions from a real forward pass: also proves the model runs before any data arrives.
