@@ -58,3 +58,15 @@ def test_thumbnails_of_mixed_shapes_are_each_pictures_own() -> None:
         rgb = torch.nn.functional.interpolate(x[None], size=(THUMB, THUMB), mode="bilinear", antialias=True,
                                               align_corners=False)[0]
         assert np.allclose(t, (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).numpy(), rtol=0, atol=1e-3)
+
+
+def test_steps_that_would_copy_the_image_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    pre = image_transform(32, is_train=False)  # Resize(32), CenterCrop(32), MaybeConvertMode, ToTensor, Normalize
+    b = BatchPreprocess(pre)
+    assert b.batched
+    crops: list[tuple[int, int]] = []
+    crop = T.CenterCrop.forward
+    monkeypatch.setattr(T.CenterCrop, "forward", lambda self, im: crops.append(im.size) or crop(self, im))
+    square, tall = _images(5)[0], _images(5)[1]  # 64x64: already 32x32 after the resize; 200x300: not
+    assert torch.equal(b.batch([b.prepare(square), b.prepare(tall)]), torch.stack([pre(square), pre(tall)]))
+    assert crops == [(32, 48), (32, 32), (32, 48)]  # ours crops only the tall one; the model's transform both
