@@ -22,6 +22,14 @@ base per commit -- what the chain writes on average; ``restore_s``: loading the 
 deltas) against ``restore_whole_s``, loading a whole snapshot of the same index (medians of 3, each
 read from the page cache). The rest of a commit (the Parquet parts,
 the manifest) is the same both ways and grows with `--commit-every`, not with the index.
+
+A second table, the manifest: each commit rewrites ``manifest.json``, which names every part and
+snapshot so far and carries the selector's state, so its cost grows with the run's commits. For
+run directories whose manifest names ``--manifest-commits`` commits (and the state of a selector that
+took a trusted bootstrap of 1,024 of the mixture's items, in ten classes, and decided 3,072 more): ``commit_ms``, `StoreWriter.commit` with nothing staged (the
+manifest's copy, its encoding and its durable write; median of 7); ``encode_ms``, the copy and the
+encoding alone, against ``before_ms``, the same done as curator did before (a copy through JSON, the
+file indented, which json encodes in pure Python); ``us_per_item``: ``commit_ms`` over --commit-every.
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.selector_speed import DIM, base_chunks, centers, mixture  # noqa: E402
 from curator.config import IndexConfig  # noqa: E402
 from curator.index import VectorIndex  # noqa: E402
-from curator.index.deltas import COMPACT_FRACTION, row_bytes  # noqa: E402
-from curator.store.snapshots import ShardSnapshots, fsync_dir  # noqa: E402
+from curator.index.deltas import COMPACT_FRACTION, fsync_path, row_bytes  # noqa: E402
+from curator.store.snapshots import ShardSnapshots  # noqa: E402
+from curator.store.writer import TABLES, StoreWriter, _for_next_commit  # noqa: E402
 
 COLS = ["n_indexed", "kind", "whole_s", "whole_mb", "delta_s", "delta_mb", "speedup", "base_every",
         "amortized_mb", "restore_s", "restore_whole_s"]
@@ -90,7 +99,7 @@ def measure(n: int, commits: int, commit_every: int, root: Path) -> dict:
         t0 = time.perf_counter()
         idx.save(d)  # before: the whole index, every commit
         for f in (d, d.parent):
-            fsync_dir(f)
+            fsync_path(f)
         whole_s.append(time.perf_counter() - t0)
         whole_mb.append(folder_mb(d))
         if no < commits:
@@ -114,12 +123,60 @@ def measure(n: int, commits: int, commit_every: int, root: Path) -> dict:
             "restore_s": round(restore_s, 2), "restore_whole_s": round(restore_whole_s, 2),
             "whole_s_all": [round(v, 3) for v in whole_s], "delta_s_all": [round(v, 3) for v in delta_s]}
 
+MANIFEST_COLS = ["commits_named", "manifest_kb", "commit_ms", "encode_ms", "before_ms", "speedup", "us_per_item"]
+
+
+def selector_state(n: int = 4096, batch: int = 256, trusted: int = 1024) -> tuple[dict, dict]:
+    """The state and calibration report of a selector that took a trusted bootstrap of `trusted` of the
+    mixture's items (labels: their cluster mod 10), then decided the rest of `n`."""
+    from benchmarks.selector_speed import samples
+    from curator.config import SelectorConfig
+    from curator.embed import Embeddings
+    from curator.select import InfoGrowthSelector
+
+    sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+    x, lab = mixture(np.random.default_rng(7), centers(), n)
+    lab = lab % 10  # ten classes: the label rule calibrates on the bootstrap and lets its votes go
+    for s in range(0, n, batch):
+        m = len(x[s:s + batch])
+        decide = sel.bootstrap if s < trusted else sel.select
+        decide(samples(m, s, lab[s:s + batch]), Embeddings(x[s:s + batch], None, np.ones(m, bool), np.zeros(m, bool)))
+        if s + batch == trusted:
+            sel.finish_bootstrap()
+    return sel.state_dict(), sel.calibration_report()
+
+
+def manifest_cost(commits: int, commit_every: int, root: Path, state: tuple[dict, dict], times: int = 7) -> dict:
+    w = StoreWriter.open(root / f"manifest-{commits}", {"model": "bench", "config_fingerprint": "bench"})
+    w.manifest["parts"] = {t: [f"{t}/shard=0/part-{i:06d}.parquet" for i in range(1, commits + 1)] for t in TABLES}
+    w.manifest["commit"] = commits
+    positions = {"bench": {p: commits * commit_every // 12 for p in range(12)}}
+    extra = {"calibration": state[1], "counts": {"kept": commits * commit_every // 2}}
+    took, enc, before = [], [], []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        w.commit(positions, state[0], None, extra)
+        took.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        json.dumps(_for_next_commit(w.manifest, extra), sort_keys=True).encode()
+        enc.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        json.dumps(json.loads(json.dumps(w.manifest)), indent=1, sort_keys=True).encode()
+        before.append(time.perf_counter() - t0)
+    med = statistics.median
+    return {"commits_named": commits, "manifest_kb": round((w.run_dir / "manifest.json").stat().st_size / 1024, 1),
+            "commit_ms": round(med(took) * 1e3, 2), "encode_ms": round(med(enc) * 1e3, 2),
+            "before_ms": round(med(before) * 1e3, 2), "speedup": round(med(before) / med(enc), 1),
+            "us_per_item": round(med(took) * 1e6 / commit_every, 2)}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--commits", type=int, default=7, help="commits per size (the first writes the base)")
     ap.add_argument("--commit-every", type=int, default=2048, help="items added per commit (store.commit_every)")
+    ap.add_argument("--manifest-commits", type=int, nargs="*", default=[100, 1000, 10_000],
+                    help="commits the manifest names, for its table (none: skip it)")
     ap.add_argument("--dir", default=None, help="where the run directories go (default: a temporary folder)")
     ap.add_argument("--json", help="also write the rows here (keys as in the table, and every commit's seconds)")
     args = ap.parse_args()
@@ -134,8 +191,16 @@ def main() -> None:
             Path(tmp).mkdir(exist_ok=True)
             rows.append(row)
             print(" | ".join(f"{row[h]:>15}" for h in COLS), flush=True)
+        manifest = []
+        if args.manifest_commits:
+            print("\nthe manifest a commit rewrites, by the commits it names (commit_every "
+                  f"{args.commit_every})\n" + " | ".join(f"{h:>13}" for h in MANIFEST_COLS), flush=True)
+            state = selector_state()
+            for n in args.manifest_commits:
+                manifest.append(manifest_cost(n, args.commit_every, Path(tmp), state))
+                print(" | ".join(f"{manifest[-1][h]:>13}" for h in MANIFEST_COLS), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"index": rows, "manifest": manifest}, indent=1))
 
 
 if __name__ == "__main__":

@@ -212,9 +212,7 @@ class StoreWriter:
         (and take the other shards' durable ones), then the manifest naming them (in that order)."""
         assert self.own is not None
         no = self.commit_no + 1
-        m = json.loads(json.dumps(self.manifest))  # a copy: the old one stays valid until the rename
-        if extra:
-            m.update(extra)
+        m = _for_next_commit(self.manifest, extra)  # the old one stays valid until the rename
         own = self.own.write(no)
         if snapshot is not None:
             own.snapshots = snapshot(no)
@@ -229,6 +227,21 @@ class StoreWriter:
         m["updated"] = time.time()
         m["positions"] = {s: {str(p): int(o) for p, o in parts.items()} for s, parts in positions.items()}
         m["selector_state"] = selector_state
-        atomic_write_bytes(self.run_dir / MANIFEST, json.dumps(m, indent=1, sort_keys=True).encode())
+        # one line, by json's C encoder: an indented manifest goes through its pure-Python one, 5x the CPU
+        # (3.5 ms a commit for a 100 KB manifest, most of it the selector's state)
+        atomic_write_bytes(self.run_dir / MANIFEST, json.dumps(m, sort_keys=True).encode())
         self.manifest = m
         return m
+
+
+def _for_next_commit(manifest: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """`manifest` updated with `extra`, with its own copy of every container `StoreWriter.commit` then
+    changes (the parts lists, the shards' checkpoints); the values it only replaces are shared. A copy
+    through JSON cost more than the commit's own encoding as the parts lists grow."""
+    m = {**manifest, **(extra or {})}
+    m["parts"] = {t: list(p) for t, p in manifest["parts"].items()}
+    if isinstance(m.get("shards"), dict):
+        m["shards"] = {**m["shards"]}
+        if isinstance(m["shards"].get("checkpoints"), dict):
+            m["shards"]["checkpoints"] = {**m["shards"]["checkpoints"]}
+    return m
