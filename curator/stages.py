@@ -262,8 +262,8 @@ class SelectWriteStage:
 
     def restore(self, state: dict[str, Any]) -> None:
         """The selector's state from the manifest; its hash table from the committed decisions."""
-        assert self.selector is not None
-        self.selector.load_state_dict(state)
+        assert self.selector is not None and self.writer is not None
+        self.selector.load_state_dict(state, self.writer.read_state_file)
         self.selector.restore_hashes(read_table(self.cfg.store.out, "decisions", KEY_COLUMNS))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -367,7 +367,7 @@ class SelectWriteStage:
         durable = [p.result() for p in [c.write(no) for c in self.shards]]
         n = len(self.shards)
         shards = {"n": n, "probe": probe_cap(self.cfg.selector.probe, n)}
-        m = w.commit(self.positions, sel.state_dict(), None,
+        m = w.commit(self.positions, sel.state_dict(w.put_state_file), None,
                      {"bootstrapped": self.bootstrapped, "counts": dict(self.counts),
                       "calibration": sel.calibration_report(), **(extra or {}),
                       "shards": {**(w.manifest.get("shards") or {}), **shards}}, durable)

@@ -55,7 +55,7 @@ from curator.select.outcome import (
 from curator.select.shard import IndexShard, LocalShard, ShardClient
 from curator.select.sharded import ShardedIndex
 from curator.select.sketch import StreamingQuantile
-from curator.select.trust import PHASH_SAMPLE, LooVotes, crowd_status, phash_crowd
+from curator.select.trust import PHASH_SAMPLE, GetFile, LooVotes, PutFile, crowd_status, phash_crowd
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ class InfoGrowthSelector:
         p = self.primary
         return len(self.indexes[p]) if p else 0
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything but the indexes (snapshotted separately with `save_indexes`)."""
+    def state_dict(self, put: PutFile | None = None) -> dict[str, Any]:
+        """Everything but the indexes (snapshotted separately with `save_indexes`); `put`: where the
+        label votes' vectors go (`LooVotes.state_dict`), else into the state."""
         return {
             "seq": self.seq,
             "g_sum": self.g_sum,
@@ -173,11 +174,12 @@ class InfoGrowthSelector:
             "trusted_seen": self.trusted_seen,
             "cal_pending": self.cal_pending,
             "hashed": len(self.hashes),
-            "loo": self.loo.state_dict(),
+            "loo": self.loo.state_dict(put),
             "recent_phash": self._recent_phash.tolist(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], get: GetFile | None = None) -> None:
+        """`get`: reads the files `state_dict(put)` named."""
         self.seq = int(state["seq"])
         self.g_sum = float(state["g_sum"])
         self.g_count = int(state["g_count"])
@@ -200,7 +202,7 @@ class InfoGrowthSelector:
             self.cal = Calibration.from_state(state["calibration"])
             self.trusted_seen = int(state["trusted_seen"])
             self.cal_pending = bool(state["cal_pending"])
-            self.loo = LooVotes.from_state(state.get("loo"), self.cfg.k_label, self.cfg.vote_temperature)
+            self.loo = LooVotes.from_state(state.get("loo"), self.cfg.k_label, self.cfg.vote_temperature, get)
             self._recent_phash = np.asarray(state.get("recent_phash") or [], np.int64)
             # only the bootstrap fills the sample, and the stream's first item recalibrates: derived, not stored
             self.near_ok, self.near_crowd = phash_crowd(self._recent_phash, self.cfg.phash_max_dist)

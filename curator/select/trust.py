@@ -6,6 +6,8 @@ distinct trusted pictures make the perceptual-hash cut.
 from __future__ import annotations
 
 import base64
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,11 @@ def crowd_status(crowd: float, n: int, max_dist: int) -> str:
             "copies are still caught")
 
 
+#: `LooVotes.state_dict(put)`: put(name, produce) keeps produce()'s bytes in a file beside the committed
+#: state, named `name` unless one is there already, and returns its path (`get` reads it back)
+PutFile = Callable[[str, Callable[[], bytes]], str]
+GetFile = Callable[[str], bytes]
+
 #: rows of the leave-one-out similarity matrix computed together, once a block of them is held
 LOO_BLOCK = 256
 #: the fewest rows in one product: smaller ones take BLAS's small-matrix kernels (or a matrix-vector
@@ -66,6 +73,7 @@ class LooVotes:
         self.cols = np.zeros((0, self.k), np.int64)  # per row: its k best among complete blocks
         self.sims = np.zeros((0, self.k), np.float32)
         self.cnt = np.zeros(0, np.int64)
+        self._file: tuple[int, str] = (0, "")  # (rows, name) of the rows' file, once `state_dict(put)` named one
 
     def __len__(self) -> int:
         return self.n
@@ -119,19 +127,41 @@ class LooVotes:
         _fold(g, 0, d, self.cols[d:e], self.sims[d:e], self.cnt[d:e])
         self.done = e
 
-    def state_dict(self) -> dict[str, Any] | None:
-        """The items held, while they are still collected (the rest is derived from them)."""
+    def state_dict(self, put: PutFile | None = None) -> dict[str, Any] | None:
+        """The items held, while they are still collected (the rest is derived from them). Their vectors
+        (LOO_CAP x 512-d: 5.6 MB as base64) go into the state itself, or with `put` into a file that is
+        written again only when rows were added: a label rule that never gathers its votes (more classes
+        than LOO_CAP / 10) holds them for the whole run, and every commit would rewrite them."""
         if not self.n:
             return None
         x = self.x[: self.n]
-        return {"dim": int(x.shape[1]), "x": base64.b64encode(x.tobytes()).decode(), "y": self.y[: self.n].tolist()}
+        state: dict[str, Any] = {"dim": int(x.shape[1]), "y": self.y[: self.n].tolist()}
+        if put is None:
+            state["x"] = base64.b64encode(x.tobytes()).decode()
+            return state
+        rows, name = self._file
+        if rows != self.n:  # the rows only grow: their count and digest name their content
+            name = f"loo-{self.n}-{hashlib.blake2b(x.tobytes(), digest_size=8).hexdigest()}.f32"
+            self._file = (self.n, name)
+        state["x_file"] = put(name, x.tobytes)
+        return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any] | None, k: int, temperature: float) -> LooVotes:
+    def from_state(cls, state: dict[str, Any] | None, k: int, temperature: float,
+                   get: GetFile | None = None) -> LooVotes:
         votes = cls(k, temperature)
         if state:
-            x = np.frombuffer(base64.b64decode(state["x"]), np.float32).reshape(-1, int(state["dim"]))
+            if "x_file" in state:
+                if get is None:
+                    raise ValueError("the selector state keeps its label votes' vectors in a file "
+                                     f"({state['x_file']}): restore it with the run directory's reader")
+                raw = get(state["x_file"])
+            else:
+                raw = base64.b64decode(state["x"])
+            x = np.frombuffer(raw, np.float32).reshape(-1, int(state["dim"]))
             votes.add(x, np.asarray(state["y"], np.int64))
+            if "x_file" in state:
+                votes._file = (votes.n, state["x_file"].rsplit("/", 1)[-1])
         return votes
 
 
