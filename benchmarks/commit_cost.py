@@ -24,12 +24,16 @@ read from the page cache). The rest of a commit (the Parquet parts,
 the manifest) is the same both ways and grows with `--commit-every`, not with the index.
 
 A second table, the manifest: each commit rewrites ``manifest.json``, which names every part and
-snapshot so far and carries the selector's state, so its cost grows with the run's commits. For
-run directories whose manifest names ``--manifest-commits`` commits (and the state of a selector that
-took a trusted bootstrap of 1,024 of the mixture's items, in ten classes, and decided 3,072 more): ``commit_ms``, `StoreWriter.commit` with nothing staged (the
-manifest's copy, its encoding and its durable write; median of 7); ``encode_ms``, the copy and the
-encoding alone, against ``before_ms``, the same done as curator did before (a copy through JSON, the
-file indented, which json encodes in pure Python); ``us_per_item``: ``commit_ms`` over --commit-every.
+snapshot so far and carries the selector's state, so its cost grows with the run's commits. For run
+directories whose manifest names ``--manifest-commits`` commits, with the state of a selector that
+took a trusted bootstrap of 1,024 of the mixture's items and decided 3,072 more -- ``votes``:
+``released`` with the labels in 10 classes (the label rule calibrates and lets its votes go),
+``held`` with the mixture's 1,290 (it never gathers 10 votes a class, and holds 2,048 items' vectors
+for the whole run) -- ``commit_ms`` is `StoreWriter.commit` with nothing staged (the state, the
+manifest's copy, encoding and durable write; median of 7) and ``manifest_kb`` what it writes, against
+``before_ms`` and ``before_kb``: the same commit as curator made it before, the vectors inline as
+base64, the manifest copied through JSON and indented (which json encodes in pure Python);
+``us_per_item``: ``commit_ms`` over --commit-every.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +59,7 @@ from curator.config import IndexConfig  # noqa: E402
 from curator.index import VectorIndex  # noqa: E402
 from curator.index.deltas import COMPACT_FRACTION, fsync_path, row_bytes  # noqa: E402
 from curator.store.snapshots import ShardSnapshots  # noqa: E402
-from curator.store.writer import TABLES, StoreWriter, _for_next_commit  # noqa: E402
+from curator.store.writer import TABLES, StoreWriter, atomic_write_bytes  # noqa: E402
 
 COLS = ["n_indexed", "kind", "whole_s", "whole_mb", "delta_s", "delta_mb", "speedup", "base_every",
         "amortized_mb", "restore_s", "restore_whole_s"]
@@ -123,12 +128,13 @@ def measure(n: int, commits: int, commit_every: int, root: Path) -> dict:
             "restore_s": round(restore_s, 2), "restore_whole_s": round(restore_whole_s, 2),
             "whole_s_all": [round(v, 3) for v in whole_s], "delta_s_all": [round(v, 3) for v in delta_s]}
 
-MANIFEST_COLS = ["commits_named", "manifest_kb", "commit_ms", "encode_ms", "before_ms", "speedup", "us_per_item"]
+MANIFEST_COLS = ["commits_named", "votes", "manifest_kb", "commit_ms", "before_kb", "before_ms", "speedup",
+                 "us_per_item"]
 
 
-def selector_state(n: int = 4096, batch: int = 256, trusted: int = 1024) -> tuple[dict, dict]:
-    """The state and calibration report of a selector that took a trusted bootstrap of `trusted` of the
-    mixture's items (labels: their cluster mod 10), then decided the rest of `n`."""
+def decided_selector(classes: int | None, n: int = 4096, batch: int = 256, trusted: int = 1024) -> Any:
+    """A selector that took a trusted bootstrap of `trusted` of the mixture's items, then decided the
+    rest of `n`; labels: the mixture's own, or their cluster mod `classes`."""
     from benchmarks.selector_speed import samples
     from curator.config import SelectorConfig
     from curator.embed import Embeddings
@@ -136,37 +142,38 @@ def selector_state(n: int = 4096, batch: int = 256, trusted: int = 1024) -> tupl
 
     sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
     x, lab = mixture(np.random.default_rng(7), centers(), n)
-    lab = lab % 10  # ten classes: the label rule calibrates on the bootstrap and lets its votes go
+    lab = lab if classes is None else lab % classes
     for s in range(0, n, batch):
         m = len(x[s:s + batch])
         decide = sel.bootstrap if s < trusted else sel.select
         decide(samples(m, s, lab[s:s + batch]), Embeddings(x[s:s + batch], None, np.ones(m, bool), np.zeros(m, bool)))
         if s + batch == trusted:
             sel.finish_bootstrap()
-    return sel.state_dict(), sel.calibration_report()
+    return sel
 
 
-def manifest_cost(commits: int, commit_every: int, root: Path, state: tuple[dict, dict], times: int = 7) -> dict:
-    w = StoreWriter.open(root / f"manifest-{commits}", {"model": "bench", "config_fingerprint": "bench"})
+def manifest_cost(commits: int, commit_every: int, root: Path, sel: Any, votes: str, times: int = 7) -> dict:
+    run = root / f"manifest-{votes}-{commits}"
+    w = StoreWriter.open(run, {"model": "bench", "config_fingerprint": "bench"})
     w.manifest["parts"] = {t: [f"{t}/shard=0/part-{i:06d}.parquet" for i in range(1, commits + 1)] for t in TABLES}
     w.manifest["commit"] = commits
     positions = {"bench": {p: commits * commit_every // 12 for p in range(12)}}
-    extra = {"calibration": state[1], "counts": {"kept": commits * commit_every // 2}}
-    took, enc, before = [], [], []
+    extra = {"calibration": sel.calibration_report(), "counts": {"kept": commits * commit_every // 2}}
+    took, before = [], []
     for _ in range(times):
         t0 = time.perf_counter()
-        w.commit(positions, state[0], None, extra)
+        w.commit(positions, sel.state_dict(w.put_state_file), None, extra)
         took.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        json.dumps(_for_next_commit(w.manifest, extra), sort_keys=True).encode()
-        enc.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        json.dumps(json.loads(json.dumps(w.manifest)), indent=1, sort_keys=True).encode()
+        m = json.loads(json.dumps(w.manifest))
+        m.update(extra, selector_state=sel.state_dict())
+        atomic_write_bytes(run / "before.json", json.dumps(m, indent=1, sort_keys=True).encode())
         before.append(time.perf_counter() - t0)
     med = statistics.median
-    return {"commits_named": commits, "manifest_kb": round((w.run_dir / "manifest.json").stat().st_size / 1024, 1),
-            "commit_ms": round(med(took) * 1e3, 2), "encode_ms": round(med(enc) * 1e3, 2),
-            "before_ms": round(med(before) * 1e3, 2), "speedup": round(med(before) / med(enc), 1),
+    kb = sum(f.stat().st_size for f in [run / "manifest.json", *(run / p for p in w.manifest["state_files"])]) / 1024
+    return {"commits_named": commits, "votes": votes, "manifest_kb": round(kb, 1),
+            "commit_ms": round(med(took) * 1e3, 2), "before_kb": round((run / "before.json").stat().st_size / 1024, 1),
+            "before_ms": round(med(before) * 1e3, 2), "speedup": round(med(before) / med(took), 1),
             "us_per_item": round(med(took) * 1e6 / commit_every, 2)}
 
 
@@ -195,10 +202,11 @@ def main() -> None:
         if args.manifest_commits:
             print("\nthe manifest a commit rewrites, by the commits it names (commit_every "
                   f"{args.commit_every})\n" + " | ".join(f"{h:>13}" for h in MANIFEST_COLS), flush=True)
-            state = selector_state()
-            for n in args.manifest_commits:
-                manifest.append(manifest_cost(n, args.commit_every, Path(tmp), state))
-                print(" | ".join(f"{manifest[-1][h]:>13}" for h in MANIFEST_COLS), flush=True)
+            for votes, classes in (("released", 10), ("held", None)):
+                sel = decided_selector(classes)
+                for n in args.manifest_commits:
+                    manifest.append(manifest_cost(n, args.commit_every, Path(tmp), sel, votes))
+                    print(" | ".join(f"{manifest[-1][h]:>13}" for h in MANIFEST_COLS), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"index": rows, "manifest": manifest}, indent=1))
 
