@@ -1,9 +1,9 @@
 """Captions to token ids exactly as open_clip's BPE tokenizer makes them, for a fraction of its CPU.
 
-open_clip's `SimpleTokenizer` spends ~90 us of CPU on a ten-word caption, more than the tiny test
-model's forward pass: every caption goes through ftfy and two HTML unescapes (~25 us), and every word
-is byte-encoded, looked up in the BPE cache, split and mapped to ids (~50 us). On a GPU node that is
-CPU the embedder actors cannot give. `CaptionTokens` keeps the tokenizer's own rules and only skips
+open_clip's `SimpleTokenizer` spends ~63 us of CPU on a ten-word caption (here, one thread): every
+caption goes through ftfy and two HTML unescapes (~25 us), and every word is byte-encoded, looked up
+in the BPE cache, split and mapped to ids. On a GPU node, where the model's work leaves the CPU, that
+is most of what an embedder actor still spends on a caption. `CaptionTokens` keeps the tokenizer's own rules and only skips
 work whose result is known:
 
 - a caption of printable ASCII without ``&`` is left as it is by ftfy (every fix it makes starts from
