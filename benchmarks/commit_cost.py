@@ -34,6 +34,13 @@ manifest's copy, encoding and durable write; median of 7) and ``manifest_kb`` wh
 ``before_ms`` and ``before_kb``: the same commit as curator made it before, the vectors inline as
 base64, the manifest copied through JSON and indented (which json encodes in pure Python);
 ``us_per_item``: ``commit_ms`` over --commit-every.
+
+A third table, the Parquet parts: a kept table of ``--part-rows`` rows (an id, a caption, the image
+bytes and a 512-d embedding) of `pipeline_speed`'s images -- ``photos`` (JPEG crops of photographs, up
+to 320 px) and ``digits`` (64 px PNG) -- written as the store writes it (`parquet_options`: the
+image column as given when it holds JPEG/PNG/WEBP files, and never dictionary-encoded) against
+``zstd`` on every column as before: ``us_per_row`` and ``bytes_per_row`` each way (best of 5, into
+memory).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from curator.config import IndexConfig  # noqa: E402
 from curator.index import VectorIndex  # noqa: E402
 from curator.index.deltas import COMPACT_FRACTION, fsync_path, row_bytes  # noqa: E402
 from curator.store.snapshots import ShardSnapshots  # noqa: E402
-from curator.store.writer import TABLES, StoreWriter, atomic_write_bytes  # noqa: E402
+from curator.store.writer import TABLES, StoreWriter, atomic_write_bytes, parquet_options  # noqa: E402
 
 COLS = ["n_indexed", "kind", "whole_s", "whole_mb", "delta_s", "delta_mb", "speedup", "base_every",
         "amortized_mb", "restore_s", "restore_whole_s"]
@@ -177,6 +184,38 @@ def manifest_cost(commits: int, commit_every: int, root: Path, sel: Any, votes: 
             "us_per_item": round(med(took) * 1e6 / commit_every, 2)}
 
 
+PART_COLS = ["images", "rows", "before_us_per_row", "us_per_row", "speedup", "before_bytes_per_row", "bytes_per_row"]
+
+
+def part_cost(images: str, rows: int) -> dict:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.pipeline_speed import dataset
+
+    recs = dataset(rows, 320 if images == "photos" else 64, images=images)
+    x, _ = mixture(np.random.default_rng(1), centers(), rows)
+    table = pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs],
+                      "image": [r["image"] for r in recs],
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+
+    def best(options: dict) -> tuple[float, int]:
+        took, size = [], 0
+        for _ in range(5):
+            buf = io.BytesIO()
+            t0 = time.perf_counter()
+            pq.write_table(table, buf, **options)
+            took.append(time.perf_counter() - t0)
+            size = len(buf.getvalue())
+        return min(took) * 1e6 / rows, size // rows
+
+    (b_us, b_size), (us, size) = best({"compression": "zstd"}), best(parquet_options(table))
+    return {"images": images, "rows": rows, "before_us_per_row": round(b_us, 1), "us_per_row": round(us, 1),
+            "speedup": round(b_us / us, 1), "before_bytes_per_row": b_size, "bytes_per_row": size}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -184,6 +223,7 @@ def main() -> None:
     ap.add_argument("--commit-every", type=int, default=2048, help="items added per commit (store.commit_every)")
     ap.add_argument("--manifest-commits", type=int, nargs="*", default=[100, 1000, 10_000],
                     help="commits the manifest names, for its table (none: skip it)")
+    ap.add_argument("--part-rows", type=int, default=1024, help="rows of the Parquet parts' kept table")
     ap.add_argument("--dir", default=None, help="where the run directories go (default: a temporary folder)")
     ap.add_argument("--json", help="also write the rows here (keys as in the table, and every commit's seconds)")
     args = ap.parse_args()
@@ -207,8 +247,14 @@ def main() -> None:
                 for n in args.manifest_commits:
                     manifest.append(manifest_cost(n, args.commit_every, Path(tmp), sel, votes))
                     print(" | ".join(f"{manifest[-1][h]:>13}" for h in MANIFEST_COLS), flush=True)
+    print("\nthe Parquet parts: a kept table written as the store writes it, against zstd everywhere\n"
+          + " | ".join(f"{h:>20}" for h in PART_COLS), flush=True)
+    parts = []
+    for images in ("photos", "digits"):
+        parts.append(part_cost(images, args.part_rows))
+        print(" | ".join(f"{parts[-1][h]:>20}" for h in PART_COLS), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"index": rows, "manifest": manifest}, indent=1))
+        Path(args.json).write_text(json.dumps({"index": rows, "manifest": manifest, "parts": parts}, indent=1))
 
 
 if __name__ == "__main__":

@@ -95,3 +95,28 @@ def test_query_cli_prints_and_exits_2_on_bad_sql(run):
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "query", str(run), "DROP VIEW kept"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "only SELECT" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_image_files_compressed_in_their_own_format_are_stored_as_given(tmp_path):
+    import io
+
+    from PIL import Image
+
+    def encoded(fmt, i):
+        b = io.BytesIO()
+        Image.new("RGB", (16, 16), (i, 2 * i, 3)).save(b, fmt)
+        return b.getvalue()
+
+    w = StoreWriter.open(tmp_path, {"model": "m", "config_fingerprint": "f"})
+    for no, fmt in enumerate(("JPEG", "PNG", "BMP"), 1):
+        images = [encoded(fmt, i) for i in range(20)]
+        w.stage("kept", pa.table({"id": [f"{fmt}{i}" for i in range(20)], "image": images}))
+        w.stage("decisions", _decisions([f"{fmt}{i}" for i in range(20)]))
+        w.commit({}, None, None)
+        meta = pq.ParquetFile(tmp_path / f"kept/shard=0/part-{no:06d}.parquet").metadata.row_group(0)
+        cols = {meta.column(j).path_in_schema: meta.column(j) for j in range(meta.num_columns)}
+        # JPEG and PNG as given, BMP (raw pixels) compressed; images never dictionary-encoded
+        assert cols["image"].compression == ("ZSTD" if fmt == "BMP" else "UNCOMPRESSED"), fmt
+        assert not any("DICTIONARY" in e for e in cols["image"].encodings)
+        assert cols["id"].compression == "ZSTD" and any("DICTIONARY" in e for e in cols["id"].encodings)
+        assert read_table(tmp_path, "kept").column("image").to_pylist()[-20:] == images

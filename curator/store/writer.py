@@ -58,10 +58,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+#: how image files that are compressed in their own format begin (JPEG, PNG, GIF, WEBP; AVIF and HEIF
+#: say "ftyp" at byte 4); `parquet_options` stores such a column as given
+_COMPRESSED_IMAGE = ((0, b"\xff\xd8\xff"), (0, b"\x89PNG"), (0, b"GIF8"), (8, b"WEBP"), (4, b"ftyp"))
+
+
+def compressed_images(col: pa.ChunkedArray, sample: int = 64) -> bool:
+    """Whether the first `sample` non-null values of a binary column are (nearly all) image files
+    compressed in their own format."""
+    seen = hits = 0
+    for chunk in col.chunks:
+        for v in chunk:
+            b = v.as_py()
+            if b is None:
+                continue
+            seen += 1
+            hits += any(b[o:o + len(m)] == m for o, m in _COMPRESSED_IMAGE)
+            if seen >= sample:
+                return hits >= 0.9 * seen
+    return seen > 0 and hits >= 0.9 * seen
+
+
+def parquet_options(table: pa.Table) -> dict[str, Any]:
+    """zstd and dictionaries for every column but the payload: images are stored without a dictionary
+    (each is unique), and without zstd when they are JPEG/PNG/WEBP files already (zstd won ~3% on JPEG
+    photographs for 5x the CPU of writing the rest of the row: 36 -> 6 us per kept row)."""
+    if "image" not in table.column_names or not pa.types.is_binary(table.schema.field("image").type):
+        return {"compression": "zstd"}
+    as_given = compressed_images(table.column("image"))
+    return {"compression": {c: "NONE" if c == "image" and as_given else "zstd" for c in table.column_names},
+            "use_dictionary": [c for c in table.column_names if c != "image"]}
+
+
 def write_parquet_durable(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, **parquet_options(table))
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
