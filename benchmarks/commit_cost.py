@@ -37,9 +37,9 @@ base64, the manifest copied through JSON and indented (which json encodes in pur
 
 A third table, the Parquet parts: a kept table of ``--part-rows`` rows (an id, a caption, the image
 bytes and a 512-d embedding) of `pipeline_speed`'s images -- ``photos`` (JPEG crops of photographs, up
-to 320 px) and ``digits`` (64 px PNG) -- written as the store writes it (`parquet_options`: the
-image column as given when it holds JPEG/PNG/WEBP files, and never dictionary-encoded) against
-``zstd`` on every column as before: ``us_per_row`` and ``bytes_per_row`` each way (best of 5, into
+to 320 px) and ``digits`` (64 px PNG) -- written as the store writes it (`parquet_options`: no
+dictionary for the images and embeddings, the images as given when they are JPEG/PNG/WEBP files)
+against zstd and dictionaries on every column, as before: ``us_per_row`` and ``bytes_per_row`` each way (best of 5, into
 memory).
 """
 

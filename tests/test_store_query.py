@@ -98,6 +98,7 @@ def test_query_cli_prints_and_exits_2_on_bad_sql(run):
 
 
 def test_image_files_compressed_in_their_own_format_are_stored_as_given(tmp_path):
+    """And the columns whose values are each unique (images, embeddings) get no dictionary."""
     import io
 
     from PIL import Image
@@ -110,13 +111,16 @@ def test_image_files_compressed_in_their_own_format_are_stored_as_given(tmp_path
     w = StoreWriter.open(tmp_path, {"model": "m", "config_fingerprint": "f"})
     for no, fmt in enumerate(("JPEG", "PNG", "BMP"), 1):
         images = [encoded(fmt, i) for i in range(20)]
-        w.stage("kept", pa.table({"id": [f"{fmt}{i}" for i in range(20)], "image": images}))
+        emb = pa.FixedSizeListArray.from_arrays(pa.array([0.25 * (i % 3) for i in range(80)], pa.float32()), 4)
+        w.stage("kept", pa.table({"id": [f"{fmt}{i}" for i in range(20)], "image": images, "embedding": emb}))
         w.stage("decisions", _decisions([f"{fmt}{i}" for i in range(20)]))
         w.commit({}, None, None)
         meta = pq.ParquetFile(tmp_path / f"kept/shard=0/part-{no:06d}.parquet").metadata.row_group(0)
         cols = {meta.column(j).path_in_schema: meta.column(j) for j in range(meta.num_columns)}
-        # JPEG and PNG as given, BMP (raw pixels) compressed; images never dictionary-encoded
+        # JPEG and PNG as given, BMP (raw pixels) compressed; images and embeddings never dictionary-encoded
         assert cols["image"].compression == ("ZSTD" if fmt == "BMP" else "UNCOMPRESSED"), fmt
-        assert not any("DICTIONARY" in e for e in cols["image"].encodings)
+        for unique in ("image", "embedding.list.element"):
+            assert not any("DICTIONARY" in e for e in cols[unique].encodings), unique
+        assert cols["embedding.list.element"].compression == "ZSTD"
         assert cols["id"].compression == "ZSTD" and any("DICTIONARY" in e for e in cols["id"].encodings)
         assert read_table(tmp_path, "kept").column("image").to_pylist()[-20:] == images

@@ -45,7 +45,7 @@ from PIL import Image
 from curator.embed.images import ALLOWED_FORMATS
 from curator.store.payloads import SourceReader
 from curator.store.query import connect
-from curator.store.writer import committed_parts
+from curator.store.writer import committed_parts, parquet_options
 
 FORMATS = ("webdataset", "imagefolder", "parquet")
 #: Items per tar shard / Parquet part (img2dataset's default).
@@ -296,7 +296,8 @@ def _parquet(run: Path, parts: list[Path], dest: Path, shard_size: int, summary:
                 if writer is None or rows_in_part >= shard_size:
                     if writer is not None:
                         writer.close()
-                    writer = pq.ParquetWriter(dest / f"part-{summary.files:05d}.parquet", schema, compression="zstd")
+                    writer = pq.ParquetWriter(dest / f"part-{summary.files:05d}.parquet", schema,
+                                              **parquet_options(chunk))  # the store's own encoding
                     summary.files, rows_in_part = summary.files + 1, 0
                 writer.write_table(chunk)
                 rows_in_part += chunk.num_rows
