@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curator.index.deltas import fsync_path
@@ -67,18 +68,10 @@ _COMPRESSED_IMAGE = ((0, b"\xff\xd8\xff"), (0, b"\x89PNG"), (0, b"GIF8"), (8, b"
 
 def compressed_images(col: pa.ChunkedArray, sample: int = 64) -> bool:
     """Whether the first `sample` non-null values of a binary column are (nearly all) image files
-    compressed in their own format."""
-    seen = hits = 0
-    for chunk in col.chunks:
-        for v in chunk:
-            b = v.as_py()
-            if b is None:
-                continue
-            seen += 1
-            hits += any(b[o:o + len(m)] == m for o, m in _COMPRESSED_IMAGE)
-            if seen >= sample:
-                return hits >= 0.9 * seen
-    return seen > 0 and hits >= 0.9 * seen
+    compressed in their own format (read from their first 12 bytes only)."""
+    heads = pc.binary_slice(col, 0, 12).drop_null().slice(0, sample).to_pylist()
+    hits = sum(any(h[o:o + len(m)] == m for o, m in _COMPRESSED_IMAGE) for h in heads)
+    return bool(heads) and hits >= 0.9 * len(heads)
 
 
 def parquet_options(table: pa.Table) -> dict[str, Any]:
