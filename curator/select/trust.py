@@ -159,9 +159,7 @@ class LooVotes:
             else:
                 raw = base64.b64decode(state["x"])
             x = np.frombuffer(raw, np.float32).reshape(-1, int(state["dim"]))
-            votes.add(x, np.asarray(state["y"], np.int64))
-            if "x_file" in state:
-                votes._file = (votes.n, state["x_file"].rsplit("/", 1)[-1])
+            votes.add(x, np.asarray(state["y"], np.int64))  # the next state_dict(put) names the same file
         return votes
 
 
