@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from curator.select.trust import LooVotes
-from curator.store import StoreWriter
+from curator.store import StoreError, StoreWriter
 from curator.store.writer import STATE_DIR
 
 
@@ -52,6 +53,13 @@ def test_votes_file_is_rewritten_only_when_rows_are_added_and_restores(tmp_path:
     again = StoreWriter.open(tmp_path, {"model": "m", "config_fingerprint": "f"})
     assert sorted(p.name for p in (tmp_path / STATE_DIR).iterdir()) == [grown["x_file"].split("/")[-1]]
     assert again.read_state_file(grown["x_file"]) == votes.x[:votes.n].tobytes()
+
+    # a state file the manifest names but the directory lost: a clear error, not empty evidence
+    (tmp_path / grown["x_file"]).unlink()
+    with pytest.raises(StoreError, match=r"names as part of the selector's state, cannot be read .*damaged"):
+        LooVotes.from_state(grown, 5, 0.1, again.read_state_file)
+    with pytest.raises(ValueError, match="keeps its label votes' vectors in a file"):
+        LooVotes.from_state(grown, 5, 0.1)  # no reader for the file
 
 
 def test_a_run_resumed_from_a_votes_file_decides_as_an_uninterrupted_one(tmp_path: Path) -> None:
