@@ -147,7 +147,8 @@ def test_a_crash_between_a_snapshot_and_its_manifest_restores_the_committed_inde
     assert_same(shard.indexes[M], restored(tmp_path, cfg), x)
 
 
-def test_garbage_collection_keeps_what_the_manifest_names_and_only_that(tmp_path: Path) -> None:
+def test_garbage_collection_keeps_what_the_manifest_names_and_only_that(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     x, _ = stream(3000, seed=7)
     cfg = IndexConfig(kind="flat", gpu="off")
     w = StoreWriter.open(tmp_path, {})
@@ -162,8 +163,13 @@ def test_garbage_collection_keeps_what_the_manifest_names_and_only_that(tmp_path
     (ck / f"ckpt-{m['commit'] + 1:06d}" / M / "delta.parquet").write_bytes(b"torn")
     (ck / "ckpt-000001" / "text").mkdir(parents=True)  # a link of a modality no manifest names
     old = StoredShard(0, cfg, tmp_path)
-    old.setup(read_manifest(tmp_path))
+    with caplog.at_level("INFO", "curator.store.snapshots"):
+        old.setup(read_manifest(tmp_path))
     assert on_disk(tmp_path) == named and not (ck / f"ckpt-{m['commit'] + 1:06d}").exists()
+    # the service's log says what went and why: a link vanishing under a run is then traceable
+    said = [r.getMessage() for r in caplog.records if "removed index snapshots" in r.getMessage()]
+    assert said == [f"shard 0: removed index snapshots ckpt-000001/text, ckpt-{m['commit'] + 1:06d}/image "
+                    f"(left behind: manifest {m['commit']} does not name it)"]
     assert_same(shard.indexes[M], old.indexes[M], x)
 
 

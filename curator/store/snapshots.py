@@ -90,25 +90,29 @@ class ShardSnapshots:
                     fsync_path(d)
             chains[m] = [rel] if what == "base" else [*chain, *([rel] if what else [])]
         previous, self.chains = self.chains, chains
-        self._remove_unnamed({p for links in (*previous.values(), *chains.values()) for p in links})
+        self._remove_unnamed({p for links in (*previous.values(), *chains.values()) for p in links},
+                             f"commit {no}: named by neither the chains it replaces, {previous}, nor its own, {chains}")
         return chains
 
     def collect_garbage(self, manifest: dict[str, Any]) -> None:
         """Remove the links a crashed run left behind: everything the manifest does not name."""
         self._remove_unnamed({p for links in shard_snapshots(self.run_dir, manifest, self.shard).values()
-                              for p in links})
+                              for p in links}, f"left behind: manifest {manifest.get('commit')} does not name it")
 
-    def _remove_unnamed(self, named: set[str]) -> None:
+    def _remove_unnamed(self, named: set[str], why: str) -> None:
         if not self.folder.exists():
             return
+        removed = []
         for ck in sorted(p for p in self.folder.iterdir() if p.name.startswith("ckpt-")):
             for link in list(ck.iterdir()):
                 if str(link.relative_to(self.run_dir)) not in named:
-                    log.debug("removing index snapshot %s (no manifest names it)", link)
+                    removed.append(f"{ck.name}/{link.name}")
                     if link.is_dir():
                         shutil.rmtree(link, ignore_errors=True)
                     else:
                         link.unlink()
             if not any(ck.iterdir()):
                 ck.rmdir()
+        if removed:
+            log.info("shard %d: removed index snapshots %s (%s)", self.shard, ", ".join(removed), why)
 

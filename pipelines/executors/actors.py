@@ -9,7 +9,9 @@ they cover. Both report where they run and what each stage's `setup()` returned,
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,21 @@ def actor_info(stages: list[Stage]) -> ActorInfo:
     return ActorInfo(os.getpid(), ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), infos)
 
 
+def actor_logging() -> None:
+    """Let this actor's `curator` loggers speak at INFO, as the driver's do: Ray hands a worker's
+    stderr to the driver's log, but a worker's logging says only warnings until it is told more. What
+    the stages do to the run directory (resuming, removing what a crash left) belongs in the service's
+    log."""
+    cur = logging.getLogger("curator")
+    if not cur.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        cur.addHandler(handler)
+        cur.propagate = False
+    if cur.getEffectiveLevel() > logging.INFO:
+        cur.setLevel(logging.INFO)
+
+
 def reserved(stages: list[Stage]) -> Resources:
     """What an actor running these stages reserves: the sum of their declarations."""
     return sum((s.resources for s in stages), Resources())
@@ -56,6 +73,7 @@ class StageActor:
     up once, then one batch at a time."""
 
     def __init__(self, stages: list[Stage]) -> None:
+        actor_logging()
         self.stages = stages
 
     def setup(self) -> ActorInfo:
@@ -79,6 +97,7 @@ class SelectWriteActor:
     queued behind them."""
 
     def __init__(self, stage: SelectWriteStage) -> None:
+        actor_logging()
         self.stage = stage
 
     def setup(self) -> ActorInfo:

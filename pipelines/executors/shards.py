@@ -17,6 +17,7 @@ selector/writer actor's).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +25,18 @@ import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
 
-from curator.config import RunConfig
+from curator.config import IndexConfig, RunConfig
 from curator.select.shard import Found, Held, ShardStats
 from curator.store.shards import StoredShard
+from pipelines.executors.actors import actor_logging
 
 
 class ShardActor(StoredShard):
     """A StoredShard that knows where it runs (its stats name its node)."""
+
+    def __init__(self, shard: int, cfg: IndexConfig, run_dir: str | Path) -> None:
+        actor_logging()
+        super().__init__(shard, cfg, run_dir)
 
     def setup(self, manifest: dict[str, Any] | None, node_id: str = "") -> ShardStats:
         return super().setup(manifest, node_id or ray.get_runtime_context().get_node_id())
