@@ -38,6 +38,9 @@ class ShardActor(StoredShard):
         actor_logging()
         super().__init__(shard, cfg, run_dir)
 
+    def __repr__(self) -> str:  # Ray's prefix of this actor's log lines
+        return f"ShardActor(shard={self.shard})"
+
     def setup(self, manifest: dict[str, Any] | None, node_id: str = "") -> ShardStats:
         return super().setup(manifest, node_id or ray.get_runtime_context().get_node_id())
 
