@@ -3,6 +3,8 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curator.config import SelectorConfig
 from curator.demo_data import digits_stream
@@ -259,3 +261,22 @@ def test_a_stray_low_distance_is_not_a_mode_of_copies():
     gap_from, body_from, n = separated_copies(hist(np.r_[body, [1e-5] * 3, 2e-5]))
     assert n == 4 and gap_from < body_from
     assert 10 ** (NN_LO + body_from * (NN_HI - NN_LO) / NN_BINS) <= body.min() * 1.02
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1023), st.integers(1, 40), st.integers(0, 3)), max_size=8))
+def test_separated_copies_is_the_highest_long_empty_run_under_the_median(blocks: list) -> None:
+    """Against a scan down from the median bin, as the docstring states it."""
+    from curator.select.calibrate import NN_BINS, NN_GAP_BINS, NN_MIN_SEPARATED, separated_copies
+
+    counts = np.zeros(NN_BINS, np.int64)
+    for at, width, n in blocks:
+        counts[at:at + width] += n
+    cum = np.cumsum(counts)
+    median_bin, empty, want = int(np.searchsorted(cum, cum[-1] / 2)), 0, (0, 0, 0)
+    for b in range(median_bin - 1, -1, -1):
+        if counts[b] and empty >= NN_GAP_BINS and cum[b] >= NN_MIN_SEPARATED:
+            want = (b + 1, b + 1 + empty, int(cum[b]))
+            break
+        empty = 0 if counts[b] else empty + 1
+    assert separated_copies(counts) == want

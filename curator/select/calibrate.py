@@ -171,17 +171,15 @@ def separated_copies(counts: np.ndarray) -> tuple[int, int, int]:
     """(first empty bin of the gap, first bin of the body, items below the gap) for the first run of
     at least `NN_GAP_BINS` empty bins under the median with `NN_MIN_SEPARATED` items or more below
     it; (0, 0, 0) when none."""
-    c = np.cumsum(counts)
-    median_bin = int(np.searchsorted(c, c[-1] / 2))
-    empty = 0
-    for b in range(median_bin - 1, -1, -1):
-        if not counts[b]:
-            empty += 1
-            continue
-        if empty >= NN_GAP_BINS and c[b] >= NN_MIN_SEPARATED:
-            return b + 1, b + 1 + empty, int(c[b])
-        empty = 0
-    return 0, 0, 0
+    cum = np.cumsum(counts)
+    median_bin = int(np.searchsorted(cum, cum[-1] / 2))
+    filled = np.flatnonzero(counts[:median_bin])  # each with the run of empty bins above it
+    empty = np.append(filled[1:], median_bin) - filled - 1
+    ok = np.flatnonzero((empty >= NN_GAP_BINS) & (cum[filled] >= NN_MIN_SEPARATED))
+    if not len(ok):
+        return 0, 0, 0
+    b, e = int(filled[ok[-1]]), int(empty[ok[-1]])  # the highest such run under the median
+    return b + 1, b + 1 + e, int(cum[b])
 
 
 def wilson_lower(right: float, n: float, z: float = Z) -> float:
