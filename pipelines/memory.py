@@ -51,30 +51,41 @@ def pss_bytes(pid: int | None = None) -> int:
     return rss_bytes(pid)
 
 
+#: a process's PSS is read again for the metrics once its RSS moved by this much (or this share of it)
+RSS_MOVE_BYTES, RSS_MOVE_SHARE = 16 * 2**20, 0.02
+
+
 class MemoryBound:
     """Memory (PSS) of the driver and the actors on its node against a limit, checked 4x a second.
 
     `over()` tells the driver to stop reading input; the backlog then waits in the source. Reading PSS
     costs the kernel a walk of every mapping (~15 ms of CPU for an actor with torch loaded), RSS almost
     nothing; and PSS <= RSS. So the cheap RSS decides while its sum is under the limit (PSS is then
-    under it too), PSS is read only when RSS is over it -- and every `pss_every_s` for the metrics.
-    Over it (torch processes share most of their pages, so RSS counts them once per process), PSS is
-    re-read when RSS grew by half the room the last reading left (new pages add at most their size to
-    PSS), or after `pss_over_every_s` (5 s: what only a sharer outside these processes exiting can
-    change, as the metrics' reading does): not 4x a second, which cost the driver a third of its CPU,
-    nor every second, still a sixth of it (five processes, ~15 ms each).
+    under it too), PSS is read only when RSS is over it -- and for the metrics. Over it (torch processes
+    share most of their pages, so RSS counts them once per process), PSS is re-read when RSS grew by
+    half the room the last reading left (new pages add at most their size to PSS), or after
+    `pss_over_every_s` (5 s: what only a sharer outside these processes exiting can change): not 4x a
+    second, which cost the driver a third of its CPU, nor every second, still a sixth of it.
+
+    For the metrics, every `pss_every_s` a process's PSS is read again only where its RSS moved (by
+    `RSS_MOVE_BYTES` or `RSS_MOVE_SHARE`) since its last reading, or that reading is `pss_max_age_s`
+    old: reading all five every 5 s was half of an idle driver's CPU (~18 ms a second), for gauges of
+    processes whose memory had not changed. A reading is never taken above the RSS of the moment.
     """
 
     def __init__(self, limit_mb: int, pids: Callable[[], dict[str, int]], metrics: Metrics | None = None,
-                 pss_every_s: float = 5.0, pss_over_every_s: float = 5.0) -> None:
+                 pss_every_s: float = 5.0, pss_over_every_s: float = 5.0, pss_max_age_s: float = 60.0) -> None:
         self.limit = limit_mb * 2**20
         self._pids_of = pids
         self._pids: dict[str, int] = {}
         self.metrics = metrics
         self.pss_every_s = pss_every_s
         self.pss_over_every_s = pss_over_every_s
+        self.pss_max_age_s = pss_max_age_s
         self._t = 0.0
-        self._t_pss = -1e9
+        self._t_pss = -1e9  # the last reading of every process
+        self._t_metrics = -1e9  # the last look for the metrics
+        self._pss: dict[str, tuple[int, int, float]] = {}  # process -> (PSS, its RSS then, when)
         self._pss_read = (0, 0)  # (PSS total, RSS total) at the last PSS reading
         self._over = False
         self.total = 0
@@ -90,27 +101,40 @@ class MemoryBound:
         rss = {name: rss_bytes(pid) for name, pid in pids.items()}
         rss_total = sum(rss.values())
         must = bool(self.limit) and rss_total > self.limit
-        if now - self._t_pss >= self.pss_every_s or (must and self._pss_due(now, rss_total)):
-            self._t_pss = now
-            pss = {name: pss_bytes(pid) for name, pid in pids.items()}
-            self.total = sum(pss.values())
-            self._pss_read = (self.total, rss_total)
-            if self.metrics is not None:
-                for name in pids:
-                    self.metrics.pss.labels(name).set(pss[name])
-                self.metrics.pss.labels("total").set(self.total)
-        elif self.total > rss_total:
-            self.total = rss_total  # PSS <= RSS: the last PSS read is an overestimate now
+        if must and self._pss_due(now, rss_total):
+            self._t_pss = self._t_metrics = now
+            self._read_pss(pids, rss, list(pids), now)
+        elif now - self._t_metrics >= self.pss_every_s:
+            self._t_metrics = now
+            self._read_pss(pids, rss, [n for n in pids if self._stale(n, rss[n], now)], now)
+        # PSS <= RSS: a reading above the RSS of the moment is an overestimate now
+        self.total = sum(min(self._pss[n][0], rss[n]) if n in self._pss else rss[n] for n in pids)
         if self.metrics is not None:
             for name in pids:
                 self.metrics.rss.labels(name).set(rss[name])
             self.metrics.rss.labels("total").set(rss_total)
+            self.metrics.pss.labels("total").set(self.total)
         over = must and self.total > self.limit
         if over and not self._over:
             log.warning("memory in use (PSS) %.0f MB is over service.memory_limit_mb=%d: pausing input",
                         self.total / 2**20, self.limit // 2**20)
         self._over = over
         return over
+
+    def _stale(self, name: str, rss: int, now: float) -> bool:
+        if name not in self._pss:
+            return True
+        _, rss_then, t = self._pss[name]
+        return now - t >= self.pss_max_age_s or abs(rss - rss_then) > max(RSS_MOVE_BYTES, RSS_MOVE_SHARE * rss_then)
+
+    def _read_pss(self, pids: dict[str, int], rss: dict[str, int], names: list[str], now: float) -> None:
+        for name in names:
+            self._pss[name] = (pss_bytes(pids[name]), rss[name], now)
+            if self.metrics is not None:
+                self.metrics.pss.labels(name).set(self._pss[name][0])
+        if names:
+            self._pss_read = (sum(min(self._pss[n][0], rss[n]) if n in self._pss else rss[n] for n in pids),
+                              sum(rss.values()))
 
     def _pss_due(self, now: float, rss_total: int) -> bool:
         """RSS is over the limit: read PSS again unless the last reading is recent and RSS has not grown
