@@ -87,6 +87,31 @@ def test_in_batch_matches_list_earlier_rows_exact_before_near() -> None:
     assert rows == {0: [], 1: [], 2: [(0, RULE_CONTENT)], 3: [(1, RULE_PIXELS)], 4: [(0, RULE_NEAR), (2, RULE_NEAR)]}
 
 
+
+@pytest.mark.parametrize("seed", range(6))
+def test_in_batch_matches_are_every_earlier_row_that_matches_as_a_scan_finds_them(seed: int) -> None:
+    """Each row's earlier matches in row order, each by the first rule it meets (content, pixels, then the
+    perceptual hash within max_dist); batches past the 512-row block of the perceptual search included."""
+    rng = np.random.default_rng(seed)
+    n, max_dist = int(rng.integers(1, 1200)), int(rng.integers(0, 9))
+    pool = rng.integers(1, 2**40, int(rng.integers(1, 40)))
+    content, pixels = (np.where(rng.random(n) < 0.4, rng.choice(pool, n), 0).astype(np.int64) for _ in range(2))
+    bases = rng.integers(-2**62, 2**62, 12)
+    ph = (bases[rng.integers(0, 12, n)] ^ np.left_shift(1, rng.integers(0, 63, n)) * (rng.random(n) < 0.5)).astype(np.int64)
+    ok = rng.random(n) < 0.8
+    b = HashTable(max_dist).match(content, pixels, ph, ok, [""] * n)
+    for i in rng.choice(n, min(n, 60), replace=False).tolist():
+        want = []
+        for j in range(i):
+            if content[i] and content[i] == content[j]:
+                want.append((j, RULE_CONTENT, 0))
+            elif pixels[i] and pixels[i] == pixels[j]:
+                want.append((j, RULE_PIXELS, 0))
+            elif ok[i] and ok[j] and (d := int(hamming(ph[i], ph[j]))) <= max_dist:
+                want.append((j, RULE_NEAR, d))
+        a, e = b.cptr[i], b.cptr[i + 1]
+        assert list(zip(b.crow[a:e].tolist(), b.crule[a:e].tolist(), b.cdist[a:e].tolist(), strict=True)) == want
+
 # --- the selector --------------------------------------------------------------------------------
 def _batch(ids: list[str], labels: list[int | None], start: int) -> pa.Table:
     recs = [{"id": i, "label": lab, "embedding": [1.0]} for i, lab in zip(ids, labels, strict=True)]

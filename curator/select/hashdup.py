@@ -122,12 +122,12 @@ class HashTable:
         q = np.flatnonzero(usable & (rule == RULE_NONE))
         if len(q) and self.near.ntotal:
             lims, d, found = self.near.range_search(_codes(phash[q]), self.max_dist + 1)
-            items = self._near_items
-            for t, i in enumerate(q.tolist()):
-                a, b = int(lims[t]), int(lims[t + 1])
-                if a < b:
-                    best = min(zip(d[a:b].tolist(), items[found[a:b]].tolist(), strict=True))
-                    rule[i], dist[i], row[i] = RULE_NEAR, best[0], best[1]
+            query = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))
+            item = self._near_items[found]
+            order = np.lexsort((item, d, query))  # per query: the nearest, then the earliest item
+            first = order[np.flatnonzero(np.diff(query[order], prepend=-1))]
+            hit = q[query[first]]
+            rule[hit], dist[hit], row[hit] = RULE_NEAR, d[first], item[first]
         cptr, crow, crule, cdist = self._in_batch(content, pixels, phash, usable)
         return BatchHashes(content, pixels, phash, phash_ok, rule, dist, row, cptr, crow, crule, cdist, what)
 
@@ -136,30 +136,35 @@ class HashTable:
         """Pairs (i, j < i) of rows that match: an exact key in common, else perceptual hashes within
         max_dist (found with a flat binary index over the batch: no n x n arrays for large batches)."""
         n = len(content)
-        pairs: dict[tuple[int, int], tuple[int, int]] = {}
+        found: list[tuple[np.ndarray, ...]] = []  # (i, j, rule, dist) arrays; the first found of a pair wins
         for rule, keys in ((RULE_CONTENT, content), (RULE_PIXELS, pixels)):
             given = keys[keys != 0]
             if len(np.unique(given)) == len(given):  # no key twice (most batches): no pairs to find
                 continue
             seen: dict[int, list[int]] = {}
+            ii, jj = [], []
             for i, key in enumerate(keys.tolist()):
                 if key:
                     for j in seen.get(key, ()):
-                        pairs.setdefault((i, j), (rule, 0))
+                        ii.append(i)
+                        jj.append(j)
                     seen.setdefault(key, []).append(i)
+            found.append((np.array(ii, np.int64), np.array(jj, np.int64), np.full(len(ii), rule, np.int8),
+                          np.zeros(len(ii), np.int64)))
         ok = np.flatnonzero(phash_ok)
         codes = phash[ok]
         for a in range(0, len(ok), 512):  # blocks of rows: no n x n array for a large batch
             d = hamming(codes[a:a + 512, None], codes[None, :])
-            for t, u in zip(*np.nonzero(d <= self.max_dist), strict=True):
-                i, j = int(ok[a + t]), int(ok[u])
-                if j < i:
-                    pairs.setdefault((i, j), (RULE_NEAR, int(d[t, u])))
-        order = sorted(pairs)
+            t, u = np.nonzero(d <= self.max_dist)
+            i, j = ok[a + t], ok[u]
+            below = j < i
+            found.append((i[below], j[below], np.full(int(below.sum()), RULE_NEAR, np.int8), d[t, u][below].astype(np.int64)))
+        i, j, rule, dist = (np.concatenate([f[c] for f in found]) if found else np.zeros(0, np.int8 if c == 2 else np.int64)
+                            for c in range(4))
+        _, first = np.unique(i * n + j, return_index=True)  # pairs in (i, j) order, each as first found
         cptr = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(np.array([i for i, _ in order], np.int64), minlength=n), out=cptr[1:])
-        return (cptr, np.array([j for _, j in order], np.int64), np.array([pairs[p][0] for p in order], np.int8),
-                np.array([pairs[p][1] for p in order], np.int64))
+        np.cumsum(np.bincount(i[first], minlength=n), out=cptr[1:])
+        return cptr, j[first], rule[first], dist[first]
 
     def add(self, ids: list[str], content: np.ndarray, pixels: np.ndarray, phash: np.ndarray,
             phash_ok: np.ndarray) -> None:
