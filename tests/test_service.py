@@ -485,6 +485,8 @@ def test_sigterm_drains_commits_and_a_restart_resumes(
     scfg.kafka.end_after_idle_s = 1.0
     sp2 = run_service(scfg, tmp_path, "b")
     assert f"resuming after commit {m['commit']}" in sp2.log()
+    # the actors' own INFO lines reach the service's log too (what a restart removed, and why, is there)
+    assert re.search(rf"\(SelectWriteActor pid=\d+\).*curator\.stages: resuming \S+ from commit {m['commit']} ", sp2.log())
     assert_same_decisions(out, ingest_baseline)
 
 
