@@ -25,8 +25,8 @@ def bounds(seqs: np.ndarray, window: int) -> np.ndarray:
 
 class RecentWindow:
     """The window's vectors, rows and stream positions, held in one buffer that is appended to and
-    evicted from in place: a batch used to copy the whole window three times over (and fault in fresh
-    pages for it), ~2.7 us per accepted item at a 640-row 512-d window."""
+    evicted from in place: a batch used to copy the whole window into new arrays three times over (timed
+    around `add` in selector_speed's steady state at 10k: 1.3 -> 1.0 us per item)."""
 
     def __init__(self, dim: int, window: int) -> None:
         self.dim = dim
