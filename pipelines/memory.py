@@ -101,15 +101,22 @@ class MemoryBound:
         rss = {name: rss_bytes(pid) for name, pid in pids.items()}
         rss_total = sum(rss.values())
         must = bool(self.limit) and rss_total > self.limit
+        read: list[str] = []
         if must and self._pss_due(now, rss_total):
             self._t_pss = self._t_metrics = now
-            self._read_pss(pids, rss, list(pids), now)
+            read = list(pids)
         elif now - self._t_metrics >= self.pss_every_s:
             self._t_metrics = now
-            self._read_pss(pids, rss, [n for n in pids if self._stale(n, rss[n], now)], now)
+            read = [n for n in pids if self._stale(n, rss[n], now)]
+        for name in read:
+            self._pss[name] = (pss_bytes(pids[name]), rss[name], now)
         # PSS <= RSS: a reading above the RSS of the moment is an overestimate now
         self.total = sum(min(self._pss[n][0], rss[n]) if n in self._pss else rss[n] for n in pids)
+        if read:
+            self._pss_read = (self.total, rss_total)
         if self.metrics is not None:
+            for name in read:
+                self.metrics.pss.labels(name).set(self._pss[name][0])
             for name in pids:
                 self.metrics.rss.labels(name).set(rss[name])
             self.metrics.rss.labels("total").set(rss_total)
@@ -126,15 +133,6 @@ class MemoryBound:
             return True
         _, rss_then, t = self._pss[name]
         return now - t >= self.pss_max_age_s or abs(rss - rss_then) > max(RSS_MOVE_BYTES, RSS_MOVE_SHARE * rss_then)
-
-    def _read_pss(self, pids: dict[str, int], rss: dict[str, int], names: list[str], now: float) -> None:
-        for name in names:
-            self._pss[name] = (pss_bytes(pids[name]), rss[name], now)
-            if self.metrics is not None:
-                self.metrics.pss.labels(name).set(self._pss[name][0])
-        if names:
-            self._pss_read = (sum(min(self._pss[n][0], rss[n]) if n in self._pss else rss[n] for n in pids),
-                              sum(rss.values()))
 
     def _pss_due(self, now: float, rss_total: int) -> bool:
         """RSS is over the limit: read PSS again unless the last reading is recent and RSS has not grown
