@@ -51,14 +51,15 @@ class RecentWindow:
     def add(self, x: np.ndarray, rows: np.ndarray, seqs: np.ndarray) -> None:
         if len(seqs) == 0:
             return
-        keep = seqs >= int(bounds(np.array([seqs[-1] + 1]), self.window)[0])  # what a later query can need
+        bound = int(bounds(np.array([seqs[-1] + 1]), self.window)[0])  # what a later query can need
+        keep = seqs >= bound
         m = int(keep.sum())
         if self._hi + m > len(self._seqs):
             self._room(m)
         lo, hi = self._hi, self._hi + m
         self._vecs[lo:hi], self._rows[lo:hi], self._seqs[lo:hi] = x[keep], rows[keep], seqs[keep]
         self._hi = hi
-        self.evict(int(bounds(np.array([seqs[-1] + 1]), self.window)[0]))
+        self.evict(bound)
 
     def _room(self, m: int) -> None:
         """Room for `m` more at the end: the live part moved to the front, into buffers of twice what
