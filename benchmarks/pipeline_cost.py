@@ -21,6 +21,7 @@ import io
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -266,3 +267,26 @@ def print_indexed(ix: dict[str, Any], service: dict[str, Any]) -> None:
               f"{at:.0f} us/item of CPU, cap {1e6 / max(at, 1e-9):.0f} items/s (an upper bound: the service's own "
               f"selection is counted twice); each commit also holds it {n['snapshot_wall_us_per_item']:.0f} us/item")
     print(flush=True)
+
+
+def idle_cost(known: dict[int, str], outside: dict[int, str], seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second of each process of a warm service with nothing to read, over
+    `seconds`: a cost per second, not per item -- at R items/s, each ms a second adds 1000 / R us to
+    the per-item figures."""
+    win = CpuWindow([os.getpid()]).open()
+    win.follow_threads(known)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    win.close()
+    return {p.role: round(p.cpu_s / dt * 1000, 1) for p in sorted(costs(win, known, outside), key=lambda p: -p.cpu_s)}
+
+
+def print_idle(idle: dict[str, list[float]], seconds: float) -> None:
+    """`idle_cost`'s figures, medians over the runs."""
+    print(f"\nservice idle ({seconds:g} s after the warm-up, nothing to read): CPU ms per second, per process")
+    print(f"{'process':<28} | {'ms/s':>7}")
+    print(f"{'-' * 28}-|-{'-' * 7}")
+    for role, runs in sorted(idle.items(), key=lambda kv: -statistics.median(kv[1])):
+        print(f"{role:<28} | {statistics.median(runs):>7.1f}")
+    print(f"{'total':<28} | {sum(statistics.median(r) for r in idle.values()):>7.1f}")

@@ -3,7 +3,7 @@ per item (the cost model), and its memory under a 10x burst.
 
     python benchmarks/pipeline_speed.py [--items 3000] [--actors 2] [--batch-size 256] [--embed-batch 64] [--repeats 3]
         [--model curator-tiny] [--images digits|photos] [--image-size 64] [--memory-limit-mb 3000] [--indexed 1000000]
-        [--wire json|arrow] [--rows-per-message 16] [--skip-ray-engine] [--skip-burst] [--json FILE]
+        [--wire json|arrow] [--rows-per-message 16] [--skip-ray-engine] [--skip-burst] [--idle-s 0] [--json FILE]
 
 Everything runs in one Ray instance started here, against librdkafka's mock cluster (or the
 broker in $CURATOR_KAFKA_BOOTSTRAP). Same model, same batches, same embedder actor pool: --batch-size
@@ -23,7 +23,9 @@ times, interleaved; the tables give medians (the JSON also has every run):
    them, draining and the final commit, per item (`cpu_cost`: driver, selector/writer, each
    embedder, Ray's raylet and GCS), with the stage seconds the batches carry (its /metrics).
    Targets: service / embed-only >= 0.9; CPU per item without the forward pass, summed over the
-   processes, <= 150 us, and no process above 50 us.
+   processes, <= 150 us, and no process above 50 us. With --idle-s S, before the window the warm service
+   first idles S seconds, and each process's CPU over them is reported in ms per second (`idle_ms_per_s`):
+   what the per-item figures carry at any rate (R items/s: 1000 / R us per item for each ms a second).
 3. **ingest --engine ray**: the records as Parquet files through `curator ingest --engine ray` (a
    subprocess joining this Ray): its items/s, and per process role the marginal CPU per item of a
    run on 4x the records over a run on the records (setup cancels out).
@@ -75,7 +77,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.cpu_cost import CpuWindow, cost_table, costs, median_tables  # noqa: E402
-from benchmarks.pipeline_cost import forward_us, indexed_cost, ingest_ray_speed, print_results, write_parquet  # noqa: E402
+from benchmarks.pipeline_cost import (  # noqa: E402
+    forward_us,
+    idle_cost,
+    indexed_cost,
+    ingest_ray_speed,
+    print_idle,
+    print_results,
+    write_parquet,
+)
 from connectors.kafka.clients import kafka_producer  # noqa: E402
 from connectors.kafka.produce import produce_records  # noqa: E402
 from curator.batch import RawBatch  # noqa: E402
@@ -403,6 +413,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
 
     decided(len(warm), 0.5)
     time.sleep(1.0)  # the warm-up's last batches and commits settle
+    idle = idle_cost(known, outside, args.idle_s) if args.idle_s else {}
     w = CpuWindow([], extra=[svc.proc.pid]).open()
     for _ in range(10):
         svc.metric(port, "curator_items_out_total")
@@ -429,7 +440,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     table = cost_table(procs, n, embed_only["forward_us_per_item"], items_per_s, embed_only["pool_items_per_s"])
     table["summary"]["metrics_reads_us_per_item"] = round((reads + 2) * read_s * 1e6 / n, 1)
     table["summary"]["source_seek_backs"] = seek_backs  # buffered records dropped and read again: wasted work
-    return {**table, "stage_us_per_item": {k: (v - st0.get(k, 0.0)) * 1e6 / n for k, v in st1.items()
+    return {**table, "idle_ms_per_s": idle, "stage_us_per_item": {k: (v - st0.get(k, 0.0)) * 1e6 / n for k, v in st1.items()
                                            if k != "end_to_end"}}
 
 
@@ -540,6 +551,9 @@ def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[
     out["embed_only"]["stage_us_per_item"] = stages(eo_rows)
     out["service"] = median_tables(runs["service"])
     out["service"]["stage_us_per_item"] = stages(runs["service"])
+    if args.idle_s:  # every run's figure per process (the table prints their medians)
+        out["service"]["idle_ms_per_s"] = {role: [x["idle_ms_per_s"].get(role, 0.0) for x in runs["service"]]
+                                           for role in dict.fromkeys(k for x in runs["service"] for k in x["idle_ms_per_s"])}
     if runs["ingest_ray"]:
         out["ingest_ray"] = median_tables(runs["ingest_ray"])
     if args.indexed:
@@ -548,6 +562,8 @@ def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[
                                       run_config(args, work).store.commit_every)
 
     print_results(out, args, len(records))
+    if args.idle_s:
+        print_idle(out["service"]["idle_ms_per_s"], args.idle_s)
     return out
 
 
@@ -584,6 +600,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2048,
                     help="items a service decides before its CPU is measured (past its start-up phases)")
     ap.add_argument("--skip-ray-engine", action="store_true", help="no `curator ingest --engine ray` runs")
+    ap.add_argument("--idle-s", type=float, default=0.0,
+                    help="also measure each process's CPU per second while the warm service idles, over this "
+                         "many seconds (0: not measured)")
     ap.add_argument("--indexed", type=int, default=0, metavar="N",
                     help="also measure what N items already indexed add to the selector/writer (the issue's "
                          "condition is 1000000: about 3 minutes and 5 GB here)")
