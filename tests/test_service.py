@@ -13,6 +13,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -522,8 +523,12 @@ def test_ray_job_submit_runs_the_service(digits: Digits, tmp_path: Path) -> None
     ray_bin = Path(sys.executable).with_name("ray")
     env = service_env()
     port, dash = 6390 + os.getpid() % 200, 8300 + os.getpid() % 200
+    with socket.socket() as sock:  # the job agent's own port: the module's Ray holds the default (52365)
+        sock.bind(("127.0.0.1", 0))
+        agent = sock.getsockname()[1]
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
                              f"--dashboard-port={dash}", "--include-dashboard=true",
+                             f"--dashboard-agent-listen-port={agent}",
                              "--object-store-memory=268435456"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
