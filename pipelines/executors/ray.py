@@ -204,7 +204,7 @@ class RayExecutor:
             moved = True
             if ready.report_ref is not None:  # before anything after it: a commit flushes its dead letters
                 self._on_report(ready)
-            result = ray.get(ready.ref)
+            result = ready.result()
             if ready.kind == "commit":
                 self._on_commit(result)
             else:
@@ -214,8 +214,7 @@ class RayExecutor:
     def _on_report(self, f: Flight) -> None:
         """A batch left the pool: its rejections go to the dead-letter sink now (flushed before the
         offsets of the commit that covers them)."""
-        r: StageReport = ray.get(f.report_ref)
-        f.report_ref = None
+        r: StageReport = f.take_report()
         self._note_report(r)
 
     def _note_report(self, r: StageReport) -> None:
