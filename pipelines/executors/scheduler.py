@@ -6,9 +6,9 @@ stream's order whatever the embedders' timing). What is in flight is bounded by 
 bytes; results are handed back strictly in submission order.
 
 Readiness is read from each reference's future (`ObjectRef.future()`: Ray sets it when the object
-arrives), not by asking Ray with `ray.wait(..., timeout=0)` on every turn of the driver's loop: the
-loop turns hundreds of times a second while it polls the source, and each of those calls cost the
-driver ~100 us, a quarter of its CPU in a loaded service.
+arrives), not by asking Ray with `ray.wait(..., timeout=0)` twice on every turn of the driver's loop:
+each such call costs ~30 us of CPU and ~90 us of wall time (a round trip to Ray's core worker thread),
+a look at eight futures ~6 us.
 """
 
 from __future__ import annotations
