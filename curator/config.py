@@ -1,8 +1,7 @@
 """Run configuration: one dataclass per component, one TOML file per run.
 
 CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and a config field
-are always the same thing; docs/configuration.md comes from the same metadata (``curator config --reference``).
-"""
+are always the same thing; docs/configuration.md comes from the same metadata (``curator config --reference``)."""
 
 from __future__ import annotations
 
@@ -50,6 +49,8 @@ class EmbedderConfig:
                                   "included); other formats, and JPEGs the device cannot decode, always go through "
                                   "Pillow", choices=("auto", "pil", "torch"))
     cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
+    content_keys: str = setting("auto", "exact copies' keys: 'auto' (the run's own; a new run's: xxh3-64), "
+                                "'xxh3-64', 'blake2b-64' (older runs)", choices=("auto", "xxh3-64", "blake2b-64"))
 
 
 @dataclass
@@ -247,10 +248,7 @@ def raise_problems(problems: list[str]) -> None:
 
 def _collect(found: list[str], problems: list[str] | None) -> None:
     """Hand `found` to the caller's list, or raise them here when the caller gave none."""
-    if problems is None:
-        raise_problems(found)
-    else:
-        problems.extend(found)
+    raise_problems(found) if problems is None else problems.extend(found)
 
 
 def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:

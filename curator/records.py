@@ -75,8 +75,8 @@ DECISION_SCHEMA = pa.schema(
         pa.field("dup_of", pa.string()),  # id of the accepted item it duplicates, when dropped as a duplicate
         pa.field("dup_rule", pa.string()),  # which rule found it a copy: hash-exact, hash-near or embedding
         pa.field("hash_dist", pa.int32()),  # bits its perceptual hash differs from its original's (0: exact)
-        pa.field("content_hash", pa.int64()),  # blake2b-64 of its payload (image bytes, vector or caption)
-        pa.field("pixel_hash", pa.int64()),  # blake2b-64 of its decoded pixels (null: decoded on a GPU)
+        pa.field("content_hash", pa.int64()),  # 64-bit key of its payload (image bytes, vector or caption)
+        pa.field("pixel_hash", pa.int64()),  # 64-bit key of its decoded pixels (null: decoded on a GPU)
         pa.field("phash", pa.int64()),  # its 64-bit perceptual hash (null: no image, or too flat)
         pa.field("keep_prob", pa.float32()),  # budget keep probability (1 without a budget)
         pa.field("model", pa.string()),

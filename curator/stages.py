@@ -12,6 +12,7 @@ its selector with the rows it decided; the stages before it are plain batch-in, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from curator.batch import (
 from curator.commit import Committed, Manifest
 from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
+from curator.embed.hashes import KEYS, LEGACY_KEYS
 from curator.ops import build_rules
 from curator.ops.stage import FilterStage
 from curator.records import (
@@ -233,13 +235,15 @@ class SelectWriteStage:
         self._lock = RunDirLock(out)
         self._lock.acquire(self.lock_timeout_s)
         self._check_shards(out)
-        self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": self.fingerprint},
-                                       self.shard)
+        keys = self.cfg.embedder.content_keys
+        self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": self.fingerprint,
+                                             "content_keys": KEYS if keys == "auto" else keys}, self.shard)
+        m = self.writer.manifest
+        m["content_keys"] = keys = self._run_keys(out, m.get("content_keys", LEGACY_KEYS), keys)
         (out / "config.toml").write_text(to_toml(self.cfg))
         clients: list[ShardClient] = list(self.shards)
         self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
-                                           text_embed=self._embed_texts, shards=clients)
-        m = self.writer.manifest
+                                           text_embed=self._embed_texts, shards=clients, keys=keys)
         for c in self.shards:
             c.setup(m if m["commit"] > 0 else None)  # each restores its index snapshot, drops uncommitted parts
         if m["commit"] > 0:
@@ -251,6 +255,16 @@ class SelectWriteStage:
             log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
         return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
                       self.bootstrapped, self.selector.seq, self.index_size, self.index_dim)
+
+    @staticmethod
+    def _run_keys(out: Path, held: str, asked: str) -> str:
+        """The content keys this run computes: the ones its decisions hold (a copy of an earlier item is
+        found only by equal keys), which `build_stages` gave the embedders (`with_run_keys`)."""
+        if asked not in ("auto", held):
+            raise StoreError(f"{out} holds content keys made with {held}, but this run makes {asked}: the "
+                             "exact-copy rule would miss every copy of an item decided before. Run with "
+                             f"--embedder.content_keys {held} (or auto), or start a new run directory")
+        return held
 
     def _check_shards(self, out: Path) -> None:
         m0 = read_manifest(out)
@@ -443,6 +457,17 @@ def _typed(stage: Stage, cls: type[S]) -> S:
     return stage
 
 
+def with_run_keys(cfg: RunConfig) -> RunConfig:
+    """`embedder.content_keys = 'auto'` made concrete where the stages are built, so every process
+    that embeds (actors included) hashes as the run directory's decisions do: the scheme its manifest
+    names, blake2b-64 for a run from before the scheme was recorded, the newest for a new run."""
+    if cfg.embedder.content_keys != "auto":
+        return cfg
+    m = read_manifest(cfg.store.out)
+    keys = KEYS if m is None else str(m.get("content_keys", LEGACY_KEYS))
+    return dataclasses.replace(cfg, embedder=dataclasses.replace(cfg.embedder, content_keys=keys))
+
+
 def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, shard: int = 0,
                  lock_timeout_s: float = 60.0, shards: list[StoredShardClient] | None = None) -> Stages:
     """The one builder: the stages of a run from its configuration, in data-flow order (nothing is
@@ -450,6 +475,7 @@ def build_stages(cfg: RunConfig, resources: dict[str, Resources] | None = None, 
     actors); by default they live in the select-and-write stage."""
     res = resources or {}
     limits = Limits()
+    cfg = with_run_keys(cfg)
     embed = EmbedStage(build_embedder(cfg.embedder, limits), res.get("embed", Resources(cpus=1.0)),
                        cfg.selector.space)
     filters = [FilterStage(build_rules(cfg.filters), embed.embedder.model_id, cfg.fingerprint(),

@@ -11,7 +11,7 @@ import torch
 
 from curator.config import SelectorConfig, load_config
 from curator.embed import Embeddings
-from curator.embed.hashes import ContentHashes, bytes_key, phash, pixels_key, text_key, thumbnails
+from curator.embed.hashes import ContentHashes, bytes_key, phash, pixels_key, text_key, thumbnails, vector_key
 from curator.records import Position
 from curator.sample_photos import COPY_KINDS, decode, encode, photo_tiles
 from curator.select import InfoGrowthSelector
@@ -38,6 +38,28 @@ def test_exact_keys_follow_the_content_not_the_file() -> None:
     assert pixels_key(decode(encode(pixels, "JPEG", 75))) != pixels_key(pixels)
     assert text_key("A  cat\u00a0on a MAT ") == text_key("a cat on a mat") != text_key("a cat on the mat")
     assert text_key("\uff21 cat") == text_key("a cat")  # NFKC: a full-width A is an A
+
+
+def test_the_legacy_keys_are_the_blake2b_keys_older_runs_hold() -> None:
+    """`blake2b-64` must give exactly what runs from before the scheme was recorded stored; the newest
+    scheme keys each kind of payload apart (the same bytes as an image and as a vector differ)."""
+    import hashlib
+
+    def b2(data: bytes, person: bytes) -> int:
+        v = int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little", signed=True)
+        return v or 1
+
+    jpg = encode(TILES[1])
+    px = decode(jpg)
+    vec = np.linspace(-1, 1, 16, dtype=np.float32)
+    assert bytes_key(jpg, "blake2b-64") == b2(jpg, b"curator-bytes")
+    assert pixels_key(px, "blake2b-64") == b2(np.asarray(px.shape, np.int64).tobytes() + px.tobytes(),
+                                              b"curator-pixels")
+    assert vector_key(vec, "blake2b-64") == b2(vec.tobytes(), b"curator-vector")
+    assert text_key("A cat", "blake2b-64") == b2(b"a cat", b"curator-caption")
+    assert bytes_key(vec.tobytes()) != vector_key(vec) and bytes_key(jpg) != bytes_key(jpg, "blake2b-64")
+    with pytest.raises(ValueError, match="not one of xxh3-64, blake2b-64"):
+        bytes_key(jpg, "md5")
 
 
 def test_perceptual_hash_is_close_for_copies_and_far_for_other_photos() -> None:
@@ -223,10 +245,11 @@ def test_a_copy_of_a_dropped_item_is_judged_on_its_own() -> None:
 
 
 # --- end to end: an image folder through `curator ingest` with the tiny CLIP ------------------------
-def _ingest(src, out, **selector) -> pa.Table:  # noqa: ANN001 - paths
+def _ingest(src, out, keys: str = "auto", **selector) -> pa.Table:  # noqa: ANN001 - paths
     from pipelines.ingest import run_ingest
 
-    cfg = load_config(None, {"embedder": {"model": "curator-tiny", "pretrained": "", "device": "cpu"},
+    cfg = load_config(None, {"embedder": {"model": "curator-tiny", "pretrained": "", "device": "cpu",
+                                          "content_keys": keys},
                              "selector": {"align_mode": "off", "eps_dup": 0.0, **selector},
                              "store": {"out": str(out)}, "source": {"paths": [str(src)], "batch_size": 16}})
     run_ingest(cfg, progress=False)
@@ -294,6 +317,36 @@ def test_a_copy_of_an_item_from_before_the_checkpoint_is_caught_after_resume(tmp
     assert len(d) == 14
     assert d["p03z.jpg"]["reason"] == "duplicate of p03.jpg (exact hash: same image bytes)"
     assert d["p05z.jpg"]["dup_rule"] == "hash-near" and d["p05z.jpg"]["dup_of"] == "p05.jpg"
+
+
+def test_a_run_keeps_the_content_keys_it_started_with(tmp_path) -> None:
+    """A run from before the scheme was recorded (blake2b-64 keys, no `content_keys` in its manifest)
+    resumes with its own keys, so copies of its earlier items are still exact copies; asking for
+    other keys on it is refused, naming the setting; a new run records the newest scheme."""
+    import json
+
+    from curator.store.writer import StoreError
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, t in enumerate(TILES[:10]):
+        (src / f"p{i:02d}.jpg").write_bytes(encode(t))
+    old = tmp_path / "old"
+    _ingest(src, old, keys="blake2b-64")
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest.pop("content_keys") == "blake2b-64"
+    (old / "manifest.json").write_text(json.dumps(manifest))  # as a run of the version before wrote it
+    (src / "p02z.jpg").write_bytes((src / "p02.jpg").read_bytes())
+    (src / "p04z.png").write_bytes(encode(decode((src / "p04.jpg").read_bytes()), "PNG"))
+    with pytest.raises(StoreError, match="--embedder.content_keys blake2b-64"):
+        _ingest(src, old, keys="xxh3-64")
+    d = {r["id"]: r for r in _ingest(src, old).to_pylist()}
+    assert d["p02z.jpg"]["reason"] == "duplicate of p02.jpg (exact hash: same image bytes)"
+    assert d["p04z.png"]["reason"] == "duplicate of p04.jpg (exact hash: same decoded pixels)"
+    assert json.loads((old / "manifest.json").read_text())["content_keys"] == "blake2b-64"
+    new = tmp_path / "new"
+    _ingest(src, new)
+    assert json.loads((new / "manifest.json").read_text())["content_keys"] == "xxh3-64"
 
 
 def test_both_decode_paths_hash_alike() -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
-from curator.embed.hashes import ContentHashes, text_key, thumbnails
+from curator.embed.hashes import KEYS, ContentHashes, check_scheme, text_key, thumbnails
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
 from curator.embed.preprocess import BatchPreprocess
 from curator.embed.tokens import caption_tokens
@@ -151,6 +151,7 @@ class ClipEmbedder:
     def __init__(self, cfg: EmbedderConfig, limits: Limits | None = None) -> None:
         self.cfg = cfg
         self.limits = limits or Limits()
+        self.keys = KEYS if cfg.content_keys == "auto" else check_scheme(cfg.content_keys)  # the run's (build_stages)
         self.image_dim: int | None = None
         self.text_dim: int | None = None
         self.device: str | None = None
@@ -361,7 +362,7 @@ class ClipEmbedder:
         im = decode_image(data, self.limits)
         try:
             rgb = np.array(im)  # writable: torch takes it without a copy
-            hashes.set_picture(i, data, rgb)
+            hashes.set_picture(i, data, rgb, self.keys)
             assert self._batcher is not None, "call setup() first"
             return self._batcher.prepare(im), rgb
         finally:
@@ -411,7 +412,7 @@ class ClipEmbedder:
             for p, j in enumerate(done):
                 i, data, _ = jpegs[j]
                 thumbs[i] = device_thumbs[p]
-                hashes.set_picture(i, data, None)  # the pixels stay on the device: no pixel key
+                hashes.set_picture(i, data, None, self.keys)  # the pixels stay on the device: no pixel key
             for i, data, _ in jpegs:
                 if i not in decoded:
                     via_pil(i, data)  # the device could not decode it: Pillow decodes it or says why
@@ -466,7 +467,7 @@ class ClipEmbedder:
                 txt_out[chunk] = self._encode_tokens(self._tokenizer([texts[i] for i in chunk]))
                 has_txt[chunk] = True
             for i in text_rows:
-                hashes.text[i] = text_key(texts[i])
+                hashes.text[i] = text_key(texts[i], self.keys)
 
         for i in range(n):
             if i not in errors and not has_img[i] and not has_txt[i]:

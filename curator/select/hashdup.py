@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curator.embed.hashes import ContentHashes, vector_key
+from curator.embed.hashes import KEYS, ContentHashes, check_scheme, vector_key
 from curator.records import Decision
 from curator.select.codes import RULE_CONTENT, RULE_NEAR, RULE_NONE, RULE_PIXELS  # noqa: F401 - the rules' codes
 
@@ -76,10 +76,11 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class HashTable:
     """The accepted items' keys, in acceptance order (an item's number is its place in that order)."""
 
-    def __init__(self, max_dist: int = 4) -> None:
+    def __init__(self, max_dist: int = 4, keys: str = KEYS) -> None:
         if max_dist > MAX_NEAR_DIST:
             raise ValueError(f"selector.phash_max_dist must be at most {MAX_NEAR_DIST}, got {max_dist}")
         self.max_dist = max_dist  # < 0: no perceptual rule
+        self.keys = check_scheme(keys)  # the run's content keys: the vectors' keys are made here
         self.exact: dict[int, int] = {}
         self.ids: list[str] = []
         pieces = max(0, max_dist) + 1
@@ -100,7 +101,7 @@ class HashTable:
         content = own.copy()
         what = ["image bytes" if modality == "image" else "caption (normalised)"] * n
         for i in np.flatnonzero(own == 0).tolist():
-            content[i], what[i] = vector_key(vectors[i]), "embedding"
+            content[i], what[i] = vector_key(vectors[i], self.keys), "embedding"
         pixels = h.pixels if modality == "image" else np.zeros(n, np.int64)
         ph, ok = (h.phash, h.phash_ok) if modality == "image" else (np.zeros(n, np.int64), np.zeros(n, bool))
         if not on:
@@ -208,7 +209,7 @@ class HashTable:
 
     def rebuild(self, decisions: pa.Table) -> None:
         """The table as the committed decisions left it: their accepted items' keys, in stream order."""
-        self.__init__(self.max_dist)  # type: ignore[misc]
+        self.__init__(self.max_dist, self.keys)  # type: ignore[misc]
         if not decisions.num_rows:
             return
         t = decisions.filter(pc.is_in(decisions.column("decision"), pa.array(ACCEPTED)))

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import curator.select.kernel as kern
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
+from curator.embed.hashes import KEYS
 from curator.records import KEPT_DECISIONS
 from curator.select.calibrate import (
     EARLY,
@@ -94,6 +95,7 @@ class InfoGrowthSelector:
         fingerprint: str = "",
         text_embed: Callable[[list[str]], np.ndarray] | None = None,
         shards: list[ShardClient] | None = None,
+        keys: str = KEYS,
     ) -> None:
         self.cfg = cfg or SelectorConfig()
         self.index_cfg = index_cfg or IndexConfig()
@@ -125,7 +127,7 @@ class InfoGrowthSelector:
         self.near_ok, self.near_crowd = True, 0.0  # the perceptual rule applies (curator.select.trust.phash_crowd)
         self._recent_phash = np.zeros(0, np.int64)  # the first PHASH_SAMPLE trusted images' perceptual hashes
         self._view: BatchView | None = None  # the batch being decided, and how far its evidence is collected
-        self.hashes = HashTable(self.cfg.phash_max_dist)  # the accepted items' content hashes (hash rules)
+        self.hashes = HashTable(self.cfg.phash_max_dist, keys)  # the accepted items' content hashes (hash rules)
         self._hashed = 0  # items the hash table held at the checkpoint restored (rebuilt by `restore_hashes`)
         self._collected_to = 0
 

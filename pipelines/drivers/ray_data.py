@@ -31,7 +31,7 @@ from connectors.files import FileSource
 from curator.batch import EmbeddedBatch, Positions, RawBatch
 from curator.commit import Manifest
 from curator.config import RunConfig
-from curator.stages import build_stages, run_chain
+from curator.stages import build_stages, run_chain, with_run_keys
 from curator.store import read_manifest
 from pipelines.config import ServeConfig
 from pipelines.executors.feed import bootstrap, feed
@@ -99,7 +99,7 @@ class EmbedWorker:
 def embedded_batches(scfg: ServeConfig, src: FileSource, start: Positions | None, trusted: bool,
                      embedding_dim: int | None) -> Iterator[EmbeddedBatch]:
     """The source's batches after `start`, validated and embedded on Ray Data, in stream order."""
-    s, cfg = scfg.service, scfg.run
+    s, cfg = scfg.service, with_run_keys(scfg.run)  # the workers may not see the run directory
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # stream order: the selector's decisions depend on it
     ctx.enable_progress_bars = False  # the run's own bar counts decided items
