@@ -16,8 +16,8 @@ byte-identical copy must not. So the embedder also hashes what it decodes (`Cont
 0 means "none" in every key (a true 0 is remapped to 1). Pictures too flat for their perceptual
 hash to mean anything (`MIN_SPREAD`) get none: on a plain or gradient image the 64 bits are noise.
 
-The exact keys are XXH3-64 (`KEYS`): a photograph's decoded pixels are ~0.5 MB, which blake2b hashes
-at ~1 GB/s (~0.5 ms, an eighth of what an embedder spends on a photo outside the model) and XXH3 at
+The exact keys are XXH3-64 (`KEYS`): a 480 px photograph's decoded pixels are ~0.3 MB, which blake2b
+hashes at ~1 GB/s (~0.35 ms, a tenth of what an embedder spends on it outside the model) and XXH3 at
 ~60. A run keeps the scheme it started with (its manifest's ``content_keys``; runs from before it
 was recorded are blake2b-64, `LEGACY_KEYS`), because resumed runs compare new keys with the ones
 their decisions hold. Neither is a defence against crafted collisions: at 64 bits anyone can make
