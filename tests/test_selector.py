@@ -160,6 +160,10 @@ def test_state_round_trip_continues_identically(tmp_path):
     for col in ("decision", "keep_prob", "reason", "label_out"):
         assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
     assert back.calibration_report() == ref.calibration_report() and ref.cal.seq > 500
+    other = InfoGrowthSelector(cfg, keys="blake2b-64")  # keys that would never match the saved ones
+    other.load_state_dict(json.loads(json.dumps(ref.state_dict())))
+    with pytest.raises(ValueError, match="made with xxh3-64, but this selector makes blake2b-64"):
+        other.load_indexes(tmp_path, ref.state_dict()["modalities"])
 
 
 def test_bootstrap_calibrated_alignment_threshold():
