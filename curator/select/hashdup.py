@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curator.embed.hashes import KEYS, ContentHashes, check_scheme, vector_key
+from curator.embed.hashes import KEYS, LEGACY_KEYS, ContentHashes, check_scheme, vector_key
 from curator.records import Decision
 from curator.select.codes import RULE_CONTENT, RULE_NEAR, RULE_NONE, RULE_PIXELS  # noqa: F401 - the rules' codes
 
@@ -197,7 +197,8 @@ class HashTable:
         self.add([ids[r] for r in rows.tolist()], b.content[rows], b.pixels[rows], b.phash[rows], b.phash_ok[rows])
 
     def to_table(self) -> pa.Table:
-        """The accepted items' keys in acceptance order, as decisions record them (what `rebuild` reads)."""
+        """The accepted items' keys in acceptance order, as decisions record them (what `rebuild` reads),
+        with the scheme they were made with (`check_saved`)."""
         n = len(self.ids)
         c, p, h, ok = (np.concatenate([ch[f] for ch in self._chunks]) if self._chunks else
                        np.zeros(0, bool if f == 3 else np.int64) for f in range(4))
@@ -205,7 +206,17 @@ class HashTable:
                          "decision": pa.array([Decision.KEPT.value] * n, pa.string()),
                          "content_hash": pa.array(c, pa.int64(), mask=c == 0),
                          "pixel_hash": pa.array(p, pa.int64(), mask=p == 0),
-                         "phash": pa.array(h, pa.int64(), mask=~ok)})
+                         "phash": pa.array(h, pa.int64(), mask=~ok)}, metadata={"content_keys": self.keys})
+
+    def check_saved(self, table: pa.Table, where: object) -> pa.Table:
+        """`table` as `to_table` saved it, refused when its keys were made with another scheme than this
+        table makes: no key of a copy would equal its original's."""
+        held = (table.schema.metadata or {}).get(b"content_keys", LEGACY_KEYS.encode()).decode()
+        if held != self.keys:
+            raise ValueError(f"{where} holds content keys made with {held}, but this selector makes {self.keys}: "
+                             f"construct it with keys={held!r} (and the embedder with content_keys = {held!r}), "
+                             "or copies of the saved items go unnoticed")
+        return table
 
     def rebuild(self, decisions: pa.Table) -> None:
         """The table as the committed decisions left it: their accepted items' keys, in stream order."""

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import curator.select.kernel as kern
 from curator.config import IndexConfig, SelectorConfig
 from curator.embed.base import Embeddings
-from curator.embed.hashes import KEYS, LEGACY_KEYS
+from curator.embed.hashes import KEYS
 from curator.records import KEPT_DECISIONS
 from curator.select.calibrate import (
     EARLY,
@@ -360,8 +360,7 @@ class InfoGrowthSelector:
         for c in self.shards:
             assert isinstance(c, LocalShard), "remote shards write their own snapshots"
             c.target.save(Path(directory) if len(self.shards) == 1 else Path(directory) / f"shard={c.shard}")
-        keys = {"content_keys": self.hashes.keys}  # what the keys were made with: a loader must make the same
-        pq.write_table(self.hashes.to_table().replace_schema_metadata(keys), Path(directory) / "hashes.parquet")
+        pq.write_table(self.hashes.to_table(), Path(directory) / "hashes.parquet")
 
     def load_indexes(self, directory: str | Path, modalities: list[str]) -> None:
         for c in self.shards:
@@ -372,13 +371,8 @@ class InfoGrowthSelector:
                 dim = next(c.target.indexes[m].dim for c in self.shards if m in c.target.indexes)  # type: ignore[attr-defined]
                 self.indexes[m] = ShardedIndex(m, dim, self.shards, self.cfg.probe, seed=self.cfg.seed)
             self.indexes[m].n = sum(c.describe().sizes.get(m, 0) for c in self.shards)
-        table = pq.read_table(Path(directory) / "hashes.parquet")
-        held = (table.schema.metadata or {}).get(b"content_keys", LEGACY_KEYS.encode()).decode()
-        if held != self.hashes.keys:
-            raise ValueError(f"{Path(directory) / 'hashes.parquet'} holds content keys made with {held}, but this "
-                             f"selector makes {self.hashes.keys}: construct it with keys={held!r} (and the "
-                             f"embedder with content_keys = {held!r}), or copies of the saved items go unnoticed")
-        self.restore_hashes(table)
+        saved = Path(directory) / "hashes.parquet"
+        self.restore_hashes(self.hashes.check_saved(pq.read_table(saved), saved))
 
     def finish_bootstrap(self) -> None:
         """The trusted items are in: train the shard routers on them (nothing to do with one shard)."""
