@@ -37,7 +37,7 @@ from curator.batch import (
 from curator.commit import Committed, Manifest
 from curator.config import RunConfig, to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
-from curator.embed.hashes import KEYS, LEGACY_KEYS
+from curator.embed.hashes import held_keys, keys_of
 from curator.ops import build_rules
 from curator.ops.stage import FilterStage
 from curator.records import (
@@ -237,9 +237,9 @@ class SelectWriteStage:
         self._check_shards(out)
         keys = self.cfg.embedder.content_keys
         self.writer = StoreWriter.open(out, {"model": self.model_id, "config_fingerprint": self.fingerprint,
-                                             "content_keys": KEYS if keys == "auto" else keys}, self.shard)
+                                             "content_keys": keys_of(keys)}, self.shard)
         m = self.writer.manifest
-        m["content_keys"] = keys = self._run_keys(out, m.get("content_keys", LEGACY_KEYS), keys)
+        m["content_keys"] = keys = self._run_keys(out, held_keys(m), keys)
         (out / "config.toml").write_text(to_toml(self.cfg))
         clients: list[ShardClient] = list(self.shards)
         self.selector = InfoGrowthSelector(self.cfg.selector, self.cfg.index, fingerprint=self.fingerprint,
@@ -463,8 +463,7 @@ def with_run_keys(cfg: RunConfig) -> RunConfig:
     names, blake2b-64 for a run from before the scheme was recorded, the newest for a new run."""
     if cfg.embedder.content_keys != "auto":
         return cfg
-    m = read_manifest(cfg.store.out)
-    keys = KEYS if m is None else str(m.get("content_keys", LEGACY_KEYS))
+    keys = held_keys(read_manifest(cfg.store.out))
     return dataclasses.replace(cfg, embedder=dataclasses.replace(cfg.embedder, content_keys=keys))
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curator.config import EmbedderConfig
 from curator.embed.base import EmbedderError, Embeddings, ModelLoadError, column, normalise_rows
-from curator.embed.hashes import KEYS, ContentHashes, check_scheme, text_key, thumbnails
+from curator.embed.hashes import ContentHashes, keys_of, text_key, thumbnails
 from curator.embed.images import decode_image, fetch_image_bytes, jpeg_size
 from curator.embed.preprocess import BatchPreprocess
 from curator.embed.tokens import caption_tokens
@@ -151,7 +151,7 @@ class ClipEmbedder:
     def __init__(self, cfg: EmbedderConfig, limits: Limits | None = None) -> None:
         self.cfg = cfg
         self.limits = limits or Limits()
-        self.keys = KEYS if cfg.content_keys == "auto" else check_scheme(cfg.content_keys)  # the run's (build_stages)
+        self.keys = keys_of(cfg.content_keys)  # the run's, which `build_stages` resolved
         self.image_dim: int | None = None
         self.text_dim: int | None = None
         self.device: str | None = None

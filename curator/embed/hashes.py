@@ -76,6 +76,17 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
+def keys_of(setting: str) -> str:
+    """The scheme an `embedder.content_keys` setting names; 'auto' with no run directory to ask: the newest."""
+    return KEYS if setting == "auto" else check_scheme(setting)
+
+
+def held_keys(manifest: dict | None) -> str:
+    """The scheme a run directory's decisions hold: its manifest's, blake2b-64 for a run from before the
+    scheme was recorded, the newest for a run with no commit yet."""
+    return KEYS if manifest is None else str(manifest.get("content_keys", LEGACY_KEYS))
+
+
 def _signed(v: int) -> int:
     return (v - _BIT64 if v >= _BIT63 else v) or 1
 
