@@ -15,7 +15,7 @@ from curator.embed.hashes import ContentHashes, bytes_key, phash, pixels_key, te
 from curator.records import Position
 from curator.sample_photos import COPY_KINDS, decode, encode, photo_tiles
 from curator.select import InfoGrowthSelector
-from curator.select.hashdup import RULE_CONTENT, RULE_NEAR, RULE_PIXELS, HashTable, hamming
+from curator.select.hashdup import RULE_CONTENT, RULE_NEAR, RULE_PIXELS, BatchHashes, HashTable, hamming
 from curator.store.writer import read_table
 from curator.validate import validate_records
 
@@ -228,6 +228,66 @@ def test_the_perceptual_rule_stands_down_where_distinct_pictures_crowd_its_cut()
     assert not sel.near_ok and status["origin"].startswith("not applied:") and "crowd" in status["origin"]
     sel, rules = run(crowded=False)
     assert sel.near_ok and rules[10:19] == ["hash-near"] * 9 and rules[19] == "hash-exact"
+
+
+class _CountedSearches:
+    """A FAISS binary index that counts its range searches."""
+
+    def __init__(self, index: object) -> None:
+        self.index, self.searches = index, 0
+
+    def range_search(self, *args: object) -> object:
+        self.searches += 1
+        return self.index.range_search(*args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.index, name)
+
+
+class _AlwaysNear(HashTable):
+    """Searches for perceptual matches whether or not the rule can apply."""
+
+    def judge(self, hashes: ContentHashes | None, vectors: np.ndarray, modality: str, on: bool = True,
+              near: bool = True) -> BatchHashes:
+        return super().judge(hashes, vectors, modality, on, True)
+
+
+def test_a_perceptual_rule_that_stands_down_costs_no_search_and_changes_no_decision() -> None:
+    """Where distinct trusted pictures crowd the perceptual cut, the stream's batches are not searched
+    for near matches (the loop would ignore them) -- from the batch after the recalibration that turned
+    the rule off -- and every decision is what searching them gives."""
+    rng = np.random.default_rng(5)
+    n = 120
+    x, ids = rng.normal(size=(n, 16)).astype(np.float32), [f"i{j}" for j in range(n)]
+    h = ContentHashes.empty(n)
+    h.image[:] = rng.integers(1, 2**62, n)
+    h.phash[:] = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    bits = np.left_shift(np.int64(1), rng.integers(0, 64, (40, 3)))  # 40 crowded trusted pictures
+    h.phash[:40] = np.int64(rng.integers(-2**62, 2**62)) ^ bits[:, 0] ^ bits[:, 1] ^ bits[:, 2]
+    h.phash[60:80] = h.phash[:20] ^ np.int64(1)  # near copies of trusted pictures, in both stream batches
+    h.phash[90:110] = h.phash[20:40] ^ np.int64(2)
+    h.image[115] = h.image[45]  # an exact copy still is one
+    h.phash_ok[:] = True
+    runs = []
+    for table in (HashTable, _AlwaysNear):
+        sel = InfoGrowthSelector(SelectorConfig(min_trusted=0))
+        sel.hashes = table(sel.cfg.phash_max_dist, sel.hashes.keys)
+        sel.hashes.near = counted = _CountedSearches(sel.hashes.near)  # type: ignore[assignment]
+        sel.bootstrap(_batch(ids[:40], [None] * 40, 0), _emb(x[:40], h.take(np.arange(40))))
+        decisions, searches = [], []
+        for s in (40, 80):
+            decisions.append(sel.select(_batch(ids[s:s + 40], [None] * 40, s),
+                                        _emb(x[s:s + 40], h.take(np.arange(s, s + 40)))).decisions)
+            searches.append(counted.searches)
+        runs.append((pa.concat_tables(decisions), searches, sel.near_ok))
+    (skipped, skipped_searches, near_ok), (searched, searched_searches, _) = runs
+    assert not near_ok
+    assert skipped_searches == [1, 1]  # the first stream batch recalibrates at its first item: searched
+    assert searched_searches == [1, 2]
+    for col in ("decision", "reason", "dup_of", "dup_rule", "hash_dist"):
+        assert skipped.column(col).to_pylist() == searched.column(col).to_pylist()
+    rules = skipped.column("dup_rule").to_pylist()
+    assert rules[75] == "hash-exact" and "hash-near" not in rules
 
 
 def test_a_copy_of_a_dropped_item_is_judged_on_its_own() -> None:

@@ -92,9 +92,12 @@ class HashTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def judge(self, hashes: ContentHashes | None, vectors: np.ndarray, modality: str, on: bool = True) -> BatchHashes:
+    def judge(self, hashes: ContentHashes | None, vectors: np.ndarray, modality: str, on: bool = True,
+              near: bool = True) -> BatchHashes:
         """One batch's keys in the dedup modality and, when the rules are `on`, their matches. An item
-        whose embedder saw no payload to hash (precomputed vectors) is keyed by its vector."""
+        whose embedder saw no payload to hash (precomputed vectors) is keyed by its vector. `near`: the
+        perceptual rule can apply to this batch; when it cannot (distinct pictures crowd its cut), its
+        searches are skipped -- their matches would be ignored."""
         n = len(vectors)
         h = hashes if hashes is not None else ContentHashes.empty(n)
         own = h.image if modality == "image" else h.text
@@ -108,13 +111,14 @@ class HashTable:
             z = np.zeros(n, np.int64)
             return BatchHashes(content, pixels, ph, ok, np.zeros(n, np.int8), z, np.full(n, -1, np.int64),
                                np.zeros(n + 1, np.int64), z[:0], np.zeros(0, np.int8), z[:0], what)
-        return self.match(content, pixels, ph, ok, what)
+        return self.match(content, pixels, ph, ok, what, near)
 
     def match(self, content: np.ndarray, pixels: np.ndarray, phash: np.ndarray, phash_ok: np.ndarray,
-              what: list[str]) -> BatchHashes:
-        """The batch's matches in the table and among its own earlier rows (see `BatchHashes`)."""
+              what: list[str], near: bool = True) -> BatchHashes:
+        """The batch's matches in the table and among its own earlier rows (see `BatchHashes`); perceptual
+        ones only where `near`."""
         n = len(content)
-        usable = phash_ok & (self.max_dist >= 0)
+        usable = phash_ok & (self.max_dist >= 0) & near
         rule, dist, row = np.zeros(n, np.int8), np.zeros(n, np.int64), np.full(n, -1, np.int64)
         for r, keys in ((RULE_CONTENT, content), (RULE_PIXELS, pixels)):
             for i, key in enumerate(keys.tolist()):

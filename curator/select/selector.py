@@ -411,7 +411,7 @@ class InfoGrowthSelector:
             self._train_routers()
             rest = self._run(samples.slice(cut), emb.take(np.arange(cut, samples.num_rows)), trusted)
             return concat_selections(first, rest)
-        view = self._prepare(samples, emb)
+        view = self._prepare(samples, emb, trusted)
         self._view, self._collected_to = view, 0
         scores = self._resolve(view, trusted)
         if not trusted:
@@ -434,7 +434,7 @@ class InfoGrowthSelector:
             return None
         return at if at < n else None
 
-    def _prepare(self, samples: pa.Table, emb: Embeddings) -> BatchView:
+    def _prepare(self, samples: pa.Table, emb: Embeddings, trusted: bool) -> BatchView:
         """The batch-level work: one index search and one in-batch similarity matrix per modality."""
         n = samples.num_rows
         if emb.errors:
@@ -476,7 +476,10 @@ class InfoGrowthSelector:
         labels_in = pc.fill_null(samples.column("label"), -1).to_numpy().astype(np.int64)
         prim, dmod = self.primary, self._dedup_modality()
         cross, cross_ok = self._cross_pairs(mods, has)
-        hashes = self.hashes.judge(emb.hashes, mods[dmod], dmod, self.cfg.hash_dedup) if dmod else None
+        # the perceptual rule's value for this batch: near_ok, or what the recalibration due at its first
+        # item makes of trusted hashes added since (only they move it)
+        near = self.near_ok or (not trusted and self.cal_pending)
+        hashes = self.hashes.judge(emb.hashes, mods[dmod], dmod, self.cfg.hash_dedup, near) if dmod else None
         return BatchView(samples, samples.column("id").to_pylist(), mods, present, has, isims, ilab, irow, gram,
                          n_index, labels_in, labels_in.copy(), labels_in.copy(), pair, align, [None] * n,
                          np.zeros((2, n), np.int64), np.zeros(2, np.int64),
