@@ -121,3 +121,46 @@ def test_ingest_engine_ray_on_the_command_line(ray_local, tmp_path: Path, capsys
     assert sum(n for parts in m["positions"].values() for n in parts.values()) == 1427  # the whole stream
     assert sum(m["counts"].values()) == 1427 + 100  # and the trusted bootstrap
 
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_ray_data_engine_resumes_a_run_with_the_keys_it_started_with(ray_local, tmp_path: Path) -> None:
+    """A run from before the scheme of the exact copy keys was recorded (blake2b-64 keys, no
+    `content_keys` in its manifest) resumes under Ray Data with its own keys in the workers that hash
+    the pictures, so copies of its earlier items are still exact copies; asking it for other keys is
+    refused. (One machine: the workers see the run directory too; on a cluster they get the scheme the
+    driver resolved from it.)"""
+    import json
+
+    from curator.config import load_config
+    from curator.sample_photos import decode, encode, photo_tiles
+    from curator.store.writer import StoreError
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, t in enumerate(photo_tiles(10, 128, seed=2)):
+        (src / f"p{i:02d}.jpg").write_bytes(encode(t))
+
+    def ingest(keys: str = "auto") -> dict:
+        cfg = load_config(None, {"embedder": {"model": "curator-tiny", "pretrained": "", "device": "cpu",
+                                              "content_keys": keys},
+                                 "selector": {"align_mode": "off", "eps_dup": 0.0},
+                                 "store": {"out": str(tmp_path / "run")},
+                                 "source": {"paths": [str(src)], "batch_size": 4}})
+        return ray_data.run_ingest_ray(_serve_cfg(cfg), progress=False)
+
+    ingest("blake2b-64")
+    path = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest.pop("content_keys") == "blake2b-64"
+    path.write_text(json.dumps(manifest))  # as a run of the version before wrote it
+    (src / "p02z.jpg").write_bytes((src / "p02.jpg").read_bytes())
+    (src / "p04z.png").write_bytes(encode(decode((src / "p04.jpg").read_bytes()), "PNG"))
+    with pytest.raises(StoreError, match="--embedder.content_keys blake2b-64"):
+        ingest("xxh3-64")
+    ingest()
+    d = {r["id"]: r["reason"] for r in read_table(tmp_path / "run", "decisions").to_pylist()}
+    assert d["p02z.jpg"] == "duplicate of p02.jpg (exact hash: same image bytes)"
+    assert d["p04z.png"] == "duplicate of p04.jpg (exact hash: same decoded pixels)"
+    assert json.loads(path.read_text())["content_keys"] == "blake2b-64"
