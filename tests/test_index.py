@@ -48,3 +48,36 @@ def test_wrong_dimension_is_a_clear_error():
 def test_gpu_on_without_gpu_is_refused():
     with pytest.raises(RuntimeError, match="no GPU"):
         VectorIndex(8, IndexConfig(gpu="on"))
+
+
+def test_searches_do_not_depend_on_the_thread_count():
+    """FAISS's BLAS products sum differently on 1 and 2 threads; the index's searches -- exact, then
+    an IVF trained on its rows in the background -- may not, or a decision would depend on the cores a
+    process had (`curator ingest` on every core, a one-CPU actor, a run resumed elsewhere). 512-d and
+    batches of 256: where FAISS would otherwise take the product."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, 512)).astype(np.float32)
+    x = centres[rng.integers(0, 64, 3072)] + rng.normal(0, 0.04, (3072, 512)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    threads = faiss.omp_get_max_threads()
+    runs = []
+    try:
+        for t in (1, 2):
+            faiss.omp_set_num_threads(t)
+            idx = VectorIndex(512, IndexConfig(kind="auto", auto_exact_max=1024, auto_min_lag=256))
+            found = []
+            for s in range(0, len(x), 256):
+                seqs = np.arange(s, s + 256)
+                found.append(idx.search(x[s:s + 256], 8, seqs))
+                idx.add(x[s:s + 256], [f"i{j}" for j in seqs], None, seqs)
+            idx.settle()
+            found.append(idx.search(x[:256], 8))
+            runs.append((found, idx.kind))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    (one, kind), (two, _) = runs
+    assert kind == "ivf-pq"
+    for (s1, r1), (s2, r2) in zip(one, two, strict=True):
+        assert np.array_equal(r1, r2) and np.array_equal(s1, s2)  # bit for bit

@@ -33,7 +33,7 @@ from curator.config import IndexConfig
 from curator.index.deltas import Delta, Journal
 from curator.index.rebuild import Rebuild, training_rows
 from curator.index.recent import RecentWindow, bounds, merge
-from curator.index.threads import share_cores_with_faiss
+from curator.index.threads import configure_process
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _grown(a: np.ndarray, n: int) -> np.ndarray:
 
 class VectorIndex:
     def __init__(self, dim: int, cfg: IndexConfig | None = None) -> None:
-        share_cores_with_faiss()
+        configure_process()
         self.dim = int(dim)
         self.cfg = cfg or IndexConfig()
         if self.cfg.kind != "auto":
