@@ -8,9 +8,9 @@ cores. Processes that hold an index give pthreads BLAS pools one thread.
 Exhaustive search (flat indexes, every IVF's coarse quantizer, k-means when an IVF is trained):
 FAISS computes a batch of queries either one (query, row) pair at a time with SIMD, or as one BLAS
 product per block. The product's sums depend on how many threads share it, so the same search gave
-other similarities in the last bit with 1 thread than with 2 -- and an IVF trained on them other
-lists -- and a decision could depend on the cores a process had: `curator ingest` (every core)
-against `curator serve`'s one-CPU actor, or a run resumed on another machine. FAISS 1.15 takes the
+other similarities in the last bit with 1 thread than with 2 (an auto index at 512-d, exact and
+after its IVF rebuild), and a decision could depend on the cores a process had: `curator ingest` (every core)
+against `curator serve`'s one-CPU actor, or a run resumed with other cores. FAISS 1.15 takes the
 product from 128,000 query elements (250 queries of 512-d, so a real model's full batches; older
 versions from 20 queries). Every exhaustive search here takes the per-pair loop, whose sums do not
 depend on the threads: the same cost for a selector's batches (1M items, 512-d, one thread: 4,546
