@@ -9,13 +9,14 @@ Exhaustive search (flat indexes, every IVF's coarse quantizer, k-means when an I
 FAISS computes a batch of queries either one (query, row) pair at a time with SIMD, or as one BLAS
 product per block. The product's sums depend on how many threads share it, so the same search gave
 other similarities in the last bit with 1 thread than with 2 (an auto index at 512-d, exact and
-after its IVF rebuild), and a decision could depend on the cores a process had: `curator ingest` (every core)
-against `curator serve`'s one-CPU actor, or a run resumed with other cores. FAISS 1.15 takes the
-product from 128,000 query elements (250 queries of 512-d, so a real model's full batches; older
-versions from 20 queries). Every exhaustive search here takes the per-pair loop, whose sums do not
-depend on the threads: the same cost for a selector's batches (1M items, 512-d, one thread: 4,546
-selected items/s against 4,396 with FAISS's switch, one run each), ~1.7x the time for bulk work
-(training an IVF and assigning every row to its list: 86 s against 52 s to build 1M).
+after its IVF rebuild), and a decision could depend on the cores a process had: `curator ingest`
+(every core) against `curator serve`'s one-CPU actor, or a run resumed with other cores. FAISS 1.15
+takes the product from 128,000 query elements (250 queries of 512-d, so a real model's full
+batches; older versions from 20 queries). Every exhaustive search here takes the per-pair loop,
+whose sums do not depend on the threads: the same cost for a selector's batches (1M items, 512-d,
+one thread: 4,546 selected items/s against 4,396 with FAISS's switch, one run each), ~1.7x the
+time for bulk work (training an IVF and assigning every row to its list: 86 s against 52 s to
+build 1M).
 """
 
 from __future__ import annotations
