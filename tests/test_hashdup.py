@@ -231,14 +231,16 @@ def test_the_perceptual_rule_stands_down_where_distinct_pictures_crowd_its_cut()
 
 
 class _CountedSearches:
-    """A FAISS binary index that counts its range searches."""
+    """A FAISS binary index that counts its range searches and the matches they found."""
 
     def __init__(self, index: object) -> None:
-        self.index, self.searches = index, 0
+        self.index, self.searches, self.found = index, 0, 0
 
     def range_search(self, *args: object) -> object:
         self.searches += 1
-        return self.index.range_search(*args)  # type: ignore[attr-defined]
+        lims, dist, rows = self.index.range_search(*args)  # type: ignore[attr-defined]
+        self.found += int(lims[-1])
+        return lims, dist, rows
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.index, name)
@@ -278,12 +280,13 @@ def test_a_perceptual_rule_that_stands_down_costs_no_search_and_changes_no_decis
         for s in (40, 80):
             decisions.append(sel.select(_batch(ids[s:s + 40], [None] * 40, s),
                                         _emb(x[s:s + 40], h.take(np.arange(s, s + 40)))).decisions)
-            searches.append(counted.searches)
+            searches.append((counted.searches, counted.found))
         runs.append((pa.concat_tables(decisions), searches, sel.near_ok))
     (skipped, skipped_searches, near_ok), (searched, searched_searches, _) = runs
     assert not near_ok
-    assert skipped_searches == [1, 1]  # the first stream batch recalibrates at its first item: searched
-    assert searched_searches == [1, 2]
+    assert [s for s, _ in skipped_searches] == [1, 1]  # the first stream batch recalibrates at its first item
+    assert [s for s, _ in searched_searches] == [1, 2]
+    assert searched_searches[1][1] > searched_searches[0][1] > 0  # near matches found, and ignored
     for col in ("decision", "reason", "dup_of", "dup_rule", "hash_dist"):
         assert skipped.column(col).to_pylist() == searched.column(col).to_pylist()
     rules = skipped.column("dup_rule").to_pylist()
