@@ -1,11 +1,12 @@
 """Run configuration: one dataclass per component, one TOML file per run.
 
 CLI flags are generated from these dataclasses (``--selector.k-gain 4``), so a flag and a config field
-are always the same thing; docs/configuration.md comes from the same metadata (``curator config --reference``)."""
+are always the same thing; docs/configuration.md comes from the same metadata (``curator config --reference``).
+The flags, the reference and the TOML text are `curator.config_text`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -248,7 +249,10 @@ def raise_problems(problems: list[str]) -> None:
 
 def _collect(found: list[str], problems: list[str] | None) -> None:
     """Hand `found` to the caller's list, or raise them here when the caller gave none."""
-    raise_problems(found) if problems is None else problems.extend(found)
+    if problems is None:
+        raise_problems(found)
+    else:
+        problems.extend(found)
 
 
 def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
@@ -511,88 +515,3 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
     kinds = [EMBEDDERS.problem(cfg.embedder.kind, "embedder.kind"),
              INDEX_KINDS.problem(cfg.index.kind, "index.kind", also=("auto",))]
     _collect([msg for ok, msg in checks if not ok] + [k for k in kinds if k], problems)
-
-
-def add_section_flags(parser: argparse.ArgumentParser, section: str, obj: Any) -> None:
-    """One flag per field of a config dataclass: --SECTION.FIELD-NAME VALUE (default: None = unset)."""
-    group = parser.add_argument_group(f"[{section}] settings (TOML section [{section}])")
-    for f in dataclasses.fields(obj):
-        flag = f"--{section}.{f.name.replace('_', '-')}"
-        kw: dict[str, Any] = {"dest": f"cfg__{section}__{f.name}", "default": None}
-        t = _field_type(type(obj), f.name)
-        if is_auto_field(type(obj), f.name):
-            kw["metavar"] = "NUMBER|auto"
-        elif t is list:
-            kw["metavar"] = "A,B,..."
-        elif t is dict:
-            kw["metavar"] = "JSON"
-        elif "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        else:
-            kw["metavar"] = t.__name__.upper()
-        group.add_argument(flag, help=f"{f.metadata.get('help', '')} (default: {getattr(obj, f.name)!r})", **kw)
-
-
-def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
-    """One flag per run-config field: --SECTION.FIELD-NAME VALUE (default: from the config file or built-in)."""
-    defaults = RunConfig()
-    for name in SECTIONS:
-        if not sections or name in sections:
-            add_section_flags(parser, name, getattr(defaults, name))
-    if not sections or "filters" in sections:
-        parser.add_argument("--filters", dest="cfg__filters", metavar="JSON", default=None,
-                            help='the [[filters]] tables as a JSON list, e.g. \'[{"op": "caption_words", "min": 3}]\' '
-                                 "(replaces the file's; docs/extending.md)")
-
-
-def reference_rows(section: str, obj: Any) -> list[str]:
-    """Markdown table rows (setting, default, meaning) of one config dataclass."""
-    return [f"| `{section}.{f.name}` | `{getattr(obj, f.name)!r}` | {f.metadata.get('help', '')} |"
-            for f in dataclasses.fields(obj)]
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if key == "cfg__filters" and value is not None:
-            out["filters"] = value  # JSON text: parse_filters reads it
-        elif key.startswith("cfg__") and value is not None:
-            _, sec, name = key.split("__", 2)
-            out.setdefault(sec, {})[name] = value
-    return out
-
-
-def reference_markdown() -> str:
-    """The configuration reference, generated from the dataclasses."""
-    lines = ["| setting | default | meaning |", "|---|---|---|"]
-    cfg = RunConfig()
-    for name in SECTIONS:
-        lines += reference_rows(name, getattr(cfg, name))
-    lines += reference_rows("filters[]", FilterConfig())
-    return "\n".join(lines)
-
-
-def to_toml(cfg: RunConfig) -> str:
-    """Render a config as TOML (for `curator config --dump` and run directories)."""
-    out = []
-    d = cfg.to_dict()
-    for sec in SECTIONS:
-        out.append(f"[{sec}]")
-        for k, v in d[sec].items():
-            out.append(f"{k} = {json.dumps(v)}")
-        out.append("")
-    for spec in cfg.filters:
-        out.append("[[filters]]")
-        keys = {k: getattr(spec, k) for k in FILTER_KEYS} | spec.params
-        out += [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None and v != ""]
-        out.append("")
-    return "\n".join(out)
-
-
-def toml_value(v: Any) -> str:
-    """A value as TOML writes it: JSON's text for strings, numbers, booleans and lists; tables inline."""
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(v)

@@ -35,7 +35,8 @@ from curator.batch import (
     positions_from_json,
 )
 from curator.commit import Committed, Manifest
-from curator.config import RunConfig, to_toml
+from curator.config import RunConfig
+from curator.config_text import to_toml
 from curator.embed import Embedder, PrecomputedEmbedder, build_embedder
 from curator.embed.hashes import held_keys, keys_of
 from curator.ops import build_rules

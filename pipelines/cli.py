@@ -15,12 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from curator.config import (
-    ConfigError,
-    add_config_flags,
-    overrides_from_args,
-    reference_markdown,
-)
+from curator.config import ConfigError
+from curator.config_text import add_config_flags, overrides_from_args, reference_markdown
 
 log = logging.getLogger("curator")
 

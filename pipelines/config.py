@@ -26,17 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curator.config import (
-    RunConfig,
-    add_config_flags,
-    add_section_flags,
-    apply_overrides,
-    raise_problems,
-    read_toml,
-    reference_rows,
-    setting,
-    validate_config,
-)
+from curator.config import RunConfig, apply_overrides, raise_problems, read_toml, setting, validate_config
+from curator.config_text import add_config_flags, add_section_flags, reference_rows
 
 
 @dataclass
@@ -116,7 +107,7 @@ class ServeConfig:
         return max(self.service.max_buffered_items or 4 * self.run.source.batch_size, self.run.source.batch_size)
 
     def to_toml(self) -> str:
-        from curator.config import to_toml
+        from curator.config_text import to_toml
 
         out = [to_toml(self.run)]
         for name in ("kafka", "service"):

@@ -201,7 +201,7 @@ def test_compose_commands_configs_ports_and_volumes_agree_with_the_code() -> Non
     mounts = {v.split(":")[1]: v.split(":")[0] for v in svcs["curator"]["volumes"]}  # target -> source
     host_cfg = DEPLOY / mounts[args.config]  # the --config file is mounted from the repo
     assert host_cfg.is_file()
-    from curator.config import overrides_from_args
+    from curator.config_text import overrides_from_args
 
     scfg = load_serve_config(host_cfg, overrides_from_args(args))
     assert scfg.service.host == "0.0.0.0" and scfg.service.ray_address == "auto"

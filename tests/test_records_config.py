@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from curator.config import ConfigError, RunConfig, load_config, reference_markdown, to_toml
+from curator.config import ConfigError, RunConfig, load_config
+from curator.config_text import reference_markdown, to_toml
 from curator.records import (
     InvalidRecord,
     Limits,

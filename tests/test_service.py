@@ -360,7 +360,8 @@ def test_merge_arrival_order_never_waits() -> None:
 
 
 def test_serve_config_toml_and_flags(tmp_path: Path) -> None:
-    from curator.config import ConfigError, overrides_from_args
+    from curator.config import ConfigError
+    from curator.config_text import overrides_from_args
     from pipelines.cli import build_parser
 
     p = tmp_path / "serve.toml"

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curator.config import reference_markdown  # noqa: E402
+from curator.config_text import reference_markdown  # noqa: E402
 from pipelines.config import reference_markdown as serve_reference_markdown  # noqa: E402
 
 RUN = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
