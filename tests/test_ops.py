@@ -23,8 +23,8 @@ from curator.config import (
     SelectorConfig,
     load_config,
     parse_filters,
-    to_toml,
 )
+from curator.config_text import to_toml
 from curator.demo_data import demo_config, write_demo_inputs
 from curator.embed import Embeddings
 from curator.ops import Filter, Rule, build_rules
