@@ -2,7 +2,7 @@
 beside the raw search of the same index, with the decisions compared to exact search.
 
     python benchmarks/selector_speed.py [--sizes 10000 100000 1000000 10000000] [--kinds auto]
-        [--queries 2048] [--batch 256] [--repeats 3] [--threads 2] [--json FILE]
+        [--queries 2048] [--batch 256] [--repeats 3] [--threads 2] [--faiss-blas-from N] [--json FILE]
 
 The index is filled with N unit 512-d vectors from a mixture of Gaussian clusters (CLIP embeddings
 are clustered, not uniform), labelled by cluster (`VectorIndex.bulk_build`: the kind its policy
@@ -241,6 +241,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="FAISS/BLAS threads (0 = all cores)")
+    ap.add_argument("--faiss-blas-from", type=int, default=0, metavar="N",
+                    help="let FAISS's exhaustive searches take BLAS products from N query elements (queries x "
+                         "dims; FAISS's own: 128000) instead of curator's per-pair loop (curator.index.threads): "
+                         "what thread-count-independent results cost")
     ap.add_argument("--index", action="append", default=[], metavar="FIELD=VALUE",
                     help="an [index] setting for every kind, e.g. --index ivf_nprobe=8 (repeatable)")
     ap.add_argument("--json", help="also write the rows here (keys as in the table)")
@@ -253,6 +257,10 @@ def main() -> None:
     c = centers()
     k = max(SelectorConfig().k_gain, SelectorConfig().k_label)
     warm = VectorIndex(DIM, IndexConfig(kind="flat"))  # load the compiled loop before anything is timed
+    if args.faiss_blas_from:  # after the process's own setting, which the first index made
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = args.faiss_blas_from
     warm.bulk_build(lambda: base_chunks(1000, c), 1000)
     run_selector(warm, *queries(1000, c, 256, 1), args.batch)
     rows = []
