@@ -55,10 +55,11 @@ from curator.select import InfoGrowthSelector, kept_table
 from curator.select.hashdup import KEY_COLUMNS
 from curator.select.shard import ShardClient
 from curator.select.sharded import ShardedIndex, probe_cap
+from curator.select.warm import load_compiled
 from curator.store.lock import RunDirLock
 from curator.store.shards import LocalStoredShard, StoredShard, StoredShardClient
 from curator.store.writer import StoreError, StoreWriter, read_manifest, read_table
-from curator.validate import validate_batch
+from curator.validate import validate_batch, validate_records
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,10 @@ class ValidateStage:
         self.resources = resources
 
     def setup(self) -> None:
-        return None
+        # One made-up record, so the first batch does not pay pyarrow's lazy imports (~0.2 s: pandas, on
+        # the first Table.from_pylist in a process) while batches queue behind it.
+        validate_records([{"id": "warm-up", "text": "warm-up", "image": b"warm-up", "label": 0}],
+                         [Position("warm-up", 0, 0)], self.limits)
 
     def process(self, batch: RawBatch) -> ValidBatch:
         return validate_batch(batch, self.limits)
@@ -254,6 +258,7 @@ class SelectWriteStage:
             if m.get("selector_state"):
                 self.restore(m["selector_state"])
             log.info("resuming %s from commit %d (%d items decided)", out, m["commit"], sum(self.counts.values()))
+        log.debug("selection loop loaded in %.2f s", load_compiled(self.cfg.selector))  # not in the first batch
         return Resume(str(out.resolve()), {s: dict(p) for s, p in self.positions.items()}, int(m["commit"]),
                       self.bootstrapped, self.selector.seq, self.index_size, self.index_dim)
 

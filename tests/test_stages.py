@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,34 @@ def test_each_stage_and_each_select_and_write_step_is_timed(tmp_path: Path) -> N
         assert set(out.seconds) == {"validate", "embed", "select", "write"}
         assert all(v >= 0.0 for v in out.seconds.values())
         assert ex.commit().commit == 1
+
+
+def test_the_select_stage_loads_the_compiled_loop_while_it_sets_up(tmp_path: Path) -> None:
+    """In a fresh process the selection loop's compiled code is loaded by `setup()`, not inside the
+    stream's first batch (where every batch in flight would wait for it), quietly: what a throwaway
+    selector would say of its made-up stream is not the run's."""
+    code = textwrap.dedent(f"""
+        import logging
+        from curator.demo_data import demo_config
+        from curator.select import kernel
+        from curator.stages import build_stages
+
+        said = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                said.append((record.name, record.getMessage()))
+        logging.getLogger("curator").addHandler(Keep())
+        logging.getLogger("curator").setLevel(logging.INFO)
+        stage = build_stages(demo_config({str(tmp_path)!r}, 0)).select
+        assert not kernel.resolve.signatures, "loaded before the stage's setup"
+        stage.setup()
+        assert kernel.resolve.signatures, "setup() did not load the selection loop"
+        assert logging.getLogger("curator.select").level == logging.NOTSET
+        assert not [s for s in said if s[0].startswith("curator.select")], said
+        assert stage.index_size == 0 and stage.selector.seq == 0  # nothing of it in the run's selector
+        print("ok")
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
