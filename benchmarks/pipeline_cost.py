@@ -236,6 +236,9 @@ def print_results(out: dict[str, Any], args: Any, items: int) -> None:
                      ("embed-only, the actor pool, items/s", e["pool_items_per_s"]),
                      ("service end to end (Kafka -> curated set), items/s", out["service"]["summary"]["items_per_s"]),
                      ("ratio service / embed-only pool (target 0.9)", out["service"]["summary"]["ratio_to_embed_only"]),
+                     *((("service between its first and last commits, items/s", sv_steady),
+                        ("ratio of that / embed-only pool", out["service"]["summary"]["steady_ratio_to_embed_only"]))
+                       if (sv_steady := out["service"]["summary"].get("steady_items_per_s")) is not None else ()),
                      *((("ingest --engine ray, items/s", out["ingest_ray"]["summary"]["items_per_s"]),
                         ("ratio ingest --engine ray / embed-only pool", out["ingest_ray"]["summary"]["ratio_to_embed_only"]))
                        if "ingest_ray" in out else ()),

@@ -18,7 +18,9 @@ times, interleaved; the tables give medians (the JSON also has every run):
 2. **service**: the same records as JSON messages (base64 images; with --wire arrow, Arrow IPC
    messages of --rows-per-message records with raw image bytes) on a --partitions topic, through
    `curator serve` (a subprocess joining this Ray). Items/s: the service's own window, first item
-   sent into the graph to the last item decided. CPU: a second, warm service (it first decides
+   sent into the graph to the last item decided; beside it, the rate between its first and last
+   commits by count (``steady_items_per_s``: without the first batch through a cold graph and the
+   last ones draining through a part-idle one). A run whose broker lost records fails. CPU: a second, warm service (it first decides
    --warmup other items) -- every process's CPU time from /proc over producing the records, deciding
    them, draining and the final commit, per item (`cpu_cost`: driver, selector/writer, each
    embedder, Ray's raylet and GCS), with the stage seconds the batches carry (its /metrics).
@@ -63,6 +65,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +373,24 @@ def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[s
     if not m:
         raise RuntimeError(f"no throughput line:\n{svc.log()[-3000:]}")
     n, secs = int(m.group(1)), float(m.group(2))
-    return {"items": n, "seconds": secs, "items_per_s": n / secs}
+    if n < len(records):
+        raise RuntimeError(f"the service decided {n} of the {len(records)} items produced: the broker deleted "
+                           "the others before it read them (librdkafka's mock cluster keeps about 5 MB a "
+                           "partition). Use more --partitions or fewer --items (or a real broker: "
+                           "CURATOR_KAFKA_BOOTSTRAP)")
+    return {"items": n, "seconds": secs, "items_per_s": n / secs, "steady_items_per_s": steady_rate(svc.log())}
+
+
+def steady_rate(log_text: str) -> float | None:
+    """Items/s between the service's first and last commit by count (its log's "commit K durable (N
+    items decided ...)" lines, the final drain's commit left out): the window without the first batch
+    through a cold graph and without the last batches draining through a part-idle one."""
+    stamps = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(m.group(2))) for m in
+              re.finditer(r"^(\S+ \S+) INFO curator.service: commit \d+ durable \((\d+) items", log_text, re.M)]
+    if len(stamps) < 4:
+        return None
+    (t0, n0), (t1, n1) = stamps[0], stamps[-2]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
 def graph_pids(svc: Service) -> dict[int, str]:
@@ -543,6 +563,10 @@ def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[
         runs["embed_only"].append(eo)
         sv = service_speed(args, broker, records, address, work, r)
         runs["service"].append(service_cpu(args, broker, records, address, work, r, eo, sv["items_per_s"]))
+        steady = sv["steady_items_per_s"]
+        runs["service"][-1]["summary"].update(
+            steady_items_per_s=None if steady is None else round(steady, 1),
+            steady_ratio_to_embed_only=None if steady is None else round(steady / eo["pool_items_per_s"], 3))
         if not args.skip_ray_engine:
             runs["ingest_ray"].append(ingest_ray_speed(lambda out: run_config(args, out), args, address, work, r,
                                                         inputs, eo, outside))
