@@ -387,7 +387,7 @@ def steady_rate(log_text: str) -> float | None:
     through a cold graph and without the last batches draining through a part-idle one."""
     stamps = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(m.group(2))) for m in
               re.finditer(r"^(\S+ \S+) INFO curator.service: commit \d+ durable \((\d+) items", log_text, re.M)]
-    if len(stamps) < 4:
+    if len(stamps) < 3:  # first, one more by count, the drain's
         return None
     (t0, n0), (t1, n1) = stamps[0], stamps[-2]
     return (n1 - n0) / (t1 - t0) if t1 > t0 else None

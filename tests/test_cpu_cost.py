@@ -55,3 +55,18 @@ def test_table_splits_the_forward_pass_over_the_pool_and_caps_by_the_busiest_sin
     assert s["ratio_to_embed_only"] == 0.8
     med = median_tables([t, cost_table([ProcCost("driver", "graph", 3.0)], items=1000)])
     assert {r["role"]: r["us_per_item"] for r in med["rows"]}["driver"] == 2000.0
+
+
+def test_the_service_steady_rate_runs_from_its_first_commit_to_its_last_by_count() -> None:
+    """pipeline_speed's rate beside the window: between the first and the last commit by count, the final
+    drain's commit left out (lines as the service logs them: `pipelines.cli`'s format)."""
+    from benchmarks.pipeline_speed import steady_rate
+
+    lines = ["2026-12-07 16:35:20,216 INFO curator.service: consuming t from 127.0.0.1:1 as group 'g'",
+             "2026-12-07 16:35:21,000 INFO curator.service: commit 1 durable (1232 items decided by this run)",
+             "2026-12-07 16:35:21,500 INFO curator.other: commit 9 durable (99999 items decided by this run)",
+             "2026-12-07 16:35:22,000 INFO curator.service: commit 2 durable (2256 items decided by this run)",
+             "2026-12-07 16:35:23,000 INFO curator.service: commit 3 durable (3280 items decided by this run)",
+             "2026-12-07 16:35:26,000 INFO curator.service: commit 4 durable (3300 items decided by this run)"]
+    assert steady_rate("\n".join(lines)) == pytest.approx((3280 - 1232) / 2.0)
+    assert steady_rate("\n".join(lines[:-2])) is None  # two commits: no span without the drain's
