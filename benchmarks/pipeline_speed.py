@@ -20,10 +20,11 @@ times, interleaved; the tables give medians (the JSON also has every run):
    `curator serve` (a subprocess joining this Ray). Items/s: the service's own window, first item
    sent into the graph to the last item decided; beside it, the rate between its first and last
    commits by count (``steady_items_per_s``: without the first batch through a cold graph and the
-   last ones draining through a part-idle one). A run whose broker lost records fails. CPU: a second, warm service (it first decides
-   --warmup other items) -- every process's CPU time from /proc over producing the records, deciding
-   them, draining and the final commit, per item (`cpu_cost`: driver, selector/writer, each
-   embedder, Ray's raylet and GCS), with the stage seconds the batches carry (its /metrics).
+   last ones draining through a part-idle one). A run whose broker lost records fails. CPU: a
+   second, warm service (it first decides --warmup other items) -- every process's CPU time from
+   /proc over producing the records, deciding them, draining and the final commit, per item
+   (`cpu_cost`: driver, selector/writer, each embedder, Ray's raylet and GCS), with the stage
+   seconds the batches carry (its /metrics).
    Targets: service / embed-only >= 0.9; CPU per item without the forward pass, summed over the
    processes, <= 150 us, and no process above 50 us. With --idle-s S, before the window the warm service
    first idles S seconds, and each process's CPU over them is reported in ms per second (`idle_ms_per_s`):
