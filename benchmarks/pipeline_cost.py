@@ -239,6 +239,8 @@ def print_results(out: dict[str, Any], args: Any, items: int) -> None:
                      *((("service between its first and last commits, items/s", sv_steady),
                         ("ratio of that / embed-only pool", out["service"]["summary"]["steady_ratio_to_embed_only"]))
                        if (sv_steady := out["service"]["summary"].get("steady_items_per_s")) is not None else ()),
+                     *((("service: from consuming to its first commit, s", sv_first),)
+                       if (sv_first := out["service"]["summary"].get("first_commit_s")) is not None else ()),
                      *((("ingest --engine ray, items/s", out["ingest_ray"]["summary"]["items_per_s"]),
                         ("ratio ingest --engine ray / embed-only pool", out["ingest_ray"]["summary"]["ratio_to_embed_only"]))
                        if "ingest_ray" in out else ()),

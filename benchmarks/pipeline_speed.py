@@ -20,7 +20,8 @@ times, interleaved; the tables give medians (the JSON also has every run):
    `curator serve` (a subprocess joining this Ray). Items/s: the service's own window, first item
    sent into the graph to the last item decided; beside it, the rate between its first and last
    commits by count (``steady_items_per_s``: without the first batch through a cold graph and the
-   last ones draining through a part-idle one). A run whose broker lost records fails. CPU: a
+   last ones draining through a part-idle one), and the seconds from its "consuming" line to its
+   first commit (``first_commit_s``). A run whose broker lost records fails. CPU: a
    second, warm service (it first decides --warmup other items) -- every process's CPU time from
    /proc over producing the records, deciding them, draining and the final commit, per item
    (`cpu_cost`: driver, selector/writer, each embedder, Ray's raylet and GCS), with the stage
@@ -379,19 +380,34 @@ def service_speed(args: argparse.Namespace, broker: Broker, records: list[dict[s
                            "the others before it read them (librdkafka's mock cluster keeps about 5 MB a "
                            "partition). Use more --partitions or fewer --items (or a real broker: "
                            "CURATOR_KAFKA_BOOTSTRAP)")
-    return {"items": n, "seconds": secs, "items_per_s": n / secs, "steady_items_per_s": steady_rate(svc.log())}
+    log_text = svc.log()
+    return {"items": n, "seconds": secs, "items_per_s": n / secs, "steady_items_per_s": steady_rate(log_text),
+            "first_commit_s": first_commit_s(log_text)}
+
+
+def _service_lines(log_text: str, message: str) -> list[tuple[float, re.Match[str]]]:
+    """(time, match) of the service's own log lines whose message matches `message`."""
+    return [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), m)
+            for m in re.finditer(r"^(\S+ \S+) INFO curator.service: " + message, log_text, re.M)]
 
 
 def steady_rate(log_text: str) -> float | None:
     """Items/s between the service's first and last commit by count (its log's "commit K durable (N
     items decided ...)" lines, the final drain's commit left out): the window without the first batch
     through a cold graph and without the last batches draining through a part-idle one."""
-    stamps = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(m.group(2))) for m in
-              re.finditer(r"^(\S+ \S+) INFO curator.service: commit \d+ durable \((\d+) items", log_text, re.M)]
+    stamps = [(t, int(m.group(2))) for t, m in _service_lines(log_text, r"commit \d+ durable \((\d+) items")]
     if len(stamps) < 3:  # first, one more by count, the drain's
         return None
     (t0, n0), (t1, n1) = stamps[0], stamps[-2]
     return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+
+
+def first_commit_s(log_text: str) -> float | None:
+    """Seconds from the service's "consuming" line to its first commit: how long the first items wait
+    on a graph that has just started."""
+    start = _service_lines(log_text, "consuming ")
+    commits = _service_lines(log_text, r"commit \d+ durable")
+    return commits[0][0] - start[0][0] if start and commits else None
 
 
 def graph_pids(svc: Service) -> dict[int, str]:
@@ -564,10 +580,11 @@ def speed_and_cost(args: argparse.Namespace, broker: Broker, records: list[dict[
         runs["embed_only"].append(eo)
         sv = service_speed(args, broker, records, address, work, r)
         runs["service"].append(service_cpu(args, broker, records, address, work, r, eo, sv["items_per_s"]))
-        steady = sv["steady_items_per_s"]
+        steady, first = sv["steady_items_per_s"], sv["first_commit_s"]
         runs["service"][-1]["summary"].update(
             steady_items_per_s=None if steady is None else round(steady, 1),
-            steady_ratio_to_embed_only=None if steady is None else round(steady / eo["pool_items_per_s"], 3))
+            steady_ratio_to_embed_only=None if steady is None else round(steady / eo["pool_items_per_s"], 3),
+            first_commit_s=None if first is None else round(first, 2))
         if not args.skip_ray_engine:
             runs["ingest_ray"].append(ingest_ray_speed(lambda out: run_config(args, out), args, address, work, r,
                                                         inputs, eo, outside))

@@ -59,8 +59,9 @@ def test_table_splits_the_forward_pass_over_the_pool_and_caps_by_the_busiest_sin
 
 def test_the_service_steady_rate_runs_from_its_first_commit_to_its_last_by_count() -> None:
     """pipeline_speed's rate beside the window: between the first and the last commit by count, the final
-    drain's commit left out (lines as the service logs them: `pipelines.cli`'s format)."""
-    from benchmarks.pipeline_speed import steady_rate
+    drain's commit left out; and the wait from consuming to the first commit (lines as the service logs
+    them: `pipelines.cli`'s format)."""
+    from benchmarks.pipeline_speed import first_commit_s, steady_rate
 
     lines = ["2026-12-07 16:35:20,216 INFO curator.service: consuming t from 127.0.0.1:1 as group 'g'",
              "2026-12-07 16:35:21,000 INFO curator.service: commit 1 durable (1232 items decided by this run)",
@@ -70,3 +71,5 @@ def test_the_service_steady_rate_runs_from_its_first_commit_to_its_last_by_count
              "2026-12-07 16:35:26,000 INFO curator.service: commit 4 durable (3300 items decided by this run)"]
     assert steady_rate("\n".join(lines)) == pytest.approx((3280 - 1232) / 2.0)
     assert steady_rate("\n".join(lines[:-2])) is None  # two commits: no span without the drain's
+    assert first_commit_s("\n".join(lines)) == pytest.approx(21.000 - 20.216)  # consuming to commit 1
+    assert first_commit_s("\n".join(lines[1:])) is None
