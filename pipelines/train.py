@@ -50,22 +50,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
-from curator.train import (
-    TASK_COLUMNS,
-    TASKS,
-    EpochLoop,
-    TrainSettings,
-    build_dataset,
-    build_model,
-    curated_parts,
-    feature_stats,
-    initial_scores,
-    labels_of,
-    make_sampler,
-    parse_bands,
-    read_parts,
-    split_eval,
-)
+from curator.train.tasks import TASK_COLUMNS, TASKS, TrainSettings, parse_bands
 
 #: Learning rates that train the built-in models well with AdamW (override with --lr).
 DEFAULT_LR = {"linear": 1e-2, "mlp": 2e-3, "cnn": 2e-3}
@@ -82,6 +67,8 @@ POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # --------------------------------------------------------------------- inputs
 def eval_parts(path: str | Path) -> list[str]:
     """``--eval``: a run directory (its committed kept parts), a Parquet file, or a folder of them."""
+    from curator.train import curated_parts
+
     p = Path(path).resolve()
     if (p / "manifest.json").exists():
         return curated_parts(p)
@@ -96,6 +83,8 @@ def eval_parts(path: str | Path) -> list[str]:
 
 def job_config(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a worker needs, resolved on the driver (plain data: it travels to every worker)."""
+    from curator.train import curated_parts, labels_of, read_parts
+
     run_dir = Path(args.run_dir).resolve()
     parts = curated_parts(run_dir)
     settings = TrainSettings(
@@ -117,6 +106,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
+
+    from curator.train import (
+        EpochLoop,
+        build_dataset,
+        build_model,
+        feature_stats,
+        initial_scores,
+        make_sampler,
+        read_parts,
+        split_eval,
+    )
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from curator.train.rule import MULTI_BAND
-
 __all__ = ["TASKS", "TASK_COLUMNS", "TrainSettings", "parse_bands"]
 
 TASKS = ("linear", "mlp", "cnn")
@@ -56,6 +54,8 @@ def parse_bands(spec: str | None) -> list[list[float]] | None:
     if not spec:
         return None
     if spec.strip().lower() in ("paper", "multi", "default"):
+        from curator.train.rule import MULTI_BAND  # needs torch: only when asked for
+
         return [list(b) for b in MULTI_BAND]
     out = []
     for part in spec.split(","):
