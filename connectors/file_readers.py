@@ -24,10 +24,10 @@ from connectors.file_units import (
     open_maybe_compressed,
     open_text,
 )
-from connectors.json_records import json_id, record_from_json
 from curator.fields import canonical_record
 from curator.formats import WDS_FIELDS, wds_key
 from curator.records import InvalidRecord, Position, Rejection
+from curator.wire import json_id, record_from_json
 
 Item = tuple[dict[str, Any] | Rejection, Position]
 PREVIEW_BYTES = 4096

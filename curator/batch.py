@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from curator.embed.base import Embeddings
 from curator.records import Position, Rejection
+from curator.wire import Message, decode_messages
 
 #: {source: {partition: next offset to read}} -- JSON-friendly (partition keys are strings in JSON).
 Positions = dict[str, dict[int, int]]
@@ -28,6 +29,8 @@ Positions = dict[str, dict[int, int]]
 class RawBatch:
     """Records as read, before validation. `errors` holds records that could not even be parsed.
 
+    ``messages`` are a stream's message values not decoded yet (`curator.wire`): they travel to the
+    embedder actors as the bytes they arrived as, and `decoded()` turns them into records there.
     ``trusted`` marks a bootstrap batch (inserted unjudged; its positions are not the stream's).
     ``embedding_dim`` is the stream's precomputed-embedding dimension once it is known, so that
     parallel embedders agree on which vectors have the wrong size.
@@ -38,13 +41,23 @@ class RawBatch:
     errors: list[Rejection] = field(default_factory=list)
     trusted: bool = False
     embedding_dim: int | None = None
+    messages: list[Message] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.errors)
+        return len(self.records) + len(self.errors) + sum(m.rows for m in self.messages)
 
     def nbytes(self) -> int:
         """About what the batch weighs in memory: its payloads (images, texts, vectors) and previews."""
-        return sum(map(record_nbytes, self.records)) + sum(map(rejection_nbytes, self.errors))
+        return (sum(map(record_nbytes, self.records)) + sum(map(rejection_nbytes, self.errors))
+                + sum(m.nbytes for m in self.messages))
+
+    def decoded(self) -> RawBatch:
+        """The batch with its messages decoded into records (after its other records) or rejections."""
+        if not self.messages:
+            return self
+        records, positions, errors = list(self.records), list(self.positions), list(self.errors)
+        decode_messages(self.messages, records, positions, errors)
+        return RawBatch(records, positions, errors, self.trusted, self.embedding_dim)
 
 
 @dataclass

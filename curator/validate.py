@@ -242,7 +242,9 @@ def repair_batch(batch: RawBatch, limits: Limits | None = None) -> RawBatch:
 
 
 def validate_batch(batch: RawBatch, limits: Limits | None = None) -> ValidBatch:
-    """Validate once: good records become a sample table, the rest rejections at their positions."""
+    """Validate once: good records become a sample table, the rest rejections at their positions (a
+    stream's messages are decoded first, here in the process that validates)."""
+    batch = batch.decoded()
     try:
         samples, rejects = validate_records(batch.records, batch.positions, limits)
         rejects = list(batch.errors) + rejects

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.files import FileSource, FileSourceError, class_names
-from connectors.json_records import read_json_bytes
 from curator.batch import Positions, RawBatch, advance
 from curator.records import Position
 from curator.validate import validate_records
+from curator.wire import read_json_bytes
 
 
 def png_bytes(seed: int) -> bytes:

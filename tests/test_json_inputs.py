@@ -23,8 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from connectors.json_records import read_json_bytes, record_from_json
-from connectors.kafka.codec import decode_message
+from connectors.kafka.codec import read_message
 from connectors.kafka.dead_letters import decode_rejection, encode_rejection
 from curator.batch import RawBatch
 from curator.fields import canonical_record
@@ -32,6 +31,7 @@ from curator.records import REJECT_CODES, InvalidRecord, Position, Rejection
 from curator.store import read_table
 from curator.store.query import query
 from curator.validate import validate_records
+from curator.wire import read_json_bytes, record_from_json
 from pipelines.cli import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -162,8 +162,11 @@ def test_every_rejection_has_a_code_without_its_position() -> None:
     # Kafka messages and dead letters carry the code too
     out = RawBatch()
     for off, value in enumerate([None, b"{oops", b"\xff\xff\xff\xffnot arrow", b'{"image": "%%%"}']):
-        decode_message("t", 0, off, value, None, [], out, 1 << 20)
-    assert [e.code for e in out.errors] == ["empty-message", "invalid-json", "bad-arrow", "bad-base64"]
+        read_message("t", 0, off, value, None, [], out, 1 << 20)
+    assert [e.code for e in out.errors] == ["empty-message", "bad-arrow"]  # framing: where it is read
+    assert len(out) == 4 and len(out.messages) == 2  # the JSON payloads: where they are validated
+    errors = sorted(out.decoded().errors, key=lambda e: e.position.offset)
+    assert [e.code for e in errors] == ["empty-message", "invalid-json", "bad-arrow", "bad-base64"]
     r = Rejection(Position("t", 0, 3), "no image", "id", b"{}", "no-image")
     assert decode_rejection(encode_rejection(r)) == r
 

@@ -56,7 +56,8 @@ def drain(src: KafkaSource, batch_size: int = 100, start: Positions | None = Non
 
 
 def flat(batches: list[RawBatch]) -> list[tuple[dict[str, Any], Position]]:
-    return [(r, p) for b in batches for r, p in zip(b.records, b.positions, strict=True)]
+    """Every record with its position, decoded as the embedders decode them (`RawBatch.decoded`)."""
+    return [(r, p) for b in map(RawBatch.decoded, batches) for r, p in zip(b.records, b.positions, strict=True)]
 
 
 def produce(broker: KafkaTestBroker, topic: str, recs: list[dict[str, Any]], **kw: Any) -> int:
@@ -72,7 +73,11 @@ def test_json_and_arrow_messages_with_positions(kafka_broker: KafkaTestBroker, k
     arrow = [{k: v for k, v in r.items() if k != "id"} for r in records(10, "a")]  # ids default per row
     assert produce(kafka_broker, topic, arrow, fmt="arrow", rows_per_message=5, partitions=[1]) == 10
     with KafkaSource(config(kafka_broker, topic)) as src:
-        got = flat(drain(src))
+        batches = drain(src)
+    # the reader passes the messages on as they came (the embedders decode them): 12 JSON, 2 Arrow
+    assert all(not b.records for b in batches) and sum(len(b) for b in batches) == 22
+    assert sorted(m.rows for b in batches for m in b.messages) == [1] * 12 + [5, 5]
+    got = flat(batches)
     assert len(got) == 22
     by_part: dict[int, list[int]] = {}
     for _, p in got:
@@ -131,7 +136,7 @@ def test_commit_and_resume_no_gaps_no_dups(kafka_broker: KafkaTestBroker, kafka_
     with KafkaSource(config(kafka_broker, topic, group)) as a:
         it = a.batches(7)
         while len(first) < 14:
-            b = next(it)
+            b = next(it).decoded()
             first += flat([b])
             advance(positions, b.positions + [e.position for e in b.errors])
             assert a.commit(positions) == positions[topic]
@@ -141,7 +146,7 @@ def test_commit_and_resume_no_gaps_no_dups(kafka_broker: KafkaTestBroker, kafka_
 
     # the same group resumes from its commits
     with KafkaSource(config(kafka_broker, topic, group)) as b:
-        rest_batches = drain(b)
+        rest_batches = [x.decoded() for x in drain(b)]
         rest = [r["id"] for r, _ in flat(rest_batches)]
         end = {topic: dict(positions[topic])}
         for batch in rest_batches:
@@ -173,7 +178,7 @@ def test_pause_and_resume(kafka_broker: KafkaTestBroker, kafka_topic: Callable[.
         src.resume()
         got: list[Any] = []
         while len(got) < 10 and time.monotonic() - t0 < 20:
-            got += next(it).records
+            got += next(it).decoded().records
         src.pause()  # pausing again mid-stream holds the next messages back
         produce(kafka_broker, topic, records(4, "late"))
         for _ in range(5):
@@ -181,7 +186,7 @@ def test_pause_and_resume(kafka_broker: KafkaTestBroker, kafka_topic: Callable[.
         src.resume()
         late: list[Any] = []
         while len(late) < 4 and time.monotonic() - t0 < 30:
-            late += next(it).records
+            late += next(it).decoded().records
     assert sorted(r["id"] for r in got) == sorted(f"r{i}" for i in range(10))
     assert sorted(r["id"] for r in late) == sorted(f"late{i}" for i in range(4))
 
@@ -210,7 +215,7 @@ def test_malformed_messages_become_rejections(kafka_broker: KafkaTestBroker, kaf
     prod.flush()
     prod.close()
     with KafkaSource(config(kafka_broker, topic, max_message_bytes=2000)) as src:
-        batches = drain(src)
+        batches = [b.decoded() for b in drain(src)]
     recs = flat(batches)
     errs = {e.position.offset: e for b in batches for e in b.errors}
     assert [(r["id"], p.offset) for r, p in recs] == [("ok", 0), ("arrow-ok", 9)]
@@ -312,7 +317,7 @@ def test_two_consumers_in_one_group_split_partitions_exactly_once(
                               on_revoke=lambda parts: assigned.__setitem__(name, []))
             sources[name] = src
             positions: Positions = {}
-            for batch in src.batches(10):
+            for batch in map(RawBatch.decoded, src.batches(10)):
                 seen[name] += [(r["id"], p.partition) for r, p in zip(batch.records, batch.positions, strict=True)]
                 advance(positions, batch.positions)
                 if batch.positions:
@@ -365,7 +370,7 @@ def test_revocation_commits_before_partitions_move(
     it = a.batches(100)
     got_a: list[str] = []
     while len(got_a) < 20:
-        b = next(it)
+        b = next(it).decoded()
         got_a += [r["id"] for r in b.records]
         advance(durable, b.positions)
     stop = threading.Event()

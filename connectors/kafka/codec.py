@@ -9,7 +9,10 @@
   batches, so a commit always falls between messages.
 
 A message that cannot be decoded (bad JSON, not an object, oversized, broken Arrow, a tombstone)
-becomes a ``Rejection`` at its position; the stream never stops for it.
+becomes a ``Rejection`` at its position; the stream never stops for it. The reader checks only a
+message's framing (`read_message`: a tombstone, its size, an Arrow stream's batches and rows) and
+passes its bytes on; its payload is decoded where it is validated (`curator.wire`), in the embedder
+actors, so JSON parsing, base64 images and Arrow rows are not the one driver process's work.
 """
 
 from __future__ import annotations
@@ -20,24 +23,25 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.json_records import json_id, record_from_json
 from curator.batch import RawBatch
 from curator.records import InvalidRecord, Position, Rejection
+from curator.wire import PREVIEW_BYTES, Message, arrow_batches
 
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 JSON_CONTENT_TYPE = "application/json"
 ARROW_CONTINUATION = b"\xff\xff\xff\xff"
-PREVIEW_BYTES = 4096
 
 
-def decode_message(topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None,
-                   headers: Any, out: RawBatch, max_message_bytes: int) -> None:
-    """Append one message's records (or its rejection) to `out`."""
+def read_message(topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None,
+                 headers: Any, out: RawBatch, max_message_bytes: int) -> None:
+    """Append one message to `out`, undecoded (`out.messages`; `curator.wire` decodes it where it is
+    validated), or its rejection when its framing is wrong. An Arrow message's batches are read here
+    (zero-copy) to count its rows; one with none holds no item."""
     pos = Position(topic, partition, int(offset))
     rid_key = _text(key)
 
-    def reject(reason: str, code: str, rid: str | None = rid_key) -> None:
-        out.errors.append(Rejection(pos, reason, rid, (value or b"")[:PREVIEW_BYTES], code))
+    def reject(reason: str, code: str) -> None:
+        out.errors.append(Rejection(pos, reason, rid_key, (value or b"")[:PREVIEW_BYTES], code))
 
     if value is None:
         reject("empty message (tombstone): nothing to curate", "empty-message")
@@ -47,28 +51,14 @@ def decode_message(topic: str, partition: int, offset: int, value: bytes | None,
         return
     if value[:4] == ARROW_CONTINUATION or _content_type(headers) == ARROW_CONTENT_TYPE:
         try:
-            rows = _arrow_rows(value, max_message_bytes * 4)
+            rows = sum(b.num_rows for b in arrow_batches(value, max_message_bytes * 4))
         except InvalidRecord as exc:
             reject(str(exc), exc.code)
             return
-        for i, row in enumerate(rows):
-            if row.get("id") is None:
-                row["id"] = f"{topic}:{partition}:{offset}:{i}"
-            out.records.append(row)
-            out.positions.append(pos)
+        if rows:
+            out.messages.append(Message(pos, value, rid_key, True, rows))
         return
-    try:
-        obj = json.loads(value)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        reject(f"message is neither JSON nor Arrow IPC: {exc}", "invalid-json")
-        return
-    try:
-        rec = record_from_json(obj)
-    except InvalidRecord as exc:
-        reject(f"message: {exc}", exc.code, json_id(obj))
-        return
-    out.records.append(rec)
-    out.positions.append(pos)
+    out.messages.append(Message(pos, value, rid_key))
 
 
 def _text(data: bytes | None) -> str | None:
@@ -85,23 +75,6 @@ def _content_type(headers: Any) -> str | None:
         if str(k).lower() == "content-type" and v is not None:
             return (v.decode("latin-1") if isinstance(v, bytes) else str(v)).split(";")[0].strip().lower()
     return None
-
-
-def _arrow_rows(value: bytes, max_decoded_bytes: int) -> list[dict[str, Any]]:
-    """Rows of an Arrow IPC stream message, refusing streams that decode to far more than they weigh
-    (compressed buffers), so a small message cannot allocate unbounded memory."""
-    rows: list[dict[str, Any]] = []
-    decoded = 0
-    try:
-        reader = pa.ipc.open_stream(pa.py_buffer(value))
-        for batch in reader:
-            decoded += batch.nbytes
-            if decoded > max_decoded_bytes:
-                raise InvalidRecord(f"Arrow message decodes to over {max_decoded_bytes} bytes", "too-large")
-            rows.extend(batch.to_pylist())
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidRecord(f"message is not a valid Arrow IPC stream: {exc}", "bad-arrow") from None
-    return rows
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,20 +19,24 @@ from typing import Any
 
 from curator.batch import RawBatch, record_nbytes, rejection_nbytes
 from curator.records import Position, Rejection
+from curator.wire import Message
 
 
 @dataclass
 class _Unit:
-    """One source message: its rows (an Arrow message has several) or its rejection."""
+    """One source message: undecoded (`curator.wire.Message`), its rows (an Arrow message has
+    several), or its rejection."""
 
     offset: int
     records: list[dict[str, Any]] = field(default_factory=list)
     positions: list[Position] = field(default_factory=list)
     errors: list[Rejection] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
     nbytes: int = 0
+    items: int = 0
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.errors)
+        return self.items
 
 
 class OrderedMerge:
@@ -90,11 +94,12 @@ class OrderedMerge:
     # --- input ----------------------------------------------------------------------
     def add(self, batch: RawBatch) -> int:
         """Buffer a polled batch (records and rejections of any partitions); returns items added."""
-        items: list[tuple[Position, dict[str, Any] | None, Rejection | None]] = [
-            (pos, rec, None) for rec, pos in zip(batch.records, batch.positions, strict=True)
-        ] + [(e.position, None, e) for e in batch.errors]
+        items: list[tuple[Position, dict[str, Any] | Message | Rejection]] = [
+            *zip(batch.positions, batch.records, strict=True), *((e.position, e) for e in batch.errors),
+            *((m.position, m) for m in batch.messages)]
         items.sort(key=lambda t: (t[0].partition, t[0].offset))  # stable: rows of a message keep their order
-        for pos, rec, err in items:
+        added = 0
+        for pos, it in items:
             p = pos.partition
             if p not in self.buf:
                 self.assign([p])
@@ -112,18 +117,24 @@ class OrderedMerge:
                 self._seen_next[p] = pos.offset + 1
                 if self.order == "arrival":
                     self._arrival.append((p, u))
-            if err is not None:
-                u.errors.append(err)
-                size = rejection_nbytes(err)
+            n = 1
+            if isinstance(it, Message):
+                u.messages.append(it)
+                size, n = it.nbytes, it.rows
+            elif isinstance(it, Rejection):
+                u.errors.append(it)
+                size = rejection_nbytes(it)
             else:
-                u.records.append(rec)  # type: ignore[arg-type]
+                u.records.append(it)
                 u.positions.append(pos)
-                size = record_nbytes(rec)  # type: ignore[arg-type]
+                size = record_nbytes(it)
             u.nbytes += size
+            u.items += n
             self.nbytes += size
             self.caught_up[p] = False
-            self.items += 1
-        return len(items)
+            self.items += n
+            added += n
+        return added
 
     def mark_position(self, p: int, position: int, caught_up: bool) -> None:
         """The consumer's next offset for an empty partition, and whether it reached the end offset."""
@@ -194,6 +205,7 @@ class OrderedMerge:
             out.records += u.records
             out.positions += u.positions
             out.errors += u.errors
+            out.messages += u.messages
         return out if len(out) else None
 
     def trim(self, p: int, keep_items: int, keep_bytes: int = 0) -> int | None:

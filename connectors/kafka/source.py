@@ -41,7 +41,7 @@ from connectors.kafka.clients import (
     server_list,
     unreachable,
 )
-from connectors.kafka.codec import decode_message
+from connectors.kafka.codec import read_message
 from curator.batch import Positions, RawBatch, advance
 
 log = logging.getLogger(__name__)
@@ -396,7 +396,8 @@ class KafkaSource:
     # ------------------------------------------------------------------ reading
 
     def batches(self, batch_size: int, start: Positions | None = None) -> Iterator[RawBatch]:
-        """Poll and yield raw records (about `batch_size` per batch; an Arrow message is never split).
+        """Poll and yield raw batches of about `batch_size` items (an Arrow message is never split): each
+        message undecoded (`RawBatch.messages`; `RawBatch.decoded()` makes its records), or its rejection.
 
         Ends on `stop()`, on `close()`, or after `end_after_idle_s` without messages (when set; time
         spent paused or without any assigned partition does not count as idle); otherwise runs
@@ -434,8 +435,8 @@ class KafkaSource:
                     floor = self._floor.get(tp.partition, 0)
                     for msg in messages:
                         if msg.offset >= floor:
-                            decode_message(tp.topic, tp.partition, msg.offset, msg.value, msg.key, msg.headers,
-                                           self._pending, cfg.max_message_bytes)
+                            read_message(tp.topic, tp.partition, msg.offset, msg.value, msg.key, msg.headers,
+                                         self._pending, cfg.max_message_bytes)
                             decoded += 1
                         got += 1
                 if decoded:
@@ -459,7 +460,8 @@ class KafkaSource:
             yield batch
 
     def _handed_out(self, batch: RawBatch) -> None:
-        advance(self._yielded, batch.positions + [e.position for e in batch.errors])
+        advance(self._yielded, batch.positions + [e.position for e in batch.errors]
+                + [m.position for m in batch.messages])
 
 
 __all__ = ["KafkaSource", "KafkaSourceConfig", "KafkaSourceError", "parse_api_version"]
