@@ -4,6 +4,7 @@ forward pass, the critical process, the projections)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,24 @@ def test_the_service_steady_rate_runs_from_its_first_commit_to_its_last_by_count
     assert steady_rate("\n".join(lines[:-2])) is None  # two commits: no span without the drain's
     assert first_commit_s("\n".join(lines)) == pytest.approx(21.000 - 20.216)  # consuming to commit 1
     assert first_commit_s("\n".join(lines[1:])) is None
+
+
+def test_wire_cost_decodes_the_same_records_in_either_place(tmp_path: Path) -> None:
+    """benchmarks/wire_cost.py: both placements turn the same messages into every record (`one_pass`
+    raises otherwise), and its table has every row and column it documents."""
+    from benchmarks.pipeline_speed import dataset
+    from benchmarks.wire_cost import COLS, messages, one_pass
+
+    values = messages(dataset(40, 16), "arrow", 8)
+    assert len(values) == 5
+    for in_driver in (True, False):
+        driver_us, actor_us, nbytes = one_pass(values, 16, in_driver)
+        assert driver_us >= 0 and actor_us >= 0 and nbytes > 100
+    out = tmp_path / "wire.json"
+    r = subprocess.run([sys.executable, "benchmarks/wire_cost.py", "--items", "32", "--repeats", "1", "--json", str(out)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["wire"], x["decoded_in"]) for x in rows] == [("json", "driver"), ("json", "embedder"),
+                                                          ("arrow", "driver"), ("arrow", "embedder")]
+    assert all(set(x) == set(COLS) for x in rows) and rows[1]["driver_ratio"] is not None

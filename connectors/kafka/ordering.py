@@ -186,8 +186,8 @@ class OrderedMerge:
 
     def pop(self, max_items: int) -> RawBatch | None:
         """Up to `max_items` items (whole messages) that can go now, in stream order; None if none."""
-        out = RawBatch()
-        while len(out) < max_items:
+        out, n = RawBatch(), 0
+        while n < max_items:
             if self.order == "arrival":
                 if not self._arrival:
                     break
@@ -206,7 +206,8 @@ class OrderedMerge:
             out.positions += u.positions
             out.errors += u.errors
             out.messages += u.messages
-        return out if len(out) else None
+            n += len(u)
+        return out if n else None
 
     def trim(self, p: int, keep_items: int, keep_bytes: int = 0) -> int | None:
         """Drop the tail of partition `p`'s buffer beyond `keep_items` items (and `keep_bytes` bytes, when
