@@ -104,7 +104,7 @@ def decode_messages(messages: list[Message], records: list[dict[str, Any]], posi
         if m.arrow:
             try:
                 batches = arrow_batches(m.value, 1 << 62)
-            except InvalidRecord as exc:  # not after the framing check; kept exact all the same
+            except InvalidRecord as exc:  # the reader checked it; a Message built elsewhere may not be
                 errors.append(Rejection(pos, str(exc), m.key, m.value[:PREVIEW_BYTES], exc.code))
                 continue
             i = 0

@@ -93,7 +93,8 @@ class OrderedMerge:
 
     # --- input ----------------------------------------------------------------------
     def add(self, batch: RawBatch) -> int:
-        """Buffer a polled batch (records and rejections of any partitions); returns items added."""
+        """Buffer a polled batch (undecoded messages, records and rejections of any partitions); returns
+        the items added (an Arrow message counts its rows)."""
         items: list[tuple[Position, dict[str, Any] | Message | Rejection]] = [
             *zip(batch.positions, batch.records, strict=True), *((e.position, e) for e in batch.errors),
             *((m.position, m) for m in batch.messages)]

@@ -428,7 +428,7 @@ class KafkaSource:
                 log.warning("Kafka poll failed (%s); retrying", exc)
                 time.sleep(min(1.0, cfg.poll_timeout_ms / 1000))
                 continue
-            got = decoded = 0
+            got = read = 0
             with self._lock:
                 before = len(self._pending)
                 for tp, messages in polled.items():
@@ -437,10 +437,10 @@ class KafkaSource:
                         if msg.offset >= floor:
                             read_message(tp.topic, tp.partition, msg.offset, msg.value, msg.key, msg.headers,
                                          self._pending, cfg.max_message_bytes)
-                            decoded += 1
+                            read += 1
                         got += 1
-                if decoded:
-                    self._rows_per_message = max(1.0, (len(self._pending) - before) / decoded)
+                if read:
+                    self._rows_per_message = max(1.0, (len(self._pending) - before) / read)
             now = time.monotonic()
             if got or self._want_paused or not consumer.assignment():
                 last_message = now  # idle means: assigned, fetching, and nothing arrives
