@@ -33,10 +33,9 @@ class _Unit:
     errors: list[Rejection] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     nbytes: int = 0
-    items: int = 0
 
     def __len__(self) -> int:
-        return self.items
+        return len(self.records) + len(self.errors) + sum(m.rows for m in self.messages)
 
 
 class OrderedMerge:
@@ -130,7 +129,6 @@ class OrderedMerge:
                 u.positions.append(pos)
                 size = record_nbytes(it)
             u.nbytes += size
-            u.items += n
             self.nbytes += size
             self.caught_up[p] = False
             self.items += n
