@@ -16,7 +16,8 @@ batches; older versions from 20 queries). Every exhaustive search here takes the
 whose sums do not depend on the threads: the same cost for a selector's batches (1M items, 512-d,
 one thread: 4,546 selected items/s against 4,396 with FAISS's switch, one run each), ~1.7x the
 time for bulk work (training an IVF and assigning every row to its list: 86 s against 52 s to
-build 1M).
+build 1M). A flat index's searches get the per-pair loop's answer from a BLAS product that only
+nominates candidates (`curator.index.exact`).
 """
 
 from __future__ import annotations

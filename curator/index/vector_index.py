@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import curator.index.deltas as deltas
+import curator.index.exact as exact
 import curator.index.kinds as kinds
 from curator.config import IndexConfig
 from curator.index.deltas import Delta, Journal
@@ -380,6 +381,8 @@ class VectorIndex:
                 s, r = idx.search(q, kk, upto)
             elif upto is not None and upto < self._n:
                 s, r = idx.search(q, kk, params=search_params(idx, faiss.IDSelectorRange(0, upto), self.cfg))
+            elif exact.applies(idx):
+                s, r = exact.search(idx, q, kk)  # the per-pair loop's answer, at a matrix product's speed
             else:
                 s, r = idx.search(q, kk)
         if kk < k:
