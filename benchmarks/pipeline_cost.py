@@ -12,7 +12,10 @@
   in this process: one warm selector on `selector_speed`'s 512-d mixture (one FAISS thread) at N and
   at a small size, and the index snapshot a commit writes (a delta of the items added since the
   last commit, and its share of the whole index written as a new base now and then:
-  `benchmarks/commit_cost.py`) -- CPU and wall, per commit and per item at the run's commit_every.
+  `benchmarks/commit_cost.py`) -- CPU and wall, per commit and per item at the run's commit_every;
+  and the CPU of the rebuild a service's selector/writer makes in a background thread each time its
+  auto index grows `auto_growth`-fold (`curator.index.rebuild`, one FAISS thread, over N rows),
+  per item accepted since the rebuild before: background work, but work every accepted item costs.
 """
 
 from __future__ import annotations
@@ -129,6 +132,20 @@ def steady_selector_cpu(index: Any, q: np.ndarray, given: np.ndarray, batch: int
     return (time.process_time() - c0) * 1e6 / n, n / (time.perf_counter() - t0)
 
 
+def rebuild_cpu_s(idx: Any, size: int, c: np.ndarray) -> float:
+    """CPU seconds of the background rebuild a service makes of an index like `idx` over `size` rows
+    (`curator.index.rebuild.Rebuild`: train on its sample of the first rows, add every row), on the
+    calling thread's FAISS threads; the vectors are made beforehand."""
+    from benchmarks.selector_speed import DIM, base_chunks
+    from curator.config import IndexConfig
+    from curator.index.rebuild import Rebuild
+
+    x = np.concatenate([ch[0] for ch in base_chunks(size, c)])
+    c0 = time.process_time()
+    Rebuild(idx.spec, idx.built_at, DIM, IndexConfig(), lambda rows: x[rows], lambda: size).finish_now(size)
+    return time.process_time() - c0
+
+
 def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: int = 2048,
                  warm: int = 4096) -> dict[str, Any]:
     """The selector/writer's extra CPU per item at `n` indexed items over `small`: search and decide
@@ -145,12 +162,14 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
     c = centers()
     got: dict[int, dict[str, Any]] = {}
     for size in (small, n):
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build is set-up, not per-item work
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # all cores to fill it; its CPU time is what counts
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # the bulk fill is set-up (the rebuild below is not)
         t0 = time.perf_counter()
         idx = VectorIndex(DIM, IndexConfig())
         idx.bulk_build(partial(base_chunks, size, c), size)
         build_s = time.perf_counter() - t0
         faiss.omp_set_num_threads(1)  # as one actor's thread
+        rebuild_cpu = rebuild_cpu_s(idx, size, c) if idx.spec.approximate else 0.0
         qx, given = queries(size, c, warm + n_queries, 7)
         select_us, wall_speed = steady_selector_cpu(idx, qx, given, batch, warm)
         d = Path(tempfile.mkdtemp(prefix="curator-snapshot-"))
@@ -170,7 +189,11 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
             snap_mb = folder_mb(d / chains["image"][-1]) + base_mb / every
         finally:
             shutil.rmtree(d, ignore_errors=True)
-        got[size] = {"kind": idx.kind, "build_s": round(build_s, 1), "select_us_per_item": round(select_us, 1),
+        # a service rebuilds its auto index each time it grows auto_growth-fold: a rebuild over N rows is
+        # paid by the N (1 - 1/growth) accepted since the one before
+        rebuild_us = rebuild_cpu * 1e6 / (size * (1 - 1 / IndexConfig().auto_growth))
+        got[size] = {"kind": idx.kind, "build_s": round(build_s, 1), "rebuild_cpu_s": round(rebuild_cpu, 3),
+                     "rebuild_cpu_us_per_accepted_item": round(rebuild_us, 1), "select_us_per_item": round(select_us, 1),
                      "select_wall_items_per_s": round(wall_speed),
                      "snapshot_cpu_s": round(snap_cpu, 3), "snapshot_wall_s": round(snap_wall, 3),
                      "snapshot_mb": round(snap_mb, 1)}
@@ -179,7 +202,8 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
     for g in got.values():  # per item at the run's commit_every
         g["snapshot_cpu_us_per_item"] = round(g["snapshot_cpu_s"] * 1e6 / commit_every, 1)
         g["snapshot_wall_us_per_item"] = round(g["snapshot_wall_s"] * 1e6 / commit_every, 1)
-    return {"n_indexed": n, "small": small, "commit_every": commit_every, "at_n": got[n], "at_small": got[small]}
+    return {"n_indexed": n, "small": small, "commit_every": commit_every, "auto_growth": IndexConfig().auto_growth,
+            "at_n": got[n], "at_small": got[small]}
 
 
 def write_parquet(records: list[dict[str, Any]], folder: Path, files: int = 8) -> Path:
@@ -261,9 +285,10 @@ def print_indexed(ix: dict[str, Any], service: dict[str, Any]) -> None:
     n, small = ix["at_n"], ix["at_small"]
     print(f"\nselector/writer at {ix['n_indexed']} indexed against {ix['small']} (selector_speed's 512-d mixture, "
           f"one warm selector, one FAISS thread, in this process; commit_every {ix['commit_every']}):")
-    for k in ("kind", "build_s", "select_us_per_item", "select_wall_items_per_s", "snapshot_mb", "snapshot_cpu_s",
-              "snapshot_wall_s", "snapshot_cpu_us_per_item", "snapshot_wall_us_per_item"):
-        print(f"  {k:<28} {small[k]!s:>12} {n[k]!s:>12}")
+    for k in ("kind", "build_s", "rebuild_cpu_s", "rebuild_cpu_us_per_accepted_item", "select_us_per_item",
+              "select_wall_items_per_s", "snapshot_mb", "snapshot_cpu_s", "snapshot_wall_s", "snapshot_cpu_us_per_item",
+              "snapshot_wall_us_per_item"):
+        print(f"  {k:<34} {small[k]!s:>12} {n[k]!s:>12}")
     sel = next((r for r in service["rows"] if r["role"] == "selector/writer"), None)
     if sel is not None:
         at = sel["us_per_item"] + n["select_us_per_item"] + n["snapshot_cpu_us_per_item"]
@@ -271,6 +296,10 @@ def print_indexed(ix: dict[str, Any], service: dict[str, Any]) -> None:
               f"measured) + {n['select_us_per_item']} (select) + {n['snapshot_cpu_us_per_item']} (snapshot) = "
               f"{at:.0f} us/item of CPU, cap {1e6 / max(at, 1e-9):.0f} items/s (an upper bound: the service's own "
               f"selection is counted twice); each commit also holds it {n['snapshot_wall_us_per_item']:.0f} us/item")
+        print(f"  and, in a background thread of that process, the index's rebuilds: "
+              f"{n['rebuild_cpu_us_per_accepted_item']} us per accepted item (a projection: the CPU of rebuilding "
+              f"over {ix['n_indexed']} rows on one thread, over the {1 - 1 / ix['auto_growth']:.0%} of them accepted since "
+              f"the rebuild before), times the share of items the stream keeps")
     print(flush=True)
 
 

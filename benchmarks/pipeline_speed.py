@@ -34,8 +34,9 @@ times, interleaved; the tables give medians (the JSON also has every run):
    subprocess joining this Ray): its items/s, and per process role the marginal CPU per item of a
    run on 4x the records over a run on the records (setup cancels out).
 4. **--indexed N**: what N items already indexed add per item to the selector/writer (search and
-   decide, and the index snapshot each commit writes), measured in this process on
-   selector_speed's 512-d mixture, and the service's selector/writer projected to N indexed. The
+   decide, the index snapshot each commit writes, and -- per accepted item -- the index rebuild its
+   background thread makes each time the index grows `index.auto_growth`-fold), measured in this
+   process on selector_speed's 512-d mixture, and the service's selector/writer projected to N indexed. The
    issue's targets are at 1M indexed; filling a service's run directory with 1M items would mean
    embedding 1M images here (hours), so the selector's part is measured on its own.
 5. **burst**: a fresh service on a fresh topic; records are produced at half the service's measured

@@ -95,3 +95,17 @@ def test_wire_cost_decodes_the_same_records_in_either_place(tmp_path: Path) -> N
     assert [(x["wire"], x["decoded_in"]) for x in rows] == [("json", "driver"), ("json", "embedder"),
                                                           ("arrow", "driver"), ("arrow", "embedder")]
     assert all(set(x) == set(COLS) for x in rows) and rows[1]["driver_ratio"] is not None
+
+
+def test_the_indexed_projection_counts_the_rebuilds_of_an_approximate_index(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.pipeline_cost import indexed_cost, print_indexed
+
+    ix = indexed_cost(9000, 1000, 256, 256, n_queries=256, warm=256)  # past auto_exact_max: IVF-PQ at 9,000
+    small, big = ix["at_small"], ix["at_n"]
+    assert (small["kind"], big["kind"]) == ("flat", "ivf-pq")
+    assert small["rebuild_cpu_us_per_accepted_item"] == 0.0  # a flat index is never rebuilt
+    assert big["rebuild_cpu_s"] > 0
+    # the rebuild's CPU over the rows accepted since the last one (growth 4: three quarters of them)
+    assert big["rebuild_cpu_us_per_accepted_item"] == pytest.approx(big["rebuild_cpu_s"] * 1e6 / (9000 * 0.75), rel=0.05)
+    print_indexed(ix, {"rows": [{"role": "selector/writer", "us_per_item": 90.0}]})
+    assert f"the index's rebuilds: {big['rebuild_cpu_us_per_accepted_item']} us per accepted item" in capsys.readouterr().out
