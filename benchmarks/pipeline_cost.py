@@ -162,7 +162,6 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
     c = centers()
     got: dict[int, dict[str, Any]] = {}
     for size in (small, n):
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # all cores to fill it; its CPU time is what counts
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # the bulk fill is set-up (the rebuild below is not)
         t0 = time.perf_counter()
         idx = VectorIndex(DIM, IndexConfig())
