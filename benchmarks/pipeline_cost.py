@@ -14,7 +14,8 @@
   last commit, and its share of the whole index written as a new base now and then:
   `benchmarks/commit_cost.py`) -- CPU and wall, per commit and per item at the run's commit_every;
   and the CPU of the rebuild a service's selector/writer makes in a background thread each time its
-  auto index grows `auto_growth`-fold (`curator.index.rebuild`, one FAISS thread, over N rows),
+  auto index grows `auto_growth`-fold (`curator.index.rebuild`, one FAISS thread, over the N rows read
+  back from the index),
   per item accepted since the rebuild before: background work, but work every accepted item costs.
 """
 
@@ -132,17 +133,16 @@ def steady_selector_cpu(index: Any, q: np.ndarray, given: np.ndarray, batch: int
     return (time.process_time() - c0) * 1e6 / n, n / (time.perf_counter() - t0)
 
 
-def rebuild_cpu_s(idx: Any, size: int, c: np.ndarray) -> float:
-    """CPU seconds of the background rebuild a service makes of an index like `idx` over `size` rows
-    (`curator.index.rebuild.Rebuild`: train on its sample of the first rows, add every row), on the
-    calling thread's FAISS threads; the vectors are made beforehand."""
-    from benchmarks.selector_speed import DIM, base_chunks
+def rebuild_cpu_s(idx: Any, size: int) -> float:
+    """CPU seconds of the background rebuild a service makes of `idx` over its `size` rows
+    (`curator.index.rebuild.Rebuild`: train on its sample of the first rows, add every row, reading
+    them back from the index as the service's does), on the calling thread's FAISS threads."""
+    from benchmarks.selector_speed import DIM
     from curator.config import IndexConfig
     from curator.index.rebuild import Rebuild
 
-    x = np.concatenate([ch[0] for ch in base_chunks(size, c)])
     c0 = time.process_time()
-    Rebuild(idx.spec, idx.built_at, DIM, IndexConfig(), lambda rows: x[rows], lambda: size).finish_now(size)
+    Rebuild(idx.spec, idx.built_at, DIM, IndexConfig(), idx.vectors, lambda: size).finish_now(size)
     return time.process_time() - c0
 
 
@@ -168,7 +168,7 @@ def indexed_cost(n: int, small: int, batch: int, commit_every: int, n_queries: i
         idx.bulk_build(partial(base_chunks, size, c), size)
         build_s = time.perf_counter() - t0
         faiss.omp_set_num_threads(1)  # as one actor's thread
-        rebuild_cpu = rebuild_cpu_s(idx, size, c) if idx.spec.approximate else 0.0
+        rebuild_cpu = rebuild_cpu_s(idx, size) if idx.spec.approximate else 0.0
         qx, given = queries(size, c, warm + n_queries, 7)
         select_us, wall_speed = steady_selector_cpu(idx, qx, given, batch, warm)
         d = Path(tempfile.mkdtemp(prefix="curator-snapshot-"))
