@@ -1,7 +1,7 @@
 """The product-then-rescore exact search (`curator.index.exact`) returns what FAISS's per-pair flat
 search returns -- the same similarities to the last bit, the same rows, ties in the same order --
-on data full of exact copies and near-ties, and takes the per-pair loop itself where its bound
-cannot vouch for the candidates."""
+on data full of exact copies and near-ties: past the candidates, among the rows its bound allows, and
+by the per-pair loop itself where it cannot bound them."""
 
 from __future__ import annotations
 
@@ -58,27 +58,58 @@ def test_the_answer_is_the_per_pair_loops_to_the_last_bit(d: int, n: int, nq: in
     assert np.array_equal(got_r, want_r)
 
 
-def test_candidates_the_bound_cannot_vouch_for_go_to_the_per_pair_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_ties_past_the_candidates_are_rescored_among_the_rows_the_bound_allows(
+        monkeypatch: pytest.MonkeyPatch, blocks: int) -> None:
     rng = np.random.default_rng(0)
-    xb = data(rng, 2000, 16, 0.0, 0.0, False)
+    xb = data(rng, 2500, 512, 0.0, 0.0, False)  # (at 512-d re-scoring 101 rows is worth it: `exact.PAIR_NS`)
     xb[1000:1100] = xb[7]  # 101 copies of row 7: more ties at the cut than candidates
     q = np.stack([xb[7], xb[3]])
-    rescored: list[int] = []
-    assert exact._check(16)  # (its probe rescores too)
-    real = exact.rescore
-    monkeypatch.setattr(exact, "rescore", lambda qq, *a: rescored.append(len(qq)) or real(qq, *a))
     idx = flat(xb)
     want = idx.search(q, 10)
+    assert exact._check(512)  # (its probe rescores too)
+    if blocks > 1:  # the product in blocks of 1,024 rows: the copies straddle two of them
+        monkeypatch.setattr(exact, "BLOCK_BYTES", 4 * len(q) * 1024)
+    widths: list[tuple[int, int]] = []
+    real = exact.rescore
+    monkeypatch.setattr(exact, "rescore", lambda qq, xx, cand, k: widths.append(cand.shape) or real(qq, xx, cand, k))
+    looped: list[int] = []
+    real_search = faiss.IndexFlatIP.search
+    monkeypatch.setattr(faiss.IndexFlatIP, "search", lambda self, x, k, **kw: looped.append(len(x)) or
+                        real_search(self, x, k, **kw))
     got = exact.search(idx, q, 10)
-    assert rescored == [1]  # row 3's candidates were rescored; row 7's query was searched pair by pair
+    # row 3's query: its 18 candidates; row 7's: exactly its 101 copies, no per-pair loop over all rows
+    assert widths == [(1, 10 + exact.EXTRA), (1, 101)] and looped == []
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert sorted(got[1][0]) == [7, *range(1000, 1009)]  # of the tied rows, the first ones (as the flat search)
+
+    # more such rows than the memory bound allows: that query takes the per-pair loop
+    widths.clear()
+    monkeypatch.setattr(exact, "WITHIN_BYTES", 0)  # room for 4 x 18 rows a query, not 101
+    got = exact.search(idx, q, 10)
+    assert widths == [(1, 10 + exact.EXTRA)] and looped == [1]
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
     # a query that is not finite never trusts the product
-    rescored.clear()
-    bad = np.stack([xb[3], np.full(16, np.nan, np.float32)])
+    widths.clear()
+    looped.clear()
+    bad = np.stack([xb[3], np.full(512, np.nan, np.float32)])
     got = exact.search(idx, bad, 5)
-    assert rescored == [1]
-    assert np.array_equal(got[1], idx.search(bad, 5)[1])
+    assert widths == [(1, 5 + exact.EXTRA)] and looped == [1]
+    assert np.array_equal(got[1], real_search(idx, bad, 5)[1])
+
+
+def test_at_few_dimensions_ties_past_the_candidates_go_to_the_per_pair_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # at 32-d the loop costs ~5 ns a row: finding and re-scoring the tied rows would cost more
+    rng = np.random.default_rng(3)
+    xb = data(rng, 2500, 32, 0.0, 0.0, False)
+    xb[1000:1100] = xb[7]
+    idx = flat(xb)
+    q = np.stack([xb[7], xb[3]])
+    want = idx.search(q, 10)
+    monkeypatch.setattr(exact, "within", lambda *a: pytest.fail("the tied rows were looked for"))
+    got = exact.search(idx, q, 10)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
 def test_a_flat_vector_index_searches_through_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,16 @@ Why the candidates hold the answer: any float32 dot product of d terms is within
 ``g = gamma_d |q| |x|`` of the true value whatever the order of its sums (``gamma_d = d u / (1 - d
 u)``, u = 2^-24), so the product and the per-pair loop differ by at most 2g on a pair. Then every row
 of the exact top k scores at least (k-th best candidate) - 4g in the product; when the last candidate
-kept scores below that, no row outside the candidates can be in the top k. A query for which it does
-not hold (many near-ties at the cut) is searched by the per-pair loop, as are non-finite queries.
+kept scores below that, no row outside the candidates can be in the top k.
+
+A query for which it does not hold has more near-ties at the cut than candidates: copies of one
+vector, common where captions repeat ("a photo", a product's name). The same bound still says which
+rows can be in its top k: those the product scores at least (k-th best candidate) - 4g. The per-pair
+kernel re-scores all of them, in row order -- FAISS's heaps rank ties by row, so a query's top k of
+any such superset, taken in row order, is the flat search's. That pays where re-scoring those rows
+costs less than the per-pair loop over all rows (`PAIR_NS` ...: at 512-d, up to ~15% of the rows; at
+128-d, under 1%; at 64-d and less, never), and where they fit `WITHIN_BYTES`. Other queries past their
+candidates, and non-finite queries (or vectors), are searched by the per-pair loop itself.
 
 Checked on first use for each dimension against the flat search itself (a FAISS build whose two
 kernels disagreed would keep the per-pair loop).
@@ -26,6 +34,7 @@ kernels disagreed would keep the per-pair loop).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -38,6 +47,14 @@ EXTRA = 8
 MIN_ROWS = 512
 #: bytes of similarities one block of the product may hold
 BLOCK_BYTES = 32 << 20
+#: bytes of row numbers the queries that fell past their candidates may hold (else the per-pair loop)
+WITHIN_BYTES = 32 << 20
+#: nanoseconds at d dimensions, (a, b) for a + b d: the per-pair loop's cost per row; re-scoring a row
+#: found within the bound (FAISS's kernel takes rows by number; the bookkeeping); and looking at a row
+#: for it. Measured on x86 with AVX2, one thread; only the speed depends on them.
+PAIR_NS, FOUND_NS, SCAN_NS = (3.5, 0.055), (60.0, 0.15), 10.0
+#: the share of rows looked at first, to leave out queries with far too many rows to re-score
+SAMPLE = 8
 _UNIT = 2.0 ** -24
 #: covers the float32 rounding of the norms the bound is computed from (relative ~1e-4 at most)
 SLACK = 1.01
@@ -66,20 +83,58 @@ def rescore(q: np.ndarray, xb: np.ndarray, cand: np.ndarray, k: int) -> tuple[np
     return sims, rows
 
 
-def candidates(q: np.ndarray, xb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's m best rows by a BLAS product, best first (similarities, rows)."""
+def products(q: np.ndarray, xb: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The BLAS product q . xb^T, a block of rows at a time: (first row, (nq, rows) similarities)."""
+    block = max(1024, BLOCK_BYTES // (4 * max(len(q), 1)))
+    for s in range(0, len(xb), block):
+        yield s, np.ascontiguousarray(q @ xb[s:s + block].T)
+
+
+def candidates(q: np.ndarray, xb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each query's m best rows by a BLAS product, best first (similarities, rows), and the whole
+    product when it fit one block (None otherwise)."""
     nq = len(q)
     sims = np.empty((nq, m), np.float32)
     rows = np.empty((nq, m), np.int64)
     heaps = faiss.float_minheap_array_t()  # a min-heap keeps the largest
     heaps.nh, heaps.k, heaps.val, heaps.ids = nq, m, faiss.swig_ptr(sims), faiss.swig_ptr(rows)
     heaps.heapify()
-    block = max(1024, BLOCK_BYTES // (4 * max(nq, 1)))
-    for s in range(0, len(xb), block):
-        prod = np.ascontiguousarray(q @ xb[s:s + block].T)
+    whole: np.ndarray | None = None
+    for s, prod in products(q, xb):
         heaps.addn(prod.shape[1], faiss.swig_ptr(prod), s, 0, nq)
+        whole = prod if s == 0 else None
     heaps.reorder()
-    return sims, rows
+    return sims, rows, (whole if whole is not None and whole.shape[1] == len(xb) else None)
+
+
+def within(scored: Iterable[tuple[int, np.ndarray]], floor: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's rows whose product score is at least its `floor`, ascending and padded with -1
+    ((queries, widest) row numbers), and which queries had more than `cap` of them (their rows are
+    left out). `scored`: the product's blocks for these queries (`products`), in row order."""
+    nq = len(floor)
+    count = np.zeros(nq, np.int64)
+    qs: list[np.ndarray] = []
+    rs: list[np.ndarray] = []
+    for s, prod in scored:
+        mask = prod >= floor[:, None]
+        count += np.count_nonzero(mask, axis=1)
+        alive = np.flatnonzero(count <= cap)  # a query past its cap is not looked at again
+        if len(alive) == 0:
+            break
+        qi, ri = np.nonzero(mask if len(alive) == nq else mask[alive])  # by query, then by row
+        qs.append(alive[qi] if len(alive) < nq else qi)
+        rs.append(ri + s)
+    over = count > cap
+    qi, ri = (np.concatenate(qs), np.concatenate(rs)) if qs else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if len(qs) > 1:  # blocks in row order: a stable sort by query keeps each query's rows ascending
+        order = np.argsort(qi, kind="stable")
+        qi, ri = qi[order], ri[order]
+    keep = ~over[qi]  # the rows found before a query went past its cap
+    qi, ri = qi[keep], ri[keep]
+    have = np.where(over, 0, count)
+    out = np.full((nq, int(have.max(initial=0))), -1, np.int64)
+    out[qi, np.arange(len(qi)) - np.repeat(np.cumsum(have) - have, have)] = ri
+    return out, over
 
 
 def _check(d: int) -> bool:
@@ -107,17 +162,53 @@ def search(idx: faiss.IndexFlat, q: np.ndarray, k: int) -> tuple[np.ndarray, np.
     if n < max(m, MIN_ROWS) or len(q) == 0 or not _check(d):
         return idx.search(q, k)
     xb = vectors(idx)
-    sims, rows = candidates(q, xb, m)
+    sims, rows, whole = candidates(q, xb, m)
     # every exact top-k row scores at least the k-th candidate - 4g in the product (module docstring)
     gamma = d * _UNIT / (1 - d * _UNIT)
     reach = 4 * gamma * np.linalg.norm(q, axis=1).astype(np.float64) * _max_norm(xb) * SLACK
-    sure = np.isfinite(q).all(axis=1) & (sims[:, m - 1].astype(np.float64) < sims[:, k - 1] - reach)
+    floor = sims[:, k - 1] - reach
+    bounded = np.isfinite(q).all(axis=1) & np.isfinite(floor)
+    sure = bounded & (sims[:, m - 1].astype(np.float64) < floor)
     out_s, out_r = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     if sure.any():
         out_s[sure], out_r[sure] = rescore(q[sure], xb, np.sort(rows[sure], axis=1), k)
-    if not sure.all():
-        out_s[~sure], out_r[~sure] = idx.search(np.ascontiguousarray(q[~sure]), k)
+    past = np.flatnonzero(bounded & ~sure)  # more near-ties at the cut than candidates
+    loop = np.flatnonzero(~bounded)
+    if len(past):
+        done, tie_s, tie_r = _among_ties(q, xb, whole, floor, past, k)
+        out_s[done], out_r[done] = tie_s, tie_r
+        loop = np.union1d(loop, np.setdiff1d(past, done))
+    if len(loop):
+        out_s[loop], out_r[loop] = idx.search(np.ascontiguousarray(q[loop]), k)
     return out_s, out_r
+
+
+def _among_ties(q: np.ndarray, xb: np.ndarray, whole: np.ndarray | None, floor: np.ndarray, past: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The queries of `past` (more near-ties at the cut than candidates) re-scored among every row the
+    bound allows them, where that is cheaper than the per-pair loop over all rows: (those queries,
+    their similarities, their rows). The others are left to the loop."""
+    n, d = xb.shape
+    # past this many rows, re-scoring a query's rows costs more than the per-pair loop over all of them
+    worth = int(n * (PAIR_NS[0] + PAIR_NS[1] * d - SCAN_NS) / (FOUND_NS[0] + FOUND_NS[1] * d))
+    cap = min(worth, max(4 * (k + EXTRA), WITHIN_BYTES // (8 * len(past))))
+    none = np.zeros(0, np.int64), np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    if cap < k:
+        return none
+    if whole is None:  # the product did not fit one block: again, for these queries
+        near, over = within(products(q[past], xb), floor[past], cap)
+    else:
+        # every SAMPLE-th row first: a query that seems to have more than `cap` rows is not looked at further
+        seen = np.count_nonzero(whole[past, ::SAMPLE] >= floor[past, None], axis=1)
+        past = past[seen * SAMPLE <= cap]
+        if len(past) == 0:
+            return none
+        near, over = within([(0, whole[past])], floor[past], cap)
+    done = past[~over]
+    if len(done) == 0:
+        return none
+    sims, rows = rescore(q[done], xb, near[~over] if over.any() else near, k)
+    return done, sims, rows
 
 
 def _max_norm(xb: np.ndarray) -> float:
