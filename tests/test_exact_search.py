@@ -112,6 +112,30 @@ def test_at_few_dimensions_ties_past_the_candidates_go_to_the_per_pair_loop(monk
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
+def test_an_index_whose_queries_mostly_go_on_to_the_loop_skips_the_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    rows = data(rng, 2000, 32, 0.0, 0.0, False)
+    rows[:1000] = rows[rng.integers(0, 5, 1000)]  # five vectors with ~200 copies each, and 1,000 others
+    idx = flat(rows)
+    tied = np.ascontiguousarray(rows[rng.integers(0, 5, 64)])
+    other = np.ascontiguousarray(rows[1000:1064] + np.float32(1e-3))
+    products: list[int] = []
+    real = exact.candidates
+    monkeypatch.setattr(exact, "candidates", lambda q, *a: products.append(len(q)) or real(q, *a))
+    route = exact.Route()
+    for _ in range(2 * exact.PROBE):
+        got = exact.search(idx, tied, 10, route)
+        want = idx.search(tied, 10)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # the first search took the product and every query tied on to the loop; then one in PROBE probes
+    assert route.looped == 1.0 and products == [64, 64]
+    # queries that stop tying: the next search is a probe, it sees it, and the product is back
+    exact.search(idx, other, 10, route)
+    assert route.looped < exact.LOOP_SHARE and len(products) == 3  # (a few near a copied vector still tie)
+    exact.search(idx, other, 10, route)
+    assert len(products) == 4
+
+
 def test_a_flat_vector_index_searches_through_it(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     x = data(rng, 3000, 32, 0.1, 0.0, False)
@@ -119,7 +143,7 @@ def test_a_flat_vector_index_searches_through_it(monkeypatch: pytest.MonkeyPatch
     vi.add(x, [f"i{j}" for j in range(3000)], np.zeros(3000, np.int64), np.arange(3000))
     calls: list[int] = []
     real = exact.search
-    monkeypatch.setattr(exact, "search", lambda idx, q, k: calls.append(len(q)) or real(idx, q, k))
+    monkeypatch.setattr(exact, "search", lambda idx, q, k, route: calls.append(len(q)) or real(idx, q, k, route))
     q = x[:64] + np.float32(1e-3)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     sims, rows = vi.search(q, 8)

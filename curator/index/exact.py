@@ -27,6 +27,10 @@ costs less than the per-pair loop over all rows (`PAIR_NS` ...: at 512-d, up to 
 128-d, under 1%; at 64-d and less, never), and where they fit `WITHIN_BYTES`. Other queries past their
 candidates, and non-finite queries (or vectors), are searched by the per-pair loop itself.
 
+Whether a query ties past its candidates is only known after the product. An index whose last
+searched queries mostly went on to the loop (a text index at few dimensions whose captions repeat)
+skips the product (`Route`), trying it again every `PROBE`-th search.
+
 Checked on first use for each dimension against the flat search itself (a FAISS build whose two
 kernels disagreed would keep the per-pair loop).
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -55,6 +60,11 @@ WITHIN_BYTES = 32 << 20
 PAIR_NS, FOUND_NS, SCAN_NS = (3.5, 0.055), (60.0, 0.15), 10.0
 #: the share of rows looked at first, to leave out queries with far too many rows to re-score
 SAMPLE = 8
+#: the product costs 0.2-0.6 of the per-pair loop at 32-768 d (benchmarks/exact_search.py), so past
+#: half the queries going on to the loop anyway, the loop alone is cheaper
+LOOP_SHARE = 0.5
+#: an index that skips the product still takes it every this many searches (its queries may change)
+PROBE = 8
 _UNIT = 2.0 ** -24
 #: covers the float32 rounding of the norms the bound is computed from (relative ~1e-4 at most)
 SLACK = 1.01
@@ -153,13 +163,30 @@ def _check(d: int) -> bool:
     return _agrees[d]
 
 
-def search(idx: faiss.IndexFlat, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class Route:
+    """One index's recent searches: the share of their queries that went on to the per-pair loop, and
+    how many searches in a row have skipped the product since."""
+
+    looped: float = 0.0
+    skipped: int = 0
+
+    def direct(self) -> bool:
+        """Whether this search should take the per-pair loop alone."""
+        if self.looped > LOOP_SHARE and self.skipped < PROBE - 1:
+            self.skipped += 1
+            return True
+        self.skipped = 0
+        return False
+
+
+def search(idx: faiss.IndexFlat, q: np.ndarray, k: int, route: Route | None = None) -> tuple[np.ndarray, np.ndarray]:
     """What ``idx.search(q, k)`` returns (the per-pair loop's similarities, rows and order), for a flat
-    inner-product index (`applies`); k <= idx.ntotal."""
+    inner-product index (`applies`); k <= idx.ntotal. `route`: the index's, kept between searches."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     n, d = int(idx.ntotal), int(idx.d)
     m = k + EXTRA
-    if n < max(m, MIN_ROWS) or len(q) == 0 or not _check(d):
+    if n < max(m, MIN_ROWS) or len(q) == 0 or not _check(d) or (route is not None and route.direct()):
         return idx.search(q, k)
     xb = vectors(idx)
     sims, rows, whole = candidates(q, xb, m)
@@ -180,6 +207,8 @@ def search(idx: faiss.IndexFlat, q: np.ndarray, k: int) -> tuple[np.ndarray, np.
         loop = np.union1d(loop, np.setdiff1d(past, done))
     if len(loop):
         out_s[loop], out_r[loop] = idx.search(np.ascontiguousarray(q[loop]), k)
+    if route is not None:
+        route.looped = len(loop) / len(q)
     return out_s, out_r
 
 

@@ -133,6 +133,7 @@ class VectorIndex:
         self.switch_at: int | None = None  # stream position the rebuild goes into service
         self.recent = RecentWindow(self.dim, self.cfg.auto_window)
         self.journal: Journal | None = None  # what was added since the last snapshot (`save_delta`)
+        self._route = exact.Route()  # where its exact searches' queries went lately
 
     # --- placement ------------------------------------------------------------------------
     def _device(self, idx: faiss.Index) -> faiss.Index:
@@ -382,7 +383,7 @@ class VectorIndex:
             elif upto is not None and upto < self._n:
                 s, r = idx.search(q, kk, params=search_params(idx, faiss.IDSelectorRange(0, upto), self.cfg))
             elif exact.applies(idx):
-                s, r = exact.search(idx, q, kk)  # the per-pair loop's answer, at a matrix product's speed
+                s, r = exact.search(idx, q, kk, self._route)  # the per-pair loop's answer, at a product's speed
             else:
                 s, r = idx.search(q, kk)
         if kk < k:
