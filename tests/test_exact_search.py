@@ -158,3 +158,34 @@ def test_small_indexes_keep_the_per_pair_loop(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(exact, "candidates", lambda *a: pytest.fail("a small index took the product"))
     q = data(rng, 4, 8, 0.0, 0.0, False)
     assert np.array_equal(exact.search(idx, q, 3)[1], idx.search(q, 3)[1])
+
+
+def flat_of_visible(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, FAISS's flat search of just the rows it sees (row numbers into xb; -inf, -1 past them)."""
+    sims = np.full((len(q), k), -np.inf, np.float32)
+    rows = np.full((len(q), k), -1, np.int64)
+    for i in range(len(q)):
+        vis = np.flatnonzero(~hidden[i])
+        if len(vis):
+            s, r = flat(np.ascontiguousarray(xb[vis])).search(q[i:i + 1], k)
+            ok = r[0] >= 0
+            sims[i, ok], rows[i, ok] = s[0, ok], vis[r[0, ok]]
+    return sims, rows
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.sampled_from([2, 8, 32, 100, 512]), n=st.integers(1, 700), nq=st.integers(1, 30), k=st.integers(1, 30),
+       copies=st.sampled_from([0.0, 0.3, 0.8]), seen=st.sampled_from([0.05, 0.5, 1.0]), seed=st.integers(0, 2**16))
+def test_the_window_search_is_a_flat_search_of_the_rows_each_query_sees(d: int, n: int, nq: int, k: int, copies: float,
+                                                                         seen: float, seed: int) -> None:
+    # the recent window's (`RecentWindow.search`): whatever else it holds, and however queries are batched
+    rng = np.random.default_rng(seed)
+    xb = data(rng, n, d, copies, 0.2, True)
+    q = np.concatenate([data(rng, nq, d, 0.0, 0.0, True), xb[rng.integers(0, n, nq)]])
+    hidden = rng.random((len(q), n)) > seen
+    want_s, want_r = flat_of_visible(q, xb, k, hidden)
+    got_s, got_r = exact.nearest(q, xb, k, hidden)
+    assert np.array_equal(got_r, want_r)
+    assert np.array_equal(got_s, want_s)
+    one_s, one_r = exact.nearest(q[:1], xb, k, hidden[:1])  # alone, not in its batch
+    assert np.array_equal(one_s, got_s[:1]) and np.array_equal(one_r, got_r[:1])

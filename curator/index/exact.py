@@ -240,6 +240,54 @@ def _among_ties(q: np.ndarray, xb: np.ndarray, whole: np.ndarray | None, floor: 
     return done, sims, rows
 
 
+def nearest(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best rows of a few vectors `xb` that it may see (``hidden[i, j]``: query i may not
+    see row j), as a flat search of just those rows would return them: FAISS's per-pair similarities,
+    ties by row; (similarities, row numbers into `xb`), -inf and -1 past the rows it sees.
+
+    For the recent window beside an approximate index: a BLAS product's last bits and `argpartition`'s
+    pick among ties at the cut would depend on the batch (its shape; the other rows held), so that
+    decisions would too. The candidates' bound is `search`'s; a query it cannot vouch for has all the
+    rows it sees re-scored (they are few)."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    nq, n = len(q), len(xb)
+    m = min(k + EXTRA, n)
+    if nq == 0 or n == 0:
+        return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+    prod = np.ascontiguousarray(q @ xb.T)
+    prod[hidden] = -np.inf
+    sims = np.empty((nq, m), np.float32)
+    rows = np.empty((nq, m), np.int64)
+    heaps = faiss.float_minheap_array_t()
+    heaps.nh, heaps.k, heaps.val, heaps.ids = nq, m, faiss.swig_ptr(sims), faiss.swig_ptr(rows)
+    heaps.heapify()
+    heaps.addn(n, faiss.swig_ptr(prod), 0, 0, nq)
+    heaps.reorder()
+    seen = n - np.count_nonzero(hidden, axis=1)
+    d = xb.shape[1]
+    reach = 4 * d * _UNIT / (1 - d * _UNIT) * np.linalg.norm(q, axis=1).astype(np.float64) * _max_norm(xb) * SLACK
+    kk = min(k, m)
+    floor = sims[:, kk - 1] - reach
+    # every row it sees is a candidate, or the bound holds (`search`)
+    sure = np.isfinite(q).all(axis=1) & ((seen <= m) | (sims[:, m - 1].astype(np.float64) < floor))
+    cand = np.sort(np.where(rows < 0, n, rows), axis=1)  # ascending, the empty slots (n) last
+    if not sure.all():
+        # the rows the bound allows (all it sees where there is no bound: a product that is not finite
+        # is not one the per-pair loop keeps either), in order
+        lim = np.where(np.isfinite(floor), floor, np.finfo(np.float32).min)[~sure]
+        near, _ = within([(0, prod[~sure])], lim, n)
+        width = max(m, near.shape[1])
+        cand = np.pad(cand, ((0, 0), (0, width - m)), constant_values=n)
+        cand[~sure] = np.pad(np.where(near < 0, n, near), ((0, 0), (0, width - near.shape[1])), constant_values=n)
+    cand = np.ascontiguousarray(np.where(cand == n, -1, cand))  # -1 ends a query's candidates
+    out_s, out_r = rescore(q, xb, cand, kk)
+    out_s = np.where(out_r < 0, -np.inf, out_s).astype(np.float32)
+    if kk < k:
+        out_s = np.pad(out_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        out_r = np.pad(out_r, ((0, 0), (0, k - kk)), constant_values=-1)
+    return out_s, out_r
+
+
 def _max_norm(xb: np.ndarray) -> float:
     """The largest row norm."""
     return float(np.sqrt(np.einsum("ij,ij->i", xb, xb).max()))

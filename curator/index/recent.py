@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curator.index import exact
+
 #: bounds are multiples of this, so a batch of queries needs only a few filtered searches
 BLOCK = 128
 
@@ -88,18 +90,15 @@ class RecentWindow:
         self._hi = lo + n
 
     def search(self, q: np.ndarray, k: int, lower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact similarities to the items accepted at or after each query's bound `lower`."""
+        """The k nearest of the items accepted at or after each query's bound `lower`, as the flat
+        search of just those items would find them (`exact.nearest`: the same similarities to the last
+        bit, ties by row, whatever else the window holds and however the queries are batched)."""
         n = len(q)
         if len(self.rows) == 0 or n == 0:
             return np.full((n, 0), -np.inf, np.float32), np.full((n, 0), -1, np.int64)
-        sims = q @ self.vecs.T
-        sims[self.seqs[None, :] < lower[:, None]] = -np.inf
-        kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < sims.shape[1] else \
-            np.broadcast_to(np.arange(sims.shape[1]), (n, sims.shape[1])).copy()
-        s = np.take_along_axis(sims, part, axis=1)
-        r = np.where(np.isneginf(s), -1, self.rows[part])
-        return s.astype(np.float32), r
+        kk = min(k, len(self.rows))
+        s, local = exact.nearest(q, self.vecs, kk, self.seqs[None, :] < lower[:, None])
+        return s, np.where(local < 0, -1, self.rows[local])
 
 
 def merge(a_sims: np.ndarray, a_rows: np.ndarray, b_sims: np.ndarray, b_rows: np.ndarray,
