@@ -27,6 +27,9 @@ costs less than the per-pair loop over all rows (`PAIR_NS` ...: at 512-d, up to 
 128-d, under 1%; at 64-d and less, never), and where they fit `WITHIN_BYTES`. Other queries past their
 candidates, and non-finite queries (or vectors), are searched by the per-pair loop itself.
 
+`nearest` searches a few vectors the same way, each query among the rows it may see: the recent
+window beside an approximate index (`curator.index.recent`).
+
 Whether a query ties past its candidates is only known after the product. An index whose last
 searched queries mostly went on to the loop (a text index at few dimensions whose captions repeat)
 skips the product (`Route`), trying it again every `PROBE`-th search.
@@ -100,9 +103,11 @@ def products(q: np.ndarray, xb: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield s, np.ascontiguousarray(q @ xb[s:s + block].T)
 
 
-def candidates(q: np.ndarray, xb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Each query's m best rows by a BLAS product, best first (similarities, rows), and the whole
-    product when it fit one block (None otherwise)."""
+def candidates(q: np.ndarray, xb: np.ndarray, m: int, hidden: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each query's m best rows by a BLAS product, best first (similarities, rows; -1 where it sees
+    fewer), and the whole product when it fit one block (None otherwise). ``hidden[i, j]``: query i
+    does not see row j (its product there is -inf)."""
     nq = len(q)
     sims = np.empty((nq, m), np.float32)
     rows = np.empty((nq, m), np.int64)
@@ -111,6 +116,8 @@ def candidates(q: np.ndarray, xb: np.ndarray, m: int) -> tuple[np.ndarray, np.nd
     heaps.heapify()
     whole: np.ndarray | None = None
     for s, prod in products(q, xb):
+        if hidden is not None:
+            prod[hidden[:, s:s + prod.shape[1]]] = -np.inf
         heaps.addn(prod.shape[1], faiss.swig_ptr(prod), s, 0, nq)
         whole = prod if s == 0 else None
     heaps.reorder()
@@ -190,10 +197,7 @@ def search(idx: faiss.IndexFlat, q: np.ndarray, k: int, route: Route | None = No
         return idx.search(q, k)
     xb = vectors(idx)
     sims, rows, whole = candidates(q, xb, m)
-    # every exact top-k row scores at least the k-th candidate - 4g in the product (module docstring)
-    gamma = d * _UNIT / (1 - d * _UNIT)
-    reach = 4 * gamma * np.linalg.norm(q, axis=1).astype(np.float64) * _max_norm(xb) * SLACK
-    floor = sims[:, k - 1] - reach
+    floor = sims[:, k - 1] - _reach(q, xb)
     bounded = np.isfinite(q).all(axis=1) & np.isfinite(floor)
     sure = bounded & (sims[:, m - 1].astype(np.float64) < floor)
     out_s, out_r = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
@@ -254,18 +258,9 @@ def nearest(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[
     m = min(k + EXTRA, n)
     if nq == 0 or n == 0:
         return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-    prod = np.ascontiguousarray(q @ xb.T)
-    prod[hidden] = -np.inf
-    sims = np.empty((nq, m), np.float32)
-    rows = np.empty((nq, m), np.int64)
-    heaps = faiss.float_minheap_array_t()
-    heaps.nh, heaps.k, heaps.val, heaps.ids = nq, m, faiss.swig_ptr(sims), faiss.swig_ptr(rows)
-    heaps.heapify()
-    heaps.addn(n, faiss.swig_ptr(prod), 0, 0, nq)
-    heaps.reorder()
+    sims, rows, prod = candidates(q, xb, m, hidden)
     seen = n - np.count_nonzero(hidden, axis=1)
-    d = xb.shape[1]
-    reach = 4 * d * _UNIT / (1 - d * _UNIT) * np.linalg.norm(q, axis=1).astype(np.float64) * _max_norm(xb) * SLACK
+    reach = _reach(q, xb)
     kk = min(k, m)
     floor = sims[:, kk - 1] - reach
     # every row it sees is a candidate, or the bound holds (`search`)
@@ -275,7 +270,9 @@ def nearest(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[
         # the rows the bound allows (all it sees where there is no bound: a product that is not finite
         # is not one the per-pair loop keeps either), in order
         lim = np.where(np.isfinite(floor), floor, np.finfo(np.float32).min)[~sure]
-        near, _ = within([(0, prod[~sure])], lim, n)
+        scored = [(0, prod[~sure])] if prod is not None else products(q[~sure], xb)
+        hide = hidden[~sure]
+        near, _ = within(((s, np.where(hide[:, s:s + p.shape[1]], -np.inf, p)) for s, p in scored), lim, n)
         width = max(m, near.shape[1])
         cand = np.pad(cand, ((0, 0), (0, width - m)), constant_values=n)
         cand[~sure] = np.pad(np.where(near < 0, n, near), ((0, 0), (0, width - near.shape[1])), constant_values=n)
@@ -286,6 +283,14 @@ def nearest(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[
         out_s = np.pad(out_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
         out_r = np.pad(out_r, ((0, 0), (0, k - kk)), constant_values=-1)
     return out_s, out_r
+
+
+def _reach(q: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """Per query, 4g: every exact top-k row scores at least the k-th candidate less this in the product
+    (module docstring)."""
+    d = xb.shape[1]
+    gamma = d * _UNIT / (1 - d * _UNIT)
+    return 4 * gamma * np.linalg.norm(q, axis=1).astype(np.float64) * _max_norm(xb) * SLACK
 
 
 def _max_norm(xb: np.ndarray) -> float:
