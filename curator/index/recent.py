@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curator.index import exact
+from curator.index.exact import nearest
 
 #: bounds are multiples of this, so a batch of queries needs only a few filtered searches
 BLOCK = 128
@@ -97,7 +97,7 @@ class RecentWindow:
         if len(self.rows) == 0 or n == 0:
             return np.full((n, 0), -np.inf, np.float32), np.full((n, 0), -1, np.int64)
         kk = min(k, len(self.rows))
-        s, local = exact.nearest(q, self.vecs, kk, self.seqs[None, :] < lower[:, None])
+        s, local = nearest(q, self.vecs, kk, self.seqs[None, :] < lower[:, None])
         return s, np.where(local < 0, -1, self.rows[local])
 
 
