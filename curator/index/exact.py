@@ -96,11 +96,15 @@ def rescore(q: np.ndarray, xb: np.ndarray, cand: np.ndarray, k: int) -> tuple[np
     return sims, rows
 
 
-def products(q: np.ndarray, xb: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """The BLAS product q . xb^T, a block of rows at a time: (first row, (nq, rows) similarities)."""
+def products(q: np.ndarray, xb: np.ndarray, hidden: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The BLAS product q . xb^T, a block of rows at a time: (first row, (nq, rows) similarities);
+    -inf where ``hidden[i, j]`` (query i does not see row j)."""
     block = max(1024, BLOCK_BYTES // (4 * max(len(q), 1)))
     for s in range(0, len(xb), block):
-        yield s, np.ascontiguousarray(q @ xb[s:s + block].T)
+        prod = np.ascontiguousarray(q @ xb[s:s + block].T)
+        if hidden is not None:
+            prod[hidden[:, s:s + prod.shape[1]]] = -np.inf
+        yield s, prod
 
 
 def candidates(q: np.ndarray, xb: np.ndarray, m: int, hidden: np.ndarray | None = None
@@ -115,9 +119,7 @@ def candidates(q: np.ndarray, xb: np.ndarray, m: int, hidden: np.ndarray | None 
     heaps.nh, heaps.k, heaps.val, heaps.ids = nq, m, faiss.swig_ptr(sims), faiss.swig_ptr(rows)
     heaps.heapify()
     whole: np.ndarray | None = None
-    for s, prod in products(q, xb):
-        if hidden is not None:
-            prod[hidden[:, s:s + prod.shape[1]]] = -np.inf
+    for s, prod in products(q, xb, hidden):
         heaps.addn(prod.shape[1], faiss.swig_ptr(prod), s, 0, nq)
         whole = prod if s == 0 else None
     heaps.reorder()
@@ -270,9 +272,8 @@ def nearest(q: np.ndarray, xb: np.ndarray, k: int, hidden: np.ndarray) -> tuple[
         # the rows the bound allows (all it sees where there is no bound: a product that is not finite
         # is not one the per-pair loop keeps either), in order
         lim = np.where(np.isfinite(floor), floor, np.finfo(np.float32).min)[~sure]
-        scored = [(0, prod[~sure])] if prod is not None else products(q[~sure], xb)
-        hide = hidden[~sure]
-        near, _ = within(((s, np.where(hide[:, s:s + p.shape[1]], -np.inf, p)) for s, p in scored), lim, n)
+        scored = [(0, prod[~sure])] if prod is not None else products(q[~sure], xb, hidden[~sure])
+        near, _ = within(scored, lim, n)
         width = max(m, near.shape[1])
         cand = np.pad(cand, ((0, 0), (0, width - m)), constant_values=n)
         cand[~sure] = np.pad(np.where(near < 0, n, near), ((0, 0), (0, width - near.shape[1])), constant_values=n)
