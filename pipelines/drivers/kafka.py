@@ -70,11 +70,14 @@ class KafkaDriver(Driver):
         m.offset_gaps.inc(s.gaps - self._gaps)
         self._seek_backs, self._gaps = s.seek_backs, s.gaps
         now = time.monotonic()
-        if now - self._lag_t >= 2.0:
+        if now - self._lag_t >= 2.0 and s.merge.partitions:
+            # Timed from the first poll that has partitions: one before the group's assignment would
+            # otherwise hold the gauge back 2 s, past the first commits of a fast stream.
             self._lag_t = now
             try:
                 lag = s.lag()
-            except Exception:  # noqa: BLE001 - metrics only
+            except Exception:  # noqa: BLE001 - metrics only; try again in a quarter second
+                self._lag_t = now - 1.75
                 return
             for p, n in lag.items():
                 m.lag.labels(str(p)).set(n)
