@@ -351,7 +351,7 @@ def produce(broker: Broker, topic: str, records: list[dict[str, Any]], partition
             yield {**r, "id": f"{r['id']}-{start + n}"}
             n += 1
 
-    prod = kafka_producer(broker.bootstrap, broker.api, linger_ms=5)
+    prod = kafka_producer(broker.bootstrap, broker.api)
     try:
         return produce_records(broker.bootstrap, topic, paced(), fmt=wire, partitions=list(range(partitions)),
                                rows_per_message=rows_per_message, producer=prod)

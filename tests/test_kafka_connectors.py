@@ -194,6 +194,21 @@ def test_pause_and_resume(kafka_broker: KafkaTestBroker, kafka_topic: Callable[.
     assert sorted(r["id"] for r in late) == sorted(f"late{i}" for i in range(4))
 
 
+def test_producers_batch_small_messages_unless_told_otherwise(kafka_broker: KafkaTestBroker) -> None:
+    """kafka-python's 16 KB batch holds a handful of small images: curator's producers batch 256 KB for
+    up to 5 ms (`PRODUCER_DEFAULTS`); the client passthrough still decides."""
+    prod = kafka_producer(kafka_broker.bootstrap, kafka_broker.api_version)
+    try:
+        assert prod.config["batch_size"] == 256 * 1024 and prod.config["linger_ms"] == 5
+    finally:
+        prod.close()
+    prod = kafka_producer(kafka_broker.bootstrap, kafka_broker.api_version, {"batch_size": 4096, "linger_ms": 0})
+    try:
+        assert prod.config["batch_size"] == 4096 and prod.config["linger_ms"] == 0
+    finally:
+        prod.close()
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -101,18 +101,25 @@ def server_list(bootstrap_servers: str | list[str]) -> list[str]:
     return list(bootstrap_servers)
 
 
+#: kafka-python's batch of 16 KB holds a few small images: a request per handful of messages (3,000
+#: 64 px PNGs as JSON: 0.61 s to send, 0.36 s with these), and brokers that hand out a stored batch
+#: at a time (librdkafka's mock cluster) then give consumers 5 messages a fetch instead of 84. 256 KB
+#: batches, filled for up to 5 ms; a message larger than a batch is still sent alone.
+PRODUCER_DEFAULTS: dict[str, Any] = {"max_request_size": 16 * 1024 * 1024, "batch_size": 256 * 1024, "linger_ms": 5}
+
+
 def kafka_producer(
     bootstrap_servers: str | list[str],
     api_version: str = "",
     client: dict[str, Any] | None = None,
     **defaults: Any,
 ) -> KafkaProducer:
-    """A KafkaProducer with curator's defaults, then the client passthrough (security, sizes, ...)."""
+    """A KafkaProducer with curator's defaults (`PRODUCER_DEFAULTS`), then the client passthrough
+    (security, sizes, ...)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaConfigurationError, KafkaConnectionError, KafkaTimeoutError
 
-    settings: dict[str, Any] = {"bootstrap_servers": server_list(bootstrap_servers),
-                                "max_request_size": 16 * 1024 * 1024, **defaults}
+    settings: dict[str, Any] = {"bootstrap_servers": server_list(bootstrap_servers), **PRODUCER_DEFAULTS, **defaults}
     api = parse_api_version(api_version)
     if api is not None:
         settings["api_version"] = api
