@@ -189,3 +189,44 @@ def test_the_window_search_is_a_flat_search_of_the_rows_each_query_sees(d: int, 
     assert np.array_equal(got_s, want_s)
     one_s, one_r = exact.nearest(q[:1], xb, k, hidden[:1])  # alone, not in its batch
     assert np.array_equal(one_s, got_s[:1]) and np.array_equal(one_r, got_r[:1])
+
+
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(["flat", "ivf-pq"]), d=st.sampled_from([8, 32, 128]), nq=st.integers(2, 60),
+       repeats=st.sampled_from([0.0, 0.5, 0.95]), seed=st.integers(0, 2**16))
+def test_a_batch_that_repeats_vectors_answers_each_query_as_alone(kind: str, d: int, nq: int, repeats: float,
+                                                               seed: int) -> None:
+    """A batch that repeats vectors (the same caption, the same image) gets, for every query, what the
+    query gets searched alone -- through the exact product and through an IVF with its window."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    x = data(rng, n, d, 0.3, 0.1, False)
+    vi = VectorIndex(d, IndexConfig(kind=kind, ivf_train_size=600, ivf_nprobe=4, auto_window=256, gpu="off"))
+    vi.add(x, [f"i{j}" for j in range(n)], np.zeros(n, np.int64), np.arange(n))
+    q = np.concatenate([data(rng, nq, d, 0.0, 0.0, False), x[rng.integers(0, n, nq)]])
+    copy = rng.random(len(q)) < repeats
+    q[copy] = q[rng.integers(0, len(q), len(q))[copy]]
+    q[0] = q[1] = np.nan  # repeated NaN rows (their first column compares unequal) are repeats too
+    seqs = n - 200 + rng.integers(0, 400, len(q))  # some queries see the window's rows, some do not
+    sims, rows = vi.search(q, 10, seqs)
+    for i in range(len(q)):
+        s1, r1 = vi.search(q[i:i + 1], 10, seqs[i:i + 1])
+        assert np.array_equal(r1, rows[i:i + 1]) and np.array_equal(s1, sims[i:i + 1], equal_nan=True), i
+
+
+def test_a_batch_without_repeats_is_searched_as_given() -> None:
+    from curator.index.vector_index import distinct
+
+    rng = np.random.default_rng(3)
+    q = data(rng, 256, 64, 0.0, 0.0, False)
+    assert distinct(q) is None
+    q[5, 0] = q[9, 0]  # equal in the first column only
+    assert distinct(q) is None
+    q[[7, 200]] = q[3]
+    q[11, 0] = -0.0
+    q[12] = q[11]
+    q[12, 0] = 0.0  # equal to row 11 as numbers, not bit for bit: searched apart (no harm, no gain)
+    once = distinct(q)
+    assert once is not None
+    u, back = once
+    assert len(u) == 256 - 2 and np.array_equal(u[back], q)
