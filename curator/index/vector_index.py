@@ -67,8 +67,8 @@ def torch_cuda_available() -> bool:
 
 def distinct(q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(the distinct rows of `q`, each row's place among them) when some row repeats another bit for
-    bit; else None. Rows that differ anywhere differ in their first column or not: a sort of that
-    column (~5 us for 256) is all a batch without repeats costs."""
+    bit; else None. Repeats share their first column, so a sort of that column (~5 us for 256 rows)
+    is all a batch without them pays."""
     if len(q) < 2:
         return None
     first = np.sort(q[:, 0])
@@ -394,7 +394,8 @@ class VectorIndex:
         """The k nearest of the rows before `upto` (all rows by default). Each distinct query vector is
         searched once: FAISS on the CPU answers a query alone, whatever else is in the batch (the
         per-pair loop, `curator.index.threads`), and a stream repeats vectors -- the same caption,
-        the same image file -- which, tied with their own copies in the index, cost the most."""
+        the same image file -- which, tied with their own copies in the index, cost the most. (A GPU
+        index's answers may follow the batch's shape already; the fewer rows are as repeatable.)"""
         kk = min(k, self._n if upto is None else upto)
         once = distinct(q) if isinstance(idx, faiss.Index) else None
         if once is not None:
