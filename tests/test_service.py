@@ -489,8 +489,9 @@ def test_sigterm_drains_commits_and_a_restart_resumes(
     assert sum(positions.values()) == decided
     assert group_committed(kafka_broker, topic3, scfg.kafka.group_id) == positions  # the drain committed both
     # a restart resumes from there and ends where an uninterrupted run ends
-    # Still unbounded: an actor's line reaches the service's log through Ray's log monitor (polled
-    # every 0.5 s), so the restart runs until its line has come and the whole stream is committed.
+    # The actors' own INFO lines reach the service's log too (what a restart removed, and why, is there).
+    # They come through Ray's log monitor (it polls every 0.5 s), so the restart stays unbounded and runs
+    # until its line has come and the whole stream is committed.
     sp2 = ServiceProcess(write_config(scfg, tmp_path / "b.toml"), tmp_path / "b.log")
     total = read_table(ingest_baseline, "decisions").num_rows - 100
     actor_line = re.compile(rf"\(SelectWriteActor pid=\d+\).*curator\.stages: resuming \S+ from commit {m['commit']} ")
