@@ -396,12 +396,12 @@ class VectorIndex:
         per-pair loop, `curator.index.threads`), and a stream repeats vectors -- the same caption,
         the same image file -- which, tied with their own copies in the index, cost the most. (A GPU
         index's answers may follow the batch's shape already; the fewer rows are as repeatable.)"""
-        kk = min(k, self._n if upto is None else upto)
         once = distinct(q) if isinstance(idx, faiss.Index) else None
         if once is not None:
             q, back = once
             s, r = self._search(idx, q, k, upto)
             return s[back], r[back]
+        kk = min(k, self._n if upto is None else upto)
         with self._lock:
             if not isinstance(idx, faiss.Index):  # the torch search restricts rows itself
                 s, r = idx.search(q, kk, upto)
