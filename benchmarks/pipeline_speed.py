@@ -133,6 +133,12 @@ def dataset(n: int, size: int, seed: int = 0, images: str = "digits") -> list[di
     return out
 
 
+def raw_batches(records: list[dict[str, Any]], batch_size: int) -> list[RawBatch]:
+    """The records in source batches, at positions 0.. of one partition of a "bench" source."""
+    return [RawBatch(records[i:i + batch_size], [Position("bench", 0, k) for k in range(i, min(i + batch_size, len(records)))])
+            for i in range(0, len(records), batch_size)]
+
+
 def run_config(args: argparse.Namespace, out: Path) -> RunConfig:
     cfg = RunConfig()
     cfg.embedder.kind, cfg.embedder.model, cfg.embedder.pretrained = "clip", args.model, args.pretrained
@@ -158,9 +164,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
 
     cfg = run_config(args, Path(tempfile.mkdtemp()))
     stages = build_stages(cfg)
-    batches = [RawBatch(records[i:i + args.batch_size],
-                        [Position("bench", 0, k) for k in range(i, min(i + args.batch_size, len(records)))])
-               for i in range(0, len(records), args.batch_size)]
+    batches = raw_batches(records, args.batch_size)
     cls = ray.remote(StageActor).options(num_cpus=args.embed_cpus, num_gpus=args.embed_gpus)
     pool = [cls.remote(stages.upstream) for _ in range(args.actors)]
     infos = ray.get([a.setup.remote() for a in pool])

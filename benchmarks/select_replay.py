@@ -34,10 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pipeline_speed import dataset, run_config  # noqa: E402
-from curator.batch import RawBatch  # noqa: E402
+from benchmarks.pipeline_speed import dataset, raw_batches, run_config  # noqa: E402
 from curator.index.threads import configure_process  # noqa: E402
-from curator.records import Position  # noqa: E402
 from curator.stages import build_stages, run_chain  # noqa: E402
 from curator.store import read_table  # noqa: E402
 
@@ -50,12 +48,11 @@ def embedded(args: argparse.Namespace) -> list:
     stages = build_stages(run_config(args, Path(tempfile.mkdtemp(prefix="curator-replay-"))))
     for s in stages.upstream:
         s.setup()
-    out = []
-    for i in range(0, len(records), args.batch_size):
-        batch = RawBatch(records[i:i + args.batch_size],
-                         [Position("bench", 0, k) for k in range(i, min(i + args.batch_size, len(records)))])
+    out, done = [], 0
+    for batch in raw_batches(records, args.batch_size):
         out.append(run_chain(stages.upstream, batch))
-        print(f"\rembedding: {min(i + args.batch_size, len(records))}/{len(records)}", end="", file=sys.stderr)
+        done += len(batch)
+        print(f"\rembedding: {done}/{len(records)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return out
 
