@@ -49,6 +49,8 @@ class EmbedderConfig:
                                   "CPU, image by image), 'torch' (the tensor path on the embedder's device, CPU "
                                   "included); other formats, and JPEGs the device cannot decode, always go through "
                                   "Pillow", choices=("auto", "pil", "torch"))
+    decode_threads: int = setting(0, "threads decoding and preprocessing images with Pillow (0 = the threads torch "
+                                     "computes with: the CPUs Ray gives an embedder actor, else this machine's cores)")
     cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
     content_keys: str = setting("auto", "exact copies' keys: 'auto' (the run's own; a new run's: xxh3-64), "
                                 "'xxh3-64', 'blake2b-64' (older runs)", choices=("auto", "xxh3-64", "blake2b-64"))
@@ -511,6 +513,7 @@ def validate_config(cfg: RunConfig, problems: list[str] | None = None) -> None:
          "selector.space = 'text' needs an embedder with a text model (embedder.kind = 'clip'); precomputed vectors "
          "are compared as they are (selector.space = 'image')"),
         (cfg.embedder.batch_size >= 1, "embedder.batch_size must be >= 1"),
+        (cfg.embedder.decode_threads >= 0, "embedder.decode_threads must be >= 0 (0: as many as torch's threads)"),
     ]
     kinds = [EMBEDDERS.problem(cfg.embedder.kind, "embedder.kind"),
              INDEX_KINDS.problem(cfg.index.kind, "index.kind", also=("auto",))]

@@ -222,6 +222,37 @@ def test_mixed_batch_modalities_uris_and_errors(tiny, digits, tmp_path):
     np.testing.assert_allclose(e.image[2], tiny.embed(_table([images[3]])).image[0], atol=1e-6)
 
 
+def test_decoding_threads_change_nothing_but_the_time(digits, tmp_path):
+    """Pillow decodes on `decode_threads` threads: every row's embedding, content keys and error (with
+    its reason) are the serial run's, in row order, whatever finishes first."""
+    from tests.photos import photo
+
+    p = tmp_path / "from-uri.png"
+    p.write_bytes(digits[0][5])
+    pictures = []
+    for seed, size in enumerate([(80, 64), (64, 64), (120, 40), (33, 97)]):
+        buf = io.BytesIO()
+        photo(seed, size=size).save(buf, "JPEG" if seed % 2 else "PNG")
+        pictures.append(buf.getvalue())
+    images = [*pictures, b"garbage", digits[0][1][:60], None, *digits[0][:9], _png_header(100_000, 100_000)]
+    uris = [None] * len(images)
+    uris[6] = str(p)
+    tab = _table(images, [f"caption {i % 3}" for i in range(len(images))], image_uri=uris)
+    runs = []
+    for threads in (1, 3):
+        emb = ClipEmbedder(EmbedderConfig(model="curator-tiny", pretrained="", batch_size=8, decode_threads=threads))
+        emb.setup()
+        runs.append(emb.embed(tab))
+    one, three = runs
+    assert sorted(one.errors) == [4, 5, 16]
+    assert {i: (f.code, f.reason) for i, f in one.errors.items()} == {i: (f.code, f.reason) for i, f in three.errors.items()}
+    assert list(one.errors) == list(three.errors)
+    np.testing.assert_array_equal(one.image, three.image)
+    np.testing.assert_array_equal(one.text, three.text)
+    for field in ("image", "pixels", "phash", "phash_ok", "text"):
+        np.testing.assert_array_equal(getattr(one.hashes, field), getattr(three.hashes, field))
+
+
 def test_text_only_batch_has_no_image_matrix(tiny):
     e = tiny.embed(_table([None, None], ["one", "two"]))
     assert e.image is None and e.text.shape == (2, 32) and not e.has_image.any()
