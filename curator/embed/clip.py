@@ -36,8 +36,9 @@ log = logging.getLogger("curator.embed")
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 #: Below this many encoded bytes per image on average, a batch is decoded on the calling thread. Two
-#: threads against one on 2 cores (`benchmarks/decode_threads.py`'s workloads, decoding alone): 64 px
-#: PNGs (2 KB) 0.71x, 128 px JPEGs (5 KB) 0.98x, 224 px JPEGs (11 KB) 1.75x, 640 px JPEGs 1.58x.
+#: threads against one on 2 cores (`benchmarks/decode_threads.py`, decoding alone, three runs): 64 px
+#: PNGs (2 KB) 0.76-0.95x, 128 px JPEGs (5 KB) 0.84-1.07x, 224 px JPEGs (11 KB) 1.20-1.71x, 384-640 px
+#: JPEGs (28-44 KB) 1.35-1.56x.
 POOL_MIN_BYTES = 8192
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
