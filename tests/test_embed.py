@@ -222,10 +222,13 @@ def test_mixed_batch_modalities_uris_and_errors(tiny, digits, tmp_path):
     np.testing.assert_allclose(e.image[2], tiny.embed(_table([images[3]])).image[0], atol=1e-6)
 
 
-def test_decoding_threads_change_nothing_but_the_time(digits, tmp_path):
+def test_decoding_threads_change_nothing_but_the_time(digits, tmp_path, monkeypatch):
     """Pillow decodes on `decode_threads` threads: every row's embedding, content keys and error (with
     its reason) are the serial run's, in row order, whatever finishes first."""
+    import curator.embed.clip as clip_module
     from tests.photos import photo
+
+    monkeypatch.setattr(clip_module, "POOL_MIN_BYTES", 0)  # these small pictures would stay on one thread
 
     p = tmp_path / "from-uri.png"
     p.write_bytes(digits[0][5])

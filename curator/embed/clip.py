@@ -171,6 +171,7 @@ class ClipEmbedder:
         self._tokenizer: Any = None
         self._dtype: torch.dtype | None = None
         self._pool: ThreadPoolExecutor | None = None  # decoding threads, made on first use
+        self._threads = 0  # their number, once known
         self._name, self._pretrained, self._schema = self._parse_spec()
 
     # --- spec -----------------------------------------------------------------------------
@@ -401,7 +402,7 @@ class ClipEmbedder:
         if pool is None:
             done = [one(row) for row in todo]
         else:  # a contiguous share of the rows per thread: a future per row would cost more than a small picture
-            shares = np.array_split(np.arange(len(todo)), pool._max_workers)
+            shares = np.array_split(np.arange(len(todo)), self._threads)
             done = [out for part in pool.map(lambda rows: [one(todo[r]) for r in rows], shares) for out in part]
         for (i, _), out in zip(todo, done, strict=True):
             if isinstance(out, Fault):
@@ -412,13 +413,12 @@ class ClipEmbedder:
     def _decode_pool(self) -> ThreadPoolExecutor | None:
         """The decoding threads (None: decode in the calling thread). 0 = as many as torch computes
         with: the CPUs Ray gave the actor (it sets OMP_NUM_THREADS), else the machine's cores."""
-        if self._pool is None:
+        if self._threads == 0:
             import torch
 
-            n = int(self.cfg.decode_threads) or torch.get_num_threads()
-            if n <= 1:
-                return None
-            self._pool = ThreadPoolExecutor(n, thread_name_prefix="curator-decode")
+            self._threads = int(self.cfg.decode_threads) or torch.get_num_threads()
+            if self._threads > 1:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="curator-decode")
         return self._pool
 
     def _image_batch(self, rows: list[int], images: list[Any], uris: list[Any], errors: dict[int, Fault],
