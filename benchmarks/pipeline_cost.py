@@ -44,8 +44,11 @@ from benchmarks.cpu_cost import CpuWindow, ProcCost, cost_table, costs, print_ta
 from curator.config import RunConfig  # noqa: E402
 
 
-def forward_us(model_name: str, model: Any, records: list[dict[str, Any]], batch_size: int) -> float:
-    """CPU us per item of `model.encode_image` + `encode_text` alone, on one thread."""
+def forward_us(model_name: str, model: Any, records: list[dict[str, Any]], batch_size: int,
+               source_batch: int) -> float:
+    """CPU us per item of `model.encode_image` + `encode_text` alone, on one thread, on what an embedder
+    runs them on: the images in forward passes of `batch_size`, each source batch's distinct captions
+    (`source_batch` records) in passes of `batch_size`."""
     import open_clip
     import torch
     from PIL import Image
@@ -54,20 +57,22 @@ def forward_us(model_name: str, model: Any, records: list[dict[str, Any]], batch
     tf = open_clip.image_transform(pc["size"], is_train=False, mean=pc["mean"], std=pc["std"],
                                    resize_mode=pc.get("resize_mode"), interpolation=pc.get("interpolation"))
     tok = open_clip.get_tokenizer(model_name)
-    batches = []
-    for s in range(0, len(records), batch_size):
-        recs = records[s:s + batch_size]
-        x = torch.stack([tf(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in recs])
-        batches.append((x, tok([r["text"] for r in recs])))
+    images = [torch.stack([tf(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in records[s:s + batch_size]])
+              for s in range(0, len(records), batch_size)]
+    texts = []
+    for s in range(0, len(records), source_batch):
+        captions = list(dict.fromkeys(r["text"] for r in records[s:s + source_batch]))
+        texts += [tok(captions[c:c + batch_size]) for c in range(0, len(captions), batch_size)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            model.encode_image(batches[0][0])
-            model.encode_text(batches[0][1])
+            model.encode_image(images[0])
+            model.encode_text(texts[0])
             t0 = time.process_time()
-            for x, t in batches:
+            for x in images:
                 model.encode_image(x)
+            for t in texts:
                 model.encode_text(t)
             cpu = time.process_time() - t0
     finally:

@@ -214,7 +214,7 @@ def embed_only(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[
     one_s, one_cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.set_num_threads(threads)
     n = len(records)
-    fwd = forward_us(args.model, emb.model, records, args.embed_batch)
+    fwd = forward_us(args.model, emb.model, records, args.embed_batch, args.batch_size)
     return {"pool_items_per_s": n / pool_s, "inprocess_items_per_s": n / one_s,
             "inprocess_embed_us_per_item": one_cpu * 1e6 / n, "forward_us_per_item": fwd,
             "pool": cost_table(procs, n, fwd, n / pool_s),

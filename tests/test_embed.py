@@ -256,6 +256,25 @@ def test_decoding_threads_change_nothing_but_the_time(digits, tmp_path, monkeypa
         np.testing.assert_array_equal(getattr(one.hashes, field), getattr(three.hashes, field))
 
 
+def test_a_repeated_caption_is_embedded_once(tiny, digits, monkeypatch):
+    """Copies of a caption in a batch share one forward pass: the tokenizer sees each distinct caption
+    once, in first-seen order, and every copy gets what the distinct captions embedded alone get."""
+    seen: list[list[str]] = []
+    tokenizer = tiny._tokenizer
+    monkeypatch.setattr(tiny, "_tokenizer", lambda texts: seen.append(list(texts)) or tokenizer(texts))
+    texts = ["a cat", "a dog", "a cat", "A cat", None, "a dog", "a cat", "   "]
+    e = tiny.embed(_table([digits[0][i] for i in range(8)], texts))
+    assert seen == [["a cat", "a dog", "A cat"]]
+    assert list(e.has_text) == [True, True, True, True, False, True, True, False]
+    want = tiny.embed_texts(["a cat", "a dog", "A cat"])
+    np.testing.assert_array_equal(e.text[[0, 2, 6]], np.repeat(want[:1], 3, axis=0))
+    np.testing.assert_array_equal(e.text[[1, 5]], np.repeat(want[1:2], 2, axis=0))
+    np.testing.assert_array_equal(e.text[3], want[2])
+    assert not e.text[[4, 7]].any()
+    assert e.hashes.text[0] == e.hashes.text[2] == e.hashes.text[3] == e.hashes.text[6] != e.hashes.text[1]
+    assert e.hashes.text[4] == e.hashes.text[7] == 0
+
+
 def test_text_only_batch_has_no_image_matrix(tiny):
     e = tiny.embed(_table([None, None], ["one", "two"]))
     assert e.image is None and e.text.shape == (2, 32) and not e.has_image.any()

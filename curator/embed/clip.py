@@ -506,12 +506,22 @@ class ClipEmbedder:
                     has_img[rows] = True
 
             text_rows = [i for i in range(n) if isinstance(texts[i], str) and texts[i].strip() and i not in errors]
-            for s in range(0, len(text_rows), bs):
-                chunk = text_rows[s:s + bs]
-                txt_out[chunk] = self._encode_tokens(self._tokenizer([texts[i] for i in chunk]))
-                has_txt[chunk] = True
+            # Each distinct caption is tokenised and embedded once, its copies given its vector: a stream
+            # repeats captions (templated alt-text, one caption under many pictures), and the text tower
+            # costs about what the image tower does.
+            place: dict[str, int] = {}
             for i in text_rows:
-                hashes.text[i] = text_key(texts[i], self.keys)
+                place.setdefault(texts[i], len(place))
+            captions = list(place)
+            vecs = np.zeros((len(captions), self.text_dim), np.float32)
+            for s in range(0, len(captions), bs):
+                vecs[s:s + bs] = self._encode_tokens(self._tokenizer(captions[s:s + bs]))
+            if text_rows:
+                txt_out[text_rows] = vecs[[place[texts[i]] for i in text_rows]]
+                has_txt[text_rows] = True
+            keys = [text_key(c, self.keys) for c in captions]
+            for i in text_rows:
+                hashes.text[i] = keys[place[texts[i]]]
 
         for i in range(n):
             if i not in errors and not has_img[i] and not has_txt[i]:
