@@ -118,6 +118,38 @@ def test_decode_image_rejects_bad_input_with_reason(data, limits, reason):
     assert time.perf_counter() - t < 1.0  # the bomb's header is read, its pixels never are
 
 
+def test_pillow_bomb_warning_is_an_error_in_every_thread_and_leaves_the_filters_alone(monkeypatch):
+    """Between Pillow's MAX_IMAGE_PIXELS and twice that, Pillow only warns: decode_image makes it an
+    error. Decoding threads read headers in turn, so the process's warning filters end as they began."""
+    import sys
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    pngs = {}
+    for side in (40, 20):  # 1,600 pixels: a warning; 400: fine
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (side, 0, 0)).save(buf, "PNG")
+        pngs[side] = buf.getvalue()
+
+    def attempt(data: bytes) -> str:
+        try:
+            return decode_image(data).mode
+        except InvalidRecord as exc:
+            return exc.code
+
+    before = list(warnings.filters)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside every header read: a race would show
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(attempt, [pngs[40], pngs[20]] * 100))
+    finally:
+        sys.setswitchinterval(interval)
+    assert got == ["too-large", "RGB"] * 100
+    assert warnings.filters == before
+
+
 def test_decode_image_rejects_truncated(digits):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")

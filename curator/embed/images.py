@@ -12,11 +12,14 @@ from __future__ import annotations
 import http.client
 import io
 import stat
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +35,7 @@ SUPPORTED_SCHEMES: tuple[str, ...] = ("file", "http", "https")
 
 _USER_AGENT = "curator/0.1 (image fetch)"
 _CHUNK = 1 << 16
+_HEADERS = threading.Lock()  # see `_bombs_raise`
 
 
 def _allowed_formats() -> tuple[str, ...]:
@@ -53,7 +57,7 @@ def _checked_bytes(data: bytes, limits: Limits) -> bytes:
 
 def _open_header(data: bytes, formats: tuple[str, ...], limits: Limits) -> Image.Image | None:
     """Read the header only (lazy open) and apply the pixel-count guards; None: no plugin of `formats`
-    knows the data. Call with DecompressionBombWarning turned into an error."""
+    knows the data. Call inside `_bombs_raise()`."""
     try:
         im = Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
@@ -91,37 +95,46 @@ def decode_image(data: bytes, limits: Limits | None = None) -> Image.Image:
     limits = limits or Limits()
     data = _checked_bytes(data, limits)
     formats = _allowed_formats()
-    with warnings.catch_warnings():
-        # Pillow warns (rather than raises) between MAX_IMAGE_PIXELS and twice that.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _bombs_raise():
         im = _open_header(data, formats, limits)
-        if im is None:
-            raise InvalidRecord(
-                f"not a supported image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
-                f"supported formats: {', '.join(formats)}",
-                "image-undecodable",
-            )
+    if im is None:
+        raise InvalidRecord(
+            f"not a supported image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
+            f"supported formats: {', '.join(formats)}",
+            "image-undecodable",
+        )
+    try:
         try:
-            try:
-                im.load()
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise InvalidRecord(f"image rejected as a decompression bomb: {exc}", "too-large") from None
-            except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
-                reason = str(exc) or type(exc).__name__
-                kind = "truncated" if "truncated" in reason.lower() else "corrupt"
-                raise InvalidRecord(f"{im.format} image is {kind} and could not be decoded ({reason})",
-                                    "image-undecodable") from None
-            try:
-                rgb = _to_rgb(im)
-            except Exception as exc:  # noqa: BLE001 - e.g. an exotic mode with no RGB conversion
-                raise InvalidRecord(f"{im.format} image in mode {im.mode} cannot be converted to RGB ({exc})",
-                                    "image-undecodable") from None
-        except BaseException:
-            im.close()
-            raise
-        if rgb is not im:
-            im.close()
-        return rgb  # an RGB picture itself: it was read from memory, so closing it frees no file
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InvalidRecord(f"image rejected as a decompression bomb: {exc}", "too-large") from None
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
+            reason = str(exc) or type(exc).__name__
+            kind = "truncated" if "truncated" in reason.lower() else "corrupt"
+            raise InvalidRecord(f"{im.format} image is {kind} and could not be decoded ({reason})",
+                                "image-undecodable") from None
+        try:
+            rgb = _to_rgb(im)
+        except Exception as exc:  # noqa: BLE001 - e.g. an exotic mode with no RGB conversion
+            raise InvalidRecord(f"{im.format} image in mode {im.mode} cannot be converted to RGB ({exc})",
+                                "image-undecodable") from None
+    except BaseException:
+        im.close()
+        raise
+    if rgb is not im:
+        im.close()
+    return rgb  # an RGB picture itself: it was read from memory, so closing it frees no file
+
+
+@contextmanager
+def _bombs_raise() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning (between MAX_IMAGE_PIXELS and twice that; Pillow checks when it
+    reads the header) raised as an error. `warnings.catch_warnings` swaps process-wide state, so
+    threads decoding at once (`embedder.decode_threads`) take turns reading headers; their pixels are
+    decoded outside."""
+    with _HEADERS, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def jpeg_size(data: bytes, limits: Limits | None = None) -> tuple[int, int] | None:
@@ -134,8 +147,7 @@ def jpeg_size(data: bytes, limits: Limits | None = None) -> tuple[int, int] | No
     data = _checked_bytes(data, limits)
     if not (data.startswith(b"\xff\xd8\xff") and data.endswith(b"\xff\xd9")):
         return None  # not a JPEG, or truncated: Pillow's reasons for those are the ones recorded
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _bombs_raise():
         try:
             im = _open_header(data, ("JPEG",), limits)
         except InvalidRecord as exc:
