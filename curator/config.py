@@ -50,7 +50,8 @@ class EmbedderConfig:
                                   "included); other formats, and JPEGs the device cannot decode, always go through "
                                   "Pillow", choices=("auto", "pil", "torch"))
     decode_threads: int = setting(0, "threads decoding and preprocessing images with Pillow (0 = the threads torch "
-                                     "computes with: the CPUs Ray gives an embedder actor, else this machine's cores)")
+                                     "computes with: the CPUs Ray gives an embedder actor, else this machine's "
+                                     "cores); a batch of small pictures (under 8 KB each on average) uses one")
     cache_dir: str = setting("", "where open_clip looks for / stores weights ('' = its default)")
     content_keys: str = setting("auto", "exact copies' keys: 'auto' (the run's own; a new run's: xxh3-64), "
                                 "'xxh3-64', 'blake2b-64' (older runs)", choices=("auto", "xxh3-64", "blake2b-64"))
