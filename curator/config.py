@@ -46,7 +46,7 @@ class EmbedderConfig:
     batch_size: int = setting(64, "items per embedding forward pass")
     decode: str = setting("auto", "image decoding: 'auto' (JPEGs on the GPU when the embedder runs on CUDA: nvJPEG, "
                                   "then resize and normalise as batched tensor ops; else 'pil'), 'pil' (Pillow on the "
-                                  "CPU, image by image), 'torch' (the tensor path on the embedder's device, CPU "
+                                  "CPU, on decode_threads threads), 'torch' (the tensor path on the embedder's device, CPU "
                                   "included); other formats, and JPEGs the device cannot decode, always go through "
                                   "Pillow", choices=("auto", "pil", "torch"))
     decode_threads: int = setting(0, "threads decoding and preprocessing images with Pillow (0 = the threads torch "

@@ -397,8 +397,9 @@ class ClipEmbedder:
             except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image
                 return Fault("image-undecodable", f"image could not be preprocessed ({type(exc).__name__}: {exc})")
 
-        small = all(data is not None for _, data in todo) and sum(len(d) for _, d in todo) < POOL_MIN_BYTES * len(todo)
-        pool = self._decode_pool() if len(todo) > 1 and not small else None
+        pool = self._decode_pool() if len(todo) > 1 else None
+        if pool is not None and all(d is not None for _, d in todo) and sum(len(d) for _, d in todo) < POOL_MIN_BYTES * len(todo):
+            pool = None  # small pictures
         if pool is None:
             done = [one(row) for row in todo]
         else:  # a contiguous share of the rows per thread: a future per row would cost more than a small picture
@@ -425,7 +426,7 @@ class ClipEmbedder:
                      hashes: ContentHashes) -> tuple[list[int], torch.Tensor | None]:
         """The rows (of `rows`) whose image decodes, and their preprocessed images on the device; the
         others go into `errors`. JPEGs go through the device decoder when it is on, everything else
-        -- and what it fails to decode -- through Pillow, one image at a time. The decoded rows'
+        -- and what it fails to decode -- through Pillow (`_via_pil`, on the decoding threads). The decoded rows'
         content hashes go into `hashes` (the perceptual one from the pixels where they were decoded)."""
         import torch
 

@@ -164,7 +164,7 @@ def jpeg_size(data: bytes, limits: Limits | None = None) -> tuple[int, int] | No
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
-        return im  # a copy would cost ~7% of a photograph's decoding
+        return im  # a copy cost ~7% of a photograph's decoding (~160 of ~2,300 us, a one-off timer)
     if im.mode == "P" and "transparency" in im.info:
         # Going through RGBA avoids Pillow's warning about palette transparency.
         return im.convert("RGBA").convert("RGB")
