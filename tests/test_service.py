@@ -306,6 +306,57 @@ def test_merge_order_is_offset_then_partition_whatever_the_polls(sizes: list[int
     assert got == expect
 
 
+def _rule_pop(m: OrderedMerge, limit: int) -> list[tuple[int, int]]:
+    """The order rule stated directly, on a copy of the merge's state: emit the smallest (offset,
+    partition) head while no empty partition that is not caught up may still deliver a smaller key
+    (one whose next offset is unknown may deliver anything)."""
+    queues = {p: [u.offset for u in q] for p, q in m.buf.items()}
+    nxt, out, n = dict(m.next), [], 0
+    while n < limit:
+        heads = [(q[0], p) for p, q in queues.items() if q]
+        if not heads:
+            break
+        head = min(heads)
+        if any(not q and not m.caught_up.get(p) and (nxt.get(p) is None or (nxt[p], p) < head)
+               for p, q in queues.items()):
+            break
+        off, p = head
+        queues[p].pop(0)
+        nxt[p] = off + 1
+        out.append((p, off))
+        n += 1
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "mark", "pop", "trim"]), st.integers(0, 4),
+                              st.integers(1, 4), st.booleans()), min_size=1, max_size=40),
+       known=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_merge_pops_what_the_order_rule_says(ops: list[tuple[str, int, int, bool]], known: list[bool]) -> None:
+    """Whatever is buffered, marked caught up, trimmed or unknown, `pop` emits exactly the messages the
+    rule allows, in its order, and `available` predicts it."""
+    m = OrderedMerge("t")
+    m.assign(list(range(5)), {p: 0 for p in range(5) if known[p]})
+    end = dict.fromkeys(range(5), 0)  # next offset each partition's producer writes
+    for op, p, k, flag in ops:
+        if op == "add":
+            m.add(_batch(_msgs(p, k, first=end[p] + (k if flag else 0))))  # flag: a gap before them
+            end[p] += k * (2 if flag else 1)
+        elif op == "mark":
+            m.mark_position(p, end[p], caught_up=flag)
+        elif op == "trim":
+            first = m.trim(p, k)
+            if first is not None:
+                end[p] = first  # the consumer re-reads from there
+        else:
+            expect = _rule_pop(m, k)
+            assert m.available(k) == len(expect)
+            b = m.pop(k)
+            assert ([] if b is None else [(q.partition, q.offset) for q in b.positions]) == expect
+    expect = _rule_pop(m, 10**6)
+    assert m.available(10**6) == len(expect) and m.items >= len(expect)
+
+
 def test_merge_waits_for_a_partition_that_may_deliver_an_earlier_message() -> None:
     def pp(b: RawBatch | None) -> list[tuple[int, int]]:
         assert b is not None

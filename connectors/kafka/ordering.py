@@ -13,6 +13,7 @@ the guarantee for never waiting on a slow partition.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,43 +162,66 @@ class OrderedMerge:
                 out.append(p)
         return sorted(out)
 
+    def _in_order(self, limit: int) -> tuple[list[int], int]:
+        """The partitions whose head messages `pop(limit)` would emit, in stream order, and their items.
+
+        A heap of the partitions' heads, and the smallest key an empty partition (not caught up) may
+        still deliver: the walk stops at it. Emitting a message only ever adds such a bound (its
+        partition ran dry), so both are kept up to date in O(log partitions) a message, not the
+        O(partitions) of a look at every head and every blocker each time (~8 us an item with 12)."""
+        wait: tuple[float, int] | None = None  # the smallest key a blocker may still deliver
+        heads: list[tuple[int, int]] = []
+        for p, q in self.buf.items():
+            if q:
+                heads.append((q[0].offset, p))
+            elif not self.caught_up.get(p):
+                nxt = self.next.get(p)
+                key = (float("-inf") if nxt is None else nxt, p)
+                wait = key if wait is None or key < wait else wait
+        heapq.heapify(heads)
+        idx = dict.fromkeys(self.buf, 0)
+        order: list[int] = []
+        n = 0
+        while n < limit and heads and (wait is None or wait >= heads[0]):
+            off, p = heads[0]
+            q = self.buf[p]
+            u = q[idx[p]]
+            idx[p] += 1
+            order.append(p)
+            n += len(u)
+            if idx[p] < len(q):
+                heapq.heapreplace(heads, (q[idx[p]].offset, p))
+            else:
+                heapq.heappop(heads)
+                if not self.caught_up.get(p) and (wait is None or (off + 1, p) < wait):
+                    wait = (off + 1, p)
+        return order, n
+
     def available(self, limit: int) -> int:
         """How many items (whole messages, up to about `limit`) `pop` could emit right now."""
         if self.order == "arrival":
             return min(self.items, limit)
-        idx = dict.fromkeys(self.buf, 0)
-        nxt = dict(self.next)
-        n = 0
-        while n < limit:
-            heads = [(q[idx[p]].offset, p) for p, q in self.buf.items() if idx[p] < len(q)]
-            if not heads:
-                break
-            head = min(heads)
-            for p, q in self.buf.items():
-                if idx[p] >= len(q) and not self.caught_up.get(p) and (nxt.get(p) is None or (nxt[p], p) < head):
-                    return n
-            p = head[1]
-            u = self.buf[p][idx[p]]
-            idx[p] += 1
-            nxt[p] = u.offset + 1
-            n += len(u)
-        return n
+        return self._in_order(limit)[1]
 
     def pop(self, max_items: int) -> RawBatch | None:
         """Up to `max_items` items (whole messages) that can go now, in stream order; None if none."""
-        out, n = RawBatch(), 0
-        while n < max_items:
+        if self.order == "arrival":
+            order: list[int] = []
+            n = 0
+            for p, _u in self._arrival:
+                if n >= max_items:
+                    break
+                order.append(p)
+                n += len(_u)
+        else:
+            order, n = self._in_order(max_items)
+        if not n:
+            return None
+        out = RawBatch()
+        for p in order:
             if self.order == "arrival":
-                if not self._arrival:
-                    break
-                p, u = self._arrival.popleft()
-                self.buf[p].popleft()
-            else:
-                head = self._head()
-                if head is None or self.blockers():
-                    break
-                p = head[1]
-                u = self.buf[p].popleft()
+                self._arrival.popleft()
+            u = self.buf[p].popleft()
             self.next[p] = u.offset + 1
             self.items -= len(u)
             self.nbytes -= u.nbytes
@@ -205,8 +229,7 @@ class OrderedMerge:
             out.positions += u.positions
             out.errors += u.errors
             out.messages += u.messages
-            n += len(u)
-        return out if n else None
+        return out
 
     def trim(self, p: int, keep_items: int, keep_bytes: int = 0) -> int | None:
         """Drop the tail of partition `p`'s buffer beyond `keep_items` items (and `keep_bytes` bytes, when
