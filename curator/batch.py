@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from curator.embed.base import Embeddings
 from curator.records import Position, Rejection
-from curator.wire import Message, decode_messages
+from curator.wire import Message, PackedMessages, decode_messages
 
 #: {source: {partition: next offset to read}} -- JSON-friendly (partition keys are strings in JSON).
 Positions = dict[str, dict[int, int]]
@@ -50,6 +50,18 @@ class RawBatch:
         """About what the batch weighs in memory: its payloads (images, texts, vectors) and previews."""
         return (sum(map(record_nbytes, self.records)) + sum(map(rejection_nbytes, self.errors))
                 + sum(m.nbytes for m in self.messages))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to an embedder actor) with its messages as columns (`curator.wire.PackedMessages`)."""
+        state = dict(self.__dict__)
+        if self.messages:
+            state["messages"] = PackedMessages.pack(self.messages)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("messages"), PackedMessages):
+            state["messages"] = state["messages"].unpack()
+        self.__dict__.update(state)
 
     def decoded(self) -> RawBatch:
         """The batch with its messages decoded into records (after its other records) or rejections."""

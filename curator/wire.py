@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from curator.fields import canonical_record, given_id
@@ -42,6 +43,43 @@ class Message:
     @property
     def nbytes(self) -> int:
         return 64 + len(self.value)
+
+
+@dataclass
+class PackedMessages:
+    """Messages as columns, the form they are pickled in on their way to an embedder actor: their
+    values in one buffer (a numpy array, which Ray's pickle hands over out of band) and their positions,
+    keys and counts as arrays -- not one Python object per message, whose pickling cost the driver
+    ~5 us an item, more than the rest of handing a batch to an actor."""
+
+    sources: list[str]
+    source: np.ndarray  # per message, its index in `sources`
+    partition: np.ndarray
+    offset: np.ndarray
+    ends: np.ndarray  # value i is values[ends[i - 1]:ends[i]]
+    values: np.ndarray  # uint8
+    keys: list[str | None]
+    arrow: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def pack(cls, messages: list[Message]) -> PackedMessages:
+        sources: dict[str, int] = {}
+        src = [sources.setdefault(m.position.source, len(sources)) for m in messages]
+        values = [m.value for m in messages]
+        return cls(list(sources), np.array(src, np.int32), np.array([m.position.partition for m in messages], np.int64),
+                   np.array([m.position.offset for m in messages], np.int64),
+                   np.cumsum([len(v) for v in values], dtype=np.int64),
+                   np.frombuffer(b"".join(values), np.uint8), [m.key for m in messages],
+                   np.array([m.arrow for m in messages], bool), np.array([m.rows for m in messages], np.int64))
+
+    def unpack(self) -> list[Message]:
+        data = self.values.tobytes()
+        starts = [0, *self.ends[:-1].tolist()]
+        return [Message(Position(self.sources[s], p, o), data[a:b], k, arrow, rows)
+                for s, p, o, a, b, k, arrow, rows in zip(
+                    self.source.tolist(), self.partition.tolist(), self.offset.tolist(), starts, self.ends.tolist(),
+                    self.keys, self.arrow.tolist(), self.rows.tolist(), strict=True)]
 
 
 # ------------------------------------------------------------------------------------- JSON

@@ -108,6 +108,32 @@ def test_arrow_message_is_never_split_across_batches(
     assert sum(len(b) for b in batches) == 12
 
 
+def test_a_batch_goes_to_an_actor_as_columns_and_arrives_as_it_was_read(
+    kafka_broker: KafkaTestBroker, kafka_topic: Callable[..., str]
+) -> None:
+    """What Ray pickles for an embedder actor: the messages' values in one out-of-band buffer and their
+    positions, keys and row counts as arrays; unpickled, the same messages, decoding to the same records."""
+    from ray import cloudpickle
+
+    topic = kafka_topic(3)
+    produce(kafka_broker, topic, records(30))
+    produce(kafka_broker, topic, records(12, "a"), fmt="arrow", rows_per_message=4)
+    with KafkaSource(config(kafka_broker, topic)) as src:
+        batches = drain(src, batch_size=1000)
+    batch = RawBatch(messages=[m for b in batches for m in b.messages])
+    assert len(batch.messages) == 33 and all(m.key for m in batch.messages)
+    assert {m.position.partition for m in batch.messages} == {0, 1, 2}
+    buffers: list[Any] = []
+    data = cloudpickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
+    value_bytes = sum(len(m.value) for m in batch.messages)
+    assert [b.raw().nbytes for b in buffers if b.raw().nbytes >= value_bytes] == [value_bytes]  # one buffer
+    assert len(data) < value_bytes / 2  # the values are not in the pickle stream
+    back = cloudpickle.loads(data, buffers=buffers)
+    assert back.messages == batch.messages and back.messages is not batch.messages
+    assert flat([back]) == flat([batch]) and len(flat([back])) == 42
+    assert cloudpickle.loads(cloudpickle.dumps(RawBatch(records=[{"id": "x"}]))) == RawBatch(records=[{"id": "x"}])
+
+
 def test_a_poll_of_arrow_messages_asks_for_a_batch_of_records_not_of_messages(
     kafka_broker: KafkaTestBroker, kafka_topic: Callable[..., str]
 ) -> None:
