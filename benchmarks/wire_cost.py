@@ -12,14 +12,16 @@ with the payload decoded in either place, on the same messages:
 - **driver**: reading each message into a batch of --batch-size items (`connectors.kafka.codec.
   read_message`: its framing; an Arrow message's rows counted), decoding it there too when
   ``decoded_in`` is the driver (`RawBatch.decoded`: JSON parsing, base64 images, Arrow rows into
-  records), and pickling the batch as Ray sends it to an actor;
+  records), and pickling the batch as Ray sends it to an actor (Ray's cloudpickle, protocol 5,
+  numpy buffers out of band: undecoded messages cross as `curator.wire.PackedMessages`);
 - **actor**: unpickling it, and decoding it there when ``decoded_in`` is the embedder (what
   `curator serve` does: `curator.validate.validate_batch` decodes first).
 
 Per item (us), medians of --repeats passes: ``driver_us_per_item``, ``actor_us_per_item``, their
-sum, and ``pickled_bytes_per_item`` (what crosses to the actor). ``driver_ratio`` is the driver's
-figure with the decoding in the embedder over the same with it in the driver. JSON carries one
-record per message (images base64), Arrow --rows-per-message (images as raw bytes).
+sum, and ``pickled_bytes_per_item`` (what crosses to the actor: the pickle and its out-of-band
+buffers). ``driver_ratio`` is the driver's figure with the decoding in the embedder over the same
+with it in the driver. JSON carries one record per message (images base64), Arrow
+--rows-per-message (images as raw bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ray import cloudpickle
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -66,16 +70,23 @@ def one_pass(values: list[bytes], batch_size: int, in_driver: bool) -> tuple[flo
     batches += [out] if len(out) else []
     if in_driver:
         batches = [b.decoded() for b in batches]
-    blobs = [pickle.dumps(b, protocol=5) for b in batches]
+    blobs = [serialize(b) for b in batches]
     t1 = time.process_time()
-    back = [pickle.loads(b) for b in blobs]
+    back = [cloudpickle.loads(data, buffers=buffers) for data, buffers in blobs]
     if not in_driver:
         back = [b.decoded() for b in back]
     t2 = time.process_time()
     n = sum(len(b.records) for b in back)
     if n != sum(len(b) for b in batches) or any(b.errors for b in back):
         raise RuntimeError("a message did not decode into its records: the benchmark's data is wrong")
-    return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6, sum(map(len, blobs)) / n
+    crossed = sum(len(data) + sum(b.raw().nbytes for b in buffers) for data, buffers in blobs)
+    return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6, crossed / n
+
+
+def serialize(batch: RawBatch) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """As Ray pickles an actor call's argument: protocol 5, numpy buffers out of band."""
+    buffers: list[pickle.PickleBuffer] = []
+    return cloudpickle.dumps(batch, protocol=5, buffer_callback=buffers.append), buffers
 
 
 def measure(values: list[bytes], wire: str, batch_size: int, repeats: int) -> list[dict[str, Any]]:
