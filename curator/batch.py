@@ -30,7 +30,8 @@ class RawBatch:
     """Records as read, before validation. `errors` holds records that could not even be parsed.
 
     ``messages`` are a stream's message values not decoded yet (`curator.wire`): they travel to the
-    embedder actors as the bytes they arrived as, and `decoded()` turns them into records there.
+    embedder actors as the bytes they arrived as (pickled as columns, `curator.wire.PackedMessages`),
+    and `decoded()` turns them into records there.
     ``trusted`` marks a bootstrap batch (inserted unjudged; its positions are not the stream's).
     ``embedding_dim`` is the stream's precomputed-embedding dimension once it is known, so that
     parallel embedders agree on which vectors have the wrong size.
