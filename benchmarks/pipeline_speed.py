@@ -25,7 +25,8 @@ times, interleaved; the tables give medians (the JSON also has every run):
    second, warm service (it first decides --warmup other items) -- every process's CPU time from
    /proc over producing the records, deciding them, draining and the final commit, per item
    (`cpu_cost`: driver, selector/writer, each embedder, Ray's raylet and GCS), with the stage
-   seconds the batches carry (its /metrics).
+   seconds the batches carry and the items each poll that brought messages carried
+   (``items_per_poll_with_data``: what the driver's cost per poll is spread over), from its /metrics.
    Targets: service / embed-only >= 0.9; CPU per item without the forward pass, summed over the
    processes, <= 150 us, and no process above 50 us. With --idle-s S, before the window the warm service
    first idles S seconds, and each process's CPU over them is reported in ms per second (`idle_ms_per_s`):
@@ -470,6 +471,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     read_s = w.close().seconds()[0][1] / 10
     st0 = svc.metrics(port, "curator_batch_seconds_sum")
     sb0 = svc.metric(port, "curator_source_seek_backs_total") or 0.0
+    polls0 = svc.metrics(port, "curator_source_polls_total")
     win = CpuWindow([os.getpid()]).open()
     win.follow_threads(known)
     produce(broker, topic, records, args.partitions, start=len(warm), wire=args.wire,
@@ -477,6 +479,7 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
     reads = decided(len(warm) + len(records), 0.5)
     st1 = svc.metrics(port, "curator_batch_seconds_sum")
     seek_backs = (svc.metric(port, "curator_source_seek_backs_total") or 0.0) - sb0
+    polls = {k: v - polls0.get(k, 0.0) for k, v in svc.metrics(port, "curator_source_polls_total").items()}
     svc.proc.send_signal(signal.SIGTERM)
     svc.wait_log(r"^curated set: ")
     win.close()
@@ -484,12 +487,16 @@ def service_cpu(args: argparse.Namespace, broker: Broker, records: list[dict[str
         raise RuntimeError(f"service failed:\n{svc.log()[-3000:]}")
     n = len(records)
     procs = costs(win, known, outside)
+    reads += 3  # st1, seek_backs and polls, in the window too
     for p in procs:
         if p.role == "driver":
-            p.cpu_s -= (reads + 2) * read_s
+            p.cpu_s -= reads * read_s
     table = cost_table(procs, n, embed_only["forward_us_per_item"], items_per_s, embed_only["pool_items_per_s"])
-    table["summary"]["metrics_reads_us_per_item"] = round((reads + 2) * read_s * 1e6 / n, 1)
+    table["summary"]["metrics_reads_us_per_item"] = round(reads * read_s * 1e6 / n, 1)
     table["summary"]["source_seek_backs"] = seek_backs  # buffered records dropped and read again: wasted work
+    # what the driver's cost per poll (kafka-python's fetch and coordinator round trips) is spread over
+    table["summary"]["items_per_poll_with_data"] = round(n / polls["data"], 1) if polls.get("data") else None
+    table["summary"]["polls_empty"] = polls.get("empty", 0.0)
     return {**table, "idle_ms_per_s": idle, "stage_us_per_item": {k: (v - st0.get(k, 0.0)) * 1e6 / n for k, v in st1.items()
                                            if k != "end_to_end"}}
 

@@ -64,6 +64,9 @@ class Metrics(Observer):
         self.refetched = Counter("curator_source_seek_backs", "Times a partition's buffered tail was dropped "
                                  "and re-fetched later (backpressure while waiting on another partition)",
                                  registry=r)
+        self.polls = Counter("curator_source_polls", "Polls of the source, by whether they brought messages: "
+                             "items in over polls with data is what each poll's fixed cost is spread over",
+                             ["result"], registry=r)
         self.batch_seconds = Histogram("curator_batch_seconds", "Latency of one batch per stage", ["stage"],
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.offset_gaps = Counter("curator_source_offset_gaps", "Offsets the source skipped: messages deleted by "

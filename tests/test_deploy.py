@@ -98,6 +98,7 @@ def exported_metrics() -> set[str]:
     m.pss.labels("total").set(1)
     m.shard_items.labels("0").set(1)
     m.shard_search_seconds.labels("0").observe(0.1)
+    m.polls.labels("data").inc()
     text = m.render().decode()
     names = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
     families = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}

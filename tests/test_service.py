@@ -521,7 +521,8 @@ def test_sigterm_drains_commits_and_a_restart_resumes(
         time.sleep(0.05)
     names = ("curator_items_in_total", "curator_items_out_total{decision=", "curator_kafka_lag{partition=",
              "curator_queue_items{stage=\"embed\"}", "curator_batch_seconds_bucket{le=",
-             "curator_index_size", "curator_resident_memory_bytes{process=\"total\"}", "curator_commits_total")
+             "curator_index_size", "curator_resident_memory_bytes{process=\"total\"}", "curator_commits_total",
+             "curator_source_polls_total{result=\"data\"}")
     while True:  # the lag gauge is refreshed every 2 s: a fast stream can commit before its first refresh
         code, text = sp.get("/metrics")
         assert code == 200
@@ -530,6 +531,8 @@ def test_sigterm_drains_commits_and_a_restart_resumes(
             break
         assert time.monotonic() < deadline and sp.proc.poll() is None, (missing, sp.log()[-3000:])
         time.sleep(0.1)
+    value = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("curator_")}
+    assert value['curator_source_polls_total{result="data"}'] > 0  # counted as they happen, not only at the end
     sp.signal(signal.SIGTERM)
     assert sp.wait(60) == 0, sp.log()[-3000:]
     assert "SIGTERM: draining" in sp.log()

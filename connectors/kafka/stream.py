@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class OrderedStream:
         self.start: dict[int, int] = {}
         self.committed: dict[int, int] = {}  # the manifest's positions, as last committed
         self.seek_backs = 0
+        self.polls: Counter[bool] = Counter()  # polls, by whether they brought messages
         self.trimmed_last = False
         self.last_poll = 0.0
         self.last_poll_empty = True
@@ -107,6 +109,7 @@ class OrderedStream:
             return None
         self.last_poll = time.monotonic()
         self.last_poll_empty = len(raw) == 0
+        self.polls[not self.last_poll_empty] += 1
         self.trimmed_last = False
         if len(raw):
             self.last_data = self.last_poll

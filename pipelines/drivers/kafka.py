@@ -37,6 +37,7 @@ class KafkaDriver(Driver):
         self._lag_t = 0.0
         self._seek_backs = 0
         self._gaps = 0
+        self._polls = {True: 0, False: 0}
 
     def _bounded_end(self) -> bool:
         """kafka.end_after_idle_s: the input is exhausted -- nothing buffered or in flight, every
@@ -69,6 +70,9 @@ class KafkaDriver(Driver):
         m.refetched.inc(s.seek_backs - self._seek_backs)
         m.offset_gaps.inc(s.gaps - self._gaps)
         self._seek_backs, self._gaps = s.seek_backs, s.gaps
+        for data, n in s.polls.items():
+            m.polls.labels("data" if data else "empty").inc(n - self._polls[data])
+            self._polls[data] = n
         now = time.monotonic()
         if now - self._lag_t >= 2.0 and s.merge.partitions:
             # Timed from the first poll that has partitions: one before the group's assignment would
