@@ -50,7 +50,7 @@ class PackedMessages:
     """Messages as columns, the form they are pickled in on their way to an embedder actor: their
     values in one buffer (a numpy array, which Ray's pickle hands over out of band) and their positions,
     keys and counts as arrays -- not one Python object per message, whose pickling cost the driver
-    ~5 us an item, more than the rest of handing a batch to an actor."""
+    ~5 us an item, as much as the rest of handing a batch to an actor (Ray's two calls)."""
 
     sources: list[str]
     source: np.ndarray  # per message, its index in `sources`

@@ -208,11 +208,11 @@ class OrderedMerge:
         if self.order == "arrival":
             order: list[int] = []
             n = 0
-            for p, _u in self._arrival:
+            for p, u in self._arrival:
                 if n >= max_items:
                     break
                 order.append(p)
-                n += len(_u)
+                n += len(u)
         else:
             order, n = self._in_order(max_items)
         if not n:
