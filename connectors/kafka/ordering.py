@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,19 +149,20 @@ class OrderedMerge:
         heads = [(q[0].offset, p) for p, q in self.buf.items() if q]
         return min(heads) if heads else None
 
+    def _waits(self) -> Iterator[tuple[tuple[float, int], int]]:
+        """(the smallest key it may still deliver, partition) for each empty partition not caught up:
+        -inf for one whose next offset is unknown (it may deliver anything)."""
+        for p, q in self.buf.items():
+            if not q and not self.caught_up.get(p):
+                nxt = self.next.get(p)
+                yield (float("-inf") if nxt is None else nxt, p), p
+
     def blockers(self) -> list[int]:
         """Empty partitions that may still deliver a message ordered before the current head."""
         if self.order == "arrival":
             return []
         head = self._head()
-        out = []
-        for p, q in self.buf.items():
-            if q or self.caught_up.get(p):
-                continue
-            nxt = self.next.get(p)
-            if head is None or nxt is None or (nxt, p) < head:
-                out.append(p)
-        return sorted(out)
+        return sorted(p for key, p in self._waits() if head is None or key < head)
 
     def _in_order(self, limit: int) -> tuple[list[int], int]:
         """The partitions whose head messages `pop(limit)` would emit, in stream order, and their items.
@@ -169,15 +171,8 @@ class OrderedMerge:
         still deliver: the walk stops at it. Emitting a message only ever adds such a bound (its
         partition ran dry), so both are kept up to date in O(log partitions) a message, not the
         O(partitions) of a look at every head and every blocker each time (~8 us an item with 12)."""
-        wait: tuple[float, int] | None = None  # the smallest key a blocker may still deliver
-        heads: list[tuple[int, int]] = []
-        for p, q in self.buf.items():
-            if q:
-                heads.append((q[0].offset, p))
-            elif not self.caught_up.get(p):
-                nxt = self.next.get(p)
-                key = (float("-inf") if nxt is None else nxt, p)
-                wait = key if wait is None or key < wait else wait
+        wait = min((key for key, _ in self._waits()), default=None)  # the smallest key a blocker may deliver
+        heads = [(q[0].offset, p) for p, q in self.buf.items() if q]
         heapq.heapify(heads)
         idx = dict.fromkeys(self.buf, 0)
         order: list[int] = []
